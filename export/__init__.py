@@ -1,0 +1,1 @@
+"""Export: PyTorch SCASeg -> ONNX (strip-attention op handling, onnxsim, parity), engines, Triton repositories."""

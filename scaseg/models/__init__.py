@@ -1,0 +1,1 @@
+"""SCASeg in PyTorch: MSCAN and MiT encoders, the strip cross-attention decoder, the assembled model."""

@@ -1,0 +1,1 @@
+"""Training: single process or torchrun (DDP with SyncBN)."""
