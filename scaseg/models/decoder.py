@@ -1,0 +1,277 @@
+"""The SCASeg decoder head: strip cross-attention, Cross-Layer Blocks, pooled key/value pyramid, fusion.
+
+Reconstructed from the paper's abstract (no official code); every choice the abstract leaves open is
+listed in docs/model.md. Shapes: encoder features F_1..F_4 at strides 4, 8, 16, 32 with channels C_1..C_4.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ATTENTION_KINDS = ("strip", "vanilla")
+
+
+def strip_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: float,
+    query_chunk: Optional[int] = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """q (B, h, N, dq), k (B, h, M, dq), v (B, h, M, dv) -> (B, h, N, dv): softmax over M of scale * q @ k^T, times v.
+
+    With ``query_chunk``, queries are processed in slices of that many rows: the N x M attention matrix is
+    never held whole (bounded memory), and each row's softmax is unchanged, so the result is the same.
+    ``dropout_p`` drops attention weights (training only; callers pass 0 in eval).
+    """
+    if query_chunk is None or query_chunk <= 0 or q.shape[2] <= query_chunk:
+        return _attend(q, k, v, scale, dropout_p)
+    return torch.cat([_attend(qc, k, v, scale, dropout_p) for qc in q.split(query_chunk, dim=2)], dim=2)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, scale: float, dropout_p: float) -> Tensor:
+    attn = (q * scale) @ k.transpose(-2, -1)  # B, h, N, M
+    attn = attn.softmax(dim=-1)
+    if dropout_p > 0.0:
+        attn = F.dropout(attn, p=dropout_p, training=True)
+    return attn @ v  # B, h, N, dv
+
+
+class StripAttentionCore(nn.Module):
+    """Parameter-free attention kernel: the unit the exporter swaps for an ONNX function or a TensorRT plugin."""
+
+    def __init__(self, scale: float, query_chunk: Optional[int] = None, attn_drop: float = 0.0):
+        super().__init__()
+        self.scale = float(scale)
+        self.query_chunk = query_chunk
+        self.attn_drop = float(attn_drop)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        dropout_p = self.attn_drop if self.training else 0.0
+        return strip_attention(q, k, v, self.scale, self.query_chunk, dropout_p)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:.6g}, query_chunk={self.query_chunk}"
+
+
+class StripCrossAttention(nn.Module):
+    """Cross-attention from ``dim``-wide queries to ``kv_dim``-wide keys/values.
+
+    ``strip``: the query and the key are compressed to ONE channel per head, so the logits of a head are the
+    outer product of two vectors; the value keeps its full width. ``vanilla``: q and k keep ``dim`` channels
+    (dim // heads per head), for the ablation and to measure what the strip form saves.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kv_dim: int,
+        num_heads: int,
+        attention: str = "strip",
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
+        super().__init__()
+        if attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.attention = attention
+        qk_dim = num_heads if attention == "strip" else dim
+        self.q = nn.Linear(dim, qk_dim)
+        self.k = nn.Linear(kv_dim, qk_dim)
+        self.v = nn.Linear(kv_dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        # The scale uses the full per-head width even for strip q/k (the paper's (C_i/heads)^-0.5).
+        self.core = StripAttentionCore((dim // num_heads) ** -0.5, attn_drop=attn_drop)
+
+    def forward(self, x: Tensor, kv: Tensor) -> Tensor:
+        """x (B, N, dim) queries, kv (B, M, kv_dim) keys/values -> (B, N, dim)."""
+        B, N, _ = x.shape
+        M = kv.shape[1]
+        h = self.num_heads
+        q = self.q(x).reshape(B, N, h, -1).transpose(1, 2)  # B, h, N, dq (dq = 1 for strip)
+        k = self.k(kv).reshape(B, M, h, -1).transpose(1, 2)  # B, h, M, dq
+        v = self.v(kv).reshape(B, M, h, -1).transpose(1, 2)  # B, h, M, dim // h
+        out = self.core(q, k, v)  # B, h, N, dim // h
+        out = out.transpose(1, 2).reshape(B, N, self.dim)
+        return self.proj_drop(self.proj(out))
+
+
+class LocalPerception(nn.Module):
+    """LPM, a convolutional feed-forward: 1x1 expand -> 3x3 depthwise -> GELU -> 1x1 project, on (B, C, H, W)."""
+
+    def __init__(self, dim: int, ratio: int = 4, drop: float = 0.0):
+        super().__init__()
+        hidden = dim * ratio
+        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.act(self.dwconv(self.fc1(x)))))
+
+
+def _layer_norm_map(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    # LayerNorm over channels of a (B, C, H, W) map, through the token layout LayerNorm expects.
+    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class CrossLayerBlock(nn.Module):
+    """CLB: Z = F + SCA(LN(F), LN(M)); D = Z + LPM(LN(Z)). ``lpm=False`` drops the second residual."""
+
+    def __init__(
+        self,
+        dim: int,
+        kv_dim: int,
+        num_heads: int,
+        attention: str = "strip",
+        lpm: bool = True,
+        lpm_ratio: int = 4,
+        attn_drop: float = 0.0,
+        drop: float = 0.0,
+    ):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(kv_dim)
+        self.attn = StripCrossAttention(dim, kv_dim, num_heads, attention, attn_drop, drop)
+        self.norm_lpm = nn.LayerNorm(dim) if lpm else None
+        self.lpm = LocalPerception(dim, lpm_ratio, drop) if lpm else None
+
+    def forward(self, feat: Tensor, memory: Tensor) -> Tensor:
+        """feat (B, C, H, W) queries, memory (B, Cm, h, w) keys/values -> (B, C, H, W)."""
+        B, C, H, W = feat.shape
+        x = feat.flatten(2).transpose(1, 2)  # B, HW, C
+        kv = self.norm_kv(memory.flatten(2).transpose(1, 2))  # B, hw, Cm
+        x = x + self.attn(self.norm_q(x), kv)
+        z = x.transpose(1, 2).reshape(B, C, H, W)
+        if self.lpm is not None and self.norm_lpm is not None:
+            z = z + self.lpm(_layer_norm_map(self.norm_lpm, z))
+        return z
+
+
+def pool_to_grid(x: Tensor, ratio: int) -> Tensor:
+    """Average-pool (B, C, H, W) by ``ratio`` with ceil semantics: output ceil(H/ratio) x ceil(W/ratio).
+
+    A partial window at the bottom/right edge averages only the pixels it covers (PyTorch's ceil_mode).
+    Written as zero-pad to a multiple, pool, and divide by the pooled valid-pixel mask, because ONNX
+    AveragePool with ceil_mode has disagreed with PyTorch on partial windows across runtimes; Pad,
+    AveragePool (no ceil) and Div mean the same thing everywhere.
+    """
+    if ratio == 1:
+        return x
+    H, W = x.shape[-2:]
+    pad_h = (ratio - H % ratio) % ratio
+    pad_w = (ratio - W % ratio) % ratio
+    if isinstance(pad_h, int) and isinstance(pad_w, int) and pad_h == 0 and pad_w == 0:
+        return F.avg_pool2d(x, ratio, ratio)
+    pooled = F.avg_pool2d(F.pad(x, (0, pad_w, 0, pad_h)), ratio, ratio)
+    valid = F.avg_pool2d(F.pad(torch.ones_like(x[:1, :1]), (0, pad_w, 0, pad_h)), ratio, ratio)
+    return pooled / valid
+
+
+class GridPool(nn.Module):
+    """rho: bring a stride-s map to the stride-32 grid (average pool by 32/s, then 1x1 conv); identity at s = 32."""
+
+    def __init__(self, dim: int, ratio: int):
+        super().__init__()
+        self.ratio = ratio
+        self.proj = nn.Conv2d(dim, dim, 1) if ratio > 1 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(pool_to_grid(x, self.ratio))
+
+
+class SCASegHead(nn.Module):
+    """The SCASeg decoder: stage 4 down to 1, D_i = CLB_i(F_i, M_i), then fuse D_1..D_4 and classify at stride 4.
+
+    M_i = Cat[rho(F_1)..rho(F_i), rho(D_{i+1})..rho(D_4)] on the stride-32 grid, C_1+..+C_4 channels.
+    """
+
+    def __init__(
+        self,
+        in_dims: Sequence[int],
+        num_classes: int,
+        embed_dim: int = 256,
+        num_heads: Sequence[int] = (1, 2, 5, 8),
+        attention: str = "strip",
+        lpm: bool = True,
+        lpm_ratio: int = 4,
+        strides: Sequence[int] = (4, 8, 16, 32),
+        dropout: float = 0.1,
+        attn_drop: float = 0.0,
+    ):
+        super().__init__()
+        if len(in_dims) != 4 or len(num_heads) != 4 or len(strides) != 4:
+            raise ValueError("SCASegHead expects four stages (in_dims, num_heads, strides)")
+        self.in_dims = tuple(in_dims)
+        self.strides = tuple(strides)
+        kv_dim = sum(in_dims)
+        ratios = [strides[-1] // s for s in strides]
+        # Separate rho for encoder features and decoder outputs of a stage: they are different signals.
+        self.pool_enc = nn.ModuleList([GridPool(c, r) for c, r in zip(in_dims, ratios)])
+        self.pool_dec = nn.ModuleList([GridPool(c, r) for c, r in zip(in_dims, ratios)])
+        self.blocks = nn.ModuleList(
+            [CrossLayerBlock(c, kv_dim, h, attention, lpm, lpm_ratio, attn_drop) for c, h in zip(in_dims, num_heads)]
+        )
+        self.fuse = nn.Sequential(
+            nn.Conv2d(kv_dim, embed_dim, 1, bias=False),
+            nn.BatchNorm2d(embed_dim),
+            nn.ReLU(inplace=True),
+        )
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(embed_dim, num_classes, 1)
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        """feats: F_1..F_4 (B, C_i, H_i, W_i) -> logits (B, num_classes, H_1, W_1) at stride 4."""
+        pooled_enc = [pool(f) for pool, f in zip(self.pool_enc, feats)]
+        decoded: list[Optional[Tensor]] = [None] * 4
+        pooled_dec: list[Optional[Tensor]] = [None] * 4
+        for i in range(3, -1, -1):
+            memory = torch.cat(pooled_enc[: i + 1] + [p for p in pooled_dec[i + 1 :] if p is not None], dim=1)
+            d = self.blocks[i](feats[i], memory)
+            decoded[i] = d
+            pooled_dec[i] = self.pool_dec[i](d)
+        size = feats[0].shape[-2:]
+        ups = [decoded[0]] + [
+            F.interpolate(d, size=size, mode="bilinear", align_corners=False) for d in decoded[1:] if d is not None
+        ]
+        x = self.fuse(torch.cat(ups, dim=1))  # type: ignore[arg-type]
+        return self.classifier(self.dropout(x))
+
+
+def set_query_chunk(model: nn.Module, query_chunk: Optional[int]) -> int:
+    """Set ``query_chunk`` on every StripAttentionCore in ``model``; returns how many were set."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, StripAttentionCore):
+            module.query_chunk = query_chunk
+            count += 1
+    return count
+
+
+def init_decoder_weights(module: nn.Module) -> None:
+    """timm/SegFormer-style init: truncated-normal linears, unit LayerNorm/BatchNorm, fan-out convs."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
