@@ -1,0 +1,395 @@
+"""The trainer: AdamW, linear warm-up then poly decay, cross-entropy, periodic mIoU, atomic checkpoints, exact resume.
+
+Output folder:
+- ``last.pth`` / ``best.pth``: model checkpoints (fp32 state dict + embedded config, scaseg.save_checkpoint);
+- ``train_state.pt``: everything ``--resume`` needs (model, optimizer, grad scaler, iteration, RNG states);
+- ``metrics.json``: the validation history.
+Every file is written under a temporary name and renamed, so a killed run never leaves a corrupt one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import scaseg
+from scaseg.runtime.datasets import SegDataset, open_dataset
+from scaseg.runtime.errors import ScasegError
+from scaseg.runtime.fileio import atomic_path, check_writable_dir
+from scaseg.runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
+from scaseg.runtime.metrics import SegMetrics
+from scaseg.runtime.preprocess import labels_to_source, preprocess
+from scaseg.train import dist as D
+from scaseg.train.data import Augment, StreamSampler, TrainSet, collate, unwrap
+
+STATE_FILE = "train_state.pt"
+STATE_FORMAT = "scaseg-train-state"
+IGNORE_INDEX = 255
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; stored in the training state so a resume can check it."""
+
+    data: str
+    out: str
+    dataset: str = "auto"
+    variant: str = "scaseg-t"
+    iters: int = 160_000
+    batch: int = 2  # per process
+    crop: tuple[int, int] = (512, 512)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    base_short: Optional[int] = None
+    lr: float = 6e-5
+    weight_decay: float = 0.01
+    head_lr_mult: float = 10.0
+    warmup: int = 1500
+    warmup_ratio: float = 1e-6
+    power: float = 1.0
+    val_interval: int = 4000  # 0: never validate
+    ckpt_interval: int = 0  # 0: same as val_interval (or only at the end when that is 0 too)
+    val_size: Optional[tuple[int, int]] = None  # None: validate at the stored image size
+    train_split: str = "train"
+    val_split: str = "val"
+    workers: int = 2
+    amp: str = "auto"  # auto | off | bf16 | fp16
+    pretrained: Optional[str] = None
+    resume: Optional[str] = None
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch intra-op threads; 0: PyTorch's default
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def checked(self) -> "TrainConfig":
+        """Refuse values that cannot work, each with one sentence."""
+        if self.iters < 1:
+            raise ScasegError(f"--iters must be at least 1, not {self.iters}")
+        if self.batch < 1:
+            raise ScasegError(f"--batch must be at least 1, not {self.batch}")
+        if min(self.crop) < 32:
+            raise ScasegError(f"--crop must be at least 32x32 (the encoder's stride is 32), not {self.crop}")
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ScasegError(f"--scale-range must be two positive numbers, low <= high, not {lo} {hi}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup < 0 or self.workers < 0:
+            raise ScasegError("--lr must be positive and --weight-decay, --warmup and --workers not negative")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ScasegError(f"--amp must be auto, off, bf16 or fp16, not {self.amp!r}")
+        return self
+
+
+def lr_factor(it: int, *, total: int, warmup: int, warmup_ratio: float = 1e-6, power: float = 1.0) -> float:
+    """Learning-rate multiplier at iteration ``it``: poly decay (1 - it/total)^power, scaled linearly from warmup_ratio to 1 over the first ``warmup`` iterations (mmseg's convention)."""
+    poly = (1.0 - min(it, total) / total) ** power
+    if it < warmup:
+        return poly * (warmup_ratio + (1.0 - warmup_ratio) * it / warmup)
+    return poly
+
+
+def param_groups(model: nn.Module, weight_decay: float, head_lr_mult: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on norms, biases and other 1-D tensors; the decoder learns head_lr_mult times faster."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = p.ndim > 1 and "pos_block" not in name
+        head = not name.startswith("backbone.")
+        groups.setdefault((decay, head), []).append(p)
+    return [
+        {"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr_mult": head_lr_mult if head else 1.0}
+        for (decay, head), ps in sorted(groups.items())
+    ]
+
+
+def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for full fp32. auto: fp16 on CUDA; fp32 on CPU (bf16 is only fast where the CPU has bf16 instructions)."""
+    if amp == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    if amp == "off":
+        return None
+    if amp == "fp16" and device.type != "cuda":
+        raise ScasegError("--amp fp16 needs a CUDA GPU; use --amp bf16 or --amp off on a CPU")
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+def segmentation_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Pixel-wise cross-entropy, ignore 255; logits are upsampled (bilinear) to the label size first."""
+    if logits.shape[-2:] != label.shape[-2:]:
+        logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: SegDataset,
+    env: D.DistEnv = D.DistEnv(),
+    *,
+    size: Optional[tuple[int, int]] = None,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    amp: Optional[torch.dtype] = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """mIoU of ``model`` on ``data`` at the source resolution, with the runtime's preprocessing; ranks split the images."""
+    was_training = model.training
+    model.eval()
+    metrics = SegMetrics(data.num_classes, ignore_index=IGNORE_INDEX)
+    indices = range(env.rank, len(data), env.world_size)
+    autocast = torch.autocast(env.device.type, dtype=amp) if amp else nullcontext()
+    for i in tqdm(indices, desc="val", unit="img", leave=False, file=sys.stderr, disable=not (progress and env.is_main)):
+        sample = data[i]
+        if sample.label is None:
+            raise ScasegError(f"validation needs labels, but the image {sample.name} has none")
+        x, geom = preprocess(sample.image, size, mean, std, "stretch")
+        with autocast:
+            logits = model(torch.from_numpy(x)[None].to(env.device))
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        pred = logits.argmax(1)[0].to(torch.uint8 if data.num_classes <= 256 else torch.int32).cpu().numpy()
+        metrics.update(labels_to_source(pred, geom), sample.label)
+    metrics.confusion = D.all_reduce_sum(metrics.confusion, env)
+    model.train(was_training)
+    return metrics.compute()
+
+
+def _cleanup_stale_temps(out: Path) -> None:
+    # A run killed with SIGKILL cannot remove atomic_path's temporary files; they are ours and useless.
+    for name in ("last.pth", "best.pth", STATE_FILE, "metrics.json"):
+        for tmp in out.glob(f".{name}.*.tmp*"):
+            tmp.unlink(missing_ok=True)
+
+
+def _load_state(path: str) -> dict[str, Any]:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / STATE_FILE
+    if not p.is_file():
+        raise ScasegError(f"cannot resume: {p} does not exist (pass a training output folder or its {STATE_FILE})")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: any unpickling error means "not our state"
+        raise ScasegError(f"cannot resume from {p}: not a readable training state ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ScasegError(f"cannot resume from {p}: it is not a scaseg-train state file")
+    return state
+
+
+def _rng_state(env: D.DistEnv) -> list[Any]:
+    """Every rank's torch RNG state (dropout, drop-path), gathered on all ranks."""
+    mine = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if env.device.type == "cuda" else None}
+    if not env.distributed:
+        return [mine]
+    everyone: list[Any] = [None] * env.world_size
+    torch.distributed.all_gather_object(everyone, mine)
+    return everyone
+
+
+class Trainer:
+    """One training run; ``run()`` returns a summary dict (iterations, best and final mIoU, checkpoint paths)."""
+
+    def __init__(self, cfg: TrainConfig, env: D.DistEnv) -> None:
+        self.cfg, self.env = cfg.checked(), env
+        self.out = Path(cfg.out).expanduser()
+        self.state = _load_state(cfg.resume) if cfg.resume else None
+        if self.state is None and (self.out / STATE_FILE).exists():
+            raise ScasegError(f"{self.out} already holds a training run; pass --resume {self.out} or choose another --out")
+        check_writable_dir(self.out / STATE_FILE)
+        if env.is_main:
+            _cleanup_stale_temps(self.out)
+        torch.manual_seed(cfg.seed + env.rank)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+
+        self.train_data = open_dataset(cfg.data, cfg.dataset, cfg.train_split)
+        self.val_data = open_dataset(cfg.data, cfg.dataset, cfg.val_split) if cfg.val_interval else None
+        self.num_classes = self.train_data.num_classes
+        model = scaseg.build(cfg.variant, num_classes=self.num_classes, **cfg.model_kwargs)
+        if cfg.pretrained and self.state is None:
+            scaseg.load_backbone(model, cfg.pretrained)
+        self.model = D.prepare_model(model, env)
+        self.amp = resolve_amp(cfg.amp, env.device)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay, cfg.head_lr_mult), lr=cfg.lr,
+                                           betas=(0.9, 0.999))
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.amp == torch.float16)
+        self.iteration = 0
+        self.samples = 0  # global count of training samples drawn from the stream, all ranks together
+        self.best_miou = -1.0
+        self.history: list[dict[str, Any]] = []
+        if self.state is not None:
+            self._restore(self.state)
+
+    # -- resume ---------------------------------------------------------------------------------------------
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        saved = state["config"]
+        for key in ("variant", "dataset"):
+            if saved.get(key) != getattr(self.cfg, key):
+                raise ScasegError(f"cannot resume: the run used --{key} {saved.get(key)}, not {getattr(self.cfg, key)}")
+        if state["num_classes"] != self.num_classes:
+            raise ScasegError(f"cannot resume: the run had {state['num_classes']} classes, this data has {self.num_classes}")
+        D.unwrap_model(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        self.samples = int(state["samples"])
+        self.best_miou = float(state["best_miou"])
+        self.history = list(state["history"])
+        rngs = state["rng"]
+        if len(rngs) == self.env.world_size:  # another world size cannot replay the same dropout draws anyway
+            torch.set_rng_state(rngs[self.env.rank]["cpu"])
+            if self.env.device.type == "cuda" and rngs[self.env.rank]["cuda"] is not None:
+                torch.cuda.set_rng_state(rngs[self.env.rank]["cuda"])
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+
+    def _save_model(self, name: str) -> Path:
+        path = self.out / name
+        data = self.train_data
+        scaseg.save_checkpoint(D.unwrap_model(self.model), path, class_names=list(data.classes),
+                               palette=list(data.palette), input_size=tuple(self.cfg.crop),
+                               extra={"iteration": self.iteration, "dataset": self.cfg.dataset,
+                                      "best_miou": self.best_miou})
+        return path
+
+    def _save_state(self, rngs: list[Any]) -> None:
+        state = {
+            "format": STATE_FORMAT, "version": 1, "iteration": self.iteration, "samples": self.samples, "num_classes": self.num_classes,
+            "config": dataclasses.asdict(self.cfg), "model": D.unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "rng": rngs, "best_miou": self.best_miou, "history": self.history,
+        }
+        with atomic_path(self.out / STATE_FILE) as tmp:
+            torch.save(state, tmp)
+        # The model file comes second: a kill between the two leaves a state one step ahead, never behind.
+        self._save_model("last.pth")
+        with atomic_path(self.out / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(self.history, indent=1))
+
+    def checkpoint(self) -> None:
+        rngs = _rng_state(self.env)  # a collective: every rank takes part
+        if self.env.is_main:
+            self._save_state(rngs)
+        D.barrier(self.env)
+
+    def validate(self) -> dict[str, Any]:
+        assert self.val_data is not None
+        result = evaluate(D.unwrap_model(self.model), self.val_data, self.env, size=self.cfg.val_size, amp=self.amp)
+        miou = float(result["miou"])
+        improved = miou > self.best_miou
+        self.best_miou = max(self.best_miou, miou)
+        self.history.append({"iteration": self.iteration, "miou": miou, "pixel_acc": float(result["pixel_acc"]),
+                             "iou": [None if math.isnan(v) else float(v) for v in result["iou"]]})
+        if self.env.is_main:
+            if improved:
+                self._save_model("best.pth")
+            tqdm.write(f"iter {self.iteration}: val mIoU {100 * miou:.2f}% pixel acc {100 * result['pixel_acc']:.2f}% "
+                       f"(best {100 * self.best_miou:.2f}%)", file=sys.stderr)
+        return result
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def _loader(self) -> DataLoader:
+        cfg, env = self.cfg, self.env
+        aug = Augment(crop=tuple(cfg.crop), scale_range=tuple(cfg.scale_range), base_short=cfg.base_short,
+                      ignore_index=IGNORE_INDEX)
+        sampler = StreamSampler(len(self.train_data), seed=cfg.seed, rank=env.rank, world_size=env.world_size,
+                                start=self.samples)
+        return DataLoader(TrainSet(self.train_data, aug), batch_size=cfg.batch, sampler=sampler, drop_last=True,
+                          num_workers=cfg.workers, collate_fn=collate, pin_memory=env.device.type == "cuda",
+                          worker_init_fn=_worker_init, persistent_workers=False,
+                          prefetch_factor=4 if cfg.workers else None)
+
+    def step(self, image: torch.Tensor, label: torch.Tensor) -> float:
+        """One optimisation step; returns the loss."""
+        factor = lr_factor(self.iteration, total=self.cfg.iters, warmup=self.cfg.warmup,
+                           warmup_ratio=self.cfg.warmup_ratio, power=self.cfg.power)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * group["lr_mult"] * factor
+        image = image.to(self.env.device, non_blocking=True)
+        label = label.to(self.env.device, non_blocking=True)
+        autocast = torch.autocast(self.env.device.type, dtype=self.amp) if self.amp else nullcontext()
+        with autocast:
+            logits = self.model(image)
+        loss = segmentation_loss(logits, label)
+        if not torch.isfinite(loss):
+            raise ScasegError(f"the loss is {loss.item()} at iteration {self.iteration}; lower --lr or check the labels")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.iteration += 1
+        self.samples += self.cfg.batch * self.env.world_size
+        return float(loss.detach())
+
+    def run(self, until: Optional[int] = None) -> dict[str, Any]:
+        """Train to cfg.iters, or stop after iteration ``until`` with the state saved there (a planned pause)."""
+        cfg, env = self.cfg, self.env
+        stop = cfg.iters if until is None else min(until, cfg.iters)
+        val_every = cfg.val_interval
+        ckpt_every = cfg.ckpt_interval or val_every
+        self.model.train()
+        batches = iter(self._loader())
+        bar = tqdm(total=cfg.iters, initial=self.iteration, desc="train", unit="it", file=sys.stderr,
+                   dynamic_ncols=True, disable=not env.is_main)
+        start, start_it = time.perf_counter(), self.iteration
+        try:
+            while self.iteration < stop:
+                image, label = unwrap(next(batches))
+                loss = self.step(image, label)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+                bar.update(1)
+                last = self.iteration == cfg.iters
+                if val_every and (self.iteration % val_every == 0 or last):
+                    self.validate()
+                if last or self.iteration == stop or (ckpt_every and self.iteration % ckpt_every == 0):
+                    self.checkpoint()
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - start
+        done = self.iteration - start_it
+        final = self.history[-1] if self.history and self.history[-1]["iteration"] == self.iteration else None
+        return {
+            "is_main": env.is_main,
+            "iterations": self.iteration,
+            "seconds": elapsed,
+            "images_per_s": done * cfg.batch * env.world_size / elapsed if elapsed > 0 else float("nan"),
+            "final_miou": final["miou"] if final else None,
+            "best_miou": self.best_miou if self.history else None,
+            "last": str(self.out / "last.pth"),
+            "best": str(self.out / "best.pth") if self.history else None,
+        }
+
+
+def _worker_init(_: int) -> None:
+    # Each loader worker is one more process on the same cores: keep OpenCV and torch single-threaded there.
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) training as this process's share of the job torchrun describes (one process without torchrun)."""
+    env = D.setup(cfg.device)
+    try:
+        return Trainer(cfg, env).run()
+    finally:
+        D.teardown()
+
+
+__all__ = ["TrainConfig", "Trainer", "train", "evaluate", "lr_factor", "param_groups", "segmentation_loss", "resolve_amp"]
