@@ -37,4 +37,7 @@ class DWConv(nn.Module):
 def drop_path_rates(drop_path_rate: float, depths: "list[int] | tuple[int, ...]") -> list[float]:
     """Linearly increasing stochastic-depth rates over all blocks (the usual decay rule)."""
     total = sum(depths)
-    return [float(v) for v in torch.linspace(0, drop_path_rate, total)] if total else []
+    # Plain Python, not torch.linspace: models are also built on the meta device (for FLOP counting).
+    if total <= 1:
+        return [0.0] * total
+    return [drop_path_rate * i / (total - 1) for i in range(total)]

@@ -1,0 +1,315 @@
+"""Save and load SCASeg checkpoints: our format (.pth / .safetensors), mmsegmentation-style files, official encoders.
+
+Checkpoints are untrusted input: ``torch.load(..., weights_only=True)`` or safetensors, never a full unpickle.
+
+Our format is ``{"format": "scaseg", "version": 1, "config": {model config + ModelInfo fields}, "state_dict": ...}``;
+a ``.safetensors`` file holds the same state dict with the config JSON in its metadata.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from scaseg.models.model import VARIANTS, SCASeg, build, from_config
+from scaseg.runtime.errors import ScasegError
+from scaseg.runtime.fileio import atomic_path
+from scaseg.runtime.metadata import ModelInfo
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "scaseg"
+VERSION = 1
+# Keys an official ImageNet encoder file carries that a segmentation model has no use for (the classifier).
+EXPECTED_EXTRA = re.compile(r"^head\.")
+
+
+@dataclass
+class LoadReport:
+    """What a load did: keys the model wanted but the file lacked, keys the file had that the model has not."""
+
+    source: str
+    kind: str  # "scaseg", "mmseg", "encoder"
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # expected extras, e.g. an ImageNet classifier head
+
+    @property
+    def clean(self) -> bool:
+        return not self.missing and not self.unexpected
+
+    def summary(self) -> str:
+        parts = [f"{len(self.missing)} missing", f"{len(self.unexpected)} unexpected"]
+        if self.ignored:
+            parts.append(f"{len(self.ignored)} ignored ({_preview(self.ignored)})")
+        text = f"loaded {self.kind} checkpoint {self.source}: " + ", ".join(parts)
+        if self.missing:
+            text += f"; missing: {_preview(self.missing)}"
+        if self.unexpected:
+            text += f"; unexpected: {_preview(self.unexpected)}"
+        return text
+
+
+def _preview(keys: Sequence[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+# --------------------------------------------------------------------------------------------------- saving
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    class_names: Optional[Sequence[str]] = None,
+    palette: Optional[Sequence[Sequence[int]]] = None,
+    input_size: Optional[Sequence[int]] = None,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Write ``model`` with its config embedded, atomically; ``.safetensors`` paths get safetensors. Returns the path."""
+    model = getattr(model, "module", model)  # DDP / DataParallel wrappers
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict) or "variant" not in config:
+        raise ScasegError("save_checkpoint expects a SCASeg model built by scaseg.build (it carries no config)")
+    info = ModelInfo(
+        variant=config["variant"],
+        num_classes=int(config["num_classes"]),
+        class_names=list(class_names or []),
+        palette=[tuple(c) for c in (palette or [])],  # type: ignore[misc]
+        input_size=tuple(input_size) if input_size else None,  # type: ignore[arg-type]
+        extra=dict(extra or {}),
+    )
+    full_config = {**info.to_dict(), **config}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path = Path(path).expanduser()
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp), metadata={"format": FORMAT, "version": str(VERSION), "config": json.dumps(full_config)})
+        else:
+            torch.save({"format": FORMAT, "version": VERSION, "config": full_config, "state_dict": state}, tmp)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+def _read(path: Path, map_location: Any) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """Return (top-level object, safetensors metadata) of a checkpoint file, or raise one clear sentence."""
+    if not path.is_file():
+        raise ScasegError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = dict(f.metadata() or {})
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ScasegError(f"cannot read {path}: not a valid safetensors file ({str(exc).splitlines()[0]})") from None
+        if map_location not in (None, "cpu"):
+            tensors = {k: v.to(map_location) for k, v in tensors.items()}
+        return tensors, meta
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        # A well-formed pickle that names a class outside the allow-list, versus bytes that are no pickle at all.
+        if "Unsupported global" in text:
+            raise ScasegError(
+                f"refusing {path}: it contains Python objects beyond tensors and plain data (untrusted checkpoints "
+                "are loaded with weights_only=True)"
+            ) from None
+        raise ScasegError(f"cannot read {path}: not a PyTorch checkpoint, or the file is corrupt") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError):
+        raise ScasegError(f"cannot read {path}: not a PyTorch checkpoint, or the file is corrupt") from None
+    if not isinstance(obj, Mapping):
+        raise ScasegError(f"{path} is not a model checkpoint: it holds a {type(obj).__name__}, not a dict of weights")
+    return obj, {}
+
+
+def _tensors(obj: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
+    """Find the state dict inside common wrappers ({"state_dict": ...}, {"model": ...}) and strip ``module.``."""
+    for key in ("state_dict", "model", "model_state"):
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and any(isinstance(v, Tensor) for v in inner.values()):
+            obj = inner
+            break
+    state = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not state:
+        raise ScasegError(f"{path} is not a model checkpoint: it holds no weight tensors")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _encoder_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The encoder part of a state dict: ``backbone.*`` with the prefix stripped, or an encoder-only file as is."""
+    if any(k.startswith("backbone.") for k in state):
+        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    return dict(state)
+
+
+def infer_variant(encoder_state: Mapping[str, Tensor]) -> Optional[str]:
+    """Name the variant whose encoder matches these (official-name) weights, or None if none does."""
+    if "patch_embed1.proj.0.weight" in encoder_state:
+        family = "mscan"
+    elif "patch_embed1.proj.weight" in encoder_state and any(k.endswith("attn.kv.weight") for k in encoder_state):
+        family = "mit"
+    else:
+        return None
+    try:
+        dims = tuple(int(encoder_state[f"norm{i}.weight"].shape[0]) for i in range(1, 5))
+    except KeyError:
+        return None
+    depths = []
+    for i in range(1, 5):
+        blocks = {int(m.group(1)) for k in encoder_state if (m := re.match(rf"block{i}\.(\d+)\.", k))}
+        depths.append(max(blocks) + 1 if blocks else 0)
+    for name, spec in VARIANTS.items():
+        if spec["encoder"] == family and tuple(spec["embed_dims"]) == dims and tuple(spec["depths"]) == tuple(depths):
+            return name
+    return None
+
+
+def _describe_encoder(encoder_state: Mapping[str, Tensor]) -> str:
+    name = infer_variant(encoder_state)
+    return f"the {name} encoder" if name else "an encoder that matches no known variant"
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def _load_into(model: nn.Module, state: Mapping[str, Tensor], report: LoadReport, prefix: str = "") -> LoadReport:
+    """load_state_dict(strict=False) after checking shapes; mismatched shapes are refused in one sentence."""
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        k = wrong[0]
+        raise ScasegError(
+            f"the checkpoint {report.source} does not fit this model: {len(wrong)} tensor(s) differ in shape "
+            f"(first: {prefix}{k} is {tuple(state[k].shape)}, the model has {tuple(own[k].shape)})"
+        )
+    result = model.load_state_dict(dict(state), strict=False)
+    report.missing = [prefix + k for k in result.missing_keys]
+    report.unexpected = [prefix + k for k in result.unexpected_keys]
+    if not report.clean:
+        logger.warning(report.summary())
+    return report
+
+
+def load_backbone(model: nn.Module, path: str | os.PathLike, *, map_location: Any = "cpu") -> LoadReport:
+    """Load encoder weights into ``model.backbone`` from an official encoder file or any whole-model checkpoint.
+
+    An ImageNet classifier (``head.*``) is ignored as expected; other missing/unexpected keys are reported (returned
+    and logged). An encoder of another variant is refused with one sentence.
+    """
+    model = getattr(model, "module", model)
+    path = Path(path).expanduser()
+    obj, _ = _read(path, map_location)
+    encoder = _encoder_keys(_tensors(obj, path))
+    ignored = sorted(k for k in encoder if EXPECTED_EXTRA.match(k))
+    encoder = {k: v for k, v in encoder.items() if k not in set(ignored)}
+    want = getattr(model, "config", {}).get("variant")
+    found = infer_variant(encoder)
+    if found is None and not (set(encoder) & set(model.backbone.state_dict())):
+        raise ScasegError(f"{path} holds no MSCAN or MiT encoder weights (none of its keys match the model's encoder)")
+    if want and found and found != want and not _same_encoder(found, want):
+        raise ScasegError(f"{path} holds {_describe_encoder(encoder)}, but the model is {want}")
+    report = LoadReport(str(path), "encoder", ignored=ignored)
+    return _load_into(model.backbone, encoder, report, prefix="backbone.")
+
+
+def _same_encoder(a: str, b: str) -> bool:
+    sa, sb = VARIANTS[a], VARIANTS[b]
+    return sa["encoder"] == sb["encoder"] and sa["embed_dims"] == sb["embed_dims"] and sa["depths"] == sb["depths"]
+
+
+def _mmseg_classes(meta: Any, num_classes: int) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """Class names and palette from an mmseg ``meta`` (0.x: CLASSES/PALETTE; 1.x: dataset_meta.classes/palette)."""
+    if not isinstance(meta, Mapping):
+        return [], []
+    src = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), Mapping) else meta
+    names = src.get("classes") or src.get("CLASSES") or []
+    palette = src.get("palette") or src.get("PALETTE") or []
+    names = [str(n) for n in names] if len(names) == num_classes else []
+    try:
+        palette = [tuple(int(v) for v in c) for c in palette] if len(palette) >= num_classes else []
+    except (TypeError, ValueError):
+        palette = []
+    return names, palette  # type: ignore[return-value]
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    variant: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    map_location: Any = "cpu",
+    **build_kwargs: Any,
+) -> tuple[SCASeg, ModelInfo]:
+    """Load a checkpoint as ``(model, info)``; the model is in eval mode and ``model.load_report`` says what loaded.
+
+    Accepts our format (.pth/.safetensors), mmsegmentation-style files (``state_dict`` with ``backbone.`` /
+    ``decode_head.`` prefixes, ``meta``) and an official encoder-only file (decoder left randomly initialised).
+    ``variant`` / ``num_classes`` are inferred from the file; when given they must agree with it.
+    ``build_kwargs`` (attention, lpm, dropout...) apply to files that carry no config.
+    """
+    path = Path(path).expanduser()
+    obj, meta = _read(path, map_location)
+    if meta.get("format") == FORMAT or obj.get("format") == FORMAT:
+        kind = FORMAT
+        try:
+            config = json.loads(meta["config"]) if meta else dict(obj["config"])
+        except (KeyError, TypeError, ValueError):
+            raise ScasegError(f"{path} says it is a scaseg checkpoint but its config is missing or unreadable") from None
+    else:
+        kind, config = "", {}
+    state = _tensors(obj, path)
+    has_head = any(k.startswith("decode_head.") for k in state)
+    if not kind:
+        kind = "mmseg" if has_head else "encoder"
+    encoder = _encoder_keys(state)
+
+    found = config.get("variant") or infer_variant(encoder)
+    if found is None:
+        raise ScasegError(f"{path} holds no SCASeg, MSCAN or MiT weights that match a known variant ({', '.join(VARIANTS)})")
+    if variant is not None and str(variant).lower() != found:
+        raise ScasegError(f"{path} is a {found} checkpoint, not {variant}")
+
+    if kind == "mmseg":
+        # mmseg decode heads name their classifier conv_seg.
+        state = {re.sub(r"^decode_head\.conv_seg\.", "decode_head.classifier.", k): v for k, v in state.items()}
+    head_classes = state.get("decode_head.classifier.weight")
+    found_classes = config.get("num_classes") or (int(head_classes.shape[0]) if head_classes is not None else None)
+    if num_classes is not None and found_classes is not None and int(num_classes) != int(found_classes):
+        raise ScasegError(f"{path} was trained for {found_classes} classes, not {num_classes}")
+    classes = int(found_classes or num_classes or 19)
+
+    if kind == FORMAT:
+        model = from_config({**config, "num_classes": classes})
+        info = ModelInfo.from_dict({**config, "variant": found, "num_classes": classes})
+    else:
+        model = build(found, classes, **build_kwargs)
+        names, palette = _mmseg_classes(obj.get("meta"), classes)
+        info = ModelInfo(variant=found, num_classes=classes, class_names=names, palette=palette)
+    if kind == "encoder":
+        report = load_backbone(model, path, map_location=map_location)
+        # The decoder stays randomly initialised: say so in the report rather than pass silently.
+        report.missing += [f"decode_head.{k}" for k in model.decode_head.state_dict()]
+        logger.warning(report.summary())
+    else:
+        ignored = sorted(k for k in state if k.startswith("auxiliary_head."))  # mmseg training-only head
+        state = {k: v for k, v in state.items() if k not in set(ignored)}
+        report = _load_into(model, state, LoadReport(str(path), kind, ignored=ignored))
+    model.load_report = report  # type: ignore[assignment]
+    return model.eval(), info
