@@ -1,0 +1,138 @@
+"""ONNX Runtime backend: TensorRT, CUDA or CPU execution providers, metadata read from the model itself."""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from scaseg.runtime.backends.base import Backend
+from scaseg.runtime.errors import ScasegError
+from scaseg.runtime.metadata import METADATA_KEY, ModelInfo
+
+_TRT_EP = "TensorrtExecutionProvider"
+_CUDA_EP = "CUDAExecutionProvider"
+_CPU_EP = "CPUExecutionProvider"
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300].rstrip(".")
+
+
+def parse_device(device: Optional[str]) -> tuple[str, int]:
+    """"cuda:1" -> ("cuda", 1); None -> ("auto", 0). Unknown names raise ScasegError."""
+    kind, _, index = (device or "auto").strip().lower().partition(":")
+    if kind not in DEVICES or (index and not index.isdigit()):
+        raise ScasegError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)} (optionally cuda:N)")
+    return kind, int(index or 0)
+
+
+def choose_providers(device: Optional[str], available: Sequence[str]) -> list[Any]:
+    """Execution providers for a --device choice, best first, given what this onnxruntime build offers."""
+    kind, index = parse_device(device)
+    gpu_opts = {"device_id": index}
+    if kind == "cpu":
+        return [_CPU_EP]
+    if kind == "cuda":
+        if _CUDA_EP not in available:
+            raise ScasegError("--device cuda needs onnxruntime-gpu with CUDA (pip install 'scaseg[gpu]'); this onnxruntime offers "
+                              + ", ".join(available))
+        return [(_CUDA_EP, gpu_opts), _CPU_EP]
+    if kind == "tensorrt":
+        if _TRT_EP not in available:
+            raise ScasegError("--device tensorrt needs onnxruntime-gpu built with the TensorRT execution provider; this "
+                              "onnxruntime offers " + ", ".join(available))
+        return [(_TRT_EP, gpu_opts)] + ([(_CUDA_EP, gpu_opts)] if _CUDA_EP in available else []) + [_CPU_EP]
+    # auto: the fastest provider present, with the others as fallbacks for unsupported nodes.
+    chosen: list[Any] = [(p, gpu_opts) for p in (_TRT_EP, _CUDA_EP) if p in available]
+    return chosen + [_CPU_EP]
+
+
+def _dim(d: Any) -> Optional[int]:
+    return int(d) if isinstance(d, int) and d > 0 else None
+
+
+class OnnxRuntimeBackend(Backend):
+    """An ONNX file run by onnxruntime; fp32, fp16 and Q/DQ int8 files all load the same way."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str, info: Optional[ModelInfo] = None, *, device: Optional[str] = None,
+                 threads: Optional[int] = None) -> None:
+        if not os.path.isfile(path):
+            raise ScasegError(f"model not found: {path}")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            if threads < 1:
+                raise ScasegError(f"--threads must be at least 1, got {threads}")
+            opts.intra_op_num_threads = int(threads)
+        opts.log_severity_level = 3  # errors only: provider fallbacks are reported through .device instead
+        providers = choose_providers(device, ort.get_available_providers())
+        try:
+            self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own pybind exception types for every load failure
+            raise ScasegError(f"cannot load the ONNX model {path}: {_first_line(exc)}") from None
+        if info is None:
+            text = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+            if text is None:
+                raise ScasegError(f"the ONNX model {path} has no '{METADATA_KEY}' metadata; export it with scaseg-export")
+            info = ModelInfo.from_json(text)
+        super().__init__(path, info)
+        self._check_graph()
+
+    def _check_graph(self) -> None:
+        """Compare the graph's real inputs and outputs with what the metadata promises."""
+        info, where = self.info, self.path
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if info.input_name not in inputs:
+            raise ScasegError(f"the metadata of {where} names input {info.input_name!r} but the graph has {sorted(inputs)}")
+        if info.output_name not in outputs:
+            raise ScasegError(f"the metadata of {where} names output {info.output_name!r} but the graph has {sorted(outputs)}")
+        inp = inputs[info.input_name]
+        if len(inp.shape) != 4 or _dim(inp.shape[1]) not in (None, 3):
+            raise ScasegError(f"the input of {where} has shape {inp.shape}; expected (batch, 3, height, width)")
+        self.input_shape: tuple[Optional[int], ...] = tuple(_dim(d) for d in inp.shape)
+        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        static_hw = self.input_shape[2:]
+        if None not in static_hw and info.input_size is not None and tuple(static_hw) != tuple(info.input_size):
+            raise ScasegError(f"the metadata of {where} says input size {tuple(info.input_size)} but the graph takes {tuple(static_hw)}")
+        out = outputs[info.output_name]
+        want_rank = 4 if info.output == "logits" else 3
+        if len(out.shape) != want_rank:
+            raise ScasegError(f"the metadata of {where} says the output is {info.output} but the output has rank {len(out.shape)}")
+        if info.output == "logits" and _dim(out.shape[1]) not in (None, info.num_classes):
+            raise ScasegError(f"the metadata of {where} says {info.num_classes} classes but the model outputs {out.shape[1]}")
+
+    @property
+    def fixed_batch(self) -> Optional[int]:
+        return self.input_shape[0]
+
+    @property
+    def fixed_size(self) -> Optional[tuple[int, int]]:
+        h, w = self.input_shape[2:]
+        return (h, w) if h is not None and w is not None else None
+
+    @property
+    def device(self) -> str:
+        used = self.session.get_providers()
+        return {"TensorrtExecutionProvider": "TensorRT EP", "CUDAExecutionProvider": "CUDA EP"}.get(used[0], "CPU")
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        feed = {self.info.input_name: np.ascontiguousarray(batch, dtype=self.input_dtype)}
+        try:
+            (out,) = self.session.run([self.info.output_name], feed)
+        except Exception as exc:
+            raise ScasegError(f"ONNX Runtime could not run {self.path} on an input of shape {tuple(batch.shape)}: "
+                              f"{_first_line(exc)}") from None
+        if self.info.output == "logits" and out.dtype != np.float32:
+            out = out.astype(np.float32)
+        return out
+
+    def close(self) -> None:
+        self.__dict__.pop("session", None)

@@ -1,0 +1,63 @@
+"""PyTorch eager reference backend: runs a checkpoint directly (only where torch is installed; imported lazily)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from scaseg.runtime.backends.base import Backend
+from scaseg.runtime.backends.onnxruntime import parse_device
+from scaseg.runtime.errors import ScasegError
+from scaseg.runtime.metadata import ModelInfo
+
+
+class TorchBackend(Backend):
+    """A .pth / .pt / .safetensors checkpoint loaded with scaseg.checkpoint.load_model and run in eval mode."""
+
+    name = "torch"
+    fixed_batch: Optional[int] = None  # eager mode takes any batch and size
+    fixed_size: Optional[tuple[int, int]] = None
+
+    def __init__(self, path: str, info: Optional[ModelInfo] = None, *, device: Optional[str] = None,
+                 threads: Optional[int] = None) -> None:
+        if not os.path.isfile(path):
+            raise ScasegError(f"model not found: {path}")
+        try:
+            import torch  # the runtime stays torch-free unless this reference backend is asked for
+        except ImportError:
+            raise ScasegError(f"running the checkpoint {path} needs PyTorch, which is not installed "
+                              "(pip install 'scaseg[export]', or export it to ONNX elsewhere)") from None
+        from scaseg.checkpoint import load_model
+
+        kind, index = parse_device(device)
+        if kind == "tensorrt":
+            raise ScasegError("a PyTorch checkpoint cannot run on --device tensorrt; export it to ONNX or an engine first")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ScasegError("--device cuda was asked for but this PyTorch build sees no CUDA device")
+        use_cuda = kind == "cuda" or (kind == "auto" and torch.cuda.is_available())
+        self._torch = torch
+        self._device = torch.device(f"cuda:{index}" if use_cuda else "cpu")
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        loaded: Any = load_model(path, map_location="cpu")
+        model, ckpt_info = loaded[0], loaded[1]
+        super().__init__(path, info or ckpt_info)
+        self.model = model.eval().to(self._device)
+
+    @property
+    def device(self) -> str:
+        return "CUDA:%d" % (self._device.index or 0) if self._device.type == "cuda" else "CPU"
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "precision": "fp32"}
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device))
+        out = out.float() if self.info.output == "logits" else out
+        return out.cpu().numpy()
+
+    def close(self) -> None:
+        self.__dict__.pop("model", None)

@@ -1,0 +1,84 @@
+"""Drawing a label map: palette colouring, blending over the image, and a class legend (pure functions)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+
+
+def palette_lut(palette: Sequence[Sequence[int]], size: int = 65536) -> np.ndarray:
+    """A (size, 3) uint8 lookup table; ids without a colour (e.g. 255 = ignore) map to black."""
+    lut = np.zeros((size, 3), dtype=np.uint8)
+    colours = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:size]
+    lut[: len(colours)] = colours
+    return lut
+
+
+def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+    """(H, W) integer labels -> (H, W, 3) RGB uint8 colour mask; ``palette`` may be a ready palette_lut()."""
+    if isinstance(palette, np.ndarray) and palette.ndim == 2 and palette.shape[0] >= 256:
+        lut = palette
+    else:
+        lut = palette_lut(palette, 256 if labels.dtype == np.uint8 else 65536)
+    if labels.dtype != np.uint8:
+        labels = np.clip(labels, 0, lut.shape[0] - 1).astype(np.intp)
+    return lut[labels]
+
+
+def blend(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a colour mask over an RGB image: ``alpha`` = weight of the mask (0 = image only, 1 = mask only)."""
+    if image.shape != mask.shape:
+        raise ValueError(f"image {image.shape} and mask {mask.shape} differ in shape")
+    alpha = float(min(max(alpha, 0.0), 1.0))
+    return cv2.addWeighted(mask, alpha, image, 1.0 - alpha, 0.0)
+
+
+def draw_legend(
+    image: np.ndarray,
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    classes: Optional[Sequence[int]] = None,
+    max_rows: int = 20,
+) -> np.ndarray:
+    """Draw a colour key (swatch + name) in the top-left corner; ``classes`` limits it to those ids."""
+    ids = list(range(len(class_names))) if classes is None else [int(c) for c in classes if 0 <= int(c) < len(class_names)]
+    ids = ids[:max_rows]
+    out = image.copy()
+    if not ids:
+        return out
+    h, w = out.shape[:2]
+    # Scale text with the frame so the legend stays readable on 4K and on thumbnails alike.
+    scale = max(0.3, min(h, w) / 900.0)
+    thick = max(1, int(round(scale * 1.5)))
+    row = int(round(22 * scale / 0.6))
+    sw = int(round(row * 0.8))
+    names = [str(class_names[i]) for i in ids]
+    text_w = max(cv2.getTextSize(n, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for n in names)
+    box_w = min(w, sw + text_w + 3 * 4)
+    box_h = min(h, row * len(ids) + 4)
+    # Darken the legend's background so names read over any scene.
+    out[:box_h, :box_w] = (out[:box_h, :box_w].astype(np.uint16) * 2 // 5).astype(np.uint8)
+    for r, (cid, name) in enumerate(zip(ids, names)):
+        y0 = 2 + r * row
+        if y0 + sw > h:
+            break
+        colour = tuple(int(v) for v in palette[cid])
+        cv2.rectangle(out, (4, y0 + 2), (4 + sw, y0 + sw), colour, thickness=-1)
+        cv2.putText(out, name, (8 + sw, y0 + sw - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return out
+
+
+def render_overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    palette: Sequence[Sequence[int]] | np.ndarray,
+    alpha: float = 0.5,
+    class_names: Optional[Sequence[str]] = None,
+) -> np.ndarray:
+    """Colour ``labels`` (same H, W as ``image``), blend it over the image, add a legend of present classes."""
+    out = blend(image, colorize(labels, palette), alpha)
+    if class_names is not None:
+        present = np.flatnonzero(np.bincount(labels.ravel(), minlength=len(class_names))[: len(class_names)])
+        out = draw_legend(out, class_names, palette, present)
+    return out

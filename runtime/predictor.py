@@ -1,0 +1,88 @@
+"""A backend plus the model's own input conventions: image in, label map at the image's size out."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from scaseg.runtime.backends import Backend, fixed_batch, fixed_size
+from scaseg.runtime.errors import ScasegError
+from scaseg.runtime.preprocess import Geometry, labels_to_source, logits_to_labels, preprocess, resize_label
+
+
+def parse_imgsz(text: Optional[str]) -> Optional[tuple[int, int]]:
+    """"512" -> (512, 512); "512x1024" (H x W) -> (512, 1024); None -> None."""
+    if text is None or str(text).strip() == "":
+        return None
+    parts = str(text).lower().replace(",", "x").split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        dims = []
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) < 1:
+        raise ScasegError(f"--imgsz {text!r} is not a size: expected N or HxW in pixels, e.g. 512 or 512x1024")
+    return dims[0], dims[1]
+
+
+def input_size_for(backend: Backend, imgsz: Optional[Sequence[int]] = None) -> Optional[tuple[int, int]]:
+    """The (H, W) images are resized to: the graph's static size, else --imgsz, else the trained size, else native."""
+    fixed = fixed_size(backend)
+    if fixed is not None:
+        if imgsz is not None and tuple(imgsz) != fixed:
+            raise ScasegError(f"{backend.path} takes a fixed input of {fixed[0]}x{fixed[1]}; "
+                              f"--imgsz {imgsz[0]}x{imgsz[1]} needs a model exported with dynamic spatial axes")
+        return fixed
+    if imgsz is not None:
+        return int(imgsz[0]), int(imgsz[1])
+    return tuple(backend.info.input_size) if backend.info.input_size else None  # type: ignore[return-value]
+
+
+def output_to_labels(output: np.ndarray, geom: Geometry, num_classes: int) -> np.ndarray:
+    """One image's model output (C, h, w) logits or (h, w) labels -> label map at the source image's size."""
+    if output.ndim == 3:
+        labels = logits_to_labels(output)
+    else:
+        labels = output.astype(np.uint8 if num_classes <= 256 else np.uint16, copy=False)
+    if labels.shape != tuple(geom.dst_hw):  # a model that answers at another stride: back to the input grid first
+        labels = resize_label(labels, geom.dst_hw)
+    return labels_to_source(labels, geom)
+
+
+class Predictor:
+    """Preprocess -> backend -> postprocess, with the size and batch rules of one model."""
+
+    def __init__(self, backend: Backend, imgsz: Optional[Sequence[int]] = None, batch: Optional[int] = None) -> None:
+        self.backend = backend
+        self.info = backend.info
+        self.size = input_size_for(backend, imgsz)
+        self.fixed_batch = fixed_batch(backend)
+        if batch is not None and batch < 1:
+            raise ScasegError(f"--batch must be at least 1, got {batch}")
+        if batch is not None and self.fixed_batch is not None and batch != self.fixed_batch:
+            raise ScasegError(f"{backend.path} has a fixed batch size of {self.fixed_batch}; "
+                              f"--batch {batch} needs a model exported with a dynamic batch axis")
+        self.batch = batch or self.fixed_batch or 1
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """RGB uint8 image -> (3, H, W) float32 network input and its Geometry."""
+        return preprocess(image, self.size, self.info.mean, self.info.std, self.info.resize)
+
+    def run(self, tensors: Sequence[np.ndarray]) -> np.ndarray:
+        """Stack (3, H, W) inputs into one call; pads to a fixed batch and returns only the real rows."""
+        batch = np.stack(tensors) if len(tensors) > 1 else tensors[0][None]
+        n = batch.shape[0]
+        if self.fixed_batch is not None and n < self.fixed_batch:
+            pad = np.zeros((self.fixed_batch - n,) + batch.shape[1:], dtype=batch.dtype)
+            batch = np.concatenate([batch, pad])
+        return self.backend.infer(batch)[:n]
+
+    def finish(self, output: np.ndarray, geom: Geometry) -> np.ndarray:
+        """One row of run()'s result -> label map at the source size."""
+        return output_to_labels(output, geom, self.info.num_classes)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Segment one RGB image: label map (H, W) at its own size."""
+        tensor, geom = self.prepare(image)
+        return self.finish(self.run([tensor])[0], geom)
