@@ -1,0 +1,349 @@
+"""Triton Inference Server model repository: ``<repo>/<name>/config.pbtxt`` plus ``<version>/model.onnx|model.plan``.
+
+Inputs and outputs are read from the model itself (the ONNX graph) or, for a TensorRT plan that has no readable
+signature without TensorRT, from the engine's ModelInfo side file. The config text is written by hand (it is a
+small, flat protobuf text message) so that exporting does not need tritonclient; the tests parse it with
+Triton's own ``model_config.proto`` (``tritonclient.grpc.model_config_pb2``).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from scaseg.runtime.errors import ScasegError
+from scaseg.runtime.fileio import atomic_dir
+from scaseg.runtime.metadata import METADATA_KEY, ModelInfo
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+KINDS = ("auto", "gpu", "cpu")
+ENGINE_SUFFIXES = (".trt", ".engine", ".plan")
+#: Triton's default file name per backend (``default_model_filename`` is written too, for readers).
+MODEL_FILENAMES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+LABELS_FILENAME = "labels.txt"
+#: The model's full ModelInfo JSON, beside config.pbtxt, for clients (normalisation, palette, input size).
+INFO_FILENAME = "scaseg.json"
+
+# ONNX TensorProto.DataType numbers -> Triton DataType names (model_config.proto). Numbers, not onnx.TensorProto
+# attributes, so this table reads without onnx installed.
+_ONNX_TO_TRITON = {
+    1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
+    7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32",
+    13: "TYPE_UINT64", 16: "TYPE_BF16",
+}
+# Names a TensorRT side file may use for a tensor's data type (numpy or TensorRT spelling) -> Triton.
+_NAMED_TO_TRITON = {
+    "float32": "TYPE_FP32", "float": "TYPE_FP32", "fp32": "TYPE_FP32", "float16": "TYPE_FP16", "half": "TYPE_FP16",
+    "fp16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "bf16": "TYPE_BF16", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8",
+    "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL",
+}
+_NAME_OK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output as Triton sees it; -1 marks a dimension the model leaves free."""
+
+    name: str
+    data_type: str
+    shape: tuple[int, ...]
+
+
+# --- reading the model's signature -----------------------------------------------------------------------------
+
+
+def _onnx_tensor(value: Any, where: str) -> TensorSpec:
+    if not value.type.HasField("tensor_type"):
+        raise ScasegError(f"the ONNX model {where} has a non-tensor input or output {value.name!r}; Triton needs tensors")
+    tensor_type = value.type.tensor_type
+    data_type = _ONNX_TO_TRITON.get(int(tensor_type.elem_type))
+    if data_type is None:
+        raise ScasegError(f"the ONNX model {where} has tensor {value.name!r} of a data type Triton cannot serve "
+                          f"(ONNX type {tensor_type.elem_type})")
+    if not tensor_type.HasField("shape"):
+        raise ScasegError(f"the ONNX model {where} does not declare the rank of {value.name!r}; re-export it with shapes")
+    # A symbolic (dim_param) or missing dim_value is free: Triton's -1.
+    shape = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor_type.shape.dim)
+    return TensorSpec(value.name, data_type, shape)
+
+
+def _load_onnx(path: Path) -> Any:
+    import onnx  # export/ may import onnx; kept local so importing this module stays cheap
+
+    try:
+        # Only the graph signature is needed here; weights stored outside the file are copied, not read.
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own errors share no useful base class
+        raise ScasegError(f"cannot read {path} as an ONNX model ({type(exc).__name__})") from None
+
+
+def onnx_signature(path: str | Path) -> tuple[ModelInfo, list[TensorSpec], list[TensorSpec]]:
+    """ModelInfo (metadata_props "scaseg"), inputs and outputs of an ONNX model."""
+    path = Path(path)
+    model = _load_onnx(path)
+    props = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in props:
+        raise ScasegError(f"the ONNX model {path} has no '{METADATA_KEY}' metadata; export it with scaseg-export")
+    info = ModelInfo.from_json(props[METADATA_KEY])
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [_onnx_tensor(v, str(path)) for v in model.graph.input if v.name not in weights]
+    outputs = [_onnx_tensor(v, str(path)) for v in model.graph.output]
+    return info, inputs, outputs
+
+
+def _external_files(path: Path) -> list[str]:
+    """Relative locations of weight files an ONNX model keeps outside itself (models over 2 GB)."""
+    model = _load_onnx(path)
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
+    locations = []
+    for tensor in tensors:
+        if tensor.data_location != 1:  # TensorProto.EXTERNAL
+            continue
+        entry = {e.key: e.value for e in tensor.external_data}
+        location = entry.get("location", "")
+        if not location or Path(location).is_absolute() or ".." in Path(location).parts:
+            raise ScasegError(f"the ONNX model {path} points to weights at {location!r}; expected a file beside it")
+        if location not in locations:
+            locations.append(location)
+    return locations
+
+
+def _trt_labels_type(facts: dict[str, Any]) -> str:
+    # Assumption (no TensorRT here to check): TensorRT 8.x casts ONNX int64 tensors down to int32, TensorRT >= 10
+    # has a native INT64 type and keeps the ArgMax output int64. A side file that records the real dtype wins.
+    from scaseg.runtime.trt_compat import parse_version
+
+    version = facts.get("version")
+    major = parse_version(str(version))[0] if version else 10
+    return "TYPE_INT32" if major < 10 else "TYPE_INT64"
+
+
+def engine_signature(path: str | Path) -> tuple[ModelInfo, list[TensorSpec], list[TensorSpec]]:
+    """ModelInfo, inputs and outputs of a TensorRT engine, from its ``<engine>.json`` side file.
+
+    A plan cannot be opened without TensorRT, so shapes come from the metadata: input (B, 3, H, W), output
+    (B, C, H, W) logits or (B, H, W) labels, with -1 where the engine was built for a range.
+    """
+    from scaseg.runtime.trt_compat import engine_facts, read_engine_info
+
+    info = read_engine_info(path)
+    facts = engine_facts(info)
+    batch = -1 if info.dynamic_batch else int(info.batch)
+    if info.dynamic_spatial or info.input_size is None:
+        height = width = -1
+    else:
+        height, width = info.input_size
+    # Explicit tensor dtypes recorded by the builder ({"images": "float32", ...}) win over the defaults:
+    # engines keep float32 inputs and logits at every precision (the fp16/int8 ONNX keep float32 I/O).
+    recorded = facts.get("io_dtypes") if isinstance(facts.get("io_dtypes"), dict) else {}
+
+    def dtype(name: str, default: str) -> str:
+        text = recorded.get(name)
+        if text is None:
+            return default
+        key = str(text).lower().replace("datatype.", "")
+        if key not in _NAMED_TO_TRITON:
+            raise ScasegError(f"the engine side file of {path} gives tensor {name!r} the data type {text!r}, "
+                              "which Triton cannot serve")
+        return _NAMED_TO_TRITON[key]
+
+    inputs = [TensorSpec(info.input_name, dtype(info.input_name, "TYPE_FP32"), (batch, 3, height, width))]
+    if info.output == "logits":
+        out = TensorSpec(info.output_name, dtype(info.output_name, "TYPE_FP32"), (batch, info.num_classes, height, width))
+    else:
+        out = TensorSpec(info.output_name, dtype(info.output_name, _trt_labels_type(facts)), (batch, height, width))
+    return info, inputs, [out]
+
+
+# --- the config ------------------------------------------------------------------------------------------------
+
+
+def _quote(text: str) -> str:
+    """A protobuf text-format string literal."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _tensor_block(spec: TensorSpec, dims: Sequence[int], label_filename: Optional[str]) -> list[str]:
+    lines = ["  {", f"    name: {_quote(spec.name)}", f"    data_type: {spec.data_type}",
+             f"    dims: [ {', '.join(str(d) for d in dims)} ]"]
+    if label_filename:
+        lines.append(f"    label_filename: {_quote(label_filename)}")
+    return lines + ["  }"]
+
+
+def render_config(*, name: str, backend: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                  max_batch_size: int, preferred_batch_sizes: Sequence[int] = (), max_queue_delay_us: int = 100,
+                  instance_kind: str = "KIND_GPU", instances: int = 1, label_output: Optional[str] = None) -> str:
+    """The config.pbtxt text; with max_batch_size > 0 the batch axis is left out of ``dims`` (Triton's rule)."""
+    skip = 1 if max_batch_size > 0 else 0
+    lines = [f"name: {_quote(name)}", f"backend: {_quote(backend)}",
+             f"default_model_filename: {_quote(MODEL_FILENAMES[backend])}",
+             f"max_batch_size: {max_batch_size}",
+             "version_policy: { latest: { num_versions: 1 } }"]
+    for field, specs in (("input", inputs), ("output", outputs)):
+        blocks: list[str] = []
+        for i, spec in enumerate(specs):
+            labels = LABELS_FILENAME if spec.name == label_output else None
+            blocks += _tensor_block(spec, spec.shape[skip:], labels)
+            if i < len(specs) - 1:
+                blocks[-1] += ","
+        lines += [f"{field} ["] + blocks + ["]"]
+    lines += ["instance_group [", "  {", f"    count: {instances}", f"    kind: {instance_kind}", "  }", "]"]
+    if max_batch_size > 0:
+        lines.append("dynamic_batching {")
+        if preferred_batch_sizes:
+            lines.append(f"  preferred_batch_size: [ {', '.join(str(b) for b in preferred_batch_sizes)} ]")
+        lines += [f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}"]
+    return "\n".join(lines) + "\n"
+
+
+# --- the repository --------------------------------------------------------------------------------------------
+
+
+def _choose_backend(path: Path, backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ScasegError(f"unknown Triton backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnxruntime"
+    if suffix in ENGINE_SUFFIXES:
+        return "tensorrt"
+    raise ScasegError(f"cannot tell the Triton backend from {path.name}: expected a .onnx model or a "
+                      f"{'/'.join(ENGINE_SUFFIXES)} TensorRT engine (or pass backend explicitly)")
+
+
+def _model_name(path: Path, name: Optional[str]) -> str:
+    if name is None:
+        # "model.int8.onnx" -> "model_int8": precision tags stay in the name so variants do not collide.
+        return re.sub(r"[^A-Za-z0-9_-]", "_", path.stem).strip("_-") or "scaseg"
+    if not _NAME_OK.match(name):
+        raise ScasegError(f"the Triton model name {name!r} must be letters, digits, '_', '-' or '.', "
+                          "not starting with '.' or '-'")
+    return name
+
+
+def _batching(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], where: str) -> bool:
+    """True when every tensor's first axis is free (the model batches); refuse a mix Triton cannot describe."""
+    free = [spec.shape[0] == -1 for spec in (*inputs, *outputs) if spec.shape]
+    if any(len(spec.shape) == 0 for spec in (*inputs, *outputs)):
+        raise ScasegError(f"{where} has a scalar input or output; Triton needs tensors with a batch axis")
+    if any(free) and not all(free):
+        raise ScasegError(f"{where} has a free batch axis on some inputs/outputs and a fixed one on others; "
+                          "export it with the batch axis dynamic everywhere or nowhere")
+    return all(free)
+
+
+def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str] = None, backend: str = "auto",
+                            max_batch_size: int = 8, preferred_batch_sizes: Optional[Sequence[int]] = None,
+                            max_queue_delay_us: int = 100, instances: int = 1, kind: str = "auto",
+                            version: int = 1) -> dict[str, Any]:
+    """Write ``out_dir/<name>/`` (config.pbtxt, labels, scaseg.json, ``<version>/model.*``) for Triton; returns a summary.
+
+    A model whose batch axis is dynamic gets ``max_batch_size`` and dynamic batching; a fixed-batch model gets
+    ``max_batch_size: 0`` with the batch axis written in ``dims`` and no batcher (Triton cannot batch it).
+    The ``<name>`` folder is replaced as a whole, atomically; other models in ``out_dir`` are left alone.
+    """
+    path = Path(model_path).expanduser()
+    if not path.is_file():
+        raise ScasegError(f"model not found: {model_path} (expected an exported .onnx model or a TensorRT engine)")
+    backend = _choose_backend(path, backend)
+    model_name = _model_name(path, name)
+    if kind not in KINDS:
+        raise ScasegError(f"unknown instance kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if backend == "tensorrt" and kind == "cpu":
+        raise ScasegError("a TensorRT plan runs only on a GPU: use kind 'gpu' or 'auto' for the tensorrt backend")
+    # auto: a plan needs a GPU; an ONNX model goes wherever Triton finds one (KIND_AUTO: GPUs if present, else CPU).
+    instance_kind = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}.get(kind, "KIND_GPU" if backend == "tensorrt" else "KIND_AUTO")
+    for label, value in (("instances", instances), ("version", version)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ScasegError(f"{label} must be a whole number of at least 1, got {value!r}")
+    if isinstance(max_queue_delay_us, bool) or not isinstance(max_queue_delay_us, int) or max_queue_delay_us < 0:
+        raise ScasegError(f"max_queue_delay_us must be a whole number of microseconds >= 0, got {max_queue_delay_us!r}")
+
+    if backend == "onnxruntime":
+        if path.suffix.lower() in ENGINE_SUFFIXES:
+            raise ScasegError(f"{path.name} looks like a TensorRT engine; the onnxruntime backend needs a .onnx model")
+        info, inputs, outputs = onnx_signature(path)
+        extra_files = _external_files(path)
+    else:
+        if path.suffix.lower() == ".onnx":
+            raise ScasegError(f"{path.name} is an ONNX model; the tensorrt backend needs an engine built from it "
+                              "(scaseg-export --format engine)")
+        if path.stat().st_size == 0:
+            raise ScasegError(f"the engine {path} is empty")
+        info, inputs, outputs = engine_signature(path)
+        extra_files = []
+        if info.sca_op == "function":
+            # The Python strip-attention plugin lives in the scaseg runtime process; Triton's TensorRT backend
+            # cannot load it, and the side file cannot tell whether the build used it or inlined the function.
+            raise ScasegError("this engine was built from a --sca-op function export, which may need the Python "
+                              "strip-attention plugin that Triton cannot load: build the engine from a "
+                              "--sca-op decomposed export")
+    where = f"the model {path}"
+    for label, wanted, specs in (("input", info.input_name, inputs), ("output", info.output_name, outputs)):
+        if wanted not in {s.name for s in specs}:
+            raise ScasegError(f"the metadata of {path} names {label} {wanted!r} but the model has "
+                              f"{sorted(s.name for s in specs)}")
+
+    batches = _batching(inputs, outputs, where)
+    preferred = sorted(set(int(b) for b in preferred_batch_sizes)) if preferred_batch_sizes else []
+    if batches:
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ScasegError(f"max_batch_size must be at least 1 for a model with a dynamic batch axis, got "
+                              f"{max_batch_size!r}")
+        limit = info.extra.get("tensorrt", {}).get("max_batch") if backend == "tensorrt" else None
+        if isinstance(limit, int) and max_batch_size > limit:
+            raise ScasegError(f"max_batch_size {max_batch_size} exceeds the batch {limit} the engine {path.name} "
+                              "was built for; pass a smaller max_batch_size or rebuild with a larger profile")
+        if any(b < 1 or b > max_batch_size for b in preferred):
+            raise ScasegError(f"preferred batch sizes {preferred} must lie between 1 and max_batch_size "
+                              f"{max_batch_size}")
+        triton_max_batch = max_batch_size
+    else:
+        if preferred:
+            raise ScasegError(f"{where} has a fixed batch of {inputs[0].shape[0]}, so Triton cannot batch it and "
+                              "preferred batch sizes do not apply; export with a dynamic batch axis to batch")
+        triton_max_batch = 0
+
+    config = render_config(name=model_name, backend=backend, inputs=inputs, outputs=outputs,
+                           max_batch_size=triton_max_batch, preferred_batch_sizes=preferred,
+                           max_queue_delay_us=max_queue_delay_us, instance_kind=instance_kind, instances=instances,
+                           label_output=info.output_name)
+    # One class name a line, line i = class i; a line break inside a name would shift every later class.
+    labels = "".join(" ".join(str(c).split()) + "\n" for c in info.class_names)
+
+    repo = Path(out_dir).expanduser()
+    if repo.exists() and not repo.is_dir():
+        raise ScasegError(f"the Triton repository {repo} exists and is not a folder")
+    model_file = MODEL_FILENAMES[backend]
+    with atomic_dir(repo / model_name) as tmp:
+        version_dir = tmp / str(version)
+        version_dir.mkdir()
+        shutil.copyfile(path, version_dir / model_file)
+        for rel in extra_files:
+            source = path.parent / rel
+            if not source.is_file():
+                raise ScasegError(f"the ONNX model {path} keeps weights in {rel}, which is missing beside it")
+            (version_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, version_dir / rel)
+        (tmp / "config.pbtxt").write_text(config, encoding="utf-8")
+        (tmp / LABELS_FILENAME).write_text(labels, encoding="utf-8")
+        (tmp / INFO_FILENAME).write_text(json.dumps(info.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    model_dir = repo / model_name
+    skip = 1 if triton_max_batch > 0 else 0
+    return {
+        "repository": str(repo), "name": model_name, "model_dir": str(model_dir), "backend": backend,
+        "config": str(model_dir / "config.pbtxt"), "model_file": str(model_dir / str(version) / model_file),
+        "labels_file": str(model_dir / LABELS_FILENAME), "version": version,
+        "max_batch_size": triton_max_batch, "dynamic_batching": triton_max_batch > 0,
+        "preferred_batch_sizes": preferred, "instance_kind": instance_kind, "instances": instances,
+        "inputs": [{"name": s.name, "data_type": s.data_type, "dims": list(s.shape[skip:])} for s in inputs],
+        "outputs": [{"name": s.name, "data_type": s.data_type, "dims": list(s.shape[skip:])} for s in outputs],
+    }
