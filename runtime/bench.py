@@ -1,0 +1,242 @@
+"""scaseg-bench: latency percentiles and FPS (model-only and end-to-end), and mIoU on a dataset, for one or more models."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+import typer
+
+from scaseg.runtime.backends import fixed_size, open_backend
+from scaseg.runtime.errors import ScasegError, run_cli
+from scaseg.runtime.fileio import atomic_path
+from scaseg.runtime.metadata import ModelInfo
+from scaseg.runtime.predictor import Predictor, parse_imgsz
+from scaseg.runtime.preprocess import resize_label, to_rgb_uint8
+from scaseg.runtime.timing import summarize
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+# A 720p frame stands in for "an image from the camera" when no dataset is given.
+SAMPLE_HW = (720, 1280)
+
+
+def sample_jpeg(hw: tuple[int, int] = SAMPLE_HW, seed: int = 0) -> bytes:
+    """A deterministic photo-like JPEG (smoothed noise) used to time decoding when no dataset is given."""
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (*hw, 3), dtype=np.uint8), (0, 0), 3)
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return data.tobytes()
+
+
+def _decode(data: bytes) -> np.ndarray:
+    return to_rgb_uint8(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), bgr=True)
+
+
+def _timed(fn: Any, warmup: int, runs: int, desc: str, progress: bool) -> list[float]:
+    from tqdm import tqdm
+
+    for _ in range(warmup):
+        fn()
+    laps = []
+    for _ in tqdm(range(runs), desc=desc, unit="run", file=sys.stderr, leave=False, disable=not progress):
+        t0 = time.perf_counter()
+        fn()
+        laps.append(time.perf_counter() - t0)
+    return laps
+
+
+def time_model(predictor: Predictor, image_bytes: bytes, warmup: int, runs: int, progress: bool = True) -> dict[str, Any]:
+    """Model-only (inference on a ready batch) and end-to-end (decode + preprocess + infer + postprocess) timings."""
+    n = predictor.batch
+    image = _decode(image_bytes)
+    tensor, _ = predictor.prepare(image)
+    batch = np.ascontiguousarray(np.stack([tensor] * n))
+    backend = predictor.backend
+
+    def model_only() -> None:
+        backend.infer(batch)
+
+    def end_to_end() -> None:
+        prepared = [predictor.prepare(_decode(image_bytes)) for _ in range(n)]
+        outputs = predictor.run([t for t, _ in prepared])
+        for out, (_, geom) in zip(outputs, prepared):
+            predictor.finish(out, geom)
+
+    model = summarize(_timed(model_only, warmup, runs, "model-only", progress), n)
+    e2e = summarize(_timed(end_to_end, min(warmup, 3), runs, "end-to-end", progress), n)
+    return {**model, "end_to_end": e2e, "input_shape": list(batch.shape), "source_hw": list(image.shape[:2])}
+
+
+def open_eval_dataset(data: str, kind: str, split: str, info: ModelInfo) -> Any:
+    """Open the dataset to score a model on; a plain labelled folder without classes.txt takes the model's classes."""
+    from scaseg.runtime.datasets import detect_kind, open_dataset
+
+    root = Path(data).expanduser()
+    resolved = detect_kind(root) if kind == "auto" and root.is_dir() else kind
+    classes = info.class_names if resolved == "folder" and not (root / "classes.txt").is_file() else None
+    ds = open_dataset(root, kind=resolved, split=split, classes=classes)
+    if len(ds) == 0:
+        raise ScasegError(f"the {split} split of the dataset at {data} is empty")
+    if ds.num_classes != info.num_classes:
+        raise ScasegError(f"the {ds.kind} dataset at {data} has {ds.num_classes} classes but the model predicts "
+                          f"{info.num_classes}")
+    return ds
+
+
+def evaluate(predictor: Predictor, ds: Any, limit: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
+    """mIoU, pixel accuracy and per-class IoU of one model on a dataset split (labels at full resolution)."""
+    from tqdm import tqdm
+
+    from scaseg.runtime.metrics import SegMetrics
+
+    info = predictor.info
+    total = len(ds) if limit is None else min(limit, len(ds))
+    metrics = SegMetrics(info.num_classes, ignore_index=getattr(ds, "ignore_index", 255))
+    for i in tqdm(range(total), desc="mIoU", unit="img", file=sys.stderr, leave=False, disable=not progress):
+        sample = ds[i]
+        if sample.label is None:
+            raise ScasegError(f"the image {sample.name} of {ds.root} has no label, so mIoU cannot be measured")
+        pred = predictor(sample.image)
+        label = sample.label if sample.label.shape == pred.shape else resize_label(sample.label, pred.shape)
+        metrics.update(pred, label)
+    result = metrics.compute()
+    iou = [None if (v is None or (isinstance(v, float) and math.isnan(v))) else float(v) for v in result["iou"]]
+    return {"miou": float(result["miou"]), "pixel_acc": float(result["pixel_acc"]), "iou": iou,
+            "class_names": list(ds.classes), "images": total, "dataset": ds.kind, "split": ds.split}
+
+
+def bench_one(path: str, *, backend: str, device: Optional[str], threads: Optional[int], imgsz: Optional[tuple[int, int]],
+              batch: Optional[int], warmup: int, runs: int, data: Optional[str], dataset: str, split: str,
+              limit: Optional[int], progress: bool) -> dict[str, Any]:
+    """Benchmark one model file; returns the JSON record (see docs/runtime.md)."""
+    with open_backend(path, backend, device=device, threads=threads) as be:
+        fixed = fixed_size(be)
+        if imgsz is not None and fixed is not None and tuple(imgsz) != fixed:
+            # One --imgsz across a mixed list: it applies to the dynamic models; static ones keep their size.
+            print(f"scaseg-bench: {os.path.basename(path)} has a fixed {fixed[0]}x{fixed[1]} input; --imgsz ignored for it",
+                  file=sys.stderr)
+            imgsz = None
+        predictor = Predictor(be, imgsz, batch)
+        record: dict[str, Any] = {
+            "file": os.path.basename(path), "path": os.path.abspath(path), "backend": be.name, "device": be.device,
+            "precision": be.info.precision, "variant": be.info.variant, "output": be.info.output,
+            "size_mb": os.path.getsize(path) / 2**20, "batch": predictor.batch,
+        }
+        ds = open_eval_dataset(data, dataset, split, be.info) if data is not None else None
+        # End-to-end timing decodes a real image of the dataset when there is one.
+        image_bytes = Path(ds.image_paths[0]).read_bytes() if ds is not None else sample_jpeg()
+        record.update(time_model(predictor, image_bytes, warmup, runs, progress))
+        if ds is not None:
+            record.update(evaluate(predictor, ds, limit, progress))
+    return record
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """One row per model: file, backend, precision, size, input, mIoU, ms and FPS (model-only and end-to-end)."""
+    head = ["Model", "Backend", "Device", "Precision", "Size (MB)", "Input", "mIoU", "ms/img", "FPS", "E2E ms/img", "E2E FPS"]
+    rows = []
+    for r in records:
+        shape = r["input_shape"]
+        e2e = r["end_to_end"]
+        rows.append([
+            r["file"], r["backend"], r["device"], r["precision"], f"{r['size_mb']:.1f}",
+            f"{shape[0]}x{shape[2]}x{shape[3]}", _fmt(None if r.get("miou") is None else 100 * r["miou"], ".2f"),
+            f"{r['latency_ms']['mean'] / r['batch']:.2f}", f"{r['fps']:.1f}",
+            f"{e2e['latency_ms']['mean'] / r['batch']:.2f}", f"{e2e['fps']:.1f}",
+        ])
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in [head] + rows]
+    return "\n".join(lines)
+
+
+CSV_FIELDS = ["file", "backend", "device", "precision", "size_mb", "batch", "input_shape", "fps", "latency_mean_ms",
+              "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "e2e_fps", "e2e_latency_mean_ms",
+              "e2e_latency_p50_ms", "e2e_latency_p90_ms", "e2e_latency_p99_ms", "miou", "pixel_acc"]
+
+
+def to_csv(records: list[dict[str, Any]]) -> str:
+    """The table as CSV (one row per model; percentiles in milliseconds per call)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        row = {k: r.get(k) for k in ("file", "backend", "device", "precision", "batch", "fps", "miou", "pixel_acc")}
+        row["size_mb"] = round(r["size_mb"], 3)
+        row["input_shape"] = "x".join(str(d) for d in r["input_shape"])
+        for prefix, part in (("", r), ("e2e_", r["end_to_end"])):
+            row[f"{prefix}fps"] = round(part["fps"], 3)
+            for q in ("mean", "p50", "p90", "p99"):
+                row[f"{prefix}latency_{q}_ms"] = round(part["latency_ms"][q], 4)
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def _write_text(path: str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+@app.command()
+def bench(
+    models: list[str] = typer.Argument(..., help="Model files (.onnx, .trt/.engine/.plan, .pth) to compare."),
+    warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed runs first."),
+    runs: int = typer.Option(50, "--runs", "-n", min=1, help="Timed runs."),
+    batch: Optional[int] = typer.Option(None, "--batch", "-b", min=1, help="Images per call (default: the model's batch, or 1)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for inference."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda[:N] or tensorrt."),
+    backend: str = typer.Option("auto", "--backend", help="auto (from the suffix), onnxruntime, tensorrt or torch."),
+    imgsz: Optional[str] = typer.Option(None, "--imgsz", help="Input size N or HxW for models with dynamic size."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset root: adds mIoU, pixel accuracy and per-class IoU."),
+    dataset: str = typer.Option("auto", "--dataset", help="Dataset layout: auto, cityscapes, ade20k, voc, cocostuff, folder."),
+    split: str = typer.Option("val", "--split", help="Dataset split."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate at most N images."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write all results as JSON here."),
+    csv_path: Optional[str] = typer.Option(None, "--csv", help="Write the table as CSV here."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Benchmark MODELS and print one table across them."""
+    for path in models:  # fail on a typo before spending minutes on the models before it
+        if not os.path.isfile(path):
+            raise ScasegError(f"model not found: {path}")
+    if data is not None and not Path(data).expanduser().is_dir():
+        raise ScasegError(f"dataset folder not found: {data}")
+    size = parse_imgsz(imgsz)
+    records = []
+    for path in models:
+        if not quiet:
+            print(f"scaseg-bench: {path}", file=sys.stderr)
+        records.append(bench_one(path, backend=backend, device=device, threads=threads, imgsz=size, batch=batch,
+                                 warmup=warmup, runs=runs, data=data, dataset=dataset,
+                                 split=split, limit=limit, progress=not quiet))
+    print(format_table(records))
+    if json_path:
+        settings = {"warmup": warmup, "runs": runs, "batch": batch, "threads": threads, "device": device,
+                    "imgsz": size, "data": data, "dataset": dataset, "split": split, "limit": limit,
+                    "sample": "dataset image" if data else f"synthetic {SAMPLE_HW[0]}x{SAMPLE_HW[1]} JPEG"}
+        _write_text(json_path, json.dumps({"settings": settings, "models": records}, indent=2) + "\n")
+    if csv_path:
+        _write_text(csv_path, to_csv(records))
+
+
+def main() -> None:
+    """Console entry point ``scaseg-bench``."""
+    run_cli(app, prog="scaseg-bench")
+
+
+if __name__ == "__main__":
+    main()

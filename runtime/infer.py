@@ -1,0 +1,159 @@
+"""scaseg-infer: segment a video, an image, a folder of images, a camera or a stream, and save overlays or labels."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+import typer
+
+from scaseg.runtime.backends import open_backend
+from scaseg.runtime.errors import ScasegError, run_cli
+from scaseg.runtime.fileio import atomic_dir, atomic_path
+from scaseg.runtime.overlay import palette_lut, render_overlay
+from scaseg.runtime.predictor import Predictor, parse_imgsz
+from scaseg.runtime.video import VIDEO_EXTENSIONS, Frame, ImageSink, Source, StopPipeline, VideoSink, open_source, run_pipeline
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+IMAGE_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class OutputFormat(str, Enum):
+    overlay = "overlay"
+    labels = "labels"
+
+
+def default_output(source: Source, spec: str, fmt: str) -> Path:
+    """``<stem>_seg.mp4`` beside a video, ``<stem>_seg.png`` beside an image, ``<folder>_seg/`` beside a folder.
+
+    Cameras and streams write into the current folder. Label maps of a video go to a folder of PNGs.
+    """
+    base = Path.cwd() if source.kind in ("camera", "stream") else Path(spec).expanduser().parent
+    if source.kind == "folder":
+        return Path(spec).expanduser().with_name(f"{Path(spec).expanduser().name}_seg")
+    if source.kind == "image":
+        return base / f"{source.name}_seg.png"
+    return base / (f"{source.name}_seg" if fmt == "labels" else f"{source.name}_seg.mp4")
+
+
+def _check_output(source: Source, out: Path, fmt: str) -> str:
+    """Which sink ``out`` needs ("video", "file" or "folder"), refusing combinations that cannot work."""
+    suffix = out.suffix.lower()
+    if source.kind == "image":
+        if suffix not in IMAGE_OUTPUT_SUFFIXES:
+            raise ScasegError(f"the output {out} for one image must be an image file ({', '.join(IMAGE_OUTPUT_SUFFIXES)})")
+        if fmt == "labels" and suffix not in (".png", ".tif", ".tiff"):
+            raise ScasegError(f"label maps need a lossless format; name the output {out.with_suffix('.png')}")
+        return "file"
+    if source.kind == "folder" or fmt == "labels":
+        if suffix in VIDEO_EXTENSIONS or suffix in IMAGE_OUTPUT_SUFFIXES:
+            raise ScasegError(f"this run writes a folder of images; -o {out} looks like a file name")
+        return "folder"
+    if suffix not in (".mp4", ".avi", ".mkv", ".mov", ".m4v"):
+        raise ScasegError(f"the output video {out} needs a .mp4, .avi or .mkv name")
+    return "video"
+
+
+@app.command()
+def infer(
+    source: str = typer.Argument(..., help="Video file, image, image folder, camera index (0) or rtsp:// / http:// URL."),
+    model: str = typer.Option(..., "--model", "-m", help="Model: .onnx, .trt/.engine/.plan, or .pth checkpoint."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output video, image or folder (default: <source>_seg...)."),
+    fmt: OutputFormat = typer.Option(OutputFormat.overlay, "--format", help="overlay: colour mask over the image; labels: raw label PNGs."),
+    save_labels: bool = typer.Option(False, "--save-labels", help="Shorthand for --format labels."),
+    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Weight of the colour mask in the overlay."),
+    legend: bool = typer.Option(False, "--legend", help="Draw the names of the classes present in each frame."),
+    show: bool = typer.Option(False, "--show", help="Display the result in a window (q or Esc stops)."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Write outputs (--no-save with --show only displays)."),
+    backend: str = typer.Option("auto", "--backend", help="auto (from the suffix), onnxruntime, tensorrt or torch."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda[:N] or tensorrt."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference (ONNX Runtime / PyTorch)."),
+    imgsz: Optional[str] = typer.Option(None, "--imgsz", help="Input size N or HxW for models with dynamic size."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Frames per inference call (dynamic-batch models)."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
+    queue_size: int = typer.Option(4, "--queue", min=1, max=64, help="Frames buffered between stages."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Segment SOURCE with MODEL and write an overlay video / images or label maps."""
+    kind = OutputFormat.labels.value if save_labels else fmt.value
+    if not save and not show:
+        raise ScasegError("--no-save without --show would do nothing; add --show or drop --no-save")
+    if show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        # OpenCV's Qt/GTK backends abort the whole process without a display; refuse before any work.
+        raise ScasegError("--show needs a display (DISPLAY or WAYLAND_DISPLAY is not set); drop --show to only save")
+    src = open_source(source)
+    try:
+        predictor = Predictor(open_backend(model, backend, device=device, threads=threads), parse_imgsz(imgsz), batch)
+        out = Path(output).expanduser() if output else default_output(src, source, kind)
+        target = _check_output(src, out, kind) if save else "none"
+        _run(src, predictor, out, target, kind, alpha, legend, show, max_frames, queue_size, quiet)
+    finally:
+        src.close()
+        if show:
+            cv2.destroyAllWindows()
+
+
+def _run(src: Source, predictor: Predictor, out: Path, target: str, kind: str, alpha: float, legend: bool,
+         show: bool, max_frames: Optional[int], queue_size: int, quiet: bool) -> None:
+    info = predictor.info
+    lut = palette_lut(info.palette)
+    label_dtype = np.uint8 if info.num_classes <= 256 else np.uint16
+    with contextlib.ExitStack() as stack:
+        sink: Optional[VideoSink | ImageSink] = None
+        if target == "video":
+            sink = VideoSink(stack.enter_context(atomic_path(out)), src.fps)
+        elif target == "file":
+            sink = ImageSink(file=stack.enter_context(atomic_path(out)))
+        elif target == "folder":
+            sink = ImageSink(folder=stack.enter_context(atomic_dir(out)), suffix=".png")
+
+        def consume(frame: Frame, labels: np.ndarray) -> None:
+            assert frame.image is not None
+            picture = None
+            if kind == "overlay" or show:
+                picture = render_overlay(frame.image, labels, lut, alpha, info.class_names if legend else None)
+            if sink is not None:
+                sink.write(frame.name, picture if kind == "overlay" else labels.astype(label_dtype, copy=False))
+            if show and picture is not None:
+                _show(picture)
+
+        stats = run_pipeline(src, predictor, consume, queue_size=queue_size, max_frames=max_frames, progress=not quiet)
+        if sink is not None:
+            sink.close()  # finalise the container before the rename, also after Ctrl-C
+        if stats.frames == 0:
+            raise ScasegError(f"no frame of {src.name} could be decoded ({stats.skipped} unreadable); nothing written")
+    where = f"wrote {out}" if target != "none" else "displayed"
+    print(f"scaseg-infer: {where}: {stats.frames} frames, {stats.fps:.1f} FPS end-to-end, "
+          f"model {stats.model_fps:.1f} FPS ({predictor.backend.name}, {predictor.backend.device})", file=sys.stderr)
+    if stats.skipped:
+        names = ", ".join(stats.skipped_names[:5]) + (" ..." if len(stats.skipped_names) > 5 else "")
+        print(f"scaseg-infer: warning: skipped {stats.skipped} unreadable frame(s)" + (f": {names}" if names else ""),
+              file=sys.stderr)
+    if stats.interrupted:
+        print(f"scaseg-infer: interrupted after {stats.frames} frames; the output so far is saved", file=sys.stderr)
+        raise KeyboardInterrupt
+
+
+def _show(picture: np.ndarray) -> None:
+    try:
+        cv2.imshow("scaseg-infer", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        key = cv2.waitKey(1) & 0xFF
+    except cv2.error:
+        raise ScasegError("--show cannot open a window here (no display, or OpenCV built without GUI support)") from None
+    if key in (27, ord("q")):
+        raise StopPipeline
+
+
+def main() -> None:
+    """Console entry point ``scaseg-infer``."""
+    run_cli(app, prog="scaseg-infer")
+
+
+if __name__ == "__main__":
+    main()
