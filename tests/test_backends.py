@@ -155,3 +155,24 @@ def test_backend_for_suffixes():
     assert backend_for("a/b.ONNX") == "onnxruntime"
     assert {backend_for(f"m{s}") for s in (".trt", ".engine", ".plan")} == {"tensorrt"}
     assert {backend_for(f"m{s}") for s in (".pth", ".pt", ".safetensors")} == {"torch"}
+
+
+def test_torch_reference_backend_runs_a_checkpoint(tmp_path):
+    torch = pytest.importorskip("torch")
+    from scaseg import build, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build("scaseg-t", num_classes=3).eval()
+    path = save_checkpoint(model, tmp_path / "t.pth", class_names=["a", "b", "c"], input_size=(64, 64))
+    be = open_backend(path, device="cpu", threads=1)
+    assert be.name == "torch" and be.info.variant == "scaseg-t" and be.info.class_names == ["a", "b", "c"]
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    out = be.infer(x)
+    assert out.shape == (1, 3, 64, 64) and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    pred = Predictor(be)
+    assert pred.size == (64, 64) and pred(halves(50, 70)).shape == (50, 70)
+    with pytest.raises(ScasegError, match="cannot run on --device tensorrt"):
+        open_backend(path, device="tensorrt")
