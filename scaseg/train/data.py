@@ -7,17 +7,19 @@ images and crops it would have seen, whatever the number of DataLoader workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
-from scaseg.runtime.datasets import SegDataset
 from scaseg.runtime.errors import ScasegError
 from scaseg.runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
 from scaseg.runtime.preprocess import normalize, preprocess
+
+if TYPE_CHECKING:  # pragma: no cover
+    from scaseg.runtime.datasets import SegDataset
 
 
 @dataclass(frozen=True)

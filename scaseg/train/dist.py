@@ -77,11 +77,16 @@ def teardown() -> None:
 
 
 def prepare_model(model: nn.Module, env: DistEnv) -> nn.Module:
-    """Move to the device; under DDP convert BatchNorm to SyncBatchNorm and wrap in DistributedDataParallel."""
+    """Move to the device; under DDP wrap in DistributedDataParallel, with BatchNorm made SyncBatchNorm on GPUs.
+
+    PyTorch's SyncBatchNorm runs on CUDA only; CPU (gloo) ranks keep per-rank batch statistics, and DDP
+    broadcasts rank 0's running statistics at every forward so the ranks' buffers agree.
+    """
     model = model.to(env.device)
     if not env.distributed:
         return model
-    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if env.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [env.device.index] if env.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 

@@ -312,6 +312,8 @@ class Trainer:
         return DataLoader(TrainSet(self.train_data, aug), batch_size=cfg.batch, sampler=sampler, drop_last=True,
                           num_workers=cfg.workers, collate_fn=collate, pin_memory=env.device.type == "cuda",
                           worker_init_fn=_worker_init, persistent_workers=False,
+                          # Its own generator: drawing worker seeds must not advance the global RNG (exact resume).
+                          generator=torch.Generator().manual_seed(cfg.seed),
                           prefetch_factor=4 if cfg.workers else None)
 
     def step(self, image: torch.Tensor, label: torch.Tensor) -> float:
