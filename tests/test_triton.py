@@ -50,14 +50,14 @@ def make_onnx(path: Path, *, batch: int | str = "batch", size=(8, 12), output: s
 
 
 def make_engine(path: Path, *, dynamic_batch: bool, output: str = "logits", trt_version: str = "10.3.0",
-                sca_op: str = "decomposed", side: bool = True) -> Path:
+                sca_op: str = "decomposed", side: bool = True, **facts: object) -> Path:
     """Fake plan bytes plus the `<engine>.json` ModelInfo side file a real build writes."""
     path.write_bytes(b"not a real plan: the tensorrt backend config needs only the side file")
     if side:
         info = ModelInfo(variant="scaseg-t", num_classes=len(CLASSES), class_names=CLASSES, input_size=(64, 128),
                          dynamic_batch=dynamic_batch, batch=1 if dynamic_batch else 2, output=output, sca_op=sca_op,
                          precision="fp16", extra={"tensorrt": {"version": trt_version, "gpu": "Orin",
-                                                               "compute_capability": [8, 7]}})
+                                                               "compute_capability": [8, 7], **facts}})
         path.with_name(path.name + ".json").write_text(info.to_json())
     return path
 
@@ -180,6 +180,16 @@ def test_engine_labels_config_from_side_file(tmp_path: Path, trt_version: str, l
     assert (cfg.output[0].data_type, list(cfg.output[0].dims)) == (labels_type, [64, 128])
     assert (model_dir / "1" / "model.plan").read_bytes() == engine.read_bytes()
     assert summary["model_file"] == str(model_dir / "1" / "model.plan")
+
+
+def test_engine_recorded_dtypes_win_and_unknown_ones_are_refused(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path / "seg.plan", dynamic_batch=True, output="labels", io_dtypes={"output": "DataType.INT32"})
+    write_triton_repository(str(engine), str(tmp_path / "repo"))
+    assert parse_config(tmp_path / "repo" / "seg").output[0].data_type == mc.TYPE_INT32
+    odd = make_engine(tmp_path / "odd.plan", dynamic_batch=True, io_dtypes={"images": "fp4"})
+    with pytest.raises(ScasegError, match="fp4"):
+        write_triton_repository(str(odd), str(tmp_path / "repo"))
+    assert not (tmp_path / "repo" / "odd").exists()
 
 
 def test_static_engine_logits_config(tmp_path: Path) -> None:
