@@ -1,0 +1,401 @@
+"""The few CUDA runtime calls the TensorRT runner needs: through cuda-python, or ctypes to libcudart without it.
+
+No compiled code of our own. cuda-python moved its runtime module from ``cuda.cudart`` (<= 12.5) to
+``cuda.bindings.runtime`` (12.6+); both return ``(cudaError_t, value...)`` tuples. The ctypes path talks to the
+same C functions in ``libcudart.so`` (CUDA 11.4+: it uses cudaGraphInstantiateWithFlags, whose signature did not
+change in CUDA 12 unlike cudaGraphInstantiate's).
+
+Pointers are plain ints; streams and graphs are opaque handles (``Handle``) that :meth:`CudaRuntime.as_int`
+turns into the int TensorRT's ``execute_async_v3`` wants. CUDA errors become ScasegError with one sentence.
+"""
+from __future__ import annotations
+
+import abc
+import ctypes
+import ctypes.util
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from scaseg.runtime.errors import ScasegError
+
+Handle = Any
+
+# enum values from cuda_runtime_api.h (stable across CUDA 11 and 12)
+MEMCPY_HOST_TO_DEVICE = 1
+MEMCPY_DEVICE_TO_HOST = 2
+CAPTURE_MODE_THREAD_LOCAL = 1  # capture only this thread's work: scaseg-infer decodes frames on other threads
+ATTR_CC_MAJOR = 75  # cudaDevAttrComputeCapabilityMajor
+ATTR_CC_MINOR = 76  # cudaDevAttrComputeCapabilityMinor
+
+# Shared-library names tried by the ctypes fallback, newest first; SCASEG_LIBCUDART overrides.
+LIBCUDART_NAMES: Sequence[str] = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0")
+
+
+class CudaRuntime(abc.ABC):
+    """The CUDA runtime surface used by the TensorRT runner and the engine builder."""
+
+    #: how it reaches CUDA: "cuda-python" or "ctypes"
+    name: str = "cuda"
+
+    @abc.abstractmethod
+    def device_count(self) -> int:
+        """Number of CUDA devices visible to this process."""
+
+    @abc.abstractmethod
+    def set_device(self, device: int) -> None:
+        """Make ``device`` current for this thread."""
+
+    @abc.abstractmethod
+    def device_name(self, device: int) -> str:
+        """Marketing name of the device, e.g. "NVIDIA GeForce RTX 4090" or "Orin"."""
+
+    @abc.abstractmethod
+    def compute_capability(self, device: int) -> tuple[int, int]:
+        """(major, minor), e.g. (8, 7) for Jetson Orin."""
+
+    @abc.abstractmethod
+    def malloc(self, nbytes: int) -> int:
+        """Device memory."""
+
+    @abc.abstractmethod
+    def free(self, ptr: int) -> None:
+        """Release device memory."""
+
+    @abc.abstractmethod
+    def malloc_host(self, nbytes: int) -> int:
+        """Page-locked host memory (asynchronous copies need it)."""
+
+    @abc.abstractmethod
+    def free_host(self, ptr: int) -> None:
+        """Release page-locked host memory."""
+
+    @abc.abstractmethod
+    def memcpy_async(self, dst: int, src: int, nbytes: int, kind: int, stream: Handle) -> None:
+        """Copy on ``stream``; ``kind`` is MEMCPY_HOST_TO_DEVICE or MEMCPY_DEVICE_TO_HOST."""
+
+    @abc.abstractmethod
+    def stream_create(self) -> Handle:
+        """A new stream."""
+
+    @abc.abstractmethod
+    def stream_synchronize(self, stream: Handle) -> None:
+        """Block until the stream's work is done."""
+
+    @abc.abstractmethod
+    def stream_destroy(self, stream: Handle) -> None:
+        """Release a stream."""
+
+    @abc.abstractmethod
+    def begin_capture(self, stream: Handle) -> None:
+        """Start recording the stream's work into a CUDA graph."""
+
+    @abc.abstractmethod
+    def end_capture(self, stream: Handle) -> Handle:
+        """Stop recording; returns the graph."""
+
+    @abc.abstractmethod
+    def graph_instantiate(self, graph: Handle) -> Handle:
+        """An executable graph."""
+
+    @abc.abstractmethod
+    def graph_launch(self, graph_exec: Handle, stream: Handle) -> None:
+        """Replay an executable graph on ``stream``."""
+
+    @abc.abstractmethod
+    def graph_destroy(self, graph: Handle) -> None:
+        """Release a captured graph."""
+
+    @abc.abstractmethod
+    def graph_exec_destroy(self, graph_exec: Handle) -> None:
+        """Release an executable graph."""
+
+    @staticmethod
+    def as_int(handle: Handle) -> int:
+        """The integer value of a stream/graph handle (what TensorRT's execute_async_v3 takes)."""
+        return 0 if handle is None else int(handle)
+
+    def memcpy_htod_async(self, dst: int, src: int, nbytes: int, stream: Handle) -> None:
+        self.memcpy_async(dst, src, nbytes, MEMCPY_HOST_TO_DEVICE, stream)
+
+    def memcpy_dtoh_async(self, dst: int, src: int, nbytes: int, stream: Handle) -> None:
+        self.memcpy_async(dst, src, nbytes, MEMCPY_DEVICE_TO_HOST, stream)
+
+
+# --- cuda-python ------------------------------------------------------------------------------------------------
+
+
+class CudaPythonRuntime(CudaRuntime):
+    """cuda-python's ``cudart`` module (either import path)."""
+
+    name = "cuda-python"
+
+    def __init__(self, cudart: Any) -> None:
+        self.rt = cudart
+        self._success = cudart.cudaError_t.cudaSuccess
+
+    def _check(self, result: Any, call: str) -> Any:
+        err, *values = result if isinstance(result, tuple) else (result,)
+        if err != self._success:
+            msg_err, text = self.rt.cudaGetErrorString(err)
+            message = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+            raise ScasegError(f"CUDA call {call} failed: {message} (error {int(err)})")
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def device_count(self) -> int:
+        return int(self._check(self.rt.cudaGetDeviceCount(), "cudaGetDeviceCount"))
+
+    def set_device(self, device: int) -> None:
+        self._check(self.rt.cudaSetDevice(int(device)), "cudaSetDevice")
+
+    def device_name(self, device: int) -> str:
+        prop = self._check(self.rt.cudaGetDeviceProperties(int(device)), "cudaGetDeviceProperties")
+        name = prop.name
+        if isinstance(name, (bytes, bytearray)):
+            name = bytes(name).split(b"\0", 1)[0].decode(errors="replace")
+        return str(name).strip()
+
+    def compute_capability(self, device: int) -> tuple[int, int]:
+        attr = self.rt.cudaDeviceAttr
+        major = self._check(self.rt.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, int(device)),
+                            "cudaDeviceGetAttribute")
+        minor = self._check(self.rt.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, int(device)),
+                            "cudaDeviceGetAttribute")
+        return int(major), int(minor)
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._check(self.rt.cudaMalloc(int(nbytes)), "cudaMalloc"))
+
+    def free(self, ptr: int) -> None:
+        self._check(self.rt.cudaFree(ptr), "cudaFree")
+
+    def malloc_host(self, nbytes: int) -> int:
+        return int(self._check(self.rt.cudaMallocHost(int(nbytes)), "cudaMallocHost"))
+
+    def free_host(self, ptr: int) -> None:
+        self._check(self.rt.cudaFreeHost(ptr), "cudaFreeHost")
+
+    def memcpy_async(self, dst: int, src: int, nbytes: int, kind: int, stream: Handle) -> None:
+        kinds = self.rt.cudaMemcpyKind
+        ckind = kinds.cudaMemcpyHostToDevice if kind == MEMCPY_HOST_TO_DEVICE else kinds.cudaMemcpyDeviceToHost
+        self._check(self.rt.cudaMemcpyAsync(dst, src, int(nbytes), ckind, stream), "cudaMemcpyAsync")
+
+    def stream_create(self) -> Handle:
+        return self._check(self.rt.cudaStreamCreate(), "cudaStreamCreate")
+
+    def stream_synchronize(self, stream: Handle) -> None:
+        self._check(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+
+    def stream_destroy(self, stream: Handle) -> None:
+        self._check(self.rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
+
+    def begin_capture(self, stream: Handle) -> None:
+        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        self._check(self.rt.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+
+    def end_capture(self, stream: Handle) -> Handle:
+        return self._check(self.rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+
+    def graph_instantiate(self, graph: Handle) -> Handle:
+        return self._check(self.rt.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiateWithFlags")
+
+    def graph_launch(self, graph_exec: Handle, stream: Handle) -> None:
+        self._check(self.rt.cudaGraphLaunch(graph_exec, stream), "cudaGraphLaunch")
+
+    def graph_destroy(self, graph: Handle) -> None:
+        self._check(self.rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
+
+    def graph_exec_destroy(self, graph_exec: Handle) -> None:
+        self._check(self.rt.cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
+
+
+# --- ctypes -----------------------------------------------------------------------------------------------------
+
+
+class CtypesRuntime(CudaRuntime):
+    """Direct calls into libcudart through ctypes, for machines without cuda-python (e.g. a bare JetPack)."""
+
+    name = "ctypes"
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+        vp, sz, i = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int
+        pvp = ctypes.POINTER(ctypes.c_void_p)
+        # Declared so that 64-bit pointers are never truncated to C int.
+        signatures: dict[str, list[Any]] = {
+            "cudaGetDeviceCount": [ctypes.POINTER(i)],
+            "cudaSetDevice": [i],
+            "cudaDeviceGetAttribute": [ctypes.POINTER(i), i, i],
+            "cudaGetDeviceProperties": [ctypes.c_char_p, i],
+            "cudaMalloc": [pvp, sz],
+            "cudaFree": [vp],
+            "cudaMallocHost": [pvp, sz],
+            "cudaFreeHost": [vp],
+            "cudaMemcpyAsync": [vp, vp, sz, i, vp],
+            "cudaStreamCreate": [pvp],
+            "cudaStreamSynchronize": [vp],
+            "cudaStreamDestroy": [vp],
+            "cudaStreamBeginCapture": [vp, i],
+            "cudaStreamEndCapture": [vp, pvp],
+            "cudaGraphInstantiateWithFlags": [pvp, vp, ctypes.c_ulonglong],
+            "cudaGraphLaunch": [vp, vp],
+            "cudaGraphDestroy": [vp],
+            "cudaGraphExecDestroy": [vp],
+        }
+        for fname, argtypes in signatures.items():
+            fn = getattr(lib, fname)
+            fn.argtypes = argtypes
+            fn.restype = i
+        lib.cudaGetErrorString.argtypes = [i]
+        lib.cudaGetErrorString.restype = ctypes.c_char_p
+
+    def _check(self, err: int, call: str) -> None:
+        if err != 0:
+            text = self.lib.cudaGetErrorString(err) or b"unknown error"
+            raise ScasegError(f"CUDA call {call} failed: {text.decode(errors='replace')} (error {err})")
+
+    def _out_ptr(self, fname: str, *args: Any) -> int:
+        out = ctypes.c_void_p()
+        self._check(getattr(self.lib, fname)(ctypes.byref(out), *args), fname)
+        return int(out.value or 0)
+
+    def device_count(self) -> int:
+        count = ctypes.c_int(0)
+        self._check(self.lib.cudaGetDeviceCount(ctypes.byref(count)), "cudaGetDeviceCount")
+        return int(count.value)
+
+    def set_device(self, device: int) -> None:
+        self._check(self.lib.cudaSetDevice(int(device)), "cudaSetDevice")
+
+    def device_name(self, device: int) -> str:
+        # cudaDeviceProp starts with char name[256] in every CUDA version; the buffer is larger than the whole
+        # struct (about 1 KiB in CUDA 12) so the call never writes past it.
+        buf = ctypes.create_string_buffer(16384)
+        self._check(self.lib.cudaGetDeviceProperties(buf, int(device)), "cudaGetDeviceProperties")
+        return buf.raw[:256].split(b"\0", 1)[0].decode(errors="replace").strip()
+
+    def compute_capability(self, device: int) -> tuple[int, int]:
+        values = []
+        for attr in (ATTR_CC_MAJOR, ATTR_CC_MINOR):
+            value = ctypes.c_int(0)
+            self._check(self.lib.cudaDeviceGetAttribute(ctypes.byref(value), attr, int(device)),
+                        "cudaDeviceGetAttribute")
+            values.append(int(value.value))
+        return values[0], values[1]
+
+    def malloc(self, nbytes: int) -> int:
+        return self._out_ptr("cudaMalloc", int(nbytes))
+
+    def free(self, ptr: int) -> None:
+        self._check(self.lib.cudaFree(ctypes.c_void_p(ptr)), "cudaFree")
+
+    def malloc_host(self, nbytes: int) -> int:
+        return self._out_ptr("cudaMallocHost", int(nbytes))
+
+    def free_host(self, ptr: int) -> None:
+        self._check(self.lib.cudaFreeHost(ctypes.c_void_p(ptr)), "cudaFreeHost")
+
+    def memcpy_async(self, dst: int, src: int, nbytes: int, kind: int, stream: Handle) -> None:
+        err = self.lib.cudaMemcpyAsync(ctypes.c_void_p(dst), ctypes.c_void_p(src), int(nbytes), int(kind),
+                                       ctypes.c_void_p(self.as_int(stream)))
+        self._check(err, "cudaMemcpyAsync")
+
+    def stream_create(self) -> Handle:
+        return self._out_ptr("cudaStreamCreate")
+
+    def stream_synchronize(self, stream: Handle) -> None:
+        self._check(self.lib.cudaStreamSynchronize(ctypes.c_void_p(self.as_int(stream))), "cudaStreamSynchronize")
+
+    def stream_destroy(self, stream: Handle) -> None:
+        self._check(self.lib.cudaStreamDestroy(ctypes.c_void_p(self.as_int(stream))), "cudaStreamDestroy")
+
+    def begin_capture(self, stream: Handle) -> None:
+        err = self.lib.cudaStreamBeginCapture(ctypes.c_void_p(self.as_int(stream)), CAPTURE_MODE_THREAD_LOCAL)
+        self._check(err, "cudaStreamBeginCapture")
+
+    def end_capture(self, stream: Handle) -> Handle:
+        graph = ctypes.c_void_p()
+        err = self.lib.cudaStreamEndCapture(ctypes.c_void_p(self.as_int(stream)), ctypes.byref(graph))
+        self._check(err, "cudaStreamEndCapture")
+        return int(graph.value or 0)
+
+    def graph_instantiate(self, graph: Handle) -> Handle:
+        return self._out_ptr("cudaGraphInstantiateWithFlags", ctypes.c_void_p(self.as_int(graph)), 0)
+
+    def graph_launch(self, graph_exec: Handle, stream: Handle) -> None:
+        err = self.lib.cudaGraphLaunch(ctypes.c_void_p(self.as_int(graph_exec)), ctypes.c_void_p(self.as_int(stream)))
+        self._check(err, "cudaGraphLaunch")
+
+    def graph_destroy(self, graph: Handle) -> None:
+        self._check(self.lib.cudaGraphDestroy(ctypes.c_void_p(self.as_int(graph))), "cudaGraphDestroy")
+
+    def graph_exec_destroy(self, graph_exec: Handle) -> None:
+        self._check(self.lib.cudaGraphExecDestroy(ctypes.c_void_p(self.as_int(graph_exec))), "cudaGraphExecDestroy")
+
+
+# --- choosing one -----------------------------------------------------------------------------------------------
+
+
+def _cuda_python_module() -> Optional[Any]:
+    for name in ("cuda.bindings.runtime", "cuda.cudart"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+def _libcudart_candidates() -> list[str]:
+    """Library names/paths to try: the override, the system names, then the copy pip wheels ship (nvidia-*)."""
+    names = [os.environ["SCASEG_LIBCUDART"]] if os.environ.get("SCASEG_LIBCUDART") else []
+    names += list(LIBCUDART_NAMES)
+    found = ctypes.util.find_library("cudart")
+    if found:
+        names.append(found)
+    for base in sys.path:  # TensorRT's pip wheels pull in nvidia-cuda-runtime-cuXX, which is not on the loader path
+        lib_dir = Path(base) / "nvidia" / "cuda_runtime" / "lib"
+        if lib_dir.is_dir():
+            names += [str(p) for p in sorted(lib_dir.glob("libcudart.so*"), reverse=True)]
+    return names
+
+
+def load_ctypes_runtime(candidates: Optional[Sequence[str]] = None) -> CtypesRuntime:
+    """Open libcudart through ctypes, or raise one sentence naming what was tried."""
+    tried = list(candidates) if candidates is not None else _libcudart_candidates()
+    for name in tried:
+        try:
+            return CtypesRuntime(ctypes.CDLL(name))
+        except (OSError, AttributeError):  # AttributeError: a library without the CUDA 11.4+ graph entry points
+            continue
+    raise ScasegError(
+        "the CUDA runtime is not available: install cuda-python (pip install cuda-python) or make libcudart.so "
+        f"findable (tried {', '.join(tried) or 'nothing'}; set SCASEG_LIBCUDART to its path)"
+    )
+
+
+def load_cuda(prefer: str = "auto") -> CudaRuntime:
+    """The CUDA runtime: cuda-python when importable, else ctypes to libcudart. ``prefer``: auto|cuda-python|ctypes."""
+    if prefer not in ("auto", "cuda-python", "ctypes"):
+        raise ScasegError(f"unknown CUDA access {prefer!r}: expected auto, cuda-python or ctypes")
+    if prefer in ("auto", "cuda-python"):
+        module = _cuda_python_module()
+        if module is not None:
+            return CudaPythonRuntime(module)
+        if prefer == "cuda-python":
+            raise ScasegError("cuda-python is not installed: pip install cuda-python, or use the ctypes fallback")
+    return load_ctypes_runtime()
+
+
+def require_device(cuda: CudaRuntime, device: int) -> None:
+    """Select ``device`` or raise one sentence when it does not exist."""
+    try:
+        count = cuda.device_count()
+    except ScasegError as exc:
+        raise ScasegError(f"no usable CUDA device: {exc}") from None
+    if not 0 <= int(device) < count:
+        raise ScasegError(f"CUDA device {device} does not exist: this machine has {count} CUDA device(s)")
+    cuda.set_device(int(device))
