@@ -279,12 +279,14 @@ def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str
             raise ScasegError(f"the engine {path} is empty")
         info, inputs, outputs = engine_signature(path)
         extra_files = []
-        if info.sca_op == "function":
-            # The Python strip-attention plugin lives in the scaseg runtime process; Triton's TensorRT backend
-            # cannot load it, and the side file cannot tell whether the build used it or inlined the function.
-            raise ScasegError("this engine was built from a --sca-op function export, which may need the Python "
-                              "strip-attention plugin that Triton cannot load: build the engine from a "
-                              "--sca-op decomposed export")
+        from scaseg.runtime.trt_compat import engine_facts
+
+        # The Python strip-attention plugin lives in the scaseg runtime process; Triton's TensorRT backend cannot
+        # load it. The builder records whether it used the plugin; a function export without that record may.
+        uses_plugin = engine_facts(info).get("plugin")
+        if uses_plugin or (uses_plugin is None and info.sca_op == "function"):
+            raise ScasegError("this engine uses (or may use) the Python strip-attention plugin, which Triton's "
+                              "TensorRT backend cannot load: build the engine from a --sca-op decomposed export")
     where = f"the model {path}"
     for label, wanted, specs in (("input", info.input_name, inputs), ("output", info.output_name, outputs)):
         if wanted not in {s.name for s in specs}:
@@ -297,10 +299,6 @@ def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ScasegError(f"max_batch_size must be at least 1 for a model with a dynamic batch axis, got "
                               f"{max_batch_size!r}")
-        limit = info.extra.get("tensorrt", {}).get("max_batch") if backend == "tensorrt" else None
-        if isinstance(limit, int) and max_batch_size > limit:
-            raise ScasegError(f"max_batch_size {max_batch_size} exceeds the batch {limit} the engine {path.name} "
-                              "was built for; pass a smaller max_batch_size or rebuild with a larger profile")
         if any(b < 1 or b > max_batch_size for b in preferred):
             raise ScasegError(f"preferred batch sizes {preferred} must lie between 1 and max_batch_size "
                               f"{max_batch_size}")

@@ -192,6 +192,20 @@ def test_engine_recorded_dtypes_win_and_unknown_ones_are_refused(tmp_path: Path)
     assert not (tmp_path / "repo" / "odd").exists()
 
 
+@pytest.mark.parametrize("sca_op,plugin,accepted", [("function", False, True), ("function", True, False),
+                                                     ("function", None, False), ("decomposed", None, True)])
+def test_engine_with_python_plugin_is_refused(tmp_path: Path, sca_op: str, plugin, accepted: bool) -> None:
+    facts = {} if plugin is None else {"plugin": plugin}
+    engine = make_engine(tmp_path / "seg.engine", dynamic_batch=True, sca_op=sca_op, **facts)
+    if accepted:
+        write_triton_repository(str(engine), str(tmp_path / "repo"))
+        assert parse_config(tmp_path / "repo" / "seg").backend == "tensorrt"
+    else:
+        with pytest.raises(ScasegError, match="plugin"):
+            write_triton_repository(str(engine), str(tmp_path / "repo"))
+        assert not (tmp_path / "repo").exists()
+
+
 def test_static_engine_logits_config(tmp_path: Path) -> None:
     engine = make_engine(tmp_path / "seg.trt", dynamic_batch=False)
     write_triton_repository(str(engine), str(tmp_path / "repo"), name="seg.fp16")
