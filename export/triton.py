@@ -145,7 +145,7 @@ def engine_signature(path: str | Path) -> tuple[ModelInfo, list[TensorSpec], lis
         text = recorded.get(name)
         if text is None:
             return default
-        key = str(text).lower().replace("datatype.", "")
+        key = str(text).lower()
         if key not in _NAMED_TO_TRITON:
             raise ScasegError(f"the engine side file of {path} gives tensor {name!r} the data type {text!r}, "
                               "which Triton cannot serve")
@@ -239,6 +239,22 @@ def _batching(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], where
     return all(free)
 
 
+def _check_engine_batch_range(info: ModelInfo, max_batch_size: int, path: Path) -> None:
+    """Triton sends any batch from 1 to max_batch_size: the engine's optimisation profile must cover all of them."""
+    from scaseg.runtime.trt_compat import engine_facts
+
+    facts = engine_facts(info)
+    shapes = facts.get("input_shapes") if isinstance(facts.get("input_shapes"), dict) else {}
+    low = (shapes.get("min") or [1])[0]
+    high = facts.get("max_batch", (shapes.get("max") or [None])[0])
+    if isinstance(low, int) and low > 1:
+        raise ScasegError(f"the engine {path.name} was built for batches of at least {low}, but Triton also sends "
+                          "single images: rebuild it with a profile whose minimum batch is 1")
+    if isinstance(high, int) and max_batch_size > high:
+        raise ScasegError(f"max_batch_size {max_batch_size} exceeds the largest batch ({high}) the engine "
+                          f"{path.name} was built for; pass max_batch_size <= {high} or rebuild with a larger profile")
+
+
 def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str] = None, backend: str = "auto",
                             max_batch_size: int = 8, preferred_batch_sizes: Optional[Sequence[int]] = None,
                             max_queue_delay_us: int = 100, instances: int = 1, kind: str = "auto",
@@ -302,6 +318,8 @@ def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str
         if any(b < 1 or b > max_batch_size for b in preferred):
             raise ScasegError(f"preferred batch sizes {preferred} must lie between 1 and max_batch_size "
                               f"{max_batch_size}")
+        if backend == "tensorrt":
+            _check_engine_batch_range(info, max_batch_size, path)
         triton_max_batch = max_batch_size
     else:
         if preferred:

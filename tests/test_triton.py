@@ -183,7 +183,7 @@ def test_engine_labels_config_from_side_file(tmp_path: Path, trt_version: str, l
 
 
 def test_engine_recorded_dtypes_win_and_unknown_ones_are_refused(tmp_path: Path) -> None:
-    engine = make_engine(tmp_path / "seg.plan", dynamic_batch=True, output="labels", io_dtypes={"output": "DataType.INT32"})
+    engine = make_engine(tmp_path / "seg.plan", dynamic_batch=True, output="labels", io_dtypes={"images": "float32", "output": "int32"})
     write_triton_repository(str(engine), str(tmp_path / "repo"))
     assert parse_config(tmp_path / "repo" / "seg").output[0].data_type == mc.TYPE_INT32
     odd = make_engine(tmp_path / "odd.plan", dynamic_batch=True, io_dtypes={"images": "fp4"})
@@ -204,6 +204,20 @@ def test_engine_with_python_plugin_is_refused(tmp_path: Path, sca_op: str, plugi
         with pytest.raises(ScasegError, match="plugin"):
             write_triton_repository(str(engine), str(tmp_path / "repo"))
         assert not (tmp_path / "repo").exists()
+
+
+def test_engine_profile_bounds_max_batch_size(tmp_path: Path) -> None:
+    shapes = {"min": [1, 3, 64, 128], "opt": [2, 3, 64, 128], "max": [4, 3, 64, 128]}
+    engine = make_engine(tmp_path / "seg.engine", dynamic_batch=True, input_shapes=shapes, max_batch=4)
+    write_triton_repository(str(engine), str(tmp_path / "repo"), max_batch_size=4, preferred_batch_sizes=[2, 4])
+    assert parse_config(tmp_path / "repo" / "seg").max_batch_size == 4
+    with pytest.raises(ScasegError, match="largest batch"):
+        write_triton_repository(str(engine), str(tmp_path / "repo"), max_batch_size=8)
+    assert parse_config(tmp_path / "repo" / "seg").max_batch_size == 4  # the earlier repository is untouched
+    no_single = make_engine(tmp_path / "big.engine", dynamic_batch=True, max_batch=8,
+                            input_shapes={**shapes, "min": [2, 3, 64, 128], "max": [8, 3, 64, 128]})
+    with pytest.raises(ScasegError, match="minimum batch is 1"):
+        write_triton_repository(str(no_single), str(tmp_path / "repo"))
 
 
 def test_static_engine_logits_config(tmp_path: Path) -> None:
