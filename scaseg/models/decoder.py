@@ -220,7 +220,9 @@ class SCASegHead(nn.Module):
         ratios = [strides[-1] // s for s in strides]
         # Separate rho for encoder features and decoder outputs of a stage: they are different signals.
         self.pool_enc = nn.ModuleList([GridPool(c, r) for c, r in zip(in_dims, ratios)])
-        self.pool_dec = nn.ModuleList([GridPool(c, r) for c, r in zip(in_dims, ratios)])
+        # D_1 is decoded last and feeds no later M_i, so stage 1 has no decoder-side rho (an unused module would
+        # also break DDP without find_unused_parameters).
+        self.pool_dec = nn.ModuleList([nn.Identity()] + [GridPool(c, r) for c, r in zip(in_dims[1:], ratios[1:])])
         self.blocks = nn.ModuleList(
             [CrossLayerBlock(c, kv_dim, h, attention, lpm, lpm_ratio, attn_drop) for c, h in zip(in_dims, num_heads)]
         )
@@ -241,7 +243,8 @@ class SCASegHead(nn.Module):
             memory = torch.cat(pooled_enc[: i + 1] + [p for p in pooled_dec[i + 1 :] if p is not None], dim=1)
             d = self.blocks[i](feats[i], memory)
             decoded[i] = d
-            pooled_dec[i] = self.pool_dec[i](d)
+            if i > 0:
+                pooled_dec[i] = self.pool_dec[i](d)
         size = feats[0].shape[-2:]
         ups = [decoded[0]] + [
             F.interpolate(d, size=size, mode="bilinear", align_corners=False) for d in decoded[1:] if d is not None
@@ -275,3 +278,8 @@ def init_decoder_weights(module: nn.Module) -> None:
             nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if isinstance(m, SCASegHead):
+            # Small classifier weights start every class near equal probability (as mmseg's conv_seg init).
+            nn.init.normal_(m.classifier.weight, 0.0, 0.01)
+            nn.init.zeros_(m.classifier.bias)
