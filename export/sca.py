@@ -1,0 +1,154 @@
+"""How each strip-attention core goes into the ONNX graph: plain ops (``decomposed``) or one ONNX local function.
+
+``function`` mode: every ``StripAttentionCore`` call becomes a node ``scaseg::StripCrossAttention(q, k, v)`` with a
+float attribute ``scale``, and the model carries the ONNX local function of that name, so ONNX Runtime runs the file
+as is (it inlines the function) and TensorRT >= 10.7 swaps in a registered plugin of the same name (export/trt_plugin).
+
+Bounded memory: the queries are cut into tiles along N, so one tile's N/tiles x M attention matrix is the most that is
+ever held. Each row's softmax only sees its own row, so tiling changes nothing but memory (and float rounding order).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, Iterator, Optional, Union
+
+import onnx
+import torch
+from onnx import helper
+from torch import Tensor, nn
+
+from scaseg.models.decoder import StripAttentionCore, strip_attention
+
+SCA_DOMAIN = "scaseg"
+SCA_OP = "StripCrossAttention"
+SCA_DOMAIN_VERSION = 1
+SCA_MODES = ("decomposed", "function")
+# "auto" tiling keeps one tile's attention matrix (batch * heads * rows * M float32 values) under this budget.
+AUTO_TILE_BYTES = 64 * 2**20
+
+QueryChunk = Union[int, str, None]  # rows per tile, "auto", or None / 0 for no tiling
+
+
+def plan_tiles(n: int, m: int, heads: int, batch: int, query_chunk: QueryChunk) -> int:
+    """How many query tiles one attention of N queries x M keys is cut into (1 = untiled)."""
+    if query_chunk is None or query_chunk == 0 or n <= 1:
+        return 1
+    if query_chunk == "auto":
+        rows = max(1, AUTO_TILE_BYTES // (4 * max(1, batch) * max(1, heads) * max(1, m)))
+    else:
+        rows = int(query_chunk)
+    return max(1, math.ceil(n / rows))
+
+
+def tiled(attend: Callable[[Tensor, Tensor, Tensor], Tensor], q: Tensor, k: Tensor, v: Tensor, tiles: int) -> Tensor:
+    """attend(q, k, v) with the queries (dim 2) cut into ``tiles`` slices of ceil(N / tiles) rows, then concatenated.
+
+    The slice bounds are computed from q's runtime size, so a graph traced with dynamic spatial axes keeps the same
+    number of tiles at any size (each tile grows with the input) instead of baking the export size in.
+    """
+    if tiles <= 1:
+        return attend(q, k, v)
+    n = q.shape[2]
+    step = (n + tiles - 1) // tiles
+    return torch.cat([attend(q[:, :, i * step : (i + 1) * step], k, v) for i in range(tiles)], dim=2)
+
+
+class _FunctionNode(torch.autograd.Function):
+    """Runs the attention in PyTorch while tracing; the ONNX exporter records it as one scaseg node."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        return strip_attention(q, k, v, scale)
+
+    @staticmethod
+    def symbolic(g: Any, q: Any, k: Any, v: Any, scale: float) -> Any:
+        out = g.op(f"{SCA_DOMAIN}::{SCA_OP}", q, k, v, scale_f=float(scale))
+        # The exporter cannot infer a custom op's output; say it is float like v, shape (B, h, N, dv).
+        q_sizes, v_sizes = q.type().varyingSizes(), v.type().varyingSizes()
+        if q_sizes is not None and v_sizes is not None and len(q_sizes) == 4 and len(v_sizes) == 4:
+            out.setType(v.type().with_sizes([q_sizes[0], q_sizes[1], q_sizes[2], v_sizes[3]]))
+        else:
+            out.setType(v.type())
+        return out
+
+
+def _core_forward(core: StripAttentionCore, sca_op: str, query_chunk: QueryChunk) -> Callable[..., Tensor]:
+    def attend_plain(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return strip_attention(q, k, v, core.scale)
+
+    def attend_node(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return _FunctionNode.apply(q, k, v, core.scale)  # type: ignore[no-any-return]
+
+    attend = attend_node if sca_op == "function" else attend_plain
+
+    def forward(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        b, h, n, _ = (int(s) for s in q.shape)
+        tiles = plan_tiles(n, int(k.shape[2]), h, b, query_chunk)
+        return tiled(attend, q, k, v, tiles)
+
+    return forward
+
+
+@contextlib.contextmanager
+def export_attention(model: nn.Module, sca_op: str, query_chunk: QueryChunk) -> Iterator[int]:
+    """Within the block, every StripAttentionCore of ``model`` exports as ``sca_op`` with query tiling; yields the count."""
+    if sca_op not in SCA_MODES:
+        raise ValueError(f"sca_op must be one of {SCA_MODES}, got {sca_op!r}")
+    cores = [m for m in model.modules() if isinstance(m, StripAttentionCore)]
+    for core in cores:
+        core.forward = _core_forward(core, sca_op, query_chunk)  # type: ignore[method-assign]
+    try:
+        yield len(cores)
+    finally:
+        for core in cores:
+            del core.forward  # back to the class's method
+
+
+def function_proto(opset: int) -> onnx.FunctionProto:
+    """The ONNX local function scaseg::StripCrossAttention(q, k, v) -> out, attribute ``scale`` (float).
+
+    out = Softmax(scale * q @ k^T, axis=-1) @ v for q (B, h, N, dq), k (B, h, M, dq), v (B, h, M, dv).
+    """
+    scale_ref = helper.make_attribute_ref("value_float", onnx.AttributeProto.FLOAT)
+    scale_ref.ref_attr_name = "scale"
+    scale_node = helper.make_node("Constant", [], ["scale_value"])
+    scale_node.attribute.append(scale_ref)
+    nodes = [
+        scale_node,
+        helper.make_node("Mul", ["q", "scale_value"], ["q_scaled"]),
+        helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["q_scaled", "k_t"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["weights"], axis=-1),
+        helper.make_node("MatMul", ["weights", "v"], ["out"]),
+    ]
+    return helper.make_function(
+        SCA_DOMAIN, SCA_OP, ["q", "k", "v"], ["out"], nodes,
+        [helper.make_opsetid("", opset)], attributes=["scale"],
+        doc_string="Strip cross-attention: Softmax(scale * q @ k^T) @ v (see scaseg docs/export.md).",
+    )
+
+
+def attach_function(model: onnx.ModelProto) -> int:
+    """Add the StripCrossAttention function definition to a model that uses the node; returns how many nodes use it."""
+    uses = sum(1 for n in model.graph.node if n.domain == SCA_DOMAIN and n.op_type == SCA_OP)
+    if not uses:
+        return 0
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    del model.functions[:]
+    model.functions.append(function_proto(opset))
+    if not any(o.domain == SCA_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(SCA_DOMAIN, SCA_DOMAIN_VERSION))
+    return uses
+
+
+def count_function_nodes(model: onnx.ModelProto) -> int:
+    """How many scaseg::StripCrossAttention nodes the main graph holds."""
+    return sum(1 for n in model.graph.node if n.domain == SCA_DOMAIN and n.op_type == SCA_OP)
+
+
+def rows_per_tile(query_chunk: Optional[QueryChunk]) -> str:
+    """Human text for a query_chunk setting (for reports and metadata)."""
+    if query_chunk in (None, 0):
+        return "off"
+    return "auto" if query_chunk == "auto" else f"{int(query_chunk)} rows"
