@@ -1,0 +1,129 @@
+"""Segmentation metrics from a streaming confusion matrix (mmsegmentation's definitions), in numpy.
+
+Intersection and union are summed over the whole dataset before dividing, not averaged per image. A class
+absent from both the predictions and the labels has IoU nan and is left out of the mean, as in
+mmsegmentation's ``mean_iou``; pixels whose label is the ignore index count nowhere.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+
+from scaseg.runtime.errors import ScasegError
+
+
+def _as_int_array(x: np.ndarray, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.kind not in "ui":
+        raise ScasegError(f"{what} must be an integer label map, got dtype {x.dtype}")
+    return x
+
+
+def _nanmean(values: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan -> nan, without numpy's warning
+        return float(np.nanmean(values)) if values.size else math.nan
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+
+
+class SegMetrics:
+    """Accumulates a (num_classes x num_classes) confusion matrix, rows = label, columns = prediction."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def reset(self) -> None:
+        """Forget everything accumulated so far."""
+        self.confusion[:] = 0
+
+    def update(self, pred: np.ndarray, label: np.ndarray) -> None:
+        """Add one (H, W) prediction/label pair or a batch (B, H, W); pixels labelled ignore_index are skipped."""
+        pred = _as_int_array(pred, "the prediction")
+        label = _as_int_array(label, "the label")
+        if pred.shape != label.shape:
+            raise ScasegError(f"the prediction is {pred.shape} but the label is {label.shape}; they must match")
+        n = self.num_classes
+        keep = label != self.ignore_index
+        p = pred[keep].astype(np.int64, copy=False)
+        t = label[keep].astype(np.int64, copy=False)
+        if t.size == 0:
+            return
+        if int(t.min()) < 0 or int(t.max()) >= n:
+            bad = int(t.max()) if int(t.max()) >= n else int(t.min())
+            raise ScasegError(f"the label holds class {bad}, outside 0..{n - 1} (and not the ignore index "
+                              f"{self.ignore_index})")
+        if int(p.min()) < 0 or int(p.max()) >= n:
+            bad = int(p.max()) if int(p.max()) >= n else int(p.min())
+            raise ScasegError(f"the prediction holds class {bad}, outside 0..{n - 1}: does the model have "
+                              f"{n} classes?")
+        self.confusion += np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+
+    def merge(self, other: "SegMetrics") -> "SegMetrics":
+        """Add another accumulator's counts into this one (e.g. from other processes); returns self."""
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"cannot merge metrics over {other.num_classes} classes into {self.num_classes}")
+        self.confusion += other.confusion
+        return self
+
+    def compute(self) -> dict:
+        """miou, iou (per class, nan when absent), acc (per-class recall), pixel_acc, mean_acc, num_pixels."""
+        return metrics_from_confusion(self.confusion)
+
+
+def metrics_from_confusion(confusion: np.ndarray) -> dict:
+    """The metric dict of a confusion matrix (rows = label, columns = prediction); fractions in 0..1."""
+    conf = np.asarray(confusion, dtype=np.int64)
+    tp = np.diag(conf).astype(np.float64)
+    area_label = conf.sum(axis=1).astype(np.float64)
+    area_pred = conf.sum(axis=0).astype(np.float64)
+    iou = _ratio(tp, area_label + area_pred - tp)
+    acc = _ratio(tp, area_label)
+    total = float(area_label.sum())
+    return {
+        "miou": _nanmean(iou),
+        "iou": [float(v) for v in iou],
+        "acc": [float(v) for v in acc],
+        "mean_acc": _nanmean(acc),
+        "pixel_acc": float(tp.sum() / total) if total else math.nan,
+        "num_pixels": int(total),
+    }
+
+
+def label_agreement(a: np.ndarray, b: np.ndarray, ignore_index: Optional[int] = None) -> float:
+    """Fraction of pixels where two label maps agree; pixels where either is ``ignore_index`` are skipped."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ScasegError(f"cannot compare label maps of shapes {a.shape} and {b.shape}")
+    if ignore_index is None:
+        return float(np.mean(a == b)) if a.size else math.nan
+    keep = (a != ignore_index) & (b != ignore_index)
+    count = int(keep.sum())
+    return float(np.count_nonzero((a == b) & keep) / count) if count else math.nan
+
+
+def format_metrics(result: dict, class_names: Optional[Sequence[str]] = None) -> str:
+    """A plain-text table: one row per class (IoU, accuracy), then mIoU, mean accuracy and pixel accuracy, in %."""
+    names = list(class_names) if class_names is not None else [str(i) for i in range(len(result["iou"]))]
+    width = max([len("class")] + [len(n) for n in names])
+    rows = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}"]
+    for name, iou, acc in zip(names, result["iou"], result["acc"]):
+        rows.append(f"{name:<{width}}  {_pct(iou):>6}  {_pct(acc):>6}")
+    rows.append(f"{'mIoU':<{width}}  {_pct(result['miou']):>6}")
+    rows.append(f"{'mAcc':<{width}}  {_pct(result['mean_acc']):>6}")
+    rows.append(f"{'aAcc':<{width}}  {_pct(result['pixel_acc']):>6}")
+    return "\n".join(rows)
+
+
+def _pct(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100.0 * value:.2f}"
