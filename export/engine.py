@@ -236,11 +236,11 @@ def build_engine(onnx_path: str, engine_path: str, *, precision: str = "fp32",  
     """
     check_options(precision, workspace_gib, dla_core)
     profile = check_profile(min_shape, opt_shape, max_shape)
-    check_writable_dir(engine_path)
-    if timing_cache is not None:
-        check_writable_dir(timing_cache)
     trt_version_text = trt_compat.require_tensorrt("building an engine")
     model, info = load_onnx(onnx_path)
+    check_writable_dir(engine_path)  # before minutes of building, not after
+    if timing_cache is not None:
+        check_writable_dir(timing_cache)
     import tensorrt as trt
 
     version = trt_compat.parse_version(trt_version_text)

@@ -41,20 +41,27 @@ def parse_version(text: str) -> Version:
 
 
 def tensorrt_available() -> bool:
-    """True when ``import tensorrt`` would find a package (without importing it)."""
-    return importlib.util.find_spec("tensorrt") is not None
+    """True when a real ``tensorrt`` package is importable (without importing it).
+
+    tensorrt-stubs installs a bare ``tensorrt/`` folder of .pyi files, which Python would import as an empty
+    namespace package; that does not count.
+    """
+    spec = importlib.util.find_spec("tensorrt")
+    return spec is not None and spec.origin is not None
 
 
 def require_tensorrt(purpose: str) -> str:
     """Import TensorRT or raise one sentence saying it is missing; returns its version string."""
+    hint = ("pip install 'scaseg[tensorrt]' on a desktop GPU, or JetPack's python3-libnvinfer on a Jetson")
     try:
         trt = importlib.import_module("tensorrt")
     except ImportError as exc:
-        raise ScasegError(
-            f"TensorRT is not installed: {purpose} needs the tensorrt Python package "
-            f"(pip install 'scaseg[tensorrt]' on a desktop GPU, or JetPack's python3-libnvinfer on a Jetson)"
-            f"{'' if isinstance(exc, ModuleNotFoundError) else f' ({exc})'}"
-        ) from None
+        detail = "" if isinstance(exc, ModuleNotFoundError) else f"; importing it failed: {exc}"
+        raise ScasegError(f"TensorRT is not installed: {purpose} needs the tensorrt Python package ({hint}){detail}"
+                          ) from None
+    if getattr(trt, "__file__", None) is None or not hasattr(trt, "Builder"):
+        raise ScasegError(f"TensorRT is not installed: {purpose} needs the tensorrt Python package ({hint}); "
+                          "only its type stubs are present")
     return str(getattr(trt, "__version__", "0"))
 
 

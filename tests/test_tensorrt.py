@@ -1,0 +1,555 @@
+"""TensorRT path: type-checked against tensorrt-stubs, pure rules tested here, GPU round trips behind `gpu`.
+
+Nothing in the non-gpu tests imports TensorRT: they cover what can be decided without it (precision plans,
+engine/GPU compatibility, profiles, ONNX preparation for the parser, the plugin's math on numpy, the ctypes CUDA
+path's error handling) and the behaviour when TensorRT is missing (one sentence, nothing written).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from scaseg.export import engine as engine_mod
+from scaseg.runtime import trt_compat
+from scaseg.runtime.backends.tensorrt import TensorRTBackend, check_input_shape
+from scaseg.runtime.cuda import load_ctypes_runtime, load_cuda, require_device
+from scaseg.runtime.errors import ScasegError
+from scaseg.runtime.metadata import METADATA_KEY, ModelInfo
+from scaseg.runtime.trt_plugin import strip_attention_into
+
+ROOT = Path(__file__).resolve().parents[1]
+TRT_FILES = ["export/engine.py", "runtime/backends/tensorrt.py", "runtime/cuda.py", "runtime/trt_plugin.py",
+             "runtime/trt_compat.py"]
+HAS_TRT = trt_compat.tensorrt_available()
+
+
+# --- small ONNX models made here ---------------------------------------------------------------------------------
+
+
+def _info(**changes: object) -> ModelInfo:
+    fields: dict = {"variant": "scaseg-t", "num_classes": 3, "input_size": (8, 8), **changes}
+    return ModelInfo(**fields)
+
+
+def _conv_model(info: ModelInfo, *, dynamic: bool = False, qdq: bool = False, fp16: bool = False,
+                seed: int = 0) -> onnx.ModelProto:
+    """images (B,3,8,8) -> [Q/DQ] -> 1x1 Conv (3 -> C) -> output (B,C,8,8), with scaseg metadata."""
+    rng = np.random.default_rng(seed)
+    c = info.num_classes
+    weight = rng.normal(size=(c, 3, 1, 1)).astype(np.float32)
+    bias = rng.normal(size=(c,)).astype(np.float32)
+    dims: list[object] = ["batch", 3, "height", "width"] if dynamic else [1, 3, 8, 8]
+    out_dims: list[object] = ["batch", c, "height", "width"] if dynamic else [1, c, 8, 8]
+    nodes, inits = [], [numpy_helper.from_array(bias, "b")]
+    x = "images"
+    if qdq:
+        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "x_scale"),
+                  numpy_helper.from_array(np.array(0, np.int8), "x_zero"),
+                  numpy_helper.from_array(np.round(weight / 0.02).clip(-127, 127).astype(np.int8), "w_q"),
+                  numpy_helper.from_array(np.full((c,), 0.02, np.float32), "w_scale"),
+                  numpy_helper.from_array(np.zeros((c,), np.int8), "w_zero")]
+        nodes += [helper.make_node("QuantizeLinear", [x, "x_scale", "x_zero"], ["x_q"]),
+                  helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero"], ["x_dq"]),
+                  helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], axis=0)]
+        x = "x_dq"
+    elif fp16:
+        inits += [numpy_helper.from_array(weight.astype(np.float16), "w16")]
+        nodes += [helper.make_node("Cast", ["w16"], ["w"], to=TensorProto.FLOAT)]
+    else:
+        inits += [numpy_helper.from_array(weight, "w")]
+    nodes.append(helper.make_node("Conv", [x, "w", "b"], ["output"]))
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_dims)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.helper.set_model_props(model, {METADATA_KEY: info.to_json()})
+    onnx.checker.check_model(model)
+    return model
+
+
+def _write(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def _sca_function() -> onnx.FunctionProto:
+    """The exporter's local function (export/sca.py): softmax(scale * q k^T) v; imports torch, hence lazy."""
+    sca = pytest.importorskip("scaseg.export.sca")
+    return sca.function_proto(17)
+
+
+def _attention_model(function: onnx.FunctionProto, scale: float) -> onnx.ModelProto:
+    """images (1,3,8,8) -> q, k (1,1,64,1) and v (1,1,64,3) -> scaseg::StripCrossAttention -> output (1,3,8,8)."""
+    info = _info(sca_op="function")
+    shape = lambda name, value: numpy_helper.from_array(np.array(value, np.int64), name)  # noqa: E731
+    nodes = [
+        helper.make_node("Reshape", ["images", "s_v"], ["flat"]),  # 1, 3, 64
+        helper.make_node("Transpose", ["flat"], ["v"], perm=[0, 2, 1]),  # 1, 64, 3
+        helper.make_node("Unsqueeze", ["v", "ax1"], ["v4"]),  # 1, 1, 64, 3
+        helper.make_node("Slice", ["v4", "st0", "st1", "ax3"], ["q"]),  # channel 0 as the one-wide query
+        helper.make_node("Slice", ["v4", "st1", "st2", "ax3"], ["k"]),  # channel 1 as the one-wide key
+        helper.make_node(engine_mod.SCA_OP, ["q", "k", "v4"], ["att"], domain=engine_mod.SCA_DOMAIN, scale=scale),
+        helper.make_node("Squeeze", ["att", "ax1"], ["att3"]),  # 1, 64, 3
+        helper.make_node("Transpose", ["att3"], ["att_t"], perm=[0, 2, 1]),  # 1, 3, 64
+        helper.make_node("Reshape", ["att_t", "s_out"], ["output"]),
+    ]
+    inits = [shape("s_v", [1, 3, 64]), shape("s_out", [1, 3, 8, 8]), shape("ax1", [1]), shape("ax3", [3]),
+             shape("st0", [0]), shape("st1", [1]), shape("st2", [2])]
+    graph = helper.make_graph(nodes, "sca", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(engine_mod.SCA_DOMAIN, 1)],
+                              functions=[function])
+    model.ir_version = 8
+    onnx.helper.set_model_props(model, {METADATA_KEY: info.to_json()})
+    return model
+
+
+def _reference_attention(images: np.ndarray, scale: float) -> np.ndarray:
+    v = images.reshape(1, 3, 64).transpose(0, 2, 1)[:, None]  # 1, 1, 64, 3
+    q, k = v[..., 0:1], v[..., 1:2]
+    logits = scale * (q @ np.swapaxes(k, -1, -2))
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return (weights @ v)[:, 0].transpose(0, 2, 1).reshape(1, 3, 8, 8)
+
+
+def _side_file(engine: Path, facts: dict, info: ModelInfo | None = None) -> Path:
+    info = (info or _info()).replace(extra={trt_compat.FACTS_KEY: facts})
+    engine.write_bytes(b"not a real plan")
+    side = trt_compat.side_file(engine)
+    side.write_text(info.to_json(), encoding="utf-8")
+    return side
+
+
+FACTS = {"version": "10.3.0.26", "gpu": "Orin", "compute_capability": [8, 7], "precision": "fp16"}
+
+
+# --- type checking against tensorrt-stubs --------------------------------------------------------------------------
+
+
+def _repair_stub(text: str) -> str:
+    """tensorrt-stubs 10.13 does not parse as published: four methods name a parameter ``in`` and add_scale_nd puts
+    a required parameter after defaulted ones. Rename/default those, leave every type as published."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith("def "):
+            line = re.sub(r"([(,]\s*)in:", r"\1in_:", line)
+            match = re.match(r"(\s*def \w+\()(.*)(\)\s*->.*)", line, re.S)
+            if match:
+                params, seen = [], False
+                for param in match.group(2).split(", "):
+                    if "=" in param:
+                        seen = True
+                    elif seen and ":" in param and not param.lstrip().startswith("*"):
+                        param += " = ..."
+                    params.append(param)
+                line = match.group(1) + ", ".join(params) + match.group(3)
+        out.append(line)
+    return "".join(out)
+
+
+@pytest.mark.slow
+def test_tensorrt_modules_type_check_against_tensorrt_stubs(tmp_path: Path) -> None:
+    if importlib.util.find_spec("mypy") is None:
+        pytest.skip("mypy is not installed")
+    spec = importlib.util.find_spec("tensorrt_stubs")
+    if spec is None or spec.origin is None:
+        pytest.skip("tensorrt-stubs is not installed (pip install --no-deps tensorrt-stubs)")
+    site = Path(spec.origin).resolve().parents[1]
+    if not (site / "tensorrt" / "__init__.pyi").is_file():
+        pytest.skip(f"tensorrt-stubs did not install tensorrt/__init__.pyi under {site}")
+    # The stubs ship without py.typed in tensorrt/, so mypy ignores them where they lie; a MYPYPATH copy is used.
+    stubs = tmp_path / "stubs"
+    for package in ("tensorrt", "tensorrt_bindings"):
+        shutil.copytree(site / package, stubs / package, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    for pyi in stubs.rglob("*.pyi"):
+        pyi.write_text(_repair_stub(pyi.read_text(encoding="utf-8")), encoding="utf-8")
+    # A canary that misuses the API: if mypy reports it, the stubs were really used (tensorrt is not Any).
+    canary = tmp_path / "canary_trt.py"
+    canary.write_text("def f() -> None:\n    import tensorrt as trt\n"
+                      "    trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(b'').no_such_attr\n")
+    env = dict(os.environ, MYPYPATH=str(stubs))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "--cache-dir",
+         str(tmp_path / "cache"), "--no-error-summary", *TRT_FILES, str(canary)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert not any("errors prevented further checking" in ln for ln in lines), "\n".join(lines[:20])
+    ours = [ln for ln in lines if any(ln.startswith(f) for f in TRT_FILES)]
+    assert not ours, "mypy errors in the TensorRT modules:\n" + "\n".join(ours)
+    assert any(ln.startswith(str(canary)) and "no_such_attr" in ln for ln in lines), (
+        "the canary passed, so tensorrt resolved to Any and nothing was checked:\n" + "\n".join(lines[:20]))
+
+
+def test_stub_repair_fixes_only_syntax() -> None:
+    text = ("    def get_workspace_size(self, in: list[int], out: list[int]) -> int:\n"
+            "    def add_scale_nd(self, input: ITensor, shift: Weights = None, channel_axis: int) -> IScaleLayer:\n"
+            "    def keep(self, a: int, b: int = 1, *args: int) -> None:\n")
+    fixed = _repair_stub(text).splitlines()
+    assert fixed[0] == "    def get_workspace_size(self, in_: list[int], out: list[int]) -> int:"
+    assert fixed[1] == ("    def add_scale_nd(self, input: ITensor, shift: Weights = None, "
+                        "channel_axis: int = ...) -> IScaleLayer:")
+    assert fixed[2] == "    def keep(self, a: int, b: int = 1, *args: int) -> None:"
+
+
+# --- import boundary --------------------------------------------------------------------------------------------
+
+
+def test_tensorrt_modules_import_without_tensorrt_torch_or_cupy() -> None:
+    code = ("import scaseg.runtime.backends.tensorrt, scaseg.runtime.cuda, scaseg.runtime.trt_plugin, "
+            "scaseg.runtime.trt_compat, sys, json; print(json.dumps(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    mods = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert "scaseg.runtime.backends.tensorrt" in mods
+    for heavy in ("tensorrt", "tensorrt_bindings", "torch", "onnx", "cupy", "cuda"):
+        assert heavy not in mods, f"importing the TensorRT runner imported {heavy}"
+
+
+# --- building without TensorRT ------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here; the refusal path is for machines without it")
+def test_build_engine_without_tensorrt_raises_one_sentence_and_writes_nothing(tmp_path: Path) -> None:
+    onnx_path = _write(_conv_model(_info()), tmp_path / "model.onnx")
+    with pytest.raises(ScasegError, match="^TensorRT is not installed: building an engine needs") as err:
+        engine_mod.build_engine(str(onnx_path), str(tmp_path / "out" / "model.engine"), precision="fp16",
+                                timing_cache=str(tmp_path / "out" / "timing.cache"))
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["model.onnx"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"precision": "int4"}, "unknown engine precision 'int4'"),
+    ({"workspace_gib": 0}, "workspace must be a positive"),
+    ({"dla_core": 0}, "DLA runs only fp16 or int8"),
+    ({"dla_core": -1, "precision": "fp16"}, "DLA core index must be 0 or more"),
+    ({"min_shape": (1, 3, 8, 8)}, "give all three of --min-shape"),
+    ({"min_shape": (2, 3, 8, 8), "opt_shape": (1, 3, 8, 8), "max_shape": (4, 3, 8, 8)}, "min <= opt <= max"),
+    ({"min_shape": (1, 3, 8), "opt_shape": (1, 3, 8, 8), "max_shape": (1, 3, 8, 8)}, "four positive integers"),
+])
+def test_build_engine_rejects_bad_options_before_anything_else(tmp_path: Path, kwargs: dict, message: str) -> None:
+    onnx_path = _write(_conv_model(_info()), tmp_path / "model.onnx")
+    with pytest.raises(ScasegError, match=re.escape(message)):
+        engine_mod.build_engine(str(onnx_path), str(tmp_path / "model.engine"), **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_load_onnx_refuses_missing_damaged_and_foreign_files(tmp_path: Path) -> None:
+    with pytest.raises(ScasegError, match="ONNX model not found"):
+        engine_mod.load_onnx(str(tmp_path / "absent.onnx"))
+    (tmp_path / "junk.onnx").write_bytes(b"\x00\xffnot protobuf at all" * 10)
+    with pytest.raises(ScasegError, match="cannot read the ONNX model"):
+        engine_mod.load_onnx(str(tmp_path / "junk.onnx"))
+    foreign = _conv_model(_info())
+    del foreign.metadata_props[:]
+    with pytest.raises(ScasegError, match="has no scaseg metadata"):
+        engine_mod.load_onnx(str(_write(foreign, tmp_path / "foreign.onnx")))
+    model, info = engine_mod.load_onnx(str(_write(_conv_model(_info(num_classes=5)), tmp_path / "ok.onnx")))
+    assert info.num_classes == 5 and engine_mod.input_shape(model) == ("images", (1, 3, 8, 8))
+
+
+# --- precision per TensorRT generation --------------------------------------------------------------------------
+
+
+def test_graph_precision_reads_what_the_onnx_carries() -> None:
+    assert engine_mod.graph_precision(_conv_model(_info())) == "fp32"
+    assert engine_mod.graph_precision(_conv_model(_info(), fp16=True)) == "fp16"
+    assert engine_mod.graph_precision(_conv_model(_info(), qdq=True)) == "int8"
+
+
+@pytest.mark.parametrize("version, precision, graph, strongly, flags", [
+    ((8, 5, 2), "fp32", "fp32", False, ()),
+    ((8, 5, 2), "fp16", "fp32", False, ("FP16",)),
+    ((8, 5, 2), "fp16", "fp16", False, ("FP16",)),  # no STRONGLY_TYPED before 9/10
+    ((8, 5, 2), "int8", "int8", False, ("INT8",)),  # 8.5 wants the flag even with Q/DQ
+    ((10, 3, 0), "fp16", "fp32", False, ("FP16",)),
+    ((10, 3, 0), "fp16", "fp16", True, ()),
+    ((10, 13, 0), "int8", "int8", False, ("INT8",)),
+    ((11, 0, 0), "fp32", "fp32", True, ()),
+    ((11, 0, 0), "fp16", "fp16", True, ()),
+    ((11, 4, 0), "int8", "int8", True, ()),
+])
+def test_precision_plan_per_generation(version, precision, graph, strongly, flags) -> None:
+    plan = trt_compat.precision_plan(version, precision, graph)
+    assert (plan.precision, plan.strongly_typed, plan.builder_flags) == (precision, strongly, flags)
+
+
+@pytest.mark.parametrize("version, precision, graph, message", [
+    ((11, 0, 0), "fp16", "fp32", "export with --precision fp16"),
+    ((10, 3, 0), "int8", "fp32", "export it with --precision int8 --calib DIR"),
+    ((8, 5, 2), "fp16", "int8", "builds only an int8 engine"),
+    ((10, 3, 0), "fp32", "fp16", "already fp16"),
+    ((10, 3, 0), "bf16", "fp32", "unknown engine precision"),
+])
+def test_precision_plan_refuses_what_a_generation_cannot_build(version, precision, graph, message) -> None:
+    with pytest.raises(ScasegError, match=re.escape(message)):
+        trt_compat.precision_plan(version, precision, graph)
+
+
+def test_version_gates() -> None:
+    assert trt_compat.parse_version("10.3.0.26") == (10, 3, 0, 26)
+    assert trt_compat.parse_version("11.0.0.post1") == (11, 0, 0)
+    with pytest.raises(ScasegError, match="cannot read the TensorRT version"):
+        trt_compat.parse_version("unknown")
+    assert not trt_compat.has_python_plugins((10, 6, 0)) and trt_compat.has_python_plugins((10, 7, 0))
+    assert trt_compat.needs_explicit_batch_flag((8, 5, 2)) and not trt_compat.needs_explicit_batch_flag((10, 0))
+
+
+# --- profiles -----------------------------------------------------------------------------------------------------
+
+
+def test_resolve_profile_static_dynamic_and_defaults() -> None:
+    info = _info(batch=2, input_size=(64, 128))
+    assert engine_mod.resolve_profile((1, 3, 8, 8), info, None) is None
+    with pytest.raises(ScasegError, match="static input shape"):
+        engine_mod.resolve_profile((1, 3, 8, 8), info, ((1, 3, 8, 8), (2, 3, 8, 8), (2, 3, 8, 8)))
+    # A dynamic ONNX without a profile builds exactly the metadata's batch and size.
+    assert engine_mod.resolve_profile((-1, 3, -1, -1), info, None) == ((2, 3, 64, 128),) * 3
+    wanted = ((1, 3, 32, 32), (2, 3, 64, 64), (4, 3, 128, 128))
+    assert engine_mod.resolve_profile((-1, 3, -1, -1), info, wanted) == wanted
+    with pytest.raises(ScasegError, match="axis 1 of the ONNX input is fixed at 3"):
+        engine_mod.resolve_profile((-1, 3, -1, -1), info, ((1, 4, 8, 8),) * 3)
+    with pytest.raises(ScasegError, match="does not size"):
+        engine_mod.resolve_profile((-1, 3, -1, -1), _info(input_size=None), None)
+
+
+def test_engine_model_info_records_ranges_and_facts() -> None:
+    info = _info(input_size=(64, 64))
+    ranged = engine_mod.engine_model_info(info, "fp16", ((1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64)), dict(FACTS))
+    assert (ranged.precision, ranged.batch, ranged.dynamic_batch, ranged.dynamic_spatial) == ("fp16", 4, True, False)
+    assert ranged.input_size == (64, 64) and trt_compat.engine_facts(ranged) == FACTS
+    spatial = engine_mod.engine_model_info(info, "fp32", ((1, 3, 32, 32), (1, 3, 64, 64), (1, 3, 96, 96)), {})
+    assert (spatial.dynamic_batch, spatial.dynamic_spatial) == (False, True)
+
+
+def test_engine_side_file_is_what_the_triton_writer_reads(tmp_path: Path) -> None:
+    triton = pytest.importorskip("scaseg.export.triton")
+    info = engine_mod.engine_model_info(_info(input_size=(64, 64)), "fp16",
+                                        ((1, 3, 64, 64), (2, 3, 64, 64), (8, 3, 64, 64)),
+                                        {**FACTS, "io_dtypes": {"images": "float32", "output": "float32"},
+                                         "max_batch": 8, "plugin": False})
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    trt_compat.side_file(engine).write_text(info.to_json(), encoding="utf-8")
+    read, inputs, outputs = triton.engine_signature(engine)
+    assert read.precision == "fp16"
+    assert [(s.name, s.shape) for s in inputs] == [("images", (-1, 3, 64, 64))]
+    assert [(s.name, s.data_type) for s in outputs] == [("output", "TYPE_FP32")]
+
+
+def test_check_input_shape_static_and_profile() -> None:
+    check_input_shape((1, 3, 8, 8), (1, 3, 8, 8), None, "images")
+    with pytest.raises(ScasegError, match=r"built for input images of shape \(1, 3, 8, 8\)"):
+        check_input_shape((2, 3, 8, 8), (1, 3, 8, 8), None, "images")
+    profile = ((1, 3, 32, 32), (4, 3, 64, 64))
+    check_input_shape((4, 3, 64, 32), (-1, 3, -1, -1), profile, "images")
+    with pytest.raises(ScasegError, match="outside the engine's profile"):
+        check_input_shape((5, 3, 64, 64), (-1, 3, -1, -1), profile, "images")
+    with pytest.raises(ScasegError, match="has 4 axes"):
+        check_input_shape((3, 64, 64), (-1, 3, -1, -1), profile, "images")
+
+
+# --- engine compatibility (side file first) -----------------------------------------------------------------------
+
+
+def test_engine_built_elsewhere_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    engine = tmp_path / "model.engine"
+    _side_file(engine, FACTS)
+    info = trt_compat.read_engine_info(engine)
+    here = {"trt_version": "10.3.0.26", "gpu_name": "Orin", "compute_capability": (8, 7)}
+    trt_compat.check_engine(engine, info, **here)  # same machine kind: fine
+    trt_compat.check_engine(engine, info, **{**here, "gpu_name": "  orin "})  # spacing/case are not a mismatch
+    cases = [
+        ({"trt_version": "10.13.0.35"}, "built with TensorRT 10.3.0.26 and this machine has TensorRT 10.13.0.35"),
+        ({"compute_capability": (8, 6)}, "compute capability 8.7 and this GPU (Orin) is 8.6"),
+        ({"gpu_name": "NVIDIA A100-SXM4-80GB", "compute_capability": (8, 7)}, "built on a Orin and this GPU is a"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ScasegError, match=re.escape(message)) as err:
+            trt_compat.check_engine(engine, info, **{**here, **change})
+        assert str(err.value).startswith(f"cannot run the engine {engine}") and "\n" not in str(err.value)
+    _side_file(engine, {k: v for k, v in FACTS.items() if k != "version"})
+    with pytest.raises(ScasegError, match="does not say which TensorRT built it"):
+        trt_compat.check_engine(engine, trt_compat.read_engine_info(engine), **here)
+
+
+def test_engine_side_file_missing_or_broken(tmp_path: Path) -> None:
+    engine = tmp_path / "model.plan"
+    engine.write_bytes(b"plan")
+    with pytest.raises(ScasegError, match="has no side file model.plan.json"):
+        trt_compat.read_engine_info(engine)
+    trt_compat.side_file(engine).write_text("{not json", encoding="utf-8")
+    with pytest.raises(ScasegError, match="not valid JSON"):
+        trt_compat.read_engine_info(engine)
+
+
+def test_runner_checks_the_side_file_before_needing_tensorrt(tmp_path: Path) -> None:
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    with pytest.raises(ScasegError, match="has no side file"):
+        TensorRTBackend(str(engine))
+    with pytest.raises(ScasegError, match="engine not found"):
+        TensorRTBackend(str(tmp_path / "absent.engine"))
+    if not HAS_TRT:
+        _side_file(engine, FACTS)
+        with pytest.raises(ScasegError, match="^TensorRT is not installed: the engine"):
+            TensorRTBackend(str(engine))
+
+
+# --- the ONNX the parser sees ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_strip_attention_function_inlines_and_tags_for_the_plugin(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    scale = 0.7
+    model = _attention_model(_sca_function(), scale)
+    images = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    expected = _reference_attention(images, scale)
+
+    def run(m: onnx.ModelProto) -> np.ndarray:
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"images": images})[0]
+
+    np.testing.assert_allclose(run(model), expected, rtol=1e-5, atol=1e-6)
+    # TensorRT < 10.7 path: the function body replaces the node; same numbers, no scaseg node left.
+    inlined = engine_mod.inline_functions(model)
+    assert not inlined.functions and not engine_mod.strip_attention_nodes(inlined)
+    np.testing.assert_allclose(run(inlined), expected, rtol=1e-5, atol=1e-6)
+    # TensorRT >= 10.7 path: nodes keep the function but say which plugin namespace/version to use.
+    assert engine_mod.tag_for_plugin(model) == 1
+    attrs = {a.name: helper.get_attribute_value(a) for a in engine_mod.strip_attention_nodes(model)[0].attribute}
+    assert attrs == {"scale": pytest.approx(scale), "plugin_namespace": b"scaseg", "plugin_version": b"1"}
+    assert engine_mod.tag_for_plugin(model) == 1  # idempotent: no duplicate attributes
+    assert len(engine_mod.strip_attention_nodes(model)[0].attribute) == 3
+
+
+def test_plugin_math_matches_softmax_attention_in_bounded_chunks() -> None:
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(2, 3, 50, 1)).astype(np.float32)
+    k = rng.normal(size=(2, 3, 20, 1)).astype(np.float32)
+    v = rng.normal(size=(2, 3, 20, 8)).astype(np.float32)
+    logits = 0.5 * (q @ np.swapaxes(k, -1, -2))
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    expected = (weights / weights.sum(-1, keepdims=True)) @ v
+    for chunk_bytes in (1, 2 * 3 * 20 * 4 * 7, 1 << 30):  # one row, 7 rows, everything at once
+        out = np.full((2, 3, 50, 8), np.nan, np.float32)
+        strip_attention_into(np, q, k, v, 0.5, out, chunk_bytes=chunk_bytes)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    half = np.zeros((2, 3, 50, 8), np.float16)
+    strip_attention_into(np, q.astype(np.float16), k.astype(np.float16), v.astype(np.float16), 0.5, half)
+    np.testing.assert_allclose(half.astype(np.float32), expected, atol=2e-2)
+
+
+# --- CUDA access --------------------------------------------------------------------------------------------------
+
+
+def test_ctypes_cuda_fallback_names_what_it_tried() -> None:
+    with pytest.raises(ScasegError, match="the CUDA runtime is not available.*tried /nonexistent/libcudart.so"):
+        load_ctypes_runtime(["/nonexistent/libcudart.so"])
+    with pytest.raises(ScasegError, match="unknown CUDA access 'opencl'"):
+        load_cuda("opencl")
+
+
+def test_ctypes_cuda_reports_no_device_in_one_sentence() -> None:
+    try:
+        cuda = load_ctypes_runtime()
+    except ScasegError:
+        pytest.skip("no libcudart on this machine")
+    try:
+        count = cuda.device_count()
+    except ScasegError:
+        count = 0
+    if count:
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(ScasegError, match="^(no usable CUDA device: CUDA call cudaGetDeviceCount failed|CUDA device 0 "
+                                          "does not exist)") as err:
+        require_device(cuda, 0)
+    assert "\n" not in str(err.value)
+
+
+# --- on a GPU with TensorRT (skipped elsewhere) -------------------------------------------------------------------
+
+
+def _trt_version() -> tuple[int, ...]:
+    import tensorrt as trt
+
+    return trt_compat.parse_version(trt.__version__)
+
+
+def _ort(model_path: Path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": images})[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_gpu_engine_matches_onnxruntime(tmp_path: Path, precision: str) -> None:
+    info = _info()
+    strongly_typed_fp16 = precision == "fp16" and _trt_version()[0] >= 11
+    model = _conv_model(info, qdq=precision == "int8", fp16=strongly_typed_fp16)
+    onnx_path = _write(model, tmp_path / "model.onnx")
+    engine = tmp_path / "model.engine"
+    summary = engine_mod.build_engine(str(onnx_path), str(engine), precision=precision, workspace_gib=0.5,
+                                      timing_cache=str(tmp_path / "timing.cache"))
+    assert engine.is_file() and trt_compat.side_file(engine).is_file() and (tmp_path / "timing.cache").is_file()
+    assert summary["precision"] == precision and summary["plugin"] is False
+    images = np.random.default_rng(2).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    with TensorRTBackend(str(engine)) as backend:
+        got = backend.infer(images)
+        assert got.dtype == np.float32 and got.shape == (1, 3, 8, 8)
+        again = backend.infer(images)
+    atol = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.1}[precision]
+    np.testing.assert_allclose(got, _ort(onnx_path, images), atol=atol)
+    np.testing.assert_array_equal(got, again)
+
+
+@pytest.mark.gpu
+def test_gpu_dynamic_profile_and_cuda_graph(tmp_path: Path) -> None:
+    onnx_path = _write(_conv_model(_info(), dynamic=True), tmp_path / "dyn.onnx")
+    engine = tmp_path / "dyn.engine"
+    engine_mod.build_engine(str(onnx_path), str(engine), min_shape=(1, 3, 8, 8), opt_shape=(2, 3, 16, 16),
+                            max_shape=(4, 3, 32, 32), workspace_gib=0.5)
+    rng = np.random.default_rng(3)
+    with TensorRTBackend(str(engine), cuda_graph=True) as backend:
+        assert backend.fixed_batch is None and backend.fixed_size is None
+        for shape in [(1, 3, 8, 8), (4, 3, 32, 16), (4, 3, 32, 16), (2, 3, 16, 16)]:
+            images = rng.normal(size=shape).astype(np.float32)
+            np.testing.assert_allclose(backend.infer(images), _ort(onnx_path, images), atol=1e-3)
+        with pytest.raises(ScasegError, match="outside the engine's profile"):
+            backend.infer(np.zeros((8, 3, 8, 8), np.float32))
+    backend.close()  # second close is harmless
+    with pytest.raises(ScasegError, match="closed"):
+        backend.infer(np.zeros((1, 3, 8, 8), np.float32))
+
+
+@pytest.mark.gpu
+def test_gpu_strip_attention_plugin_round_trip(tmp_path: Path) -> None:
+    if not trt_compat.has_python_plugins(_trt_version()):
+        pytest.skip("the Python plugin needs TensorRT >= 10.7")
+    pytest.importorskip("cupy")
+    scale = 0.7
+    onnx_path = _write(_attention_model(_sca_function(), scale), tmp_path / "sca.onnx")
+    engine = tmp_path / "sca.engine"
+    summary = engine_mod.build_engine(str(onnx_path), str(engine), workspace_gib=0.5)
+    assert summary["plugin"] is True
+    images = np.random.default_rng(4).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    with TensorRTBackend(str(engine)) as backend:
+        np.testing.assert_allclose(backend.infer(images), _reference_attention(images, scale), atol=1e-4)
+    with pytest.raises(ScasegError, match="CUDA graphs cannot replay the Python strip-attention plugin"):
+        TensorRTBackend(str(engine), cuda_graph=True)
