@@ -1,13 +1,16 @@
 """Drawing a label map: palette colouring, blending over the image, and a class legend (pure functions)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import cv2
 import numpy as np
 
+# A list of RGB triples, or an (N, 3) uint8 array such as palette_lut() returns.
+Palette = Union[Sequence[Sequence[int]], np.ndarray]
 
-def palette_lut(palette: Sequence[Sequence[int]], size: int = 65536) -> np.ndarray:
+
+def palette_lut(palette: Palette, size: int = 65536) -> np.ndarray:
     """A (size, 3) uint8 lookup table; ids without a colour (e.g. 255 = ignore) map to black."""
     lut = np.zeros((size, 3), dtype=np.uint8)
     colours = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:size]
@@ -15,7 +18,7 @@ def palette_lut(palette: Sequence[Sequence[int]], size: int = 65536) -> np.ndarr
     return lut
 
 
-def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+def colorize(labels: np.ndarray, palette: Palette) -> np.ndarray:
     """(H, W) integer labels -> (H, W, 3) RGB uint8 colour mask; ``palette`` may be a ready palette_lut()."""
     if isinstance(palette, np.ndarray) and palette.ndim == 2 and palette.shape[0] >= 256:
         lut = palette
@@ -37,8 +40,8 @@ def blend(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray
 def draw_legend(
     image: np.ndarray,
     class_names: Sequence[str],
-    palette: Sequence[Sequence[int]],
-    classes: Optional[Sequence[int]] = None,
+    palette: Palette,
+    classes: Optional[Union[Sequence[int], np.ndarray]] = None,
     max_rows: int = 20,
 ) -> np.ndarray:
     """Draw a colour key (swatch + name) in the top-left corner; ``classes`` limits it to those ids."""
@@ -72,7 +75,7 @@ def draw_legend(
 def render_overlay(
     image: np.ndarray,
     labels: np.ndarray,
-    palette: Sequence[Sequence[int]] | np.ndarray,
+    palette: Palette,
     alpha: float = 0.5,
     class_names: Optional[Sequence[str]] = None,
 ) -> np.ndarray:

@@ -9,13 +9,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Tuple, cast
 
 import cv2
 import numpy as np
 
 from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.preprocess import read_image, to_rgb_uint8
+from scaseg.runtime.preprocess import Geometry, read_image, to_rgb_uint8
+
+if TYPE_CHECKING:
+    from scaseg.runtime.predictor import Predictor
 
 # FFmpeg's own log lines ("Truncating packet...", "EBML header parsing failed") would bury the one-sentence
 # errors; it reads this variable when the first capture opens. Set it yourself to see them again.
@@ -191,7 +194,7 @@ class VideoSink:
     def write(self, name: str, image: np.ndarray) -> None:
         if self.writer is None:
             self.size = (image.shape[1], image.shape[0])
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, self.size)
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*self.fourcc), self.fps, self.size)
             if not self.writer.isOpened():
                 raise ScasegError(f"OpenCV cannot write a {self.fourcc} video of {self.size[0]}x{self.size[1]} to {self.path}")
         if (image.shape[1], image.shape[0]) != self.size:  # a camera that changed resolution mid-stream
@@ -224,6 +227,8 @@ class ImageSink:
 # --------------------------------------------------------------------------------------------- pipeline
 
 _END = object()
+# (frame, network input or model output, geometry); the array is None for a frame that could not be decoded.
+_Item = Tuple[Frame, Optional[np.ndarray], Optional[Geometry]]
 
 
 class StopPipeline(Exception):
@@ -288,7 +293,7 @@ def _get(q: "queue.Queue[object]", stop: threading.Event) -> object:
 
 def run_pipeline(
     source: Source,
-    predictor: "object",
+    predictor: "Predictor",
     consume: Callable[[Frame, np.ndarray], None],
     *,
     queue_size: int = 4,
@@ -308,14 +313,17 @@ def run_pipeline(
     decoded: "queue.Queue[object]" = queue.Queue(maxsize=queue_size)
     inferred: "queue.Queue[object]" = queue.Queue(maxsize=queue_size)
     stats = PipelineStats()
-    batch_size = int(getattr(predictor, "batch", 1))
+    batch_size = predictor.batch
 
     def read() -> None:
         try:
             for n, frame in enumerate(source):
                 if stop.is_set() or (max_frames is not None and n >= max_frames):
                     break
-                item = (frame, None, None) if frame.image is None else (frame, *predictor.prepare(frame.image))  # type: ignore[attr-defined]
+                item: _Item = (frame, None, None)
+                if frame.image is not None:
+                    tensor, geom = predictor.prepare(frame.image)
+                    item = (frame, tensor, geom)
                 if not _put(decoded, item, stop):
                     break
         finally:
@@ -325,25 +333,26 @@ def run_pipeline(
         try:
             done = False
             while not done and not stop.is_set():
-                items = [_get(decoded, stop)]
+                got = [_get(decoded, stop)]
                 # Take what is already decoded, up to one batch, without waiting for more.
-                while len(items) < batch_size and items[-1] is not _END:
+                while len(got) < batch_size and got[-1] is not _END:
                     try:
-                        items.append(decoded.get_nowait())
+                        got.append(decoded.get_nowait())
                     except queue.Empty:
                         break
-                if items[-1] is _END:
-                    items.pop()
+                if got[-1] is _END:
+                    got.pop()
                     done = True
-                work = [it for it in items if it[1] is not None]  # type: ignore[index]
-                outputs: list[object] = []
-                if work:
+                items = [cast(_Item, it) for it in got]
+                tensors = [t for _, t, _ in items if t is not None]
+                outputs: list[np.ndarray] = []
+                if tensors:
                     t0 = time.perf_counter()
-                    outputs = list(predictor.run([it[1] for it in work]))  # type: ignore[attr-defined,index]
+                    outputs = list(predictor.run(tensors))
                     stats.infer_seconds += time.perf_counter() - t0
                     stats.infer_calls += 1
                 it_out = iter(outputs)
-                for frame, tensor, geom in items:  # type: ignore[misc]
+                for frame, tensor, geom in items:
                     if not _put(inferred, (frame, None if tensor is None else next(it_out), geom), stop):
                         return
         finally:
@@ -358,15 +367,15 @@ def run_pipeline(
         stage.start()
     try:
         while True:
-            item = inferred.get()
-            if item is _END:
+            got = inferred.get()
+            if got is _END:
                 break
-            frame, output, geom = item  # type: ignore[misc]
-            if output is None:
+            frame, output, geom = cast(_Item, got)
+            if output is None or geom is None:
                 stats.skipped += 1
                 stats.skipped_names.append(frame.name)
             else:
-                consume(frame, predictor.finish(output, geom))  # type: ignore[attr-defined]
+                consume(frame, predictor.finish(output, geom))
                 stats.frames += 1
                 if stats.infer_seconds > 0:
                     bar.set_postfix_str(f"model {stats.model_fps:.1f} FPS", refresh=False)

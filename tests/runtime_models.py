@@ -103,7 +103,7 @@ def halves_labels(h: int, w: int) -> np.ndarray:
 def make_video(path: Path, frames: int = 6, size: tuple[int, int] = (48, 64), fps: float = 12.0) -> Path:
     """An mp4v (or MJPG for .avi) video whose every frame is red (left half) | green (right half)."""
     h, w = size
-    fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix == ".avi" else "mp4v"))
+    fourcc = cv2.VideoWriter.fourcc(*("MJPG" if path.suffix == ".avi" else "mp4v"))
     writer = cv2.VideoWriter(str(path), fourcc, fps, (w, h))
     assert writer.isOpened()
     for _ in range(frames):
