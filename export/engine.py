@@ -161,8 +161,11 @@ def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     """Replace every local-function call by its body (TensorRT 8.5's parser has no local-function support)."""
     if not model.functions:
         return model
-    from onnx import inliner
-
+    try:
+        from onnx import inliner
+    except ImportError:
+        raise ScasegError(f"inlining the strip-attention function needs onnx >= 1.16 (this is {onnx.__version__}): "
+                          "upgrade onnx, or export with --sca-op decomposed") from None
     return inliner.inline_local_functions(model)
 
 
@@ -285,7 +288,7 @@ def build_engine(onnx_path: str, engine_path: str, *, precision: str = "fp32",  
         cores = builder.num_DLA_cores
         if int(dla_core) >= cores:
             raise ScasegError(f"DLA core {dla_core} does not exist: this device has {cores} DLA core(s) "
-                              "(only Jetson AGX Xavier, AGX Orin and Orin NX have DLA)")
+                              "(Jetson Xavier and Orin modules have DLA, except Orin Nano)")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(dla_core)
         if gpu_fallback:

@@ -218,6 +218,13 @@ def test_tensorrt_modules_import_without_tensorrt_torch_or_cupy() -> None:
         assert heavy not in mods, f"importing the TensorRT runner imported {heavy}"
 
 
+def test_engine_builder_imports_without_torch() -> None:
+    # A Jetson builds engines from a copied ONNX without PyTorch installed.
+    code = "import scaseg.export.engine, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
 # --- building without TensorRT ------------------------------------------------------------------------------------
 
 
@@ -514,7 +521,7 @@ def test_gpu_engine_matches_onnxruntime(tmp_path: Path, precision: str) -> None:
         got = backend.infer(images)
         assert got.dtype == np.float32 and got.shape == (1, 3, 8, 8)
         again = backend.infer(images)
-    atol = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.1}[precision]
+    atol = {"fp32": 1e-2, "fp16": 2e-2, "int8": 0.1}[precision]  # fp32 engines use TF32 on Ampere+
     np.testing.assert_allclose(got, _ort(onnx_path, images), atol=atol)
     np.testing.assert_array_equal(got, again)
 
@@ -530,7 +537,7 @@ def test_gpu_dynamic_profile_and_cuda_graph(tmp_path: Path) -> None:
         assert backend.fixed_batch is None and backend.fixed_size is None
         for shape in [(1, 3, 8, 8), (4, 3, 32, 16), (4, 3, 32, 16), (2, 3, 16, 16)]:
             images = rng.normal(size=shape).astype(np.float32)
-            np.testing.assert_allclose(backend.infer(images), _ort(onnx_path, images), atol=1e-3)
+            np.testing.assert_allclose(backend.infer(images), _ort(onnx_path, images), atol=1e-2)
         with pytest.raises(ScasegError, match="outside the engine's profile"):
             backend.infer(np.zeros((8, 3, 8, 8), np.float32))
     backend.close()  # second close is harmless
