@@ -589,8 +589,8 @@ def _draw_person(c: _Canvas, p: _Person, z: float, t: float, shade: float) -> No
     c.disc(head - [0, head_r * s * 0.35], head_r * s * 0.8, p.hair, PERSON, sides=12)
 
 
-def _draw_ego(c: _Canvas, world: _World) -> None:
-    frac, colour = world.ego
+def _draw_ego(c: _Canvas, ego: tuple) -> None:
+    frac, colour = ego
     top = c.h * (1 - frac)
     t = np.linspace(0, np.pi, 24)
     arc = np.column_stack([c.w / 2 - np.cos(t) * c.w * 0.7, top + (1 - np.sin(t)) * frac * c.h * 0.6])
@@ -604,15 +604,15 @@ def _finish(c: _Canvas, world: _World, rng: np.random.Generator) -> np.ndarray:
     yy = np.linspace(-1, 1, c.h, dtype=np.float32)[:, None] ** 2
     xx = np.linspace(-1, 1, c.w, dtype=np.float32)[None, :] ** 2
     light = (1.0 + 0.08 * illum) * (1.0 - 0.12 * (xx + yy))  # uneven light and vignetting
-    img = c.image.astype(np.float32)
-    img *= light[:, :, None]
-    img *= world.gains.astype(np.float32)
-    img = cv2.convertScaleAbs(img)  # values are >= 0: this rounds and saturates to uint8
+    lit = c.image.astype(np.float32)
+    lit *= light[:, :, None]
+    lit *= world.gains.astype(np.float32)
+    img = cv2.convertScaleAbs(lit)  # values are >= 0: this rounds and saturates to uint8
     lut = np.clip(255.0 * (np.arange(256) / 255.0) ** world.gamma + 0.5, 0, 255).astype(np.uint8)
     img = cv2.LUT(img, lut)
     if world.blur > 0.05:
         img = cv2.GaussianBlur(img, (0, 0), sigmaX=max(world.blur * c.w / 512, 0.1))
-    noise = rng.standard_normal(img.shape, dtype=np.float32)
+    noise: np.ndarray = rng.standard_normal((c.h, c.w, 3), dtype=np.float32)
     noise *= world.noise
     return cv2.add(img, noise, dtype=cv2.CV_8U)  # saturating
 
@@ -642,7 +642,7 @@ def _render(world: _World, size: tuple[int, int], t: float, rng: np.random.Gener
         else:
             _draw_person(c, world.persons[i], z, t, world.shade)
     if world.ego is not None:
-        _draw_ego(c, world)
+        _draw_ego(c, world.ego)
     return _finish(c, world, rng), c.label
 
 
@@ -745,7 +745,7 @@ def write_dataset(
         if video_frames:
             video = tmp / "video" / f"{CITY}.mp4"
             video.parent.mkdir(parents=True)
-            writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
+            writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), float(fps), (w, h))
             if not writer.isOpened():
                 raise ScasegError("OpenCV cannot write an mp4v video on this machine (no MPEG-4 encoder)")
             try:
