@@ -1,0 +1,220 @@
+"""scaseg-export: a SCASeg checkpoint -> a verified ONNX model (or an fp16/int8 ONNX, a TensorRT engine, a Triton repo).
+
+Every export prints a TensorRT compatibility lint and a parity report against PyTorch; a parity failure exits
+non-zero and leaves no output behind.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+import typer
+from tqdm import tqdm
+
+from scaseg.runtime.errors import ScasegError, run_cli
+from scaseg.runtime.fileio import atomic_path, check_writable_dir
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+class ScaOp(str, Enum):
+    decomposed = "decomposed"
+    function = "function"
+
+
+class OutputKind(str, Enum):
+    logits = "logits"
+    labels = "labels"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class Format(str, Enum):
+    onnx = "onnx"
+    engine = "engine"
+    triton = "triton"
+
+
+def _version(value: bool) -> None:
+    if value:
+        import scaseg
+
+        typer.echo(f"scaseg-export {scaseg.__version__}")
+        raise typer.Exit()
+
+
+def _need(module: str, what: str) -> Any:
+    """Import a module another part of the toolkit provides, or say in one sentence that it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ScasegError(f"{what} needs {module}, which cannot be imported here ({exc})") from None
+
+
+def default_output(checkpoint: Path, fmt: str, precision: str) -> Path:
+    """model.pth -> model.onnx / model.fp16.onnx / model.engine / model_triton/ beside the checkpoint."""
+    stem = checkpoint.with_suffix("")
+    if fmt == "engine":
+        return stem.with_name(f"{stem.name}{'' if precision == 'fp32' else '.' + precision}.engine")
+    if fmt == "triton":
+        return stem.with_name(f"{stem.name}_triton")
+    return stem.with_name(f"{stem.name}{'' if precision == 'fp32' else '.' + precision}.onnx")
+
+
+def _say(text: str) -> None:
+    tqdm.write(text, file=sys.stdout)
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="SCASeg checkpoint (.pth / .safetensors, ours or mmseg-style)."),
+    output: Optional[Path] = typer.Option(None, "--output-path", "-o", help="Output file (folder for --format triton); default beside the checkpoint."),
+    imgsz: Optional[Tuple[int, int]] = typer.Option(None, "--imgsz", help="Input H W (default: the checkpoint's size, else 512 512)."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Batch size of the graph (the opt batch when dynamic)."),
+    dynamic: Optional[str] = typer.Option(None, "--dynamic", help="Dynamic axes: batch, spatial or batch,spatial."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset, 17..20 (TensorRT 8.5 reads up to 17)."),
+    sca_op: ScaOp = typer.Option(ScaOp.decomposed, "--sca-op", help="Strip attention as plain ops, or as the scaseg:StripCrossAttention local function."),
+    out_kind: OutputKind = typer.Option(OutputKind.logits, "--output", help="logits (B,K,H,W) float, or labels (B,H,W) int32 with argmax in the graph."),
+    simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify with onnxsim."),
+    query_chunk: str = typer.Option("auto", "--query-chunk", help="Query rows per attention tile (bounded memory): N, auto, or 0 for none."),
+    parity_images: int = typer.Option(2, "--parity-images", help="Synthetic scenes for the parity check."),
+    tolerance: float = typer.Option(1e-3, "--tolerance", help="Max |logit diff| ONNX Runtime vs PyTorch before the export fails."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Refuse the checkpoint unless it is this variant."),
+    precision: Precision = typer.Option(Precision.fp32, "--precision", help="fp32, fp16 or int8 (calibrated Q/DQ)."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Image folder for int8 calibration."),
+    calib_num: int = typer.Option(200, "--calib-num", min=1, help="Calibration images to use."),
+    calib_method: str = typer.Option("minmax", "--calib-method", help="minmax, entropy or percentile."),
+    int8_target: str = typer.Option("cpu", "--int8-target", help="Q/DQ placement for cpu (ONNX Runtime) or tensorrt."),
+    max_miou_drop: float = typer.Option(1.0, "--max-miou-drop", help="int8: largest mIoU loss (points) accepted."),
+    fmt: Format = typer.Option(Format.onnx, "--format", help="onnx, engine (TensorRT plan) or triton (model repository)."),
+    workspace: float = typer.Option(4.0, "--workspace", help="engine: TensorRT workspace limit in GiB."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="engine: timing cache file (read and updated)."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="engine: build for this DLA core (Jetson)."),
+    max_batch: int = typer.Option(8, "--max-batch", min=1, help="engine/triton: largest batch of a dynamic-batch model."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Export CHECKPOINT to ONNX (and optionally on to fp16/int8, a TensorRT engine or a Triton repository)."""
+    from scaseg.export.onnx_export import ExportOptions, parse_dynamic, parse_query_chunk
+
+    dyn_batch, dyn_spatial = parse_dynamic(dynamic)
+    opts = ExportOptions(
+        imgsz=tuple(imgsz) if imgsz else (512, 512), batch=batch, dynamic_batch=dyn_batch, dynamic_spatial=dyn_spatial,
+        opset=opset, sca_op=sca_op.value, output=out_kind.value, simplify=simplify,
+        query_chunk=parse_query_chunk(query_chunk),
+    )
+    opts.validate()
+    if parity_images < 1:
+        raise ScasegError(f"--parity-images must be at least 1, got {parity_images}")
+    if tolerance < 0:
+        raise ScasegError(f"--tolerance must be >= 0, got {tolerance}")
+    prec, form = precision.value, fmt.value
+    # Fail on a missing piece before minutes of work, not after.
+    if prec != "fp32":
+        _need("scaseg.calibration.api", f"--precision {prec}")
+        if prec == "int8" and calib is None:
+            raise ScasegError("--precision int8 needs --calib DIR, a folder of calibration images")
+    if form != "onnx":
+        _need(f"scaseg.export.{'engine' if form == 'engine' else 'triton'}", f"--format {form}")
+    checkpoint = checkpoint.expanduser()
+    dest = (output.expanduser() if output else default_output(checkpoint, form, prec))
+    if dest.is_dir() and form != "triton":
+        raise ScasegError(f"the output {dest} is a folder; name a file (e.g. {dest / 'model.onnx'})")
+    check_writable_dir(dest)
+
+    import scaseg
+
+    steps = tqdm(total=4, desc="export", unit="step", file=sys.stderr, bar_format="{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}]")
+    steps.set_postfix_str("loading checkpoint")
+    model, info = scaseg.load_model(checkpoint, variant=variant)
+    report = getattr(model, "load_report", None)
+    if report is not None and (not report.clean or report.kind == "encoder"):
+        tqdm.write(f"warning: {report.summary()}" + ("; the decoder is randomly initialised" if report.kind == "encoder" else ""), file=sys.stderr)
+    if imgsz is None and info.input_size:
+        opts.imgsz = tuple(info.input_size)  # type: ignore[assignment]
+        opts.validate()
+    steps.update()
+
+    with tempfile.TemporaryDirectory(prefix=".scaseg-export-", dir=dest.parent) as work:
+        onnx_dest = dest if (form == "onnx" and prec == "fp32") else Path(work) / "model.fp32.onnx"
+        summary = _export_fp32(model, info, opts, onnx_dest, parity_images, tolerance, steps)
+        final_onnx = onnx_dest
+        if prec != "fp32":
+            api = _need("scaseg.calibration.api", f"--precision {prec}")
+            final_onnx = dest if form == "onnx" else Path(work) / f"model.{prec}.onnx"
+            with atomic_path(final_onnx) as tmp:
+                result = api.make_precision(
+                    str(onnx_dest), str(tmp), prec, calib_dir=str(calib) if calib else None, calib_num=calib_num,
+                    method=calib_method, target=int8_target, max_miou_drop=max_miou_drop,
+                )
+            for key, value in (result or {}).items():
+                _say(f"{prec}: {key}: {value}")
+        if form == "engine":
+            engine = _need("scaseg.export.engine", "--format engine")
+            h, w = opts.imgsz
+            shape_kw: dict[str, Any] = {}
+            if opts.dynamic_batch:
+                shape_kw = {"min_shape": (1, 3, h, w), "opt_shape": (opts.batch, 3, h, w), "max_shape": (max(max_batch, opts.batch), 3, h, w)}
+            result = engine.build_engine(
+                str(final_onnx), str(dest), precision=prec, workspace_gib=workspace,
+                timing_cache=str(timing_cache) if timing_cache else None, dla_core=dla_core, **shape_kw,
+            )
+            for key, value in (result or {}).items():
+                _say(f"engine: {key}: {value}")
+        elif form == "triton":
+            triton = _need("scaseg.export.triton", "--format triton")
+            result = triton.write_triton_repository(str(final_onnx), str(dest), name=checkpoint.with_suffix("").name,
+                                                    backend="onnxruntime", max_batch_size=max_batch)
+            for key, value in (result or {}).items():
+                _say(f"triton: {key}: {value}")
+    steps.close()
+    _say(f"wrote {dest}  ({summary})")
+
+
+def _export_fp32(model: Any, info: Any, opts: Any, dest: Path, parity_images: int, tolerance: float, steps: tqdm) -> str:
+    """Export, lint, check parity and only then let ``dest`` appear; returns a one-line summary."""
+    import onnx
+
+    from scaseg.export.onnx_export import to_onnx
+    from scaseg.export.parity import check_parity
+    from scaseg.export.trt_lint import lint
+
+    steps.set_postfix_str("tracing to ONNX")
+    proto, out_info = to_onnx(model, info, opts)
+    steps.update()
+    with atomic_path(dest) as tmp:
+        onnx.save(proto, str(tmp))
+        steps.set_postfix_str("TensorRT lint")
+        lint_report = lint(proto)
+        steps.update()
+        _say(lint_report.summary())
+        steps.set_postfix_str("parity vs PyTorch")
+        parity = check_parity(str(tmp), model, out_info, images=parity_images, tolerance=tolerance)
+        steps.update()
+        _say(parity.summary())
+        if not parity.ok:
+            what = (f"max |logit diff| {parity.max_abs:.3g}" if parity.max_abs is not None
+                    else f"{parity.confident_mismatches} confidently-labelled pixel(s) changed")
+            raise ScasegError(f"the ONNX model disagrees with PyTorch beyond --tolerance {tolerance:g} ({what}); "
+                              "nothing was written")
+    h, w = opts.imgsz
+    size_mb = dest.stat().st_size / 2**20
+    return (f"{out_info.variant}, {h}x{w}, batch {'dynamic' if opts.dynamic_batch else opts.batch}"
+            f"{', dynamic H/W' if opts.dynamic_spatial else ''}, sca-op {opts.sca_op}, output {opts.output}, "
+            f"opset {opts.opset}, {size_mb:.1f} MiB")
+
+
+def main() -> None:
+    """Console entry point (scaseg-export)."""
+    run_cli(app, prog="scaseg-export")
+
+
+if __name__ == "__main__":
+    main()
