@@ -179,6 +179,33 @@ def input_shape(model: onnx.ModelProto) -> tuple[str, tuple[int, ...]]:
     return inputs[0].name, tuple(int(d.dim_value) if d.HasField("dim_value") else -1 for d in dims)
 
 
+def prepare_for_parser(model: onnx.ModelProto, version: trt_compat.Version) -> tuple[onnx.ModelProto, bool]:
+    """Tag strip-attention nodes for the Python plugin (TensorRT >= 10.7, plugin registrable) or inline them.
+
+    Returns the model the parser should see and whether the plugin is used.
+    """
+    if strip_attention_nodes(model) and trt_compat.has_python_plugins(version):
+        from scaseg.runtime import trt_plugin
+
+        try:
+            trt_plugin.register_strip_attention()
+            return model, tag_for_plugin(model) > 0
+        except ScasegError as exc:  # e.g. no CuPy: the function body still builds, just without the plugin
+            print(f"note: building without the strip-attention plugin ({exc}); its ONNX function is inlined",
+                  file=sys.stderr)
+    return inline_functions(model), False
+
+
+def network_flags(trt: Any, version: trt_compat.Version, plan: trt_compat.PrecisionPlan) -> int:
+    """create_network flags: EXPLICIT_BATCH before TensorRT 10, STRONGLY_TYPED on 10 when the plan wants it."""
+    flags = 0
+    if trt_compat.needs_explicit_batch_flag(version):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if plan.strongly_typed and version[0] < 11:  # 11 is strongly typed whatever the flags say
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return flags
+
+
 # --- TensorRT ---------------------------------------------------------------------------------------------------
 
 
@@ -228,6 +255,51 @@ def _gpu_facts(device: int = 0) -> tuple[str, tuple[int, int]]:
     return cuda.device_name(device), cuda.compute_capability(device)
 
 
+def _configure(trt: Any, builder: Any, plan: trt_compat.PrecisionPlan, workspace_gib: float, input_name: str,
+               shapes: Optional[tuple[Shape, Shape, Shape]], dla_core: Optional[int], gpu_fallback: bool,
+               timing_cache: Optional[str]) -> Any:
+    """Builder config: workspace, precision flags, profile, DLA, timing cache, progress bars."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
+    for flag in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if shapes is not None:
+        profile = builder.create_optimization_profile()
+        profile.set_shape(input_name, trt.Dims(list(shapes[0])), trt.Dims(list(shapes[1])), trt.Dims(list(shapes[2])))
+        config.add_optimization_profile(profile)
+    if dla_core is not None:
+        cores = builder.num_DLA_cores
+        if int(dla_core) >= cores:
+            raise ScasegError(f"DLA core {dla_core} does not exist: this device has {cores} DLA core(s) "
+                              "(Jetson Xavier and Orin modules have DLA, except Orin Nano)")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(dla_core)
+        if gpu_fallback:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    if timing_cache is not None:
+        cache_file = Path(timing_cache)
+        cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+        config.set_timing_cache(cache, False)  # ignore_mismatch=False: a cache from another GPU is not reused
+    monitor = _progress_monitor(trt)
+    if monitor is not None:
+        config.progress_monitor = monitor
+    return config
+
+
+def _write_outputs(engine_path: str, info: ModelInfo, serialized: Any, timing_cache: Optional[str],
+                   config: Any) -> Path:
+    """Side file and plan, each atomically, the plan renamed first; then the timing cache. Returns the side file."""
+    side = trt_compat.side_file(engine_path)
+    with atomic_path(side) as side_tmp:
+        side_tmp.write_text(json.dumps(info.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        with atomic_path(engine_path) as engine_tmp:
+            engine_tmp.write_bytes(memoryview(serialized))
+    if timing_cache is not None:
+        with atomic_path(timing_cache) as cache_tmp:
+            cache_tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    return side
+
+
 def build_engine(onnx_path: str, engine_path: str, *, precision: str = "fp32",  # fp32|fp16|int8 (int8 = Q/DQ ONNX)
                  workspace_gib: float = 4.0, timing_cache: str | None = None,
                  min_shape: Any = None, opt_shape: Any = None, max_shape: Any = None,  # (B, 3, H, W), dynamic inputs
@@ -252,55 +324,14 @@ def build_engine(onnx_path: str, engine_path: str, *, precision: str = "fp32",  
     shapes = resolve_profile(onnx_shape, info, profile)
     gpu_name, capability = _gpu_facts(0)
 
-    use_plugin = False
-    if strip_attention_nodes(model) and trt_compat.has_python_plugins(version):
-        from scaseg.runtime import trt_plugin
-
-        try:
-            trt_plugin.register_strip_attention()
-            use_plugin = tag_for_plugin(model) > 0
-        except ScasegError as exc:  # e.g. no CuPy: the function body still builds, just without the plugin
-            print(f"note: building without the strip-attention plugin ({exc}); its ONNX function is inlined",
-                  file=sys.stderr)
-    if not use_plugin:
-        model = inline_functions(model)
-
+    model, use_plugin = prepare_for_parser(model, version)
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if trt_compat.needs_explicit_batch_flag(version):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if plan.strongly_typed and version[0] < 11:  # 11 is strongly typed whatever the flags say
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt, version, plan))
     _parse(trt, network, logger, model, onnx_path)
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
-    for flag in plan.builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
-    if shapes is not None:
-        opt_profile = builder.create_optimization_profile()
-        opt_profile.set_shape(input_name, trt.Dims(list(shapes[0])), trt.Dims(list(shapes[1])),
-                              trt.Dims(list(shapes[2])))
-        config.add_optimization_profile(opt_profile)
-    if dla_core is not None:
-        cores = builder.num_DLA_cores
-        if int(dla_core) >= cores:
-            raise ScasegError(f"DLA core {dla_core} does not exist: this device has {cores} DLA core(s) "
-                              "(Jetson Xavier and Orin modules have DLA, except Orin Nano)")
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = int(dla_core)
-        if gpu_fallback:
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
-    if timing_cache is not None:
-        cache = config.create_timing_cache(cache_bytes)
-        config.set_timing_cache(cache, False)  # ignore_mismatch=False: a cache from another GPU is not reused
-    monitor = _progress_monitor(trt)
-    if monitor is not None:
-        config.progress_monitor = monitor
-    else:
+    config = _configure(trt, builder, plan, workspace_gib, input_name, shapes, dla_core, gpu_fallback, timing_cache)
+    if not hasattr(config, "progress_monitor"):
         print(f"building the engine with TensorRT {trt_version_text} (no progress report before TensorRT 10; "
               "this can take minutes)", file=sys.stderr)
 
@@ -326,14 +357,7 @@ def build_engine(onnx_path: str, engine_path: str, *, precision: str = "fp32",  
         "timing_cache": timing_cache, "onnx": Path(onnx_path).name, "build_seconds": round(seconds, 1),
     }
     engine_info = engine_model_info(info, precision, shapes, facts)
-    side = trt_compat.side_file(engine_path)
-    with atomic_path(side) as side_tmp:
-        side_tmp.write_text(json.dumps(engine_info.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        with atomic_path(engine_path) as engine_tmp:
-            engine_tmp.write_bytes(memoryview(serialized))
-    if timing_cache is not None:
-        with atomic_path(timing_cache) as cache_tmp:
-            cache_tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    side = _write_outputs(engine_path, engine_info, serialized, timing_cache, config)
     size_mb = Path(engine_path).stat().st_size / 2**20
     return {"engine": str(engine_path), "side_file": str(side), "size_mb": round(size_mb, 2), **facts}
 

@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.trt_compat import PYTHON_PLUGIN_MIN, has_python_plugins, parse_version
+from scaseg.runtime.trt_compat import PYTHON_PLUGIN_MIN, has_python_plugins, parse_version, require_tensorrt
 
 NAMESPACE = "scaseg"
 NAME = "StripCrossAttention"
@@ -89,13 +89,11 @@ def strip_attention_into(xp: Any, q: Any, k: Any, v: Any, scale: float, out: Any
 
 def plugin_api() -> PluginApi:
     """Import ``tensorrt.plugin`` (TensorRT >= 10.7) or raise one sentence."""
-    import tensorrt as trt
-
-    version = parse_version(trt.__version__)
-    if not has_python_plugins(version):
+    version_text = require_tensorrt("the strip-attention plugin")
+    if not has_python_plugins(parse_version(version_text)):
         raise ScasegError(
             f"the strip-attention plugin needs TensorRT >= {'.'.join(map(str, PYTHON_PLUGIN_MIN))} "
-            f"(tensorrt.plugin), this is {trt.__version__}; export with --sca-op decomposed instead"
+            f"(tensorrt.plugin), this is {version_text}; export with --sca-op decomposed instead"
         )
     return cast(PluginApi, importlib.import_module("tensorrt.plugin"))
 

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -49,8 +50,8 @@ def _conv_model(info: ModelInfo, *, dynamic: bool = False, qdq: bool = False, fp
     c = info.num_classes
     weight = rng.normal(size=(c, 3, 1, 1)).astype(np.float32)
     bias = rng.normal(size=(c,)).astype(np.float32)
-    dims: list[object] = ["batch", 3, "height", "width"] if dynamic else [1, 3, 8, 8]
-    out_dims: list[object] = ["batch", c, "height", "width"] if dynamic else [1, c, 8, 8]
+    dims: list[str | int] = ["batch", 3, "height", "width"] if dynamic else [1, 3, 8, 8]
+    out_dims: list[str | int] = ["batch", c, "height", "width"] if dynamic else [1, c, 8, 8]
     nodes, inits = [], [numpy_helper.from_array(bias, "b")]
     x = "images"
     if qdq:
@@ -376,10 +377,10 @@ def test_engine_built_elsewhere_is_refused_in_one_sentence(tmp_path: Path) -> No
     engine = tmp_path / "model.engine"
     _side_file(engine, FACTS)
     info = trt_compat.read_engine_info(engine)
-    here = {"trt_version": "10.3.0.26", "gpu_name": "Orin", "compute_capability": (8, 7)}
+    here: dict[str, Any] = {"trt_version": "10.3.0.26", "gpu_name": "Orin", "compute_capability": (8, 7)}
     trt_compat.check_engine(engine, info, **here)  # same machine kind: fine
     trt_compat.check_engine(engine, info, **{**here, "gpu_name": "  orin "})  # spacing/case are not a mismatch
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"trt_version": "10.13.0.35"}, "built with TensorRT 10.3.0.26 and this machine has TensorRT 10.13.0.35"),
         ({"compute_capability": (8, 6)}, "compute capability 8.7 and this GPU (Orin) is 8.6"),
         ({"gpu_name": "NVIDIA A100-SXM4-80GB", "compute_capability": (8, 7)}, "built on a Orin and this GPU is a"),
@@ -442,6 +443,29 @@ def test_strip_attention_function_inlines_and_tags_for_the_plugin(tmp_path: Path
     assert attrs == {"scale": pytest.approx(scale), "plugin_namespace": b"scaseg", "plugin_version": b"1"}
     assert engine_mod.tag_for_plugin(model) == 1  # idempotent: no duplicate attributes
     assert len(engine_mod.strip_attention_nodes(model)[0].attribute) == 3
+
+
+@pytest.mark.slow
+def test_parser_preparation_per_generation(capsys: pytest.CaptureFixture[str]) -> None:
+    model = _attention_model(_sca_function(), 0.5)
+    old, used = engine_mod.prepare_for_parser(onnx.ModelProto.FromString(model.SerializeToString()), (10, 3, 0))
+    assert used is False and not old.functions and not engine_mod.strip_attention_nodes(old)
+    if not HAS_TRT:  # 10.7+ but the plugin cannot be registered here: say so, then inline
+        new, used = engine_mod.prepare_for_parser(model, (10, 13, 0))
+        assert used is False and not new.functions
+        assert "building without the strip-attention plugin (TensorRT is not installed" in capsys.readouterr().err
+
+
+def test_network_flags_per_generation() -> None:
+    from types import SimpleNamespace
+
+    # Enum values as tensorrt-stubs 10.13 declares them: EXPLICIT_BATCH = 0, STRONGLY_TYPED = 1.
+    trt = SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1))
+    weak, strong = trt_compat.PrecisionPlan("fp16", False, ("FP16",), ""), trt_compat.PrecisionPlan("fp16", True, (), "")
+    assert engine_mod.network_flags(trt, (8, 5, 2), weak) == 1
+    assert engine_mod.network_flags(trt, (10, 3, 0), weak) == 0
+    assert engine_mod.network_flags(trt, (10, 3, 0), strong) == 2
+    assert engine_mod.network_flags(trt, (11, 0, 0), strong) == 0
 
 
 def test_plugin_math_matches_softmax_attention_in_bounded_chunks() -> None:
