@@ -1,20 +1,21 @@
 """Shared test configuration: the `gpu` marker runs only where TensorRT and a CUDA device exist."""
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 
 
 def _tensorrt_and_cuda() -> bool:
-    if importlib.util.find_spec("tensorrt") is None:
-        return False
-    try:  # a CUDA device must answer, not merely a driver library be present
-        from cuda import cudart  # type: ignore[import-not-found]
+    """True only where the TensorRT runtime imports (not just its type stubs) and a CUDA device answers."""
+    from scaseg.runtime.trt_compat import tensorrt_available
 
-        err, count = cudart.cudaGetDeviceCount()
-        return int(err) == 0 and count > 0
+    if not tensorrt_available():
+        return False
+    try:
+        from scaseg.runtime.cuda import load_cuda
+
+        return load_cuda().device_count() > 0
     except Exception:
         return False
 
