@@ -54,20 +54,28 @@ class SegMetrics:
         if pred.shape != label.shape:
             raise ScasegError(f"the prediction is {pred.shape} but the label is {label.shape}; they must match")
         n = self.num_classes
-        keep = label != self.ignore_index
-        p = pred[keep].astype(np.int64, copy=False)
-        t = label[keep].astype(np.int64, copy=False)
+        t, p = label.ravel(), pred.ravel()
+        keep = t != self.ignore_index
+        if not keep.all():
+            t, p = t[keep], p[keep]
         if t.size == 0:
             return
-        if int(t.min()) < 0 or int(t.max()) >= n:
-            bad = int(t.max()) if int(t.max()) >= n else int(t.min())
+        t_min, t_max = int(t.min()), int(t.max())
+        if t_min < 0 or t_max >= n:
+            bad = t_max if t_max >= n else t_min
             raise ScasegError(f"the label holds class {bad}, outside 0..{n - 1} (and not the ignore index "
                               f"{self.ignore_index})")
-        if int(p.min()) < 0 or int(p.max()) >= n:
-            bad = int(p.max()) if int(p.max()) >= n else int(p.min())
+        p_min, p_max = int(p.min()), int(p.max())
+        if p_min < 0 or p_max >= n:
+            bad = p_max if p_max >= n else p_min
             raise ScasegError(f"the prediction holds class {bad}, outside 0..{n - 1}: does the model have "
                               f"{n} classes?")
-        self.confusion += np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+        # Small index types when they fit: the int64 copies would cost more than the counting itself.
+        if n * n <= np.iinfo(np.uint16).max:
+            index: np.ndarray = t.astype(np.uint16) * np.uint16(n) + p.astype(np.uint16)
+        else:
+            index = t.astype(np.int64) * n + p.astype(np.int64)
+        self.confusion += np.bincount(index, minlength=n * n).reshape(n, n)
 
     def merge(self, other: "SegMetrics") -> "SegMetrics":
         """Add another accumulator's counts into this one (e.g. from other processes); returns self."""

@@ -64,6 +64,17 @@ def test_equals_brute_force_on_random_data_with_ignore_and_absent_classes():
     assert 0.0 < got["miou"] < 1.0
 
 
+def test_many_classes_use_a_wide_index_and_still_match():
+    rng = np.random.default_rng(2)
+    label = rng.integers(0, 300, size=(40, 50)).astype(np.uint16)
+    label[:3] = 255
+    pred = np.where(rng.random((40, 50)) < 0.6, label, rng.integers(0, 300, size=(40, 50))).astype(np.int32)
+    pred[label == 255] = 7
+    m = SegMetrics(300)
+    m.update(pred, label)
+    _assert_same(m.compute(), _brute_force([(pred, label)], 300))
+
+
 def test_dataset_level_not_per_image_average():
     # Image 1: class 0 perfect on 1 pixel; image 2: class 0 wrong on 3 pixels. Dataset IoU(0) = 1/4, not (1 + 0)/2.
     m = SegMetrics(2)
