@@ -207,6 +207,15 @@ def _wanted(filename: str, extensions: Sequence[str]) -> bool:
     return not filename.startswith(".") and os.path.splitext(filename)[1].lower() in extensions
 
 
+def _has_image(folder: Path) -> bool:
+    """Whether any image lies in the folder or below it (stops at the first one)."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(_wanted(f, IMAGE_EXTENSIONS) for f in filenames):
+            return True
+    return False
+
+
 def _stem_map(folder: Path, files: list[Path], what: str) -> dict[str, Path]:
     """Relative path without extension -> file; two files with one stem are ambiguous."""
     out: dict[str, Path] = {}
@@ -399,7 +408,7 @@ def detect_kind(root: Union[str, Path]) -> str:
         return "voc"
     if (root / "images" / "train2017").is_dir() or (root / "images" / "val2017").is_dir():
         return "cocostuff"
-    if (root / "images").is_dir() or list_images(root, recursive=False):
+    if (root / "images").is_dir() or _has_image(root):
         return "folder"
     raise ScasegError(
         f"cannot tell the dataset layout of {root}: expected leftImg8bit/ + gtFine/ (Cityscapes), "

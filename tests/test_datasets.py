@@ -250,6 +250,12 @@ def test_flat_unlabelled_folder(tmp_path):
     np.testing.assert_array_equal(sample.image, rgb)
 
 
+def test_nested_unlabelled_folder_is_detected(tmp_path):
+    _image(tmp_path / "day1/cam0/frame.png")
+    ds = open_dataset(tmp_path)
+    assert ds.kind == "folder" and ds.names == ["day1/cam0/frame"]
+
+
 def test_folder_splits(tmp_path):
     for split in ("train", "val"):
         _image(tmp_path / f"images/{split}/{split}0.png")
