@@ -1,0 +1,152 @@
+"""The one entry point the exporter calls: fp32 ONNX -> fp16 or calibrated INT8 ONNX, written atomically."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from scaseg.calibration import data, int8
+from scaseg.calibration.fp16 import to_fp16
+from scaseg.calibration.guard import BAR, run_guard
+from scaseg.calibration.ranges import METHODS, collect_stats
+from scaseg.calibration.session import runner
+from scaseg.runtime.errors import ScasegError
+from scaseg.runtime.fileio import atomic_path
+from scaseg.runtime.metadata import METADATA_KEY, ModelInfo
+
+PRECISIONS = ("fp16", "int8")
+PARITY_IMAGES = 4
+
+
+def load_fp32(path: str) -> tuple[onnx.ModelProto, ModelInfo]:
+    """Read an fp32 ONNX exported by scaseg-export and its ModelInfo; anything else is refused in one sentence."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ScasegError(f"ONNX model not found: {p}")
+    try:
+        model = onnx.load(str(p))
+    except Exception:  # protobuf raises DecodeError & co. for a file that is not ONNX
+        raise ScasegError(f"{p} is not an ONNX model") from None
+    props = {m.key: m.value for m in model.metadata_props}
+    if METADATA_KEY not in props:
+        raise ScasegError(f"{p} has no scaseg metadata; export it with scaseg-export first")
+    info = ModelInfo.from_json(props[METADATA_KEY])
+    if info.precision != "fp32":
+        raise ScasegError(f"{p} is already {info.precision}; calibrate from the fp32 model")
+    if not any(op.domain in ("", "ai.onnx") and op.version >= 13 for op in model.opset_import):
+        raise ScasegError(f"{p} uses an opset below 13; per-channel Q/DQ needs opset >= 13 (export with --opset 17)")
+    return int8.name_nodes(model), info
+
+
+def _write(model: onnx.ModelProto, info: ModelInfo, out_path: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            prop.value = info.to_json()
+            break
+    else:
+        model.metadata_props.add(key=METADATA_KEY, value=info.to_json())
+    with atomic_path(out_path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def _check_args(precision: str, calib_num: int, method: str, target: str, max_miou_drop: float) -> None:
+    if precision not in PRECISIONS:
+        raise ScasegError(f"unknown precision {precision!r} (expected fp16 or int8)")
+    if method not in METHODS:
+        raise ScasegError(f"unknown calibration method {method!r} (expected {', '.join(METHODS)})")
+    if target not in int8.PLACEMENTS:
+        raise ScasegError(f"unknown int8 target {target!r} (expected {', '.join(int8.PLACEMENTS)})")
+    if not max_miou_drop >= 0:
+        raise ScasegError(f"--max-miou-drop must be >= 0 points, got {max_miou_drop}")
+    if calib_num < data.MIN_CALIB_IMAGES:
+        raise ScasegError(f"--calib-num must be at least {data.MIN_CALIB_IMAGES}, got {calib_num}")
+
+
+def _parity_batches(info: ModelInfo, calib_dir: Optional[str]) -> tuple[list[np.ndarray], str]:
+    if calib_dir:
+        items = data.sample_items(calib_dir, PARITY_IMAGES)
+        return list(data.batches(items, info)), f"{len(items)} images from {calib_dir}"
+    from scaseg.runtime.synth import render_scene
+
+    size = info.input_size or (256, 512)
+    images = [render_scene(seed, size)[0] for seed in range(PARITY_IMAGES)]
+    xs = [data.to_input(im, info) for im in images]
+    return list(data._grouped(iter(xs), data.batch_size(info))), f"{len(images)} synthetic street scenes"
+
+
+def make_precision(fp32_onnx: str, out_path: str, precision: str, *, calib_dir: str | None, calib_num: int = 64,
+                   method: str = "entropy", target: str = "cpu", max_miou_drop: float = 1.0,
+                   cache_dir: str | None = None) -> dict:
+    """Write ``out_path``: ``fp32_onnx`` in fp16, or calibrated INT8 with Q/DQ placed for ``target``; returns a summary."""
+    _check_args(precision, calib_num, method, target, max_miou_drop)
+    model, info = load_fp32(fp32_onnx)
+    if precision == "fp16":
+        return _fp16(model, info, out_path, calib_dir)
+    if not calib_dir:
+        raise ScasegError("int8 needs calibration images: pass --calib DIR (an image folder or a dataset root)")
+    return _int8(model, info, out_path, data.open_calibration(calib_dir, calib_num), method, target,
+                 max_miou_drop, cache_dir, Path(fp32_onnx).stem)
+
+
+def _fp16(model: onnx.ModelProto, info: ModelInfo, out_path: str, calib_dir: Optional[str]) -> dict:
+    batches, source = _parity_batches(info, calib_dir)
+    fp16, report = to_fp16(model, batches, info.output)
+    summary: dict[str, Any] = {
+        "parity_inputs": source,
+        "max_abs_error": round(report.max_abs_error, 5),
+        "argmax_agreement": f"{100 * report.argmax_agreement:.3f}%",
+        "kept_fp32_ops": ", ".join(report.kept_fp32_ops) or "none",
+        "kept_fp32_nodes": len(report.kept_fp32_nodes),
+    }
+    extra = dict(info.extra, fp16={**summary, "kept_fp32_nodes": report.kept_fp32_nodes})
+    _write(fp16, info.replace(precision="fp16", extra=extra), out_path)
+    return summary
+
+
+def _int8(model: onnx.ModelProto, info: ModelInfo, out_path: str, cset: data.CalibrationSet, method: str,
+          target: str, max_miou_drop: float, cache_dir: Optional[str], stem: str) -> dict:
+    names = int8.tensors_to_calibrate(model)
+    if not names:
+        raise ScasegError("the model has no Conv, MatMul or Gemm with constant weights to quantize")
+    key = data.cache_key(model.graph.SerializeToString(), info, cset.calib)
+    cache_file = Path(cache_dir).expanduser() / f"{stem}.calib.npz" if cache_dir else None
+    stats, cache = (data.load_stats(cache_file, key) if cache_file else (None, "off"))
+    if stats is None:
+        bar = tqdm(total=len(cset.calib), desc="int8: calibrate", unit="img", file=sys.stderr, bar_format=BAR)
+        with bar:
+            def progress(batches):
+                for b in batches:
+                    yield b
+                    bar.update(min(b.shape[0], bar.total - bar.n))
+            stats = collect_stats(runner(model, names), data.batches(cset.calib, info), names, progress)
+        if cache_file:
+            data.save_stats(cache_file, key, stats)
+    thresholds = stats.thresholds(method)
+    held, labels = data.heldout_data(cset.heldout, info)
+    result = run_guard(model, thresholds, target, held, labels, info.num_classes, info.output, max_miou_drop)
+    counts = int8.count_quantized(result.model)
+    summary: dict[str, Any] = {
+        "target": f"{target} (Q/DQ placement for {'ONNX Runtime CPU' if target == 'cpu' else 'TensorRT explicit quantization'})",
+        "method": method,
+        "images": cset.describe(),
+        "cache": cache,
+        "quantized_ops": ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none",
+        "miou_fp32": round(result.miou_fp32, 2),
+        "miou_int8_all_quantized": round(result.miou_int8_all, 2),
+        "miou_int8": round(result.miou_int8, 2),
+        "miou_drop": round(result.drop, 2),
+        "kept_float_blocks": ", ".join(result.kept_float_blocks) or "none",
+    }
+    if result.drop > max_miou_drop:
+        summary["warning"] = f"the drop stays above {max_miou_drop} points even with every block in float"
+    extra = dict(info.extra, calibration={
+        **summary, "reference": result.reference, "max_miou_drop": max_miou_drop,
+        "kept_float_nodes": result.kept_float_nodes, "num_calib_images": len(cset.calib),
+        "num_heldout_images": len(cset.heldout),
+    })
+    _write(result.model, info.replace(precision="int8", extra=extra), out_path)
+    return summary

@@ -1,0 +1,130 @@
+"""Accuracy guard: measure the INT8 model's mIoU against the float model on held-out images and, while the drop
+exceeds the budget, keep the most sensitive blocks in float.
+
+Sensitivity of a block = the output noise (squared logit error relative to the float logits, on the held-out
+images) when that block alone is quantized. Blocks are the model's modules as their ONNX node names show them
+(``/backbone/block1.0/...`` -> ``/backbone/block1.0``); nodes without a scoped name are blocks of their own.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from scaseg.calibration import int8
+from scaseg.calibration.session import first_output
+from scaseg.runtime.metrics import SegMetrics
+
+BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
+
+
+def block_of(node_name: str) -> str:
+    """The module a node belongs to: the first two scopes of its name."""
+    parts = [p for p in node_name.split("/") if p]
+    return "/" + "/".join(parts[:2]) if node_name.startswith("/") and len(parts) > 2 else node_name
+
+
+def miou(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], num_classes: int) -> float:
+    """mIoU in points (0..100) of label maps against reference label maps (255 in a reference = ignore)."""
+    metrics = SegMetrics(num_classes)
+    for p, r in zip(preds, refs):
+        metrics.update(p, r)
+    value = metrics.compute()["miou"]
+    return 100.0 * float(value) if np.isfinite(value) else 0.0
+
+
+def _labels(out: np.ndarray, output_kind: str) -> np.ndarray:
+    return out.astype(np.int64) if output_kind == "labels" else np.argmax(out, axis=1)
+
+
+@dataclass
+class GuardResult:
+    """What the guard measured and decided."""
+
+    model: onnx.ModelProto
+    reference: str  # "labels" or "fp32 argmax"
+    miou_fp32: float
+    miou_int8_all: float  # every placed op quantized
+    miou_int8: float  # final model
+    kept_float_blocks: list[str] = field(default_factory=list)
+    kept_float_nodes: list[str] = field(default_factory=list)
+    ranking: list[tuple[str, float]] = field(default_factory=list)  # (block, sensitivity), most sensitive first
+
+    @property
+    def drop(self) -> float:
+        return self.miou_fp32 - self.miou_int8
+
+
+def run_guard(
+    fp32: onnx.ModelProto,
+    thresholds: dict[str, float],
+    target: str,
+    batches: list[np.ndarray],
+    labels: Optional[list[np.ndarray]],
+    num_classes: int,
+    output_kind: str,
+    max_miou_drop: float,
+    *,
+    threads: Optional[int] = None,
+) -> GuardResult:
+    """Quantize ``fp32`` for ``target`` and keep blocks float until the held-out mIoU drop <= ``max_miou_drop``."""
+
+    def outputs(model: onnx.ModelProto) -> list[np.ndarray]:
+        run: Callable[[np.ndarray], np.ndarray] = first_output(model, threads=threads)
+        return [run(b) for b in batches]
+
+    ref_out = outputs(fp32)
+    ref_labels = [_labels(o, output_kind) for o in ref_out]
+    if labels is not None:
+        reference, truth = "labels", labels
+        miou_fp32 = miou(ref_labels, truth, num_classes)
+    else:
+        reference, truth = "fp32 argmax", [r.astype(np.uint8) if num_classes <= 255 else r for r in ref_labels]
+        miou_fp32 = 100.0  # the float model agrees with itself
+
+    def score(model: onnx.ModelProto) -> float:
+        return miou([_labels(o, output_kind) for o in outputs(model)], truth, num_classes)
+
+    model = int8.quantize(fp32, thresholds, target)
+    miou_all = score(model)
+    result = GuardResult(model, reference, miou_fp32, miou_all, miou_all)
+    if miou_fp32 - miou_all <= max_miou_drop:
+        return result
+
+    placed = [t.node for t in int8.plan(fp32, target)]
+    blocks: dict[str, list[str]] = {}
+    for name in placed:
+        blocks.setdefault(block_of(name), []).append(name)
+
+    def noise(model: onnx.ModelProto) -> float:
+        outs = outputs(model)
+        if output_kind == "labels":
+            return float(np.mean([np.mean(o != r) for o, r in zip(outs, ref_out)]))
+        num = sum(float(np.sum((o - r) ** 2)) for o, r in zip(outs, ref_out))
+        den = sum(float(np.sum(r ** 2)) for r in ref_out) or 1.0
+        return num / den
+
+    ranking = []
+    for block in tqdm(blocks, desc="guard: rank blocks", unit="block", file=sys.stderr, bar_format=BAR):
+        others = [n for b, names in blocks.items() if b != block for n in names]
+        ranking.append((block, noise(int8.quantize(fp32, thresholds, target, keep_float=others))))
+    ranking.sort(key=lambda kv: -kv[1])
+    result.ranking = ranking
+
+    keep: list[str] = []
+    with tqdm(total=len(ranking), desc="guard: keep float", unit="block", file=sys.stderr, bar_format=BAR) as bar:
+        for block, _ in ranking:
+            result.kept_float_blocks.append(block)
+            keep += blocks[block]
+            model = int8.quantize(fp32, thresholds, target, keep_float=keep)
+            result.model, result.miou_int8 = model, score(model)
+            bar.update()
+            bar.set_postfix_str(f"drop {miou_fp32 - result.miou_int8:.2f}")
+            if miou_fp32 - result.miou_int8 <= max_miou_drop:
+                break
+    result.kept_float_nodes = keep
+    return result

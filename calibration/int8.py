@@ -1,0 +1,309 @@
+"""Explicit INT8: write QuantizeLinear/DequantizeLinear pairs into an fp32 ONNX graph.
+
+Symmetric int8 everywhere (zero points 0), activations per tensor, weights per output channel.
+Where the pairs go is the speed (a Q/DQ pair around an op without an int8 kernel is pure overhead), so it is
+a per-target ``Placement``:
+
+- ``cpu``: ONNX Runtime fuses DQ -> Conv/MatMul/Gemm -> Q into QLinearConv / QLinearMatMul (and DQ -> MatMul
+  without Q into MatMulIntegerToFloat). Outputs of quantized ops are quantized too, so a Conv -> Conv chain
+  stays int8 with one pair between them; int32 biases as QLinearConv wants them. The op kinds it covers were
+  chosen by measurement (docs/precision.md, benchmarks/bench_precision.py).
+- ``tensorrt``: TensorRT's explicit-quantization rules: Q/DQ on the inputs of Conv/MatMul/Gemm only (TensorRT
+  fuses the pair into the op and decides output precision itself), weights per output channel (Conv axis 0),
+  biases left float (TensorRT quantizes them itself).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which ops get Q/DQ pairs and how."""
+
+    target: str
+    depthwise: bool  # depthwise (group == channels) convolutions
+    activation_matmul: bool  # MatMul of two activations (the attention logits and weighted sum)
+    output_qdq: bool  # a Q/DQ pair on the outputs of quantized ops as well as their inputs
+    int32_bias: bool  # Conv/Gemm bias as int32 + DQ (scale = input scale * weight scale)
+    # ORT CPU runs int8 kernels on uint8 data: it converts a symmetric int8 Q -> DQ pair to uint8 only when the
+    # Q feeds exactly one DQ feeding exactly one node. So: one pair per consumer, and ops whose output fans out
+    # stay float (their QLinear form would need one Q per consumer, which ORT's fusion does not accept).
+    single_use: bool = False
+
+
+PLACEMENTS = {
+    "cpu": Placement("cpu", depthwise=False, activation_matmul=False, output_qdq=True, int32_bias=True, single_use=True),
+    "tensorrt": Placement("tensorrt", depthwise=True, activation_matmul=True, output_qdq=False, int32_bias=False),
+}
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every unnamed node a unique, deterministic name (the guard and reports refer to nodes by name)."""
+    seen = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in seen:
+                name += "_"
+            node.name = name
+            seen.add(name)
+    return model
+
+
+def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every constant tensor of the main graph: initializers and Constant node outputs."""
+    out = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    out[node.output[0]] = numpy_helper.to_array(attr.t)
+    return out
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One op to quantize: which of its inputs are activations, which is the weight, and its weight axis."""
+
+    node: str
+    activations: tuple[int, ...]
+    weight: Optional[int]
+    axis: int
+    output: str
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _plan_node(node: onnx.NodeProto, consts: dict[str, np.ndarray], placement: Placement) -> Optional[_Target]:
+    """How ``node`` would be quantized under ``placement``, or None if it stays float."""
+    if node.op_type not in WEIGHTED_OPS:
+        return None
+
+    def float_const(i: int, ndim: Optional[int] = None) -> bool:
+        v = consts.get(node.input[i]) if len(node.input) > i else None
+        return v is not None and v.dtype == np.float32 and (ndim is None or v.ndim == ndim)
+
+    if node.op_type == "Conv":
+        if not float_const(1, 4):
+            return None
+        w = consts[node.input[1]]
+        group = int(_attr(node, "group", 1))  # type: ignore[arg-type]
+        if group > 1 and not (placement.depthwise and w.shape[1] == 1):
+            return None
+        return _Target(node.name, (0,), 1, 0, node.output[0])
+    if node.op_type == "Gemm":
+        if int(_attr(node, "transA", 0)) or float(_attr(node, "alpha", 1.0)) != 1.0 or not float_const(1, 2):  # type: ignore[arg-type]
+            return None
+        return _Target(node.name, (0,), 1, 0 if int(_attr(node, "transB", 0)) else 1, node.output[0])  # type: ignore[arg-type]
+    # MatMul: a Linear layer (constant 2-D weight on the right) or two activations.
+    if float_const(1, 2):
+        return _Target(node.name, (0,), 1, 1, node.output[0])
+    if node.input[0] in consts or node.input[1] in consts:
+        return None
+    return _Target(node.name, (0, 1), None, 0, node.output[0]) if placement.activation_matmul else None
+
+
+def plan(model: onnx.ModelProto, target: str) -> list[_Target]:
+    """The ops ``target``'s placement quantizes, in graph order (nodes must be named: see name_nodes)."""
+    placement = PLACEMENTS[target]
+    consts = constants(model)
+    return [t for t in (_plan_node(n, consts, placement) for n in model.graph.node) if t is not None]
+
+
+def tensors_to_calibrate(model: onnx.ModelProto) -> list[str]:
+    """Activation tensors either placement may quantize: inputs and outputs of every weighted op."""
+    consts = constants(model)
+    widest = Placement("any", depthwise=True, activation_matmul=True, output_qdq=True, int32_bias=False)
+    names: list[str] = []
+    for node in model.graph.node:
+        t = _plan_node(node, consts, widest)
+        if t is None:
+            continue
+        for i in t.activations:
+            names.append(node.input[i])
+        names.append(t.output)
+    return list(dict.fromkeys(names))
+
+
+def _weight_scales(w: np.ndarray, axis: int) -> np.ndarray:
+    reduce = tuple(d for d in range(w.ndim) if d != axis)
+    amax = np.abs(w).max(axis=reduce).astype(np.float64)
+    return np.maximum(amax, 1e-12) / 127.0
+
+
+def _quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    scales = _weight_scales(w, axis)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scales.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scales.astype(np.float32)
+
+
+def quantize(
+    model: onnx.ModelProto,
+    thresholds: dict[str, float],
+    target: str,
+    keep_float: Iterable[str] = (),
+) -> onnx.ModelProto:
+    """Return a copy of ``model`` with Q/DQ pairs placed for ``target``; nodes named in ``keep_float`` stay fp32.
+
+    ``thresholds`` maps activation tensor names to their symmetric clipping range (scale = threshold / 127).
+    Ops whose activations have no threshold stay float.
+    """
+    placement = PLACEMENTS[target]
+    keep = set(keep_float)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    consts = constants(out)
+    targets = [t for t in plan(out, target) if t.node not in keep]
+    by_name = {n.name: n for n in graph.node}
+    targets = [
+        t for t in targets
+        if all(by_name[t.node].input[i] in thresholds for i in t.activations)
+        and (not placement.output_qdq or t.output in thresholds)
+    ]
+
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+    if placement.single_use:
+        targets = [t for t in targets if t.output not in graph_outputs and len(consumers.get(t.output, [])) == 1]
+
+    new_inits: list[TensorProto] = []
+    before: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to insert before it
+    zero = "scaseg_qdq_zero_int8"
+    new_inits.append(numpy_helper.from_array(np.array(0, dtype=np.int8), zero))
+    scales: dict[str, str] = {}
+    pairs: dict[str, int] = {}
+
+    def scale_of(tensor: str) -> float:
+        return float(thresholds[tensor]) / 127.0
+
+    def qdq(tensor: str, anchor: str) -> str:
+        """Q then DQ of ``tensor``, inserted just before node ``anchor``; returns the dequantized name."""
+        if tensor not in scales:
+            scales[tensor] = f"{tensor}_scale"
+            new_inits.append(numpy_helper.from_array(np.array(scale_of(tensor), dtype=np.float32), scales[tensor]))
+        k = pairs[tensor] = pairs.get(tensor, -1) + 1
+        tag = f"{tensor}_{k}" if k else tensor
+        q = helper.make_node("QuantizeLinear", [tensor, scales[tensor], zero], [f"{tag}_q"], name=f"{tag}_Q")
+        dq = helper.make_node("DequantizeLinear", [f"{tag}_q", scales[tensor], zero], [f"{tag}_dq"], name=f"{tag}_DQ")
+        before.setdefault(anchor, []).extend([q, dq])
+        dequantized[f"{tag}_dq"] = tensor
+        return f"{tag}_dq"
+
+    dequantized: dict[str, str] = {}  # dequantized name -> float tensor it stands for
+    shared: dict[str, str] = {}  # float tensor -> its one dequantized twin (all consumers read it)
+    # Outputs first (cpu): every consumer reads the dequantized value, so DQ -> op -> Q units fuse.
+    if placement.output_qdq:
+        for t in targets:
+            users = consumers.get(t.output, [])
+            if t.output in graph_outputs or t.output in shared or not users:
+                continue
+            dq = shared[t.output] = qdq(t.output, users[0].name)
+            for user in users:
+                for k, name in enumerate(user.input):
+                    if name == t.output:
+                        user.input[k] = dq
+    for t in targets:
+        node = by_name[t.node]
+        for i in t.activations:
+            src = node.input[i]
+            if src in dequantized:
+                continue  # already the dequantized output of a quantized producer
+            if placement.single_use:
+                node.input[i] = qdq(src, node.name)
+            else:
+                if src not in shared:
+                    shared[src] = qdq(src, node.name)
+                node.input[i] = shared[src]
+        if t.weight is not None:
+            w = consts[node.input[t.weight]]
+            wq, ws = _quantize_weight(w, t.axis)
+            base = f"{node.name}_w"
+            new_inits += [numpy_helper.from_array(wq, f"{base}_int8"), numpy_helper.from_array(ws, f"{base}_scale"),
+                          numpy_helper.from_array(np.zeros(ws.shape, np.int8), f"{base}_zero")]
+            before.setdefault(node.name, []).append(helper.make_node(
+                "DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zero"], [f"{base}_dq"],
+                name=f"{base}_DQ", axis=t.axis))
+            node.input[t.weight] = f"{base}_dq"
+            bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+            if placement.int32_bias and bias is not None and bias in consts:
+                b = consts[bias].astype(np.float64)
+                bscale = ws.astype(np.float64) * scale_of(dequantized[node.input[0]])
+                if b.shape == bscale.shape:
+                    bq = np.clip(np.round(b / bscale), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+                    bname = f"{node.name}_b"
+                    new_inits += [numpy_helper.from_array(bq, f"{bname}_int32"),
+                                  numpy_helper.from_array(bscale.astype(np.float32), f"{bname}_scale"),
+                                  numpy_helper.from_array(np.zeros(bq.shape, np.int32), f"{bname}_zero")]
+                    before[node.name].append(helper.make_node(
+                        "DequantizeLinear", [f"{bname}_int32", f"{bname}_scale", f"{bname}_zero"], [f"{bname}_dq"],
+                        name=f"{bname}_DQ", axis=0))
+                    node.input[2] = f"{bname}_dq"
+
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        nodes.extend(before.get(node.name, []))
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(_topological(nodes, {i.name for i in graph.input} | {i.name for i in graph.initializer}
+                                   | {i.name for i in new_inits}))
+    graph.initializer.extend(new_inits)
+    _drop_unused_initializers(graph)
+    return out
+
+
+def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """Order nodes so each comes after its producers (inserted Q/DQ may feed nodes placed earlier)."""
+    ready = set(available) | {""}
+    pending = list(nodes)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):  # inputs from outer scopes or unknown: keep the original order
+            ordered.extend(rest)
+            break
+        pending = rest
+    return ordered
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for attr_graph in (a.g for n in graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH):
+        used |= {i for n in attr_graph.node for i in n.input}
+    keep = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def count_quantized(model: onnx.ModelProto) -> dict[str, int]:
+    """Op type -> how many Conv/MatMul/Gemm nodes read dequantized (int8) activations."""
+    dq_out = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type in WEIGHTED_OPS and n.input and n.input[0] in dq_out:
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
