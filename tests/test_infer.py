@@ -119,22 +119,27 @@ def test_bad_input_is_one_sentence(tmp_path, model, capsys, monkeypatch, case):
 
 
 def test_ctrl_c_leaves_a_playable_video(tmp_path, model, capsys, monkeypatch):
-    video = make_video(tmp_path / "long.mp4", frames=1500, size=(32, 48))
+    video = make_video(tmp_path / "long.mp4", frames=3000, size=(32, 48))
     out = tmp_path / "long_seg.mp4"
+    fired = threading.Event()
 
     def interrupt_when_writing() -> None:
-        deadline = time.time() + 20
+        deadline = time.time() + 30
         while time.time() < deadline and not list(tmp_path.glob(".long_seg.mp4.*")):
-            time.sleep(0.005)
-        time.sleep(0.05)
-        _thread.interrupt_main()  # what Ctrl-C does to the main thread
+            time.sleep(0.002)
+        if time.time() < deadline:
+            time.sleep(0.02)
+            fired.set()
+            _thread.interrupt_main()  # what Ctrl-C does to the main thread
 
-    threading.Thread(target=interrupt_when_writing, daemon=True).start()
+    watcher = threading.Thread(target=interrupt_when_writing, daemon=True)
+    watcher.start()
     code, _, err = run_main(main, [video, "-m", model, "-q"], capsys, monkeypatch)
-    assert code == 130, err
+    watcher.join()
+    assert fired.is_set() and code == 130, err
     assert "interrupted after" in err
     frames, _ = _frames(out)
-    assert 0 < len(frames) < 1500
+    assert 0 < len(frames) < 3000
     assert not list(tmp_path.glob(".*tmp*"))
 
 
