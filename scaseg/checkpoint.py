@@ -14,7 +14,7 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -219,14 +219,15 @@ def load_backbone(model: nn.Module, path: str | os.PathLike, *, map_location: An
     encoder = _encoder_keys(_tensors(obj, path))
     ignored = sorted(k for k in encoder if EXPECTED_EXTRA.match(k))
     encoder = {k: v for k, v in encoder.items() if k not in set(ignored)}
+    backbone = cast(nn.Module, model.backbone)
     want = getattr(model, "config", {}).get("variant")
     found = infer_variant(encoder)
-    if found is None and not (set(encoder) & set(model.backbone.state_dict())):
+    if found is None and not (set(encoder) & set(backbone.state_dict())):
         raise ScasegError(f"{path} holds no MSCAN or MiT encoder weights (none of its keys match the model's encoder)")
     if want and found and found != want and not _same_encoder(found, want):
         raise ScasegError(f"{path} holds {_describe_encoder(encoder)}, but the model is {want}")
     report = LoadReport(str(path), "encoder", ignored=ignored)
-    return _load_into(model.backbone, encoder, report, prefix="backbone.")
+    return _load_into(backbone, encoder, report, prefix="backbone.")
 
 
 def _same_encoder(a: str, b: str) -> bool:
@@ -238,7 +239,8 @@ def _mmseg_classes(meta: Any, num_classes: int) -> tuple[list[str], list[tuple[i
     """Class names and palette from an mmseg ``meta`` (0.x: CLASSES/PALETTE; 1.x: dataset_meta.classes/palette)."""
     if not isinstance(meta, Mapping):
         return [], []
-    src = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), Mapping) else meta
+    inner = meta.get("dataset_meta")
+    src: Mapping[str, Any] = inner if isinstance(inner, Mapping) else meta
     names = src.get("classes") or src.get("CLASSES") or []
     palette = src.get("palette") or src.get("PALETTE") or []
     names = [str(n) for n in names] if len(names) == num_classes else []

@@ -47,7 +47,7 @@ def measure(variant: str, size: Sequence[int] = (512, 512), attention: str = "st
     with torch.device("meta"):
         model = build(variant, num_classes=19, attention=attention, lpm=lpm).eval()
         x = torch.empty(1, 3, int(size[0]), int(size[1]))
-        with FlopCounterMode(display=False, depth=None) as counter, torch.no_grad():
+        with FlopCounterMode(display=False, depth=64) as counter, torch.no_grad():
             model(x)
     counts = counter.get_flop_counts()
     root = type(model).__name__

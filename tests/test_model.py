@@ -189,3 +189,22 @@ def test_one_optimiser_step_on_a_fixed_batch_lowers_the_loss() -> None:
     assert before.item() == pytest.approx(math.log(3), abs=0.05)  # the classifier starts near uniform
     assert after.item() < before.item() - 1e-4
     assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("decode_head.")), "unused decoder weights"
+
+
+def test_pool_to_grid_exports_to_onnx_matching_ceil_mode_on_odd_sizes(tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+
+    class Pool(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return pool_to_grid(x, 8)
+
+    dims = {2: torch.export.Dim("h", min=8, max=4096), 3: torch.export.Dim("w", min=8, max=4096)}
+    path = tmp_path / "pool.onnx"
+    torch.onnx.export(Pool(), (torch.randn(1, 3, 47, 95),), str(path), dynamo=True, dynamic_shapes=(dims,))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for shape in [(1, 3, 47, 95), (1, 3, 64, 64), (1, 3, 9, 17), (1, 3, 375, 500)]:
+        x = torch.randn(*shape)
+        got = session.run(None, {name: x.numpy()})[0]
+        torch.testing.assert_close(torch.from_numpy(got), F.avg_pool2d(x, 8, 8, ceil_mode=True), rtol=1e-5, atol=1e-6)

@@ -282,4 +282,5 @@ def init_decoder_weights(module: nn.Module) -> None:
         if isinstance(m, SCASegHead):
             # Small classifier weights start every class near equal probability (as mmseg's conv_seg init).
             nn.init.normal_(m.classifier.weight, 0.0, 0.01)
-            nn.init.zeros_(m.classifier.bias)
+            if m.classifier.bias is not None:
+                nn.init.zeros_(m.classifier.bias)

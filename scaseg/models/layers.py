@@ -1,7 +1,6 @@
 """Small building blocks shared by the encoders: stochastic depth and the depthwise 3x3 conv wrapper."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 

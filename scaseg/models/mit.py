@@ -31,7 +31,7 @@ class OverlapPatchEmbed(nn.Module):
 class EfficientAttention(nn.Module):
     """Self-attention whose keys/values come from a ``sr_ratio``-strided conv of the map (spatial reduction)."""
 
-    def __init__(self, dim: int, num_heads: int, sr_ratio: int, norm_layer=nn.LayerNorm, attn_drop=0.0, proj_drop=0.0):
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
@@ -83,7 +83,7 @@ class MiTBlock(nn.Module):
     def __init__(self, dim, num_heads, mlp_ratio, sr_ratio, norm_layer, drop=0.0, attn_drop=0.0, drop_path=0.0):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = EfficientAttention(dim, num_heads, sr_ratio, norm_layer, attn_drop, drop)
+        self.attn = EfficientAttention(dim, num_heads, sr_ratio, attn_drop, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = MixFFN(dim, int(dim * mlp_ratio), drop)

@@ -44,6 +44,13 @@ class PatchEmbed(nn.Module):
         return self.norm(self.proj(x))
 
 
+def _strip_pair(dim: int, k: int) -> tuple[nn.Conv2d, nn.Conv2d]:
+    return (
+        nn.Conv2d(dim, dim, (1, k), padding=(0, k // 2), groups=dim),
+        nn.Conv2d(dim, dim, (k, 1), padding=(k // 2, 0), groups=dim),
+    )
+
+
 class MultiScaleConvAttention(nn.Module):
     """MSCA: a 5x5 depthwise conv, three strip-conv branches (1xk then kx1, k = 7, 11, 21), summed,
     mixed by a 1x1 conv, and used as a multiplicative gate on the input."""
@@ -51,9 +58,10 @@ class MultiScaleConvAttention(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
-        for branch, k in enumerate((7, 11, 21)):
-            setattr(self, f"conv{branch}_1", nn.Conv2d(dim, dim, (1, k), padding=(0, k // 2), groups=dim))
-            setattr(self, f"conv{branch}_2", nn.Conv2d(dim, dim, (k, 1), padding=(k // 2, 0), groups=dim))
+        # Three strip branches, 1xk then kx1 depthwise, k = 7, 11, 21.
+        self.conv0_1, self.conv0_2 = _strip_pair(dim, 7)
+        self.conv1_1, self.conv1_2 = _strip_pair(dim, 11)
+        self.conv2_1, self.conv2_2 = _strip_pair(dim, 21)
         self.conv3 = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
