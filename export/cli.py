@@ -131,50 +131,51 @@ def export(
 
     import scaseg
 
-    steps = tqdm(total=4, desc="export", unit="step", file=sys.stderr, bar_format="{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}]")
-    steps.set_postfix_str("loading checkpoint")
-    model, info = scaseg.load_model(checkpoint, variant=variant)
-    report = getattr(model, "load_report", None)
-    if report is not None and (not report.clean or report.kind == "encoder"):
-        tqdm.write(f"warning: {report.summary()}" + ("; the decoder is randomly initialised" if report.kind == "encoder" else ""), file=sys.stderr)
-    if imgsz is None and info.input_size:
-        opts.imgsz = tuple(info.input_size)  # type: ignore[assignment]
-        opts.validate()
-    steps.update()
+    bar = "{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
+    # A context manager so that an error closes the bar first and prints on a line of its own.
+    with tqdm(total=4, desc="export", unit="step", file=sys.stderr, bar_format=bar) as steps:
+        steps.set_postfix_str("loading checkpoint")
+        model, info = scaseg.load_model(checkpoint, variant=variant)
+        report = getattr(model, "load_report", None)
+        if report is not None and (not report.clean or report.kind == "encoder"):
+            tqdm.write(f"warning: {report.summary()}" + ("; the decoder is randomly initialised" if report.kind == "encoder" else ""), file=sys.stderr)
+        if imgsz is None and info.input_size:
+            opts.imgsz = tuple(info.input_size)  # type: ignore[assignment]
+            opts.validate()
+        steps.update()
 
-    with tempfile.TemporaryDirectory(prefix=".scaseg-export-", dir=dest.parent) as work:
-        onnx_dest = dest if (form == "onnx" and prec == "fp32") else Path(work) / "model.fp32.onnx"
-        summary = _export_fp32(model, info, opts, onnx_dest, parity_images, tolerance, steps)
-        final_onnx = onnx_dest
-        if prec != "fp32":
-            api = _need("scaseg.calibration.api", f"--precision {prec}")
-            final_onnx = dest if form == "onnx" else Path(work) / f"model.{prec}.onnx"
-            with atomic_path(final_onnx) as tmp:
-                result = api.make_precision(
-                    str(onnx_dest), str(tmp), prec, calib_dir=str(calib) if calib else None, calib_num=calib_num,
-                    method=calib_method, target=int8_target, max_miou_drop=max_miou_drop,
+        with tempfile.TemporaryDirectory(prefix=".scaseg-export-", dir=dest.parent) as work:
+            onnx_dest = dest if (form == "onnx" and prec == "fp32") else Path(work) / "model.fp32.onnx"
+            summary = _export_fp32(model, info, opts, onnx_dest, parity_images, tolerance, steps)
+            final_onnx = onnx_dest
+            if prec != "fp32":
+                api = _need("scaseg.calibration.api", f"--precision {prec}")
+                final_onnx = dest if form == "onnx" else Path(work) / f"model.{prec}.onnx"
+                with atomic_path(final_onnx) as tmp:
+                    result = api.make_precision(
+                        str(onnx_dest), str(tmp), prec, calib_dir=str(calib) if calib else None, calib_num=calib_num,
+                        method=calib_method, target=int8_target, max_miou_drop=max_miou_drop,
+                    )
+                for key, value in (result or {}).items():
+                    _say(f"{prec}: {key}: {value}")
+            if form == "engine":
+                engine = _need("scaseg.export.engine", "--format engine")
+                h, w = opts.imgsz
+                shape_kw: dict[str, Any] = {}
+                if opts.dynamic_batch:
+                    shape_kw = {"min_shape": (1, 3, h, w), "opt_shape": (opts.batch, 3, h, w), "max_shape": (max(max_batch, opts.batch), 3, h, w)}
+                result = engine.build_engine(
+                    str(final_onnx), str(dest), precision=prec, workspace_gib=workspace,
+                    timing_cache=str(timing_cache) if timing_cache else None, dla_core=dla_core, **shape_kw,
                 )
-            for key, value in (result or {}).items():
-                _say(f"{prec}: {key}: {value}")
-        if form == "engine":
-            engine = _need("scaseg.export.engine", "--format engine")
-            h, w = opts.imgsz
-            shape_kw: dict[str, Any] = {}
-            if opts.dynamic_batch:
-                shape_kw = {"min_shape": (1, 3, h, w), "opt_shape": (opts.batch, 3, h, w), "max_shape": (max(max_batch, opts.batch), 3, h, w)}
-            result = engine.build_engine(
-                str(final_onnx), str(dest), precision=prec, workspace_gib=workspace,
-                timing_cache=str(timing_cache) if timing_cache else None, dla_core=dla_core, **shape_kw,
-            )
-            for key, value in (result or {}).items():
-                _say(f"engine: {key}: {value}")
-        elif form == "triton":
-            triton = _need("scaseg.export.triton", "--format triton")
-            result = triton.write_triton_repository(str(final_onnx), str(dest), name=checkpoint.with_suffix("").name,
-                                                    backend="onnxruntime", max_batch_size=max_batch)
-            for key, value in (result or {}).items():
-                _say(f"triton: {key}: {value}")
-    steps.close()
+                for key, value in (result or {}).items():
+                    _say(f"engine: {key}: {value}")
+            elif form == "triton":
+                triton = _need("scaseg.export.triton", "--format triton")
+                result = triton.write_triton_repository(str(final_onnx), str(dest), name=checkpoint.with_suffix("").name,
+                                                        backend="onnxruntime", max_batch_size=max_batch)
+                for key, value in (result or {}).items():
+                    _say(f"triton: {key}: {value}")
     _say(f"wrote {dest}  ({summary})")
 
 
