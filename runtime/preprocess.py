@@ -125,10 +125,21 @@ def labels_to_source(labels: np.ndarray, geom: Geometry) -> np.ndarray:
 
 
 def logits_to_labels(logits: np.ndarray) -> np.ndarray:
-    """(C, H, W) or (B, C, H, W) logits -> uint8/uint16 labels (argmax over classes)."""
+    """(C, H, W) or (B, C, H, W) logits -> uint8/uint16 labels (argmax over classes, first maximum wins).
+
+    A running max over the class planes reads memory contiguously; np.argmax over a leading axis strides
+    across planes and is slower on per-frame hot paths.
+    """
     axis = 0 if logits.ndim == 3 else 1
-    labels = np.argmax(logits, axis=axis)
-    return labels.astype(np.uint8 if logits.shape[axis] <= 256 else np.uint16)
+    num_classes = logits.shape[axis]
+    planes = np.moveaxis(logits, axis, 0)
+    labels = np.zeros(planes.shape[1:], dtype=np.uint8 if num_classes <= 256 else np.uint16)
+    best = planes[0].copy()
+    for c in range(1, num_classes):
+        better = planes[c] > best
+        labels[better] = c
+        np.maximum(best, planes[c], out=best)
+    return labels
 
 
 def resize_label(label: np.ndarray, size: Sequence[int]) -> np.ndarray:

@@ -136,3 +136,27 @@ def test_run_cli_prints_one_line_and_exits_2():
     assert out.returncode == 2
     assert out.stderr.strip() == "scaseg-infer: error: the video clip.mp4 has no frames"
     assert "Traceback" not in out.stderr
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.bin") as tmp:
+            tmp.write_bytes(b"x")
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("y")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_logits_to_labels_equals_argmax_first_max_wins():
+    rng = np.random.default_rng(3)
+    logits = rng.integers(0, 4, (2, 7, 9, 11)).astype(np.float32)  # many ties
+    assert (logits_to_labels(logits) == np.argmax(logits, axis=1)).all()
+    assert (logits_to_labels(logits[0]) == np.argmax(logits[0], axis=0)).all()
+    assert logits_to_labels(np.zeros((300, 2, 2), np.float32)).dtype == np.uint16
