@@ -15,7 +15,7 @@ from typing import Any, Optional, Tuple
 import typer
 from tqdm import tqdm
 
-from scaseg.runtime.errors import ScasegError, run_cli
+from scaseg.runtime.errors import ScasegError, run_cli, version_option
 from scaseg.runtime.fileio import atomic_path, check_writable_dir
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -41,14 +41,6 @@ class Format(str, Enum):
     onnx = "onnx"
     engine = "engine"
     triton = "triton"
-
-
-def _version(value: bool) -> None:
-    if value:
-        import scaseg
-
-        typer.echo(f"scaseg-export {scaseg.__version__}")
-        raise typer.Exit()
 
 
 def _need(module: str, what: str) -> Any:
@@ -99,7 +91,7 @@ def export(
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="engine: timing cache file (read and updated)."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="engine: build for this DLA core (Jetson)."),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="engine/triton: largest batch of a dynamic-batch model."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = version_option("scaseg-export"),
 ) -> None:
     """Export CHECKPOINT to ONNX (and optionally on to fp16/int8, a TensorRT engine or a Triton repository)."""
     from scaseg.export.onnx_export import ExportOptions, parse_dynamic, parse_query_chunk

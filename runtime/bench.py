@@ -16,7 +16,7 @@ import numpy as np
 import typer
 
 from scaseg.runtime.backends import fixed_size, open_backend
-from scaseg.runtime.errors import ScasegError, run_cli
+from scaseg.runtime.errors import ScasegError, run_cli, version_option
 from scaseg.runtime.fileio import atomic_path
 from scaseg.runtime.metadata import ModelInfo
 from scaseg.runtime.predictor import Predictor, parse_imgsz
@@ -208,6 +208,7 @@ def bench(
     json_path: Optional[str] = typer.Option(None, "--json", help="Write all results as JSON here."),
     csv_path: Optional[str] = typer.Option(None, "--csv", help="Write the table as CSV here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    version: bool = version_option("scaseg-bench"),
 ) -> None:
     """Benchmark MODELS and print one table across them."""
     for path in models:  # fail on a typo before spending minutes on the models before it

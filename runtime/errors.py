@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 
 class ScasegError(Exception):
@@ -34,3 +34,17 @@ def run_cli(app: Callable[..., object], prog: str | None = None) -> None:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+
+
+def version_option(prog: str) -> Any:
+    """A ``--version`` option for a Typer command: prints ``PROG VERSION`` and exits 0."""
+    import typer
+
+    def show(value: bool) -> None:
+        if value:
+            from scaseg import __version__
+
+            typer.echo(f"{prog} {__version__}")
+            raise typer.Exit()
+
+    return typer.Option(False, "--version", callback=show, is_eager=True, help="Print the version and exit.")

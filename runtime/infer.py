@@ -13,7 +13,7 @@ import numpy as np
 import typer
 
 from scaseg.runtime.backends import open_backend
-from scaseg.runtime.errors import ScasegError, run_cli
+from scaseg.runtime.errors import ScasegError, run_cli, version_option
 from scaseg.runtime.fileio import atomic_dir, atomic_path
 from scaseg.runtime.overlay import palette_lut, render_overlay
 from scaseg.runtime.predictor import Predictor, parse_imgsz
@@ -79,6 +79,7 @@ def infer(
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
     queue_size: int = typer.Option(4, "--queue", min=1, max=64, help="Frames buffered between stages."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    version: bool = version_option("scaseg-infer"),
 ) -> None:
     """Segment SOURCE with MODEL and write an overlay video / images or label maps."""
     kind = OutputFormat.labels.value if save_labels else fmt.value

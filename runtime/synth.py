@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from scaseg.runtime.errors import ScasegError, run_cli
+from scaseg.runtime.errors import ScasegError, run_cli, version_option
 from scaseg.runtime.fileio import atomic_dir
 
 ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, PERSON, CAR = 0, 1, 2, 8, 10, 11, 13
@@ -788,6 +788,7 @@ def _build_app():
         video_frames: int = typer.Option(60, "--video-frames", help="Frames of video/synth.mp4 (0: no video)."),
         fps: float = typer.Option(10.0, "--fps", help="Frame rate of the video."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        version: bool = version_option("scaseg-synth"),
     ) -> None:
         s = write_dataset(out_dir, num, seed=seed, size=size, val_fraction=val_fraction, video_frames=video_frames,
                           fps=fps, progress=not quiet)

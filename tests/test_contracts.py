@@ -1,8 +1,10 @@
 """The shared contracts: preprocessing, model metadata, atomic writes and the CLI error wrapper."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +162,23 @@ def test_logits_to_labels_equals_argmax_first_max_wins():
     assert (logits_to_labels(logits) == np.argmax(logits, axis=1)).all()
     assert (logits_to_labels(logits[0]) == np.argmax(logits[0], axis=0)).all()
     assert logits_to_labels(np.zeros((300, 2, 2), np.float32)).dtype == np.uint16
+
+
+def _console_scripts() -> dict[str, str]:
+    import tomllib
+
+    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["scripts"]
+
+
+@pytest.mark.parametrize("name", sorted(_console_scripts()))
+def test_every_command_reports_the_package_version_and_has_help(name):
+    import scaseg
+
+    module, func = _console_scripts()[name].split(":")
+    code = f"import sys; sys.argv[0] = {name!r}; from {module} import {func}; {func}()"
+    for flag, expect in (("--version", f"{name} {scaseg.__version__}"), ("--help", "Usage:")):
+        done = subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "COLUMNS": "120"})
+        assert done.returncode == 0, done.stderr
+        assert expect in done.stdout

@@ -8,7 +8,7 @@ from typing import Any, List, Optional, Tuple
 
 import typer
 
-from scaseg.runtime.errors import ScasegError, run_cli
+from scaseg.runtime.errors import ScasegError, run_cli, version_option
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="Train SCASeg. Under torchrun every process runs this same command (DDP with SyncBN).")
@@ -51,6 +51,7 @@ def main_command(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     threads: int = typer.Option(0, "--threads", help="torch threads per process (0: default)."),
     model_opt: List[str] = typer.Option([], "--model-opt", help="Extra scaseg.build argument KEY=VALUE (e.g. attention=vanilla)."),
+    version: bool = version_option("scaseg-train"),
 ) -> None:
     """Train SCASeg; prints the final validation line."""
     from scaseg.train.loop import TrainConfig, _load_state, train
