@@ -72,3 +72,22 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_section(path: str | os.PathLike, name: str, text: str) -> None:
+    """Replace what lies between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in a text file, atomically.
+
+    Used to regenerate the README's measured sections from the scripts that measure them.
+    """
+    path = Path(path).expanduser()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    try:
+        old = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScasegError(f"cannot read {path}: {exc.strerror}") from None
+    i, j = old.find(start), old.find(end)
+    if i < 0 or j < i:
+        raise ScasegError(f"{path} has no '{start}' ... '{end}' markers to replace")
+    new = old[: i + len(start)] + "\n" + text.strip("\n") + "\n" + old[j:]
+    with atomic_path(path) as tmp:
+        tmp.write_text(new, encoding="utf-8")

@@ -51,7 +51,7 @@ def test_markdown_table_has_a_row_per_variant() -> None:
     lines = text.splitlines()
     assert lines[0].startswith("| variant |") and "GFLOPs 96x128" in lines[0]
     assert lines[2].startswith("| `scaseg-b0` | MiT-B0 |") and lines[3].startswith("| `scaseg-t` | MSCAN-T |")
-    assert "python -m scaseg.stats --markdown" in text
+    assert "python -m scaseg.stats --readme README.md" in text
     assert all(0.0 < r["attention_saving"] < 1.0 for r in rows)
 
 
@@ -63,3 +63,15 @@ def test_command_line_prints_the_table_and_rejects_bad_input() -> None:
     assert "| `scaseg-b0` | MiT-B0 |" in out.stdout
     bad = subprocess.run(run[:3] + ["--variant", "scaseg-z"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown model variant" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_readme_variant_table_is_the_generated_one() -> None:
+    from pathlib import Path
+
+    from scaseg.stats import SIZES, VARIANTS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("<!-- variants:start -->")[1].split("<!-- variants:end -->")[0]
+    assert section.strip() == to_markdown(variant_table(list(VARIANTS), SIZES), SIZES).strip(), \
+        "README's variant table is stale: run python -m scaseg.stats --readme README.md"
