@@ -115,13 +115,15 @@ def export(
             raise ScasegError("--precision int8 needs --calib DIR, a folder of calibration images")
     if form != "onnx":
         _need(f"scaseg.export.{'engine' if form == 'engine' else 'triton'}", f"--format {form}")
+    import scaseg
+
+    if variant is not None and variant not in scaseg.VARIANTS:
+        raise ScasegError(f"unknown variant {variant!r} for --variant: expected one of {', '.join(scaseg.VARIANTS)}")
     checkpoint = checkpoint.expanduser()
     dest = (output.expanduser() if output else default_output(checkpoint, form, prec))
     if dest.is_dir() and form != "triton":
         raise ScasegError(f"the output {dest} is a folder; name a file (e.g. {dest / 'model.onnx'})")
     check_writable_dir(dest)
-
-    import scaseg
 
     bar = "{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
     # A context manager so that an error closes the bar first and prints on a line of its own.
@@ -136,7 +138,11 @@ def export(
             opts.validate()
         steps.update()
 
-        with tempfile.TemporaryDirectory(prefix=".scaseg-export-", dir=dest.parent) as work:
+        try:  # the first write: os.access can say yes where a write fails (root on /proc, a read-only mount)
+            work_dir = tempfile.TemporaryDirectory(prefix=".scaseg-export-", dir=dest.parent)
+        except OSError as exc:
+            raise ScasegError(f"cannot write to the output folder {dest.parent}: {exc.strerror or exc}") from None
+        with work_dir as work:
             onnx_dest = dest if (form == "onnx" and prec == "fp32") else Path(work) / "model.fp32.onnx"
             summary = _export_fp32(model, info, opts, onnx_dest, parity_images, tolerance, steps)
             final_onnx = onnx_dest
@@ -183,7 +189,10 @@ def _export_fp32(model: Any, info: Any, opts: Any, dest: Path, parity_images: in
     proto, out_info = to_onnx(model, info, opts)
     steps.update()
     with atomic_path(dest) as tmp:
-        onnx.save(proto, str(tmp))
+        try:
+            onnx.save(proto, str(tmp))
+        except OSError as exc:  # disk full, quota: one sentence, and atomic_path removes the partial file
+            raise ScasegError(f"cannot write {dest}: {exc.strerror or exc}") from None
         steps.set_postfix_str("TensorRT lint")
         lint_report = lint(proto)
         steps.update()
