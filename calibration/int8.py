@@ -4,10 +4,12 @@ Symmetric int8 everywhere (zero points 0), activations per tensor, weights per o
 Where the pairs go is the speed (a Q/DQ pair around an op without an int8 kernel is pure overhead), so it is
 a per-target ``Placement``:
 
-- ``cpu``: ONNX Runtime fuses DQ -> Conv/MatMul/Gemm -> Q into QLinearConv / QLinearMatMul (and DQ -> MatMul
-  without Q into MatMulIntegerToFloat). Outputs of quantized ops are quantized too, so a Conv -> Conv chain
-  stays int8 with one pair between them; int32 biases as QLinearConv wants them. The op kinds it covers were
-  chosen by measurement (docs/precision.md, benchmarks/bench_precision.py).
+- ``cpu``: ONNX Runtime fuses DQ -> Conv/MatMul/Gemm -> Q into QLinearConv / QLinearMatMul / QGemm, which run
+  on uint8 in NHWC with transposes at every float/int8 border. So outputs of quantized ops are quantized too (a
+  Conv -> Conv chain stays int8 with one pair between them), int32 biases as QLinearConv wants them, and only ops
+  that keep such chains long are quantized: dense and 1x1 convolutions, Linear layers, 3x3 depthwise convolutions
+  (the MLP chain), with the erf-GELU fused into one node first (rewrite.py). Every choice was measured
+  (docs/precision.md, benchmarks/bench_precision.py). The file is for ONNX Runtime (com.microsoft.Gelu).
 - ``tensorrt``: TensorRT's explicit-quantization rules: Q/DQ on the inputs of Conv/MatMul/Gemm only (TensorRT
   fuses the pair into the op and decides output precision itself), weights per output channel (Conv axis 0),
   biases left float (TensorRT quantizes them itself).
@@ -15,11 +17,13 @@ a per-target ``Placement``:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from scaseg.calibration.rewrite import fuse_gelu
 
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 
@@ -35,12 +39,24 @@ class Placement:
     int32_bias: bool  # Conv/Gemm bias as int32 + DQ (scale = input scale * weight scale)
     # ORT CPU runs int8 kernels on uint8 data: it converts a symmetric int8 Q -> DQ pair to uint8 only when the
     # Q feeds exactly one DQ feeding exactly one node. So: one pair per consumer, and ops whose output fans out
-    # stay float (their QLinear form would need one Q per consumer, which ORT's fusion does not accept).
+    # stay float (their QLinear form would need one Q per consumer, which ORT's fusion does not accept). The k-th
+    # pair on a tensor gets its scale k float32 ulps up: ORT merges equal Q nodes, which would give one Q two DQs.
     single_use: bool = False
+    # Convs/Linears with fewer input features than this (Cin * kh * kw, or K) stay float. 32 keeps the stem's
+    # first convolution (3 channels in) in float: int8 there costs accuracy and saves nothing measurable.
+    min_features: int = 0
+    # Depthwise kernel sizes quantized (None: all). On ORT CPU an int8 depthwise conv is slower than the float one;
+    # it pays only where it keeps a chain in int8 (MLP: 1x1 -> dw 3x3 -> GELU), not for the strip convolutions.
+    depthwise_kernels: Optional[tuple[tuple[int, int], ...]] = None
+    # Rewrite the erf-GELU into one com.microsoft.Gelu node first (rewrite.py): ORT only, so cpu only.
+    fuse_gelu: bool = False
+    # Data-movement ops that an input pair is pushed up through (single_use only), with the input's scale.
+    int8_movement: tuple[str, ...] = ()
 
 
 PLACEMENTS = {
-    "cpu": Placement("cpu", depthwise=False, activation_matmul=False, output_qdq=True, int32_bias=True, single_use=True),
+    "cpu": Placement("cpu", depthwise=True, activation_matmul=False, output_qdq=True, int32_bias=True, single_use=True,
+                     min_features=32, depthwise_kernels=((3, 3),), fuse_gelu=True, int8_movement=("Concat",)),
     "tensorrt": Placement("tensorrt", depthwise=True, activation_matmul=True, output_qdq=False, int32_bias=False),
 }
 
@@ -80,7 +96,7 @@ class _Target:
     output: str
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
@@ -100,16 +116,26 @@ def _plan_node(node: onnx.NodeProto, consts: dict[str, np.ndarray], placement: P
         if not float_const(1, 4):
             return None
         w = consts[node.input[1]]
-        group = int(_attr(node, "group", 1))  # type: ignore[arg-type]
+        group = int(_attr(node, "group", 1))
         if group > 1 and not (placement.depthwise and w.shape[1] == 1):
+            return None
+        kernels = placement.depthwise_kernels
+        if group > 1 and kernels is not None and tuple(int(k) for k in w.shape[2:]) not in kernels:
+            return None
+        if group == 1 and int(np.prod(w.shape[1:])) < placement.min_features:
             return None
         return _Target(node.name, (0,), 1, 0, node.output[0])
     if node.op_type == "Gemm":
-        if int(_attr(node, "transA", 0)) or float(_attr(node, "alpha", 1.0)) != 1.0 or not float_const(1, 2):  # type: ignore[arg-type]
+        if int(_attr(node, "transA", 0)) or float(_attr(node, "alpha", 1.0)) != 1.0 or not float_const(1, 2):
             return None
-        return _Target(node.name, (0,), 1, 0 if int(_attr(node, "transB", 0)) else 1, node.output[0])  # type: ignore[arg-type]
+        trans_b = int(_attr(node, "transB", 0))
+        if consts[node.input[1]].shape[1 if trans_b else 0] < placement.min_features:
+            return None
+        return _Target(node.name, (0,), 1, 0 if trans_b else 1, node.output[0])
     # MatMul: a Linear layer (constant 2-D weight on the right) or two activations.
     if float_const(1, 2):
+        if consts[node.input[1]].shape[0] < placement.min_features:
+            return None
         return _Target(node.name, (0,), 1, 1, node.output[0])
     if node.input[0] in consts or node.input[1] in consts:
         return None
@@ -152,6 +178,21 @@ def _quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scales.astype(np.float32)
 
 
+def prepare(model: onnx.ModelProto, thresholds: dict[str, float], target: str
+            ) -> tuple[onnx.ModelProto, dict[str, float]]:
+    """The float graph ``target``'s placement quantizes (a copy; rewritten for cpu), and thresholds to match it.
+
+    Also what bench_precision times as "fp32 with the same rewrites", to separate their gain from int8's.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    if not PLACEMENTS[target].fuse_gelu:
+        return out, thresholds
+    out, renamed = fuse_gelu(out, constants(out))
+    derived = {new: thresholds[old] * factor for new, (old, factor) in renamed.items() if old in thresholds}
+    return out, {**thresholds, **derived}
+
+
 def quantize(
     model: onnx.ModelProto,
     thresholds: dict[str, float],
@@ -165,8 +206,7 @@ def quantize(
     """
     placement = PLACEMENTS[target]
     keep = set(keep_float)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out, thresholds = prepare(model, thresholds, target)
     graph = out.graph
     consts = constants(out)
     targets = [t for t in plan(out, target) if t.node not in keep]
@@ -189,21 +229,26 @@ def quantize(
     before: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to insert before it
     zero = "scaseg_qdq_zero_int8"
     new_inits.append(numpy_helper.from_array(np.array(0, dtype=np.int8), zero))
-    scales: dict[str, str] = {}
+    scales: set[str] = set()
     pairs: dict[str, int] = {}
 
     def scale_of(tensor: str) -> float:
         return float(thresholds[tensor]) / 127.0
 
-    def qdq(tensor: str, anchor: str) -> str:
-        """Q then DQ of ``tensor``, inserted just before node ``anchor``; returns the dequantized name."""
-        if tensor not in scales:
-            scales[tensor] = f"{tensor}_scale"
-            new_inits.append(numpy_helper.from_array(np.array(scale_of(tensor), dtype=np.float32), scales[tensor]))
+    def qdq(tensor: str, anchor: str, ref: Optional[str] = None) -> str:
+        """Q then DQ of ``tensor`` (with ``ref``'s scale, default its own) just before node ``anchor``; returns the
+        dequantized name."""
         k = pairs[tensor] = pairs.get(tensor, -1) + 1
         tag = f"{tensor}_{k}" if k else tensor
-        q = helper.make_node("QuantizeLinear", [tensor, scales[tensor], zero], [f"{tag}_q"], name=f"{tag}_Q")
-        dq = helper.make_node("DequantizeLinear", [f"{tag}_q", scales[tensor], zero], [f"{tag}_dq"], name=f"{tag}_DQ")
+        scale = f"{tag}_scale" if placement.single_use else f"{tensor}_scale"
+        if scale not in scales:
+            scales.add(scale)
+            value = np.float32(scale_of(ref or tensor))
+            for _ in range(k if placement.single_use else 0):
+                value = np.nextafter(value, np.float32(np.inf))  # 1 ulp apart: ORT would merge equal Q nodes
+            new_inits.append(numpy_helper.from_array(np.array(value, dtype=np.float32), scale))
+        q = helper.make_node("QuantizeLinear", [tensor, scale, zero], [f"{tag}_q"], name=f"{tag}_Q")
+        dq = helper.make_node("DequantizeLinear", [f"{tag}_q", scale, zero], [f"{tag}_dq"], name=f"{tag}_DQ")
         before.setdefault(anchor, []).extend([q, dq])
         dequantized[f"{tag}_dq"] = tensor
         return f"{tag}_dq"
@@ -221,6 +266,19 @@ def quantize(
                 for k, name in enumerate(user.input):
                     if name == t.output:
                         user.input[k] = dq
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def quantize_input(node: onnx.NodeProto, i: int, ref: str) -> None:
+        """One Q/DQ pair on input ``i`` of ``node`` with ``ref``'s scale; pushed up through int8 data movement."""
+        src = node.input[i]
+        if src in dequantized:
+            return  # already the dequantized output of a quantized producer
+        up = producer.get(src)
+        if up is not None and len(consumers.get(src, [])) == 1 and src not in graph_outputs:
+            for j in _movement_inputs(up, placement):
+                quantize_input(up, j, ref)
+        node.input[i] = qdq(src, node.name, ref)
+
     for t in targets:
         node = by_name[t.node]
         for i in t.activations:
@@ -228,7 +286,7 @@ def quantize(
             if src in dequantized:
                 continue  # already the dequantized output of a quantized producer
             if placement.single_use:
-                node.input[i] = qdq(src, node.name)
+                quantize_input(node, i, src)
             else:
                 if src not in shared:
                     shared[src] = qdq(src, node.name)
@@ -266,8 +324,23 @@ def quantize(
     graph.node.extend(_topological(nodes, {i.name for i in graph.input} | {i.name for i in graph.initializer}
                                    | {i.name for i in new_inits}))
     graph.initializer.extend(new_inits)
-    _drop_unused_initializers(graph)
+    _drop_unused_constants(graph)
     return out
+
+
+def _movement_inputs(node: onnx.NodeProto, placement: Placement) -> list[int]:
+    """Inputs of a data-movement op that ORT CPU runs in uint8 between Q/DQ pairs (empty: not such an op).
+
+    Concat becomes QLinearConcat; Resize (nearest/linear) drops its pairs and interpolates uint8 directly. Quantizing
+    before them moves 4x fewer bytes and keeps ORT's NCHW -> NHWC transposes on uint8 data.
+    """
+    if node.op_type not in placement.int8_movement:
+        return []
+    if node.op_type == "Concat":
+        return list(range(len(node.input)))
+    if node.op_type == "Resize" and _attr(node, "mode", b"nearest") in (b"nearest", b"linear", "nearest", "linear"):
+        return [0]
+    return []
 
 
 def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
@@ -290,20 +363,27 @@ def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.
     return ordered
 
 
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+def _drop_unused_constants(graph: onnx.GraphProto) -> None:
+    """Remove initializers and Constant nodes nothing reads (float weights replaced by their int8 form)."""
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     for attr_graph in (a.g for n in graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH):
         used |= {i for n in attr_graph.node for i in n.input}
     keep = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
+    nodes = [n for n in graph.node if n.op_type != "Constant" or any(o in used for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def count_quantized(model: onnx.ModelProto) -> dict[str, int]:
-    """Op type -> how many Conv/MatMul/Gemm nodes read dequantized (int8) activations."""
+    """Op type -> how many Conv/MatMul/Gemm nodes are quantized (their weight, or second operand, is dequantized).
+
+    A float op that merely reads the dequantized output of a quantized producer does not count.
+    """
     dq_out = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     counts: dict[str, int] = {}
     for n in model.graph.node:
-        if n.op_type in WEIGHTED_OPS and n.input and n.input[0] in dq_out:
+        if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[0] in dq_out and n.input[1] in dq_out:
             counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return counts

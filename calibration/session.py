@@ -1,7 +1,7 @@
 """ONNX Runtime sessions over in-memory models: plain runs, and runs that also return intermediate tensors."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -26,7 +26,7 @@ def make_session(model: onnx.ModelProto, *, threads: Optional[int] = None,
         raise ScasegError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from None
 
 
-def runner(model: onnx.ModelProto, tensors: list[str] = (), *, threads: Optional[int] = None
+def runner(model: onnx.ModelProto, tensors: Sequence[str] = (), *, threads: Optional[int] = None
            ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     """batch -> {name: value} for the model's first output plus ``tensors`` (made extra graph outputs)."""
     work = onnx.ModelProto()
