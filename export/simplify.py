@@ -29,10 +29,11 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def decompose_layer_norm(model: onnx.ModelProto) -> int:
-    """Rewrite LayerNormalization (last axis) as ReduceMean/Sub/Mul/Add/Sqrt/Div; returns how many were rewritten.
+    """Rewrite LayerNormalization (last axis) as ReduceMean/Sub/Pow/Add/Sqrt/Div; returns how many were rewritten.
 
-    TensorRT 8.5 (JetPack 5) has no LayerNormalization importer. ONNX Runtime fuses this pattern back at session
-    load (its LayerNormFusion), so the portable form costs it nothing. Done after onnxsim, which fuses it otherwise.
+    TensorRT 8.5 (JetPack 5) has no LayerNormalization importer. The square is Pow(x, 2), the form torch wrote for
+    opsets below 17: ONNX Runtime's LayerNormFusion matches it and fuses it back at session load (with Mul(x, x) it
+    does not; tests/test_export.py checks the fusion). Done after onnxsim, which fuses it otherwise.
     """
     from onnx import helper, numpy_helper
 
@@ -42,6 +43,9 @@ def decompose_layer_norm(model: onnx.ModelProto) -> int:
     names = {i.name for i in model.graph.initializer}
     nodes: list[onnx.NodeProto] = []
     count = 0
+    two = "layer_norm/two"
+    while two in names:
+        two += "_"
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         used_outputs = [o for o in node.output[1:] if o]
@@ -49,6 +53,8 @@ def decompose_layer_norm(model: onnx.ModelProto) -> int:
             nodes.append(node)
             continue
         count += 1
+        if count == 1:
+            model.graph.initializer.append(numpy_helper.from_array(np.array(2.0, np.float32), two))
         p = f"{node.name or node.output[0]}/ln{count}"
         eps_name, axes_name = f"{p}/eps", f"{p}/axes"
         while eps_name in names:
@@ -66,7 +72,7 @@ def decompose_layer_norm(model: onnx.ModelProto) -> int:
         nodes += [
             reduce_mean(x, f"{p}/mean"),
             helper.make_node("Sub", [x, f"{p}/mean"], [f"{p}/centred"]),
-            helper.make_node("Mul", [f"{p}/centred", f"{p}/centred"], [f"{p}/square"]),
+            helper.make_node("Pow", [f"{p}/centred", two], [f"{p}/square"]),
             reduce_mean(f"{p}/square", f"{p}/var"),
             helper.make_node("Add", [f"{p}/var", eps_name], [f"{p}/var_eps"]),
             helper.make_node("Sqrt", [f"{p}/var_eps"], [f"{p}/std"]),

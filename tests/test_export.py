@@ -101,6 +101,19 @@ def test_default_export_metadata_round_trips_via_onnxruntime(exported: Path) -> 
     assert "LayerNormalization" not in ops and "Softmax" in ops  # decomposed: portable to TensorRT 8.5
 
 
+def test_portable_layer_norm_is_fused_back_by_onnxruntime(exported: Path, tmp_path: Path) -> None:
+    # The file has no LayerNormalization (TensorRT 8.5 cannot import it); ONNX Runtime must fuse the pattern back.
+    import onnx
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(exported), opts, providers=["CPUExecutionProvider"])
+    in_file = [n.op_type for n in onnx.load(str(exported)).graph.node]
+    fused = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    assert "LayerNormalization" not in in_file and in_file.count("Pow") == fused.count("LayerNormalization") > 0
+    assert "ReduceMean" not in fused
+
+
 def test_exported_graph_matches_pytorch(exported: Path, model_and_info) -> None:  # type: ignore[no-untyped-def]
     model, _ = model_and_info
     x = torch.randn(1, 3, H, W)
