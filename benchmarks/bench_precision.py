@@ -11,12 +11,16 @@ shared preprocessing resizes the images to it).
 --clock cpu (needs --threads 1, where ONNX Runtime computes on the calling thread): CPU time of that thread per
 run, which other jobs on a shared machine do not inflate; wall: elapsed time.
 
-Prints two tables:
+Prints three tables:
 1. Q/DQ placement choices on the same thresholds, no guard: latency and ratio to fp32, argmax agreement with fp32,
    and the ops quantized. "fp32 + cpu rewrites" is the float graph the cpu placement quantizes (GELU fused):
    its ratio is the part of the speed-up that is not int8.
-2. What make_precision ships (int8 for cpu and for tensorrt, accuracy guard on; fp16): latency, mIoU on the val
-   split, drop, agreement with fp32, nodes kept float.
+2. Calibration methods (minmax, entropy, percentile) x placements, no guard: mIoU on the val split.
+3. What make_precision ships (int8 for cpu and for tensorrt, accuracy guard on; fp16): latency, mIoU on the val
+   split, drop, agreement with fp32, nodes kept float, time to make (--skip-shipped leaves this table out).
+
+    python benchmarks/bench_precision.py scaseg/weights/scaseg-t-synth.pth --imgsz 512 512 --threads 1 --clock cpu
+    python benchmarks/bench_precision.py scaseg-t --imgsz 512 512 --threads 2 --skip-shipped   # speed only
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ import onnxruntime as ort
 from scaseg.calibration import data, int8
 from scaseg.calibration.api import load_fp32, make_precision
 from scaseg.calibration.guard import miou
-from scaseg.calibration.ranges import collect_stats
+from scaseg.calibration.ranges import METHODS, collect_stats
 from scaseg.calibration.session import make_session, runner
 from scaseg.runtime.datasets import open_dataset
 from scaseg.runtime.metadata import METADATA_KEY, ModelInfo
@@ -158,7 +162,7 @@ def main() -> None:
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--max-miou-drop", type=float, default=1.0)
-    ap.add_argument("--skip-shipped", action="store_true", help="only table 1 (no guard, no fp16)")
+    ap.add_argument("--skip-shipped", action="store_true", help="tables 1 and 2 only (no guard, no fp16)")
     args = ap.parse_args()
     imgsz = (int(args.imgsz[0]), int(args.imgsz[1]))
     now = clock(args.clock, args.threads)
@@ -186,7 +190,8 @@ def main() -> None:
 
         # 1) Placement choices on the same thresholds (no guard): what each costs or saves.
         names = int8.tensors_to_calibrate(model)
-        thresholds = collect_stats(runner(model, names), calib_x, names).thresholds(args.method)
+        stats = collect_stats(runner(model, names), calib_x, names)
+        thresholds = stats.thresholds(args.method)
         models = {"fp32 (as exported)": model, "fp32 + cpu rewrites (GELU fused)": int8.prepare(model, thresholds, "cpu")[0]}
         for label, placement in placement_variants().items():
             int8.PLACEMENTS["_bench"] = replace(placement, target="_bench")
@@ -208,6 +213,18 @@ def main() -> None:
             print(f"| {k:50s} | {ms[k]:7.1f} | {base / ms[k]:6.2f}x | {agreement(predictions(sessions[k], val_x), ref):12.2f}% "
                   f"| {counts} |")
         del sessions, models
+
+        # 1b) Calibration methods on the same statistics (no guard), scored on the val split.
+        print(f"\n## Calibration methods, no guard: mIoU on {len(val_items)} val images (fp32 "
+              f"{miou(ref, val_y, info.num_classes) if val_y else float('nan'):.2f})")
+        print("| placement | " + " | ".join(METHODS) + " |")
+        print("|---|" + "---|" * len(METHODS))
+        for target in int8.PLACEMENTS:
+            row = []
+            for method in METHODS:
+                sess = make_session(int8.quantize(model, stats.thresholds(method), target), threads=args.threads)
+                row.append(f"{miou(predictions(sess, val_x), val_y, info.num_classes):.2f}" if val_y else "-")
+            print(f"| {target} | " + " | ".join(row) + " |")
         if args.skip_shipped:
             return
 
@@ -215,9 +232,10 @@ def main() -> None:
         outs: dict[str, tuple[Path, dict]] = {}
         for target in ("cpu", "tensorrt"):
             out = work / f"model.int8.{target}.onnx"
+            start = time.perf_counter()
             s = make_precision(str(fp32_path), str(out), "int8", calib_dir=root, calib_num=args.calib_num,
                                method=args.method, target=target, max_miou_drop=args.max_miou_drop)
-            outs[f"int8 {target}"] = (out, s)
+            outs[f"int8 {target}"] = (out, {**s, "seconds": time.perf_counter() - start})
         out = work / "model.fp16.onnx"
         outs["fp16"] = (out, make_precision(str(fp32_path), str(out), "fp16", calib_dir=root))
         shipped = {"fp32": make_session(model, threads=args.threads)}
@@ -236,11 +254,11 @@ def main() -> None:
                 s = outs[k][1]
                 props = {p.key: p.value for p in onnx.load(str(outs[k][0])).metadata_props}
                 nodes = len(ModelInfo.from_json(props[METADATA_KEY]).extra["calibration"]["kept_float_nodes"])
-                note = f"ops {s['quantized_ops']}; kept float: {s['kept_float_blocks']} ({nodes} nodes); guard {s['miou_fp32']} -> {s['miou_int8']} on held-out"
+                note = f"ops {s['quantized_ops']}; kept float: {s['kept_float_blocks']} ({nodes} nodes); guard {s['miou_fp32']} -> {s['miou_int8']} on held-out; made in {s['seconds']:.0f} s"
             elif k == "fp16":
                 s = outs[k][1]
                 note = f"max abs logit error {s['max_abs_error']}; fp32 ops: {s['kept_fp32_ops']}, +{s['kept_fp32_nodes']} measured nodes"
-            print(f"| {k:13s} | {ms[k]:7.1f} | {ms['fp32'] / ms[k]:6.2f}x | {m:6.2f} | {m0 - m + 0.0:5.2f} | "
+            print(f"| {k:13s} | {ms[k]:7.1f} | {ms['fp32'] / ms[k]:6.2f}x | {m:6.2f} | {round(m0 - m, 2) + 0.0:5.2f} | "
                   f"{agreement(preds[k], preds['fp32']):12.2f}% | {note} |")
 
 

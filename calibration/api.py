@@ -79,9 +79,12 @@ def _parity_batches(info: ModelInfo, calib_dir: Optional[str]) -> tuple[list[np.
 
 
 def make_precision(fp32_onnx: str, out_path: str, precision: str, *, calib_dir: str | None, calib_num: int = 64,
-                   method: str = "entropy", target: str = "cpu", max_miou_drop: float = 1.0,
+                   method: str = "minmax", target: str = "cpu", max_miou_drop: float = 1.0,
                    cache_dir: str | None = None) -> dict:
-    """Write ``out_path``: ``fp32_onnx`` in fp16, or calibrated INT8 with Q/DQ placed for ``target``; returns a summary."""
+    """Write ``out_path``: ``fp32_onnx`` in fp16, or calibrated INT8 with Q/DQ placed for ``target``; returns a summary.
+
+    Defaults follow scaseg-export's options (method minmax, target cpu, budget 1.0 mIoU point).
+    """
     _check_args(precision, calib_num, method, target, max_miou_drop)
     model, info = load_fp32(fp32_onnx)
     if precision == "fp16":
@@ -113,7 +116,8 @@ def _int8(model: onnx.ModelProto, info: ModelInfo, out_path: str, cset: data.Cal
     if not names:
         raise ScasegError("the model has no Conv, MatMul or Gemm with constant weights to quantize")
     key = data.cache_key(model.graph.SerializeToString(), info, cset.calib)
-    cache_file = Path(cache_dir).expanduser() / f"{stem}.calib.npz" if cache_dir else None
+    # Named after the graph too: scaseg-export calibrates from a temporary "model.fp32.onnx" for every model.
+    cache_file = Path(cache_dir).expanduser() / f"{stem}.{key['model'][:12]}.calib.npz" if cache_dir else None
     stats, cache = (data.load_stats(cache_file, key) if cache_file else (None, "off"))
     if stats is None:
         bar = tqdm(total=len(cset.calib), desc="int8: calibrate", unit="img", file=sys.stderr, bar_format=BAR)

@@ -3,7 +3,8 @@ exceeds the budget, keep the most sensitive blocks in float.
 
 Sensitivity of a block = the output noise (squared logit error relative to the float logits, on the held-out
 images) when that block alone is quantized. Blocks are the model's modules as their ONNX node names show them
-(``/backbone/block1.0/...`` -> ``/backbone/block1.0``); nodes without a scoped name are blocks of their own.
+(``/model/backbone/block1.0/...`` -> ``/model/backbone/block1.0``, see block_of); nodes without a scoped name are
+blocks of their own.
 """
 from __future__ import annotations
 
@@ -23,9 +24,14 @@ BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
 
 
 def block_of(node_name: str) -> str:
-    """The module a node belongs to: the first two scopes of its name."""
+    """The module a node belongs to: the first two scopes of its name, after scaseg-export's wrapper scope.
+
+    ``/model/backbone/block2.1/attn/proj_1/Conv`` -> ``/model/backbone/block2.1`` (``model`` is the wrapper the
+    exporter traces); ``/backbone/block2.1/mlp/fc1/Conv`` -> ``/backbone/block2.1``.
+    """
     parts = [p for p in node_name.split("/") if p]
-    return "/" + "/".join(parts[:2]) if node_name.startswith("/") and len(parts) > 2 else node_name
+    depth = 3 if parts[:1] == ["model"] else 2
+    return "/" + "/".join(parts[:depth]) if node_name.startswith("/") and len(parts) > depth else node_name
 
 
 def miou(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], num_classes: int) -> float:

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from scaseg.calibration import int8
 from scaseg.calibration.api import make_precision
-from scaseg.calibration.guard import run_guard
+from scaseg.calibration.guard import block_of, run_guard
 from scaseg.calibration.ranges import BINS, collect_stats
 from scaseg.calibration.session import first_output, make_session, runner
 from scaseg.runtime.errors import ScasegError
@@ -201,6 +201,10 @@ def test_guard_keeps_the_sensitive_block_float():
     assert res.kept_float_blocks == ["/net/fragile"] and res.kept_float_nodes == ["/net/fragile/Conv"]
     assert res.miou_int8 == pytest.approx(100.0)
     assert int8.count_quantized(res.model) == {"Conv": 1}
+    # Blocks of an exported model: scaseg-export traces the network inside a module named "model".
+    assert block_of("/model/backbone/block2.1/attn/proj_1/Conv") == "/model/backbone/block2.1"
+    assert block_of("/model/decode_head/fuse/fuse.0/Conv") == "/model/decode_head/fuse"
+    assert block_of("Gemm_19") == "Gemm_19"
 
 
 def _erf_gelu(x: str, tag: str, half: bool) -> tuple[list, str]:
