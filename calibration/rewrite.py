@@ -34,42 +34,47 @@ def fuse_gelu(model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> tuple[on
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            consumers.setdefault(name, []).append(i)
     outputs = {o.name for o in graph.output}
 
-    def only_user(tensor: str) -> Optional[onnx.NodeProto]:
+    def only_user(tensor: str, op_type: str) -> Optional[int]:
+        """The one node reading ``tensor`` if it is an ``op_type`` (and ``tensor`` no graph output)."""
         users = consumers.get(tensor, [])
-        return users[0] if len(users) == 1 and tensor not in outputs else None
+        ok = len(users) == 1 and tensor not in outputs and nodes[users[0]].op_type == op_type
+        return users[0] if ok else None
 
-    replaced: dict[int, onnx.NodeProto] = {}  # id(first node of a pattern) -> its Gelu
+    replaced: dict[int, onnx.NodeProto] = {}  # index of a pattern's first node (Div) -> its Gelu
     dropped: set[int] = set()
     renamed: dict[str, tuple[str, float]] = {}
     new_inits: list[onnx.TensorProto] = []
     doubled: set[str] = set()
-    for erf in graph.node:
-        if erf.op_type != "Erf":
+    for e, erf in enumerate(nodes):
+        if erf.op_type != "Erf" or erf.input[0] not in producer:
             continue
-        div = producer.get(erf.input[0])
-        if div is None or div.op_type != "Div" or not _scalar(consts, div.input[1], math.sqrt(2.0)):
+        d = producer[erf.input[0]]
+        div = nodes[d]
+        if div.op_type != "Div" or not _scalar(consts, div.input[1], math.sqrt(2.0)) or only_user(div.output[0], "Erf") != e:
             continue
         x = div.input[0]
-        add = only_user(erf.output[0])
-        if add is None or add.op_type != "Add" or not any(_scalar(consts, i, 1.0) for i in add.input):
+        a = only_user(erf.output[0], "Add")
+        if a is None or not any(_scalar(consts, i, 1.0) for i in nodes[a].input):
             continue
-        mul = only_user(add.output[0])
-        if mul is None or mul.op_type != "Mul" or x not in mul.input:
+        m = only_user(nodes[a].output[0], "Mul")
+        if m is None or x not in nodes[m].input:
             continue
-        half = only_user(mul.output[0])
-        pattern = [div, erf, add, mul]
-        if half is not None and half.op_type == "Mul" and any(_scalar(consts, i, 0.5) for i in half.input):
-            result = half.output[0]
-            pattern.append(half)
+        mul = nodes[m]
+        pattern = [d, e, a, m]
+        h = only_user(mul.output[0], "Mul")
+        if h is not None and any(_scalar(consts, i, 0.5) for i in nodes[h].input):
+            result = nodes[h].output[0]
+            pattern.append(h)
         else:
-            users = consumers.get(mul.output[0], [])
+            users = [nodes[u] for u in consumers.get(mul.output[0], [])]
             # 0.5 folded away: the users see 2 * GELU(x). Doubling their weights keeps every output exact.
             if not users or mul.output[0] in outputs or not all(
                     u.op_type == "Conv" and u.input[0] == mul.output[0] and u.input[1] in consts
@@ -84,19 +89,19 @@ def fuse_gelu(model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> tuple[on
                     new_inits.append(numpy_helper.from_array(consts[u.input[1]] * np.float32(2.0), name))
                 u.input[1] = name
                 u.input[0] = result
-        replaced[id(div)] = helper.make_node("Gelu", [x], [result], name=f"{mul.name}_gelu", domain=MS_DOMAIN)
-        dropped.update(id(n) for n in pattern)
+        replaced[d] = helper.make_node("Gelu", [x], [result], name=f"{mul.name}_gelu", domain=MS_DOMAIN)
+        dropped.update(pattern)
 
     if not replaced:
         return out, {}
-    nodes = []
-    for node in graph.node:
-        if id(node) in replaced:
-            nodes.append(replaced[id(node)])
-        if id(node) not in dropped:
-            nodes.append(node)
+    kept = []
+    for i, node in enumerate(nodes):
+        if i in replaced:
+            kept.append(replaced[i])
+        if i not in dropped:
+            kept.append(node)
     del graph.node[:]
-    graph.node.extend(nodes)
+    graph.node.extend(kept)
     graph.initializer.extend(new_inits)
     if not any(op.domain == MS_DOMAIN for op in out.opset_import):
         out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
