@@ -32,7 +32,30 @@ if TYPE_CHECKING:  # pragma: no cover
     from scaseg.checkpoint import load_backbone, load_model, save_checkpoint
     from scaseg.models.model import SCASeg, VARIANTS, build
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "weights_path", "shipped_weights", *_LAZY]
+
+# Checkpoints that ship inside the package (scaseg/weights/<name>.pth, each with a <name>.json provenance file).
+WEIGHTS_DIR = os.path.join(_here, "weights")
+
+
+def shipped_weights() -> list[str]:
+    """Names of the checkpoints shipped in the package (for ``weights_path``)."""
+    if not os.path.isdir(WEIGHTS_DIR):
+        return []
+    return sorted(f[: -len(".pth")] for f in os.listdir(WEIGHTS_DIR) if f.endswith(".pth") and not f.startswith("."))
+
+
+def weights_path(name: str) -> str:
+    """Path of a checkpoint shipped in the package, e.g. ``scaseg.load_model(scaseg.weights_path("scaseg-t-synth"))``.
+
+    Its provenance (recipe command, seed, measured mIoU) is the ``.json`` file of the same name beside it.
+    """
+    if name not in shipped_weights():  # also keeps names such as "../x" from reaching outside the folder
+        from scaseg.runtime.errors import ScasegError
+
+        known = ", ".join(shipped_weights()) or "none"
+        raise ScasegError(f"no shipped weights named {name!r} (shipped: {known})")
+    return os.path.join(WEIGHTS_DIR, f"{name}.pth")
 
 
 def __getattr__(name: str) -> Any:

@@ -73,8 +73,13 @@ def save_checkpoint(
     palette: Optional[Sequence[Sequence[int]]] = None,
     input_size: Optional[Sequence[int]] = None,
     extra: Optional[Mapping[str, Any]] = None,
+    half: bool = False,
 ) -> Path:
-    """Write ``model`` with its config embedded, atomically; ``.safetensors`` paths get safetensors. Returns the path."""
+    """Write ``model`` with its config embedded, atomically; ``.safetensors`` paths get safetensors. Returns the path.
+
+    ``half``: store the float32 parameters as float16 (about half the file; buffers such as BatchNorm statistics
+    stay float32). ``load_model`` builds a float32 model and upcasts them, so no caller needs to know.
+    """
     model = getattr(model, "module", model)  # DDP / DataParallel wrappers
     config = getattr(model, "config", None)
     if not isinstance(config, dict) or "variant" not in config:
@@ -89,6 +94,12 @@ def save_checkpoint(
     )
     full_config = {**info.to_dict(), **config}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if half:
+        params = {name for name, _ in model.named_parameters()}
+        state = {k: v.half() if k in params and v.dtype == torch.float32 else v for k, v in state.items()}
+        overflow = [k for k in params if not torch.isfinite(state[k]).all()]
+        if overflow:
+            raise ScasegError(f"cannot store {overflow[0]} as float16: a value is beyond its range (65504); save without half")
     path = Path(path).expanduser()
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
