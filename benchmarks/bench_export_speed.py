@@ -228,7 +228,8 @@ def main() -> None:
                   f"{rate:>9.1f}{100 * rate / mm_rate:>9.1f}%  {note}")
     print("vs ORT: latency / ONNX Runtime latency at the same thread count (above 1: ONNX Runtime is faster). "
           "1t rows: one thread, a check on the 2-thread rows (on a busy machine torch's OpenMP threads wait for each "
-          "other after every op; ONNX Runtime's pool suffers less). % MatMul: of the 2-thread MatMul rate. GFLOP/s = 2 x GMACs / latency with "
+          "other after every op; ONNX Runtime's pool suffers less). "
+          f"% MatMul: of the {args.threads}-thread MatMul rate. GFLOP/s = 2 x GMACs / latency with "
           "GMACs from scaseg.stats (convolutions and matrix products only): "
           + ", ".join(f"{r['variant']} {r['gmacs']:.2f} GMACs" for r in results) + ".")
 
