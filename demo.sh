@@ -39,11 +39,15 @@ fi
 # shellcheck disable=SC1091
 . "$venv/bin/activate"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+pip_install() {  # quiet, minus the notes this machine's pip prints about its local package folders
+  python -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  return "${PIPESTATUS[0]}"
+}
 if ! python -c "import torch" 2>/dev/null; then
   # The CPU build: an unpinned torch from PyPI is a multi-GB CUDA build.
-  python -m pip install -q torch==2.13.0 ${SCASEG_TORCH_INDEX:+--index-url "$SCASEG_TORCH_INDEX"}
+  pip_install torch==2.13.0 ${SCASEG_TORCH_INDEX:+--index-url "$SCASEG_TORCH_INDEX"}
 fi
-python -m pip install -q "$repo[export]"
+pip_install "$repo[export]"
 python -c "import scaseg; print('scaseg', scaseg.__version__, 'installed in', '$venv')"
 
 mkdir -p "$out"

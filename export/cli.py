@@ -174,7 +174,8 @@ def export(
                                                         backend="onnxruntime", max_batch_size=max_batch)
                 for key, value in (result or {}).items():
                     _say(f"triton: {key}: {value}")
-    _say(f"wrote {dest}  ({summary})")
+    size = (sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) if dest.is_dir() else dest.stat().st_size)
+    _say(f"wrote {dest}  ({summary}, {prec}, {size / 2**20:.1f} MiB)")
 
 
 def _export_fp32(model: Any, info: Any, opts: Any, dest: Path, parity_images: int, tolerance: float, steps: tqdm) -> str:
@@ -207,10 +208,9 @@ def _export_fp32(model: Any, info: Any, opts: Any, dest: Path, parity_images: in
             raise ScasegError(f"the ONNX model disagrees with PyTorch beyond --tolerance {tolerance:g} ({what}); "
                               "nothing was written")
     h, w = opts.imgsz
-    size_mb = dest.stat().st_size / 2**20
     return (f"{out_info.variant}, {h}x{w}, batch {'dynamic' if opts.dynamic_batch else opts.batch}"
             f"{', dynamic H/W' if opts.dynamic_spatial else ''}, sca-op {opts.sca_op}, output {opts.output}, "
-            f"opset {opts.opset}, {size_mb:.1f} MiB")
+            f"opset {opts.opset}")
 
 
 def main() -> None:
