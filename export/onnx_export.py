@@ -127,8 +127,9 @@ def _trace(module: nn.Module, example: Tensor, opts: ExportOptions) -> onnx.Mode
     with warnings.catch_warnings():
         # The deprecation notice of this exporter and tracer notes about shape arithmetic are expected here.
         warnings.simplefilter("ignore")
+        # torch annotates f as a path; a BytesIO works and keeps the model in memory.
         torch.onnx.export(
-            module, (example,), buffer, dynamo=False, opset_version=int(opts.opset),
+            module, (example,), buffer, dynamo=False, opset_version=int(opts.opset),  # type: ignore[arg-type]
             input_names=["images"], output_names=["output"],
             dynamic_axes={k: v for k, v in dynamic_axes.items() if v} or None,
             do_constant_folding=True,
