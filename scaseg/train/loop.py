@@ -309,6 +309,14 @@ class Trainer:
                       ignore_index=IGNORE_INDEX)
         sampler = StreamSampler(len(self.train_data), seed=cfg.seed, rank=env.rank, world_size=env.world_size,
                                 start=self.samples)
+        if cfg.workers:
+            # Workers are forked. A fork taken while OpenCV's thread pool is busy inherits its locks held, and the
+            # child hangs for good on its first pool call (seen: cv2.setNumThreads in a worker, stuck in
+            # pthread_cond_destroy). With the pool off in this process, there is nothing to inherit; this process
+            # only resizes validation images, so the cost is nil.
+            import cv2
+
+            cv2.setNumThreads(0)
         return DataLoader(TrainSet(self.train_data, aug), batch_size=cfg.batch, sampler=sampler, drop_last=True,
                           num_workers=cfg.workers, collate_fn=collate, pin_memory=env.device.type == "cuda",
                           worker_init_fn=_worker_init, persistent_workers=False,
@@ -378,10 +386,8 @@ class Trainer:
 
 
 def _worker_init(_: int) -> None:
-    # Each loader worker is one more process on the same cores: keep OpenCV and torch single-threaded there.
-    import cv2
-
-    cv2.setNumThreads(1)
+    # Each loader worker is one more process on the same cores: keep torch single-threaded there (OpenCV's pool
+    # is already off, see Trainer._loader).
     torch.set_num_threads(1)
 
 
