@@ -35,14 +35,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
+from bench_export_memory import cpu_flags  # a sibling script: benchmarks/ is on sys.path when run as a script
 
-def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(line for line in f if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown ISA"
-    return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
+
 
 
 def ort_session(path_or_bytes: Any, threads: int) -> Any:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnxruntime as ort
@@ -22,15 +21,7 @@ from scaseg.runtime.metadata import METADATA_KEY, ModelInfo
 H, W = 64, 128
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Trace with one torch thread: the graph is the same at any thread count, and tracing a small input is a chain
-    of tiny ops where a second thread only adds barrier waits (on a busy 2-core machine each costs a time slice;
-    the trt_lint variant sweep ran about 1.5-2x faster this way)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

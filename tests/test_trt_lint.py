@@ -1,7 +1,6 @@
 """TensorRT lint: op / opset / dtype / restriction checks per TensorRT generation, and clean exports of the variants."""
 from __future__ import annotations
 
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -16,15 +15,7 @@ from scaseg.export.trt_lint import SUPPORT, TARGETS, lint
 from scaseg.runtime.metadata import ModelInfo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Trace with one torch thread: the graph is the same at any thread count, and tracing a small input is a chain
-    of tiny ops where a second thread only adds barrier waits (on a busy 2-core machine each costs a time slice;
-    the variant sweep below ran about 1.5-2x faster this way)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def graph(nodes, inputs, outputs, opset=17, initializers=(), functions=(), domains=()):  # type: ignore[no-untyped-def]
