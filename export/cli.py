@@ -83,7 +83,7 @@ def export(
     precision: Precision = typer.Option(Precision.fp32, "--precision", help="fp32, fp16 or int8 (calibrated Q/DQ)."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Image folder for int8 calibration."),
     calib_num: int = typer.Option(200, "--calib-num", min=1, help="Calibration images to use."),
-    calib_method: str = typer.Option("minmax", "--calib-method", help="minmax, entropy or percentile."),
+    calib_method: str = typer.Option("percentile", "--calib-method", help="percentile, minmax or entropy (docs/precision.md compares them)."),
     int8_target: str = typer.Option("cpu", "--int8-target", help="Q/DQ placement for cpu (ONNX Runtime) or tensorrt."),
     max_miou_drop: float = typer.Option(1.0, "--max-miou-drop", help="int8: largest mIoU loss (points) accepted."),
     fmt: Format = typer.Option(Format.onnx, "--format", help="onnx, engine (TensorRT plan) or triton (model repository)."),
