@@ -1,4 +1,4 @@
-"""INT8 / FP16 vs FP32 on ONNX Runtime CPU, measured side by side in one run (medians of interleaved rounds).
+"""INT8 / FP16 vs FP32 on ONNX Runtime CPU, measured side by side in one run (medians of interleaved blocks).
 
     python benchmarks/bench_precision.py MODEL [--imgsz H W] [--data DIR] [--threads N] [--clock wall|cpu]
 
@@ -83,18 +83,24 @@ def clock(kind: str, threads: int) -> Callable[[], float]:
     return time.perf_counter
 
 
-def timed(sessions: dict[str, ort.InferenceSession], x: np.ndarray, runs: int, now: Callable[[], float]
-          ) -> dict[str, float]:
-    """Median ms per run of each session, rounds interleaved so load changes hit all alike."""
+def timed(sessions: dict[str, ort.InferenceSession], x: np.ndarray, runs: int, now: Callable[[], float],
+          block: int = 3) -> dict[str, float]:
+    """Median ms per run of each session: blocks of ``block`` back-to-back runs, blocks interleaved across sessions.
+
+    Interleaving spreads load changes over all sessions alike; blocks keep each measured run behind a run of the
+    same session, as in deployment: right after another multi-threaded session, that session's pool threads
+    still spin and, on 2 cores, slowed the next run by up to 1.3x.
+    """
     names = {k: (s.get_inputs()[0].name, s.get_outputs()[0].name) for k, s in sessions.items()}
     for k, s in sessions.items():
         s.run([names[k][1]], {names[k][0]: x})
     times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(runs):
+    for _ in range(max(1, -(-runs // block))):
         for k, s in sessions.items():
-            start = now()
-            s.run([names[k][1]], {names[k][0]: x})
-            times[k].append(now() - start)
+            for _ in range(block):
+                start = now()
+                s.run([names[k][1]], {names[k][0]: x})
+                times[k].append(now() - start)
     return {k: 1000 * float(np.median(v)) for k, v in times.items()}
 
 
@@ -150,6 +156,48 @@ def placement_variants() -> dict[str, int8.Placement]:
     }
 
 
+def placement_tables(args: argparse.Namespace, model: onnx.ModelProto, info: ModelInfo, fp32_path: Path,
+                     calib_x: list[np.ndarray], val_x: list[np.ndarray], val_y: Optional[list[np.ndarray]],
+                     num_val: int, now: Callable[[], float]) -> None:
+    """Tables 1 and 2: placement choices (latency, agreement) and calibration methods (mIoU), no guard."""
+    names = int8.tensors_to_calibrate(model)
+    stats = collect_stats(runner(model, names), calib_x, names)
+    thresholds = stats.thresholds(args.method)
+    models = {"fp32 (as exported)": model, "fp32 + cpu rewrites (GELU fused)": int8.prepare(model, thresholds, "cpu")[0]}
+    for label, placement in placement_variants().items():
+        int8.PLACEMENTS["_bench"] = replace(placement, target="_bench")
+        try:
+            models[label] = int8.quantize(model, thresholds, "_bench")
+        finally:
+            del int8.PLACEMENTS["_bench"]
+    models["onnxruntime quantize_static (QDQ s8, per-channel)"] = ort_quantize_static(
+        fp32_path, calib_x[:8], info.input_name, fp32_path.with_name("ort_quantize_static.onnx"))
+    sessions = {k: make_session(m, threads=args.threads) for k, m in models.items()}
+    ms = timed(sessions, val_x[0], args.runs, now)
+    ref = predictions(sessions["fp32 (as exported)"], val_x)
+    base = ms["fp32 (as exported)"]
+    print(f"\n## Q/DQ placements, {args.method} thresholds from {len(calib_x)} batches, no guard")
+    print(f"| {'model':50s} | {'ms':>7s} | {'vs fp32':>7s} | {'argmax = fp32':>13s} | quantized ops |")
+    print(f"|{'-' * 52}|{'-' * 9}|{'-' * 9}|{'-' * 15}|---------------|")
+    for k, m in models.items():
+        counts = ", ".join(f"{o} {c}" for o, c in sorted(int8.count_quantized(m).items())) or "-"
+        print(f"| {k:50s} | {ms[k]:7.1f} | {base / ms[k]:6.2f}x | {agreement(predictions(sessions[k], val_x), ref):12.2f}% "
+              f"| {counts} |")
+    del sessions, models
+
+    # 1b) Calibration methods on the same statistics (no guard), scored on the val split.
+    print(f"\n## Calibration methods, no guard: mIoU on {num_val} val images (fp32 "
+          f"{miou(ref, val_y, info.num_classes) if val_y else float('nan'):.2f})")
+    print("| placement | " + " | ".join(METHODS) + " |")
+    print("|---|" + "---|" * len(METHODS))
+    for target in int8.PLACEMENTS:
+        row = []
+        for method in METHODS:
+            sess = make_session(int8.quantize(model, stats.thresholds(method), target), threads=args.threads)
+            row.append(f"{miou(predictions(sess, val_x), val_y, info.num_classes):.2f}" if val_y else "-")
+        print(f"| {target} | " + " | ".join(row) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -157,12 +205,13 @@ def main() -> None:
     ap.add_argument("--imgsz", nargs=2, type=int, default=(512, 512))
     ap.add_argument("--calib-num", type=int, default=32)
     ap.add_argument("--val-num", type=int, default=16)
-    ap.add_argument("--method", default="entropy")
+    ap.add_argument("--method", default="percentile")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--max-miou-drop", type=float, default=1.0)
     ap.add_argument("--skip-shipped", action="store_true", help="tables 1 and 2 only (no guard, no fp16)")
+    ap.add_argument("--only-shipped", action="store_true", help="table 3 only (fewer sessions alive while timing)")
     args = ap.parse_args()
     imgsz = (int(args.imgsz[0]), int(args.imgsz[1]))
     now = clock(args.clock, args.threads)
@@ -186,49 +235,15 @@ def main() -> None:
         print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, {os.cpu_count()} "
               f"cores; onnxruntime {ort.__version__}; model {args.model} ({info.variant}), input "
               f"{tuple(val_x[0].shape)}; data {root} (image size {stored_size or info.input_size or imgsz}); "
-              f"{args.threads} thread(s), {args.clock} clock, median of {args.runs} interleaved runs")
+              f"{args.threads} thread(s), {args.clock} clock, median of {args.runs} runs (interleaved blocks of 3)")
 
         # 1) Placement choices on the same thresholds (no guard): what each costs or saves.
-        names = int8.tensors_to_calibrate(model)
-        stats = collect_stats(runner(model, names), calib_x, names)
-        thresholds = stats.thresholds(args.method)
-        models = {"fp32 (as exported)": model, "fp32 + cpu rewrites (GELU fused)": int8.prepare(model, thresholds, "cpu")[0]}
-        for label, placement in placement_variants().items():
-            int8.PLACEMENTS["_bench"] = replace(placement, target="_bench")
-            try:
-                models[label] = int8.quantize(model, thresholds, "_bench")
-            finally:
-                del int8.PLACEMENTS["_bench"]
-        models["onnxruntime quantize_static (QDQ s8, per-channel)"] = ort_quantize_static(
-            fp32_path, calib_x[:8], info.input_name, work / "ort.onnx")
-        sessions = {k: make_session(m, threads=args.threads) for k, m in models.items()}
-        ms = timed(sessions, val_x[0], args.runs, now)
-        ref = predictions(sessions["fp32 (as exported)"], val_x)
-        base = ms["fp32 (as exported)"]
-        print(f"\n## Q/DQ placements, {args.method} thresholds from {len(calib_x)} batches, no guard")
-        print(f"| {'model':50s} | {'ms':>7s} | {'vs fp32':>7s} | {'argmax = fp32':>13s} | quantized ops |")
-        print(f"|{'-' * 52}|{'-' * 9}|{'-' * 9}|{'-' * 15}|---------------|")
-        for k, m in models.items():
-            counts = ", ".join(f"{o} {c}" for o, c in sorted(int8.count_quantized(m).items())) or "-"
-            print(f"| {k:50s} | {ms[k]:7.1f} | {base / ms[k]:6.2f}x | {agreement(predictions(sessions[k], val_x), ref):12.2f}% "
-                  f"| {counts} |")
-        del sessions, models
-
-        # 1b) Calibration methods on the same statistics (no guard), scored on the val split.
-        print(f"\n## Calibration methods, no guard: mIoU on {len(val_items)} val images (fp32 "
-              f"{miou(ref, val_y, info.num_classes) if val_y else float('nan'):.2f})")
-        print("| placement | " + " | ".join(METHODS) + " |")
-        print("|---|" + "---|" * len(METHODS))
-        for target in int8.PLACEMENTS:
-            row = []
-            for method in METHODS:
-                sess = make_session(int8.quantize(model, stats.thresholds(method), target), threads=args.threads)
-                row.append(f"{miou(predictions(sess, val_x), val_y, info.num_classes):.2f}" if val_y else "-")
-            print(f"| {target} | " + " | ".join(row) + " |")
+        if not args.only_shipped:
+            placement_tables(args, model, info, fp32_path, calib_x, val_x, val_y, len(val_items), now)
         if args.skip_shipped:
             return
 
-        # 2) What make_precision ships (guard on), scored on the labelled val split.
+        # 3) What make_precision ships (guard on), scored on the labelled val split.
         outs: dict[str, tuple[Path, dict]] = {}
         for target in ("cpu", "tensorrt"):
             out = work / f"model.int8.{target}.onnx"
