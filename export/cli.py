@@ -81,10 +81,11 @@ def export(
     tolerance: float = typer.Option(1e-3, "--tolerance", help="Max |logit diff| ONNX Runtime vs PyTorch before the export fails."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Refuse the checkpoint unless it is this variant."),
     precision: Precision = typer.Option(Precision.fp32, "--precision", help="fp32, fp16 or int8 (calibrated Q/DQ)."),
-    calib: Optional[Path] = typer.Option(None, "--calib", help="Image folder for int8 calibration."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="int8 calibration images: an image folder or a dataset root (train split calibrates, val split checks)."),
     calib_num: int = typer.Option(200, "--calib-num", min=1, help="Calibration images to use."),
     calib_method: str = typer.Option("percentile", "--calib-method", help="percentile, minmax or entropy (docs/precision.md compares them)."),
-    int8_target: str = typer.Option("cpu", "--int8-target", help="Q/DQ placement for cpu (ONNX Runtime) or tensorrt."),
+    int8_target: Optional[str] = typer.Option(None, "--int8-target", help="Q/DQ placement: cpu (ONNX Runtime CPU) or tensorrt (default: tensorrt for --format engine, else cpu)."),
+    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="int8: folder for the activation-statistics cache (reused when model and preprocessing match)."),
     max_miou_drop: float = typer.Option(1.0, "--max-miou-drop", help="int8: largest mIoU loss (points) accepted."),
     fmt: Format = typer.Option(Format.onnx, "--format", help="onnx, engine (TensorRT plan) or triton (model repository)."),
     workspace: float = typer.Option(4.0, "--workspace", help="engine: TensorRT workspace limit in GiB."),
@@ -113,6 +114,13 @@ def export(
         _need("scaseg.calibration.api", f"--precision {prec}")
         if prec == "int8" and calib is None:
             raise ScasegError("--precision int8 needs --calib DIR, a folder of calibration images")
+        if prec == "int8" and calib is not None and not calib.expanduser().is_dir():
+            raise ScasegError(f"calibration folder not found: {calib}")
+    if int8_target is None:
+        int8_target = "tensorrt" if form == "engine" else "cpu"
+    elif form == "engine" and prec == "int8" and int8_target == "cpu":
+        # The cpu placement fuses GELU into com.microsoft.Gelu, an ONNX Runtime op TensorRT's parser rejects.
+        raise ScasegError("--format engine needs --int8-target tensorrt (the cpu placement uses ONNX Runtime-only ops)")
     if form != "onnx":
         _need(f"scaseg.export.{'engine' if form == 'engine' else 'triton'}", f"--format {form}")
     import scaseg
@@ -153,6 +161,7 @@ def export(
                     result = api.make_precision(
                         str(onnx_dest), str(tmp), prec, calib_dir=str(calib) if calib else None, calib_num=calib_num,
                         method=calib_method, target=int8_target, max_miou_drop=max_miou_drop,
+                        cache_dir=str(calib_cache) if calib_cache else None,
                     )
                 for key, value in (result or {}).items():
                     _say(f"{prec}: {key}: {value}")

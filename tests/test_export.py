@@ -213,6 +213,9 @@ def test_option_parsers() -> None:
         (["{ckpt}", "--dynamic", "height"], "--dynamic"),
         (["{ckpt}", "--query-chunk", "-5"], "--query-chunk"),
         (["{ckpt}", "--precision", "int8"], "--precision int8"),
+        (["{ckpt}", "--precision", "int8", "--calib", "{tmp}/no-such-folder"], "calibration folder not found"),
+        (["{ckpt}", "--precision", "int8", "--calib", "{tmp}", "--format", "engine", "--int8-target", "cpu"],
+         "--int8-target tensorrt"),
     ],
 )
 def test_bad_input_is_one_sentence_exit_2_no_output(args, message, ckpt, tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
