@@ -68,7 +68,7 @@ def export(variant: str, size: tuple[int, int], query_chunk: object, sca_op: str
 
     import scaseg
     from scaseg.export.onnx_export import ExportOptions, to_onnx
-    from scaseg.runtime.metadata import ModelInfo
+    from scaseg.metadata import ModelInfo
 
     torch.manual_seed(0)
     model = scaseg.build(variant, 19).eval()

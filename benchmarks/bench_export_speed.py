@@ -79,7 +79,7 @@ def bench_variant(variant: str, size: tuple[int, int], threads: int, rounds: int
 
     import scaseg
     from scaseg.export.onnx_export import ExportOptions, to_onnx
-    from scaseg.runtime.metadata import ModelInfo
+    from scaseg.metadata import ModelInfo
     from scaseg.stats import measure
 
     torch.manual_seed(0)

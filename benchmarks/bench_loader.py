@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import scaseg
-from scaseg.runtime.datasets import open_dataset
+from scaseg.data.datasets import open_dataset
 from scaseg.train.data import Augment, StreamSampler, TrainSet, collate, unwrap
 from scaseg.train.loop import param_groups, segmentation_loss
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data
         if root is None:
-            from scaseg.runtime.synth import write_dataset
+            from scaseg.data.synth import write_dataset
 
             root = f"{tmp}/synth"
             write_dataset(root, num=40, seed=0, size=tuple(args.size), video_frames=0)

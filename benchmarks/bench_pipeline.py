@@ -32,7 +32,7 @@ def export_scaseg_t(folder: Path, size: int) -> Path:
 
     from scaseg import build
     from scaseg.export.onnx_export import ExportOptions, to_onnx
-    from scaseg.runtime.metadata import ModelInfo
+    from scaseg.metadata import ModelInfo
 
     info = ModelInfo(variant="scaseg-t", num_classes=19, input_size=(size, size))
     proto, _ = to_onnx(build("scaseg-t", num_classes=19), info, ExportOptions(imgsz=(size, size)))
@@ -42,10 +42,10 @@ def export_scaseg_t(folder: Path, size: int) -> Path:
 
 
 def make_video(path: Path, frames: int, hw: tuple[int, int], fps: float = 30.0) -> Path:
-    """A street-like clip: synthetic scenes when scaseg.runtime.synth exists, else smoothed noise."""
+    """A street-like clip: synthetic scenes when scaseg.data.synth exists, else smoothed noise."""
     h, w = hw
     try:
-        from scaseg.runtime.synth import render_scene
+        from scaseg.data.synth import render_scene
 
         def frame(i: int) -> np.ndarray:
             return render_scene(i, size=(h, w))[0]

@@ -45,8 +45,8 @@ from scaseg.calibration.api import load_fp32, make_precision
 from scaseg.calibration.guard import miou
 from scaseg.calibration.ranges import METHODS, collect_stats
 from scaseg.calibration.session import make_session, runner
-from scaseg.runtime.datasets import open_dataset
-from scaseg.runtime.metadata import METADATA_KEY, ModelInfo
+from scaseg.data.datasets import open_dataset
+from scaseg.metadata import METADATA_KEY, ModelInfo
 
 
 def fp32_model(spec: str, imgsz: tuple[int, int], work: Path) -> tuple[Path, Optional[tuple[int, int]]]:
@@ -222,7 +222,7 @@ def main() -> None:
         model, info = load_fp32(str(fp32_path))
         root = args.data
         if root is None:
-            from scaseg.runtime.synth import write_dataset
+            from scaseg.data.synth import write_dataset
 
             root = str(work / "synth")
             write_dataset(root, num=args.calib_num + args.val_num, size=stored_size or info.input_size or imgsz,

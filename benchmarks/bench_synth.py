@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
-from scaseg.runtime.datasets import open_dataset
-from scaseg.runtime.metrics import SegMetrics
-from scaseg.runtime.synth import render_scene, write_dataset
+from scaseg.data.datasets import open_dataset
+from scaseg.data.metrics import SegMetrics
+from scaseg.data.synth import render_scene, write_dataset
 
 
 def _median_rate(work, count: int, rounds: int) -> float:

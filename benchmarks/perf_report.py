@@ -42,8 +42,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.fileio import atomic_path, replace_section
+from scaseg.errors import ScasegError
+from scaseg.fileio import atomic_path, replace_section
 
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "perf"
@@ -318,7 +318,7 @@ def sweep(variant: str, plan: Plan, threads: int, work: Path, steps: Any) -> lis
 
     import scaseg
     from scaseg.runtime.backends import open_backend
-    from scaseg.runtime.metadata import ModelInfo
+    from scaseg.metadata import ModelInfo
     from scaseg.runtime.timing import summarize
 
     results = []
@@ -618,7 +618,7 @@ def run(args: argparse.Namespace) -> None:
         else:
             torch.manual_seed(0)
             model = scaseg.build(args.variant, num_classes=19).eval()
-            from scaseg.runtime.metadata import ModelInfo
+            from scaseg.metadata import ModelInfo
 
             info = ModelInfo(variant=args.variant, num_classes=19)
             source, untrained = "untrained, random weights (seed 0)", True
@@ -638,7 +638,7 @@ def run(args: argparse.Namespace) -> None:
             steps.set_postfix_str("data")
             data_root = args.data
             if args.data in (None, "synth"):
-                from scaseg.runtime.synth import write_dataset
+                from scaseg.data.synth import write_dataset
 
                 data_root = str(work / "synth")
                 total = plan.calib_num + plan.val_num

@@ -14,9 +14,9 @@ from scaseg.calibration.fp16 import to_fp16
 from scaseg.calibration.guard import BAR, run_guard
 from scaseg.calibration.ranges import METHODS, collect_stats
 from scaseg.calibration.session import runner
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.fileio import atomic_path
-from scaseg.runtime.metadata import METADATA_KEY, ModelInfo
+from scaseg.errors import ScasegError
+from scaseg.fileio import atomic_path
+from scaseg.metadata import METADATA_KEY, ModelInfo
 
 PRECISIONS = ("fp16", "int8")
 PARITY_IMAGES = 4
@@ -70,7 +70,7 @@ def _parity_batches(info: ModelInfo, calib_dir: Optional[str]) -> tuple[list[np.
     if calib_dir:
         items = data.sample_items(calib_dir, PARITY_IMAGES)
         return list(data.batches(items, info)), f"{len(items)} images from {calib_dir}"
-    from scaseg.runtime.synth import render_scene
+    from scaseg.data.synth import render_scene
 
     size = info.input_size or (256, 512)
     images = [render_scene(seed, size)[0] for seed in range(PARITY_IMAGES)]

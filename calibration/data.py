@@ -15,11 +15,12 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from scaseg.calibration.ranges import BINS, TensorStats
-from scaseg.runtime.datasets import IMAGE_EXTENSIONS, SegDataset, detect_kind, list_images, open_dataset
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.fileio import atomic_path
-from scaseg.runtime.metadata import ModelInfo
-from scaseg.runtime.preprocess import preprocess, read_image, resize_label
+from scaseg.data.datasets import IMAGE_EXTENSIONS, SegDataset, detect_kind, list_images, open_dataset
+from scaseg.errors import ScasegError
+from scaseg.fileio import atomic_path
+from scaseg.metadata import ModelInfo
+from scaseg.data.images import read_image
+from scaseg.runtime.preprocess import preprocess, resize_label
 
 MIN_CALIB_IMAGES = 4
 MIN_HELDOUT_IMAGES = 2

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from scaseg.calibration import int8
 from scaseg.calibration.session import first_output
-from scaseg.runtime.metrics import SegMetrics
+from scaseg.data.metrics import SegMetrics
 
 BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
 

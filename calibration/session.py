@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from scaseg.runtime.errors import ScasegError
+from scaseg.errors import ScasegError
 
 
 def make_session(model: onnx.ModelProto, *, threads: Optional[int] = None,

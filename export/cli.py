@@ -15,8 +15,8 @@ from typing import Any, Optional, Tuple
 import typer
 from tqdm import tqdm
 
-from scaseg.runtime.errors import ScasegError, run_cli, version_option
-from scaseg.runtime.fileio import atomic_path, check_writable_dir
+from scaseg.errors import ScasegError, run_cli, version_option
+from scaseg.fileio import atomic_path, check_writable_dir
 
 app = typer.Typer(add_completion=False, help=__doc__)
 

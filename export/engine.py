@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 
 from scaseg.runtime import trt_compat
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.fileio import atomic_path, check_writable_dir
-from scaseg.runtime.metadata import METADATA_KEY, ModelInfo
+from scaseg.errors import ScasegError
+from scaseg.fileio import atomic_path, check_writable_dir
+from scaseg.metadata import METADATA_KEY, ModelInfo
 
 SCA_DOMAIN = "scaseg"  # must match export/sca.py and runtime/trt_plugin.py
 SCA_OP = "StripCrossAttention"

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from scaseg.export.simplify import decompose_layer_norm, simplify
 from scaseg.export.sca import SCA_MODES, QueryChunk, attach_function, export_attention, rows_per_tile
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metadata import METADATA_KEY, ModelInfo
+from scaseg.errors import ScasegError
+from scaseg.metadata import METADATA_KEY, ModelInfo
 
 # The TorchScript exporter writes opsets up to 20; 17 is the floor (LayerNormalization-era ops, TensorRT 8.5's maximum).
 MIN_OPSET, MAX_OPSET = 17, 20

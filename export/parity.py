@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metadata import ModelInfo
+from scaseg.errors import ScasegError
+from scaseg.metadata import ModelInfo
 from scaseg.runtime.preprocess import preprocess
-from scaseg.runtime.synth import render_scene
+from scaseg.data.synth import render_scene
 
 DEFAULT_TOLERANCE = 1e-3
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import onnx
 
-from scaseg.runtime.errors import ScasegError
+from scaseg.errors import ScasegError
 
 
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:

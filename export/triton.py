@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.fileio import atomic_dir
-from scaseg.runtime.metadata import METADATA_KEY, ModelInfo
+from scaseg.errors import ScasegError
+from scaseg.fileio import atomic_dir
+from scaseg.metadata import METADATA_KEY, ModelInfo
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 KINDS = ("auto", "gpu", "cpu")

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 import scaseg
-from scaseg.runtime.datasets import open_dataset
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.fileio import atomic_path
+from scaseg.data.datasets import open_dataset
+from scaseg.errors import ScasegError
+from scaseg.fileio import atomic_path
 from scaseg.train.loop import STATE_FILE, evaluate
 
 FINAL = re.compile(r"final val mIoU ([0-9.]+)%")

@@ -16,11 +16,12 @@ import numpy as np
 import typer
 
 from scaseg.runtime.backends import fixed_size, open_backend
-from scaseg.runtime.errors import ScasegError, run_cli, version_option
-from scaseg.runtime.fileio import atomic_path
-from scaseg.runtime.metadata import ModelInfo
+from scaseg.errors import ScasegError, run_cli, version_option
+from scaseg.fileio import atomic_path
+from scaseg.metadata import ModelInfo
 from scaseg.runtime.predictor import Predictor, parse_imgsz
-from scaseg.runtime.preprocess import resize_label, to_rgb_uint8
+from scaseg.data.images import decode_image
+from scaseg.runtime.preprocess import resize_label
 from scaseg.runtime.timing import summarize
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -36,10 +37,6 @@ def sample_jpeg(hw: tuple[int, int] = SAMPLE_HW, seed: int = 0) -> bytes:
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
     assert ok
     return data.tobytes()
-
-
-def _decode(data: bytes) -> np.ndarray:
-    return to_rgb_uint8(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), bgr=True)
 
 
 def _timed(fn: Any, warmup: int, runs: int, desc: str, progress: bool) -> list[float]:
@@ -58,7 +55,7 @@ def _timed(fn: Any, warmup: int, runs: int, desc: str, progress: bool) -> list[f
 def time_model(predictor: Predictor, image_bytes: bytes, warmup: int, runs: int, progress: bool = True) -> dict[str, Any]:
     """Model-only (inference on a ready batch) and end-to-end (decode + preprocess + infer + postprocess) timings."""
     n = predictor.batch
-    image = _decode(image_bytes)
+    image = decode_image(image_bytes)
     tensor, _ = predictor.prepare(image)
     batch = np.ascontiguousarray(np.stack([tensor] * n))
     backend = predictor.backend
@@ -67,7 +64,7 @@ def time_model(predictor: Predictor, image_bytes: bytes, warmup: int, runs: int,
         backend.infer(batch)
 
     def end_to_end() -> None:
-        prepared = [predictor.prepare(_decode(image_bytes)) for _ in range(n)]
+        prepared = [predictor.prepare(decode_image(image_bytes)) for _ in range(n)]
         outputs = predictor.run([t for t, _ in prepared])
         for out, (_, geom) in zip(outputs, prepared):
             predictor.finish(out, geom)
@@ -79,7 +76,7 @@ def time_model(predictor: Predictor, image_bytes: bytes, warmup: int, runs: int,
 
 def open_eval_dataset(data: str, kind: str, split: str, info: ModelInfo) -> Any:
     """Open the dataset to score a model on; a plain labelled folder without classes.txt takes the model's classes."""
-    from scaseg.runtime.datasets import detect_kind, open_dataset
+    from scaseg.data.datasets import detect_kind, open_dataset
 
     root = Path(data).expanduser()
     resolved = detect_kind(root) if kind == "auto" and root.is_dir() else kind
@@ -97,7 +94,7 @@ def evaluate(predictor: Predictor, ds: Any, limit: Optional[int] = None, progres
     """mIoU, pixel accuracy and per-class IoU of one model on a dataset split (labels at full resolution)."""
     from tqdm import tqdm
 
-    from scaseg.runtime.metrics import SegMetrics
+    from scaseg.data.metrics import SegMetrics
 
     info = predictor.info
     total = len(ds) if limit is None else min(limit, len(ds))

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from scaseg.runtime.errors import ScasegError
+from scaseg.errors import ScasegError
 
 Handle = Any
 

@@ -13,8 +13,8 @@ import numpy as np
 import typer
 
 from scaseg.runtime.backends import open_backend
-from scaseg.runtime.errors import ScasegError, run_cli, version_option
-from scaseg.runtime.fileio import atomic_dir, atomic_path
+from scaseg.errors import ScasegError, run_cli, version_option
+from scaseg.fileio import atomic_dir, atomic_path
 from scaseg.runtime.overlay import palette_lut, render_overlay
 from scaseg.runtime.predictor import Predictor, parse_imgsz
 from scaseg.runtime.video import VIDEO_EXTENSIONS, Frame, ImageSink, Source, StopPipeline, VideoSink, open_source, run_pipeline

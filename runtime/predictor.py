@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from scaseg.runtime.backends import Backend, fixed_batch, fixed_size
-from scaseg.runtime.errors import ScasegError
+from scaseg.errors import ScasegError
 from scaseg.runtime.preprocess import Geometry, labels_to_source, logits_to_labels, preprocess, resize_label
 
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metadata import ModelInfo
+from scaseg.errors import ScasegError
+from scaseg.metadata import ModelInfo
 
 #: ``tensorrt.plugin`` landed in 10.6; the ONNX parser maps a node carrying ``plugin_namespace`` onto a Python
 #: (quickly deployable) plugin reliably from 10.7 on, so the strip-attention plugin is used from there.

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional, Protocol, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
-from scaseg.runtime.errors import ScasegError
+from scaseg.errors import ScasegError
 from scaseg.runtime.trt_compat import PYTHON_PLUGIN_MIN, has_python_plugins, parse_version, require_tensorrt
 
 NAMESPACE = "scaseg"

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional, Tuple, cast
 import cv2
 import numpy as np
 
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.preprocess import Geometry, read_image, to_rgb_uint8
+from scaseg.errors import ScasegError
+from scaseg.data.images import read_image, to_rgb_uint8
+from scaseg.runtime.preprocess import Geometry
 
 if TYPE_CHECKING:
     from scaseg.runtime.predictor import Predictor
@@ -153,7 +154,7 @@ def open_source(spec: str) -> Source:
     if not path.exists():
         raise ScasegError(f"source not found: {spec} (expected a video, an image, a folder of images, "
                           "a camera index or a stream URL)")
-    from scaseg.runtime.datasets import IMAGE_EXTENSIONS, list_images
+    from scaseg.data.datasets import IMAGE_EXTENSIONS, list_images
 
     if path.is_dir():
         images = list_images(path)

@@ -51,7 +51,7 @@ def weights_path(name: str) -> str:
     Its provenance (recipe command, seed, measured mIoU) is the ``.json`` file of the same name beside it.
     """
     if name not in shipped_weights():  # also keeps names such as "../x" from reaching outside the folder
-        from scaseg.runtime.errors import ScasegError
+        from scaseg.errors import ScasegError
 
         known = ", ".join(shipped_weights()) or "none"
         raise ScasegError(f"no shipped weights named {name!r} (shipped: {known})")

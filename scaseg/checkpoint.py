@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from scaseg.models.model import VARIANTS, SCASeg, build, from_config
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.fileio import atomic_path
-from scaseg.runtime.metadata import ModelInfo
+from scaseg.errors import ScasegError
+from scaseg.fileio import atomic_path
+from scaseg.metadata import ModelInfo
 
 logger = logging.getLogger(__name__)
 

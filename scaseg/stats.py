@@ -20,7 +20,7 @@ import typer
 from torch.utils.flop_counter import FlopCounterMode
 
 from scaseg.models.model import VARIANTS, build
-from scaseg.runtime.errors import ScasegError, run_cli
+from scaseg.errors import ScasegError, run_cli
 
 SIZES = ((512, 512), (1024, 2048))
 
@@ -145,7 +145,7 @@ def main_command(
     sizes = [_parse_size(s) for s in size] if size else [tuple(s) for s in SIZES]
     rows = variant_table(names, sizes)
     if readme:
-        from scaseg.runtime.fileio import replace_section
+        from scaseg.fileio import replace_section
 
         replace_section(readme, "variants", to_markdown(rows, sizes))
         print(f"updated the variant table in {readme}")

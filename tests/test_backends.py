@@ -7,8 +7,8 @@ from runtime_models import BLUE, GREEN, RED, conv_weights, halves, halves_labels
 
 from scaseg.runtime.backends import backend_for, fixed_batch, fixed_size, open_backend, tensorrt_installed
 from scaseg.runtime.backends.onnxruntime import choose_providers, parse_device
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metadata import ModelInfo
+from scaseg.errors import ScasegError
+from scaseg.metadata import ModelInfo
 from scaseg.runtime.predictor import Predictor, parse_imgsz
 from scaseg.runtime.preprocess import preprocess
 

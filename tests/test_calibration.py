@@ -15,9 +15,9 @@ from scaseg.calibration.api import make_precision
 from scaseg.calibration.guard import block_of, run_guard
 from scaseg.calibration.ranges import BINS, collect_stats
 from scaseg.calibration.session import first_output, make_session, runner
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metadata import ModelInfo
-from scaseg.runtime.synth import render_scene
+from scaseg.errors import ScasegError
+from scaseg.metadata import ModelInfo
+from scaseg.data.synth import render_scene
 
 H, W = 64, 128
 

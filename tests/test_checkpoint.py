@@ -10,7 +10,7 @@ import torch
 
 import scaseg
 from scaseg.checkpoint import infer_variant
-from scaseg.runtime.errors import ScasegError
+from scaseg.errors import ScasegError
 
 
 @pytest.fixture(scope="module")

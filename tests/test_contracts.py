@@ -9,17 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.fileio import atomic_dir, atomic_path
-from scaseg.runtime.metadata import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, default_palette
+from scaseg.data.images import read_image, to_rgb_uint8
+from scaseg.errors import ScasegError
+from scaseg.fileio import atomic_dir, atomic_path
+from scaseg.metadata import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, default_palette
 from scaseg.runtime.preprocess import (
     labels_to_source,
     logits_to_labels,
     normalize,
     preprocess,
-    read_image,
     resize_image,
-    to_rgb_uint8,
 )
 
 
@@ -130,7 +129,7 @@ def test_atomic_dir_replaces_existing(tmp_path):
 
 def test_run_cli_prints_one_line_and_exits_2():
     code = (
-        "from scaseg.runtime.errors import run_cli, ScasegError\n"
+        "from scaseg.errors import run_cli, ScasegError\n"
         "def app():\n    raise ScasegError('the video clip.mp4 has no frames')\n"
         "run_cli(app, prog='scaseg-infer')\n"
     )
@@ -185,7 +184,7 @@ def test_every_command_reports_the_package_version_and_has_help(name):
 
 
 def test_replace_section_swaps_only_the_marked_text(tmp_path):
-    from scaseg.runtime.fileio import replace_section
+    from scaseg.fileio import replace_section
 
     doc = tmp_path / "README.md"
     doc.write_text("head\n<!-- t:start -->\nold\n<!-- t:end -->\ntail\n")

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from scaseg.runtime.dataset_classes import VOC_FULL_PALETTE
-from scaseg.runtime.datasets import DATASET_KINDS, detect_kind, list_images, open_dataset
-from scaseg.runtime.errors import ScasegError
+from scaseg.data.classes import VOC_FULL_PALETTE
+from scaseg.data.datasets import DATASET_KINDS, detect_kind, list_images, open_dataset
+from scaseg.errors import ScasegError
 
 H, W = 6, 8
 

@@ -15,8 +15,8 @@ from scaseg.export.onnx_export import ExportOptions, parse_dynamic, parse_query_
 from scaseg.export.parity import check_parity
 from scaseg.export.sca import SCA_DOMAIN, SCA_OP, plan_tiles, tiled
 from scaseg.models.decoder import strip_attention
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metadata import METADATA_KEY, ModelInfo
+from scaseg.errors import ScasegError
+from scaseg.metadata import METADATA_KEY, ModelInfo
 
 H, W = 64, 128
 

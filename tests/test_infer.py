@@ -12,7 +12,7 @@ from runtime_models import GREEN, RED, halves, halves_labels, make_onnx, make_vi
 
 from scaseg.runtime.backends import open_backend
 from scaseg.runtime.infer import main
-from scaseg.runtime.metadata import default_palette
+from scaseg.metadata import default_palette
 from scaseg.runtime.overlay import blend, colorize, draw_legend, palette_lut, render_overlay
 from scaseg.runtime.predictor import Predictor
 from scaseg.runtime.video import ImageSink, open_source, run_pipeline

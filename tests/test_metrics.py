@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metrics import SegMetrics, format_metrics, label_agreement, metrics_from_confusion
+from scaseg.errors import ScasegError
+from scaseg.data.metrics import SegMetrics, format_metrics, label_agreement, metrics_from_confusion
 
 
 def _brute_force(pairs, num_classes, ignore_index=255):

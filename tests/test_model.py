@@ -16,7 +16,7 @@ from scaseg.models.decoder import (
     set_query_chunk,
     strip_attention,
 )
-from scaseg.runtime.errors import ScasegError
+from scaseg.errors import ScasegError
 
 
 @pytest.fixture(autouse=True)

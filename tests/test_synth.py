@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-import scaseg.runtime.synth as synth
-from scaseg.runtime.datasets import open_dataset
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metrics import SegMetrics
-from scaseg.runtime.synth import SYNTH_CLASSES, main, render_scene, write_dataset
+import scaseg.data.synth as synth
+from scaseg.data.datasets import open_dataset
+from scaseg.errors import ScasegError
+from scaseg.data.metrics import SegMetrics
+from scaseg.data.synth import SYNTH_CLASSES, main, render_scene, write_dataset
 
 ALLOWED = set(SYNTH_CLASSES.values()) | {255}
 

@@ -25,8 +25,8 @@ from scaseg.export import engine as engine_mod
 from scaseg.runtime import trt_compat
 from scaseg.runtime.backends.tensorrt import TensorRTBackend, check_input_shape
 from scaseg.runtime.cuda import load_ctypes_runtime, load_cuda, require_device
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metadata import METADATA_KEY, ModelInfo
+from scaseg.errors import ScasegError
+from scaseg.metadata import METADATA_KEY, ModelInfo
 from scaseg.runtime.trt_plugin import strip_attention_into
 
 ROOT = Path(__file__).resolve().parents[1]

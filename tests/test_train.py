@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from scaseg.runtime.errors import ScasegError
+from scaseg.errors import ScasegError
 from scaseg.train.data import Augment, StreamSampler, augment
 from scaseg.train.loop import STATE_FILE, TrainConfig, Trainer, lr_factor
 

@@ -14,8 +14,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import np_to_triton_dtype
 
 from scaseg.export.triton import write_triton_repository
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metadata import METADATA_KEY, ModelInfo
+from scaseg.errors import ScasegError
+from scaseg.metadata import METADATA_KEY, ModelInfo
 
 CLASSES = ["road", "sidewalk", "car", "sky"]
 

@@ -12,7 +12,7 @@ import scaseg
 from scaseg.export.onnx_export import ExportOptions, to_onnx
 from scaseg.export.sca import function_proto
 from scaseg.export.trt_lint import SUPPORT, TARGETS, lint
-from scaseg.runtime.metadata import ModelInfo
+from scaseg.metadata import ModelInfo
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

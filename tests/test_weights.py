@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import scaseg
-from scaseg.runtime.dataset_classes import CITYSCAPES_CLASSES
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metrics import SegMetrics
+from scaseg.data.classes import CITYSCAPES_CLASSES
+from scaseg.errors import ScasegError
+from scaseg.data.metrics import SegMetrics
 from scaseg.runtime.preprocess import labels_to_source, preprocess
-from scaseg.runtime.synth import render_scene
+from scaseg.data.synth import render_scene
 
 NAME = "scaseg-t-synth"
 

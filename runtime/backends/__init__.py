@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 from scaseg.runtime.backends.base import Backend
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metadata import ModelInfo
+from scaseg.errors import ScasegError
+from scaseg.metadata import ModelInfo
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".trt", ".engine", ".plan")

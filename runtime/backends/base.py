@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from scaseg.runtime.metadata import ModelInfo
+from scaseg.metadata import ModelInfo
 
 
 class Backend(abc.ABC):

@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 
 from scaseg.runtime.backends.base import Backend
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metadata import METADATA_KEY, ModelInfo
+from scaseg.errors import ScasegError
+from scaseg.metadata import METADATA_KEY, ModelInfo
 
 _TRT_EP = "TensorrtExecutionProvider"
 _CUDA_EP = "CUDAExecutionProvider"

@@ -24,8 +24,8 @@ import numpy as np
 from scaseg.runtime import trt_compat
 from scaseg.runtime.backends.base import Backend
 from scaseg.runtime.cuda import CudaRuntime, Handle, load_cuda, require_device
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metadata import ModelInfo
+from scaseg.errors import ScasegError
+from scaseg.metadata import ModelInfo
 
 _LOGGER: Any = None
 

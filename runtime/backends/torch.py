@@ -8,8 +8,8 @@ import numpy as np
 
 from scaseg.runtime.backends.base import Backend
 from scaseg.runtime.backends.onnxruntime import parse_device
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metadata import ModelInfo
+from scaseg.errors import ScasegError
+from scaseg.metadata import ModelInfo
 
 
 class TorchBackend(Backend):

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from scaseg.models.decoder import ATTENTION_KINDS, SCASegHead, init_decoder_weights
 from scaseg.models.mit import MixVisionTransformer
 from scaseg.models.mscan import MSCAN
-from scaseg.runtime.errors import ScasegError
+from scaseg.errors import ScasegError
 
 _MSCAN_WIDE = (64, 128, 320, 512)
 _MIT_WIDE = (64, 128, 320, 512)

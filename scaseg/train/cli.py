@@ -8,7 +8,7 @@ from typing import Any, List, Optional, Tuple
 
 import typer
 
-from scaseg.runtime.errors import ScasegError, run_cli, version_option
+from scaseg.errors import ScasegError, run_cli, version_option
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="Train SCASeg. Under torchrun every process runs this same command (DDP with SyncBN).")

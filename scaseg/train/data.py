@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
+from scaseg.errors import ScasegError
+from scaseg.metadata import IMAGENET_MEAN, IMAGENET_STD
 from scaseg.runtime.preprocess import normalize, preprocess
 
 if TYPE_CHECKING:  # pragma: no cover
-    from scaseg.runtime.datasets import SegDataset
+    from scaseg.data.datasets import SegDataset
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from scaseg.runtime.errors import ScasegError
+from scaseg.errors import ScasegError
 
 
 @dataclass(frozen=True)

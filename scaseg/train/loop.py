@@ -26,11 +26,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import scaseg
-from scaseg.runtime.datasets import SegDataset, open_dataset
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.fileio import atomic_path, check_writable_dir
-from scaseg.runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
-from scaseg.runtime.metrics import SegMetrics
+from scaseg.data.datasets import SegDataset, open_dataset
+from scaseg.errors import ScasegError
+from scaseg.fileio import atomic_path, check_writable_dir
+from scaseg.metadata import IMAGENET_MEAN, IMAGENET_STD
+from scaseg.data.metrics import SegMetrics
 from scaseg.runtime.preprocess import labels_to_source, preprocess
 from scaseg.train import dist as D
 from scaseg.train.data import Augment, StreamSampler, TrainSet, collate, unwrap

@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from scaseg.runtime.errors import ScasegError, run_cli, version_option
-from scaseg.runtime.fileio import atomic_dir
+from scaseg.errors import ScasegError, run_cli, version_option
+from scaseg.fileio import atomic_dir
 
 ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, PERSON, CAR = 0, 1, 2, 8, 10, 11, 13
 EGO = 255  # the camera car's bonnet: Cityscapes "ego vehicle", ignored in training and evaluation

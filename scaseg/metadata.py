@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from scaseg.runtime.errors import ScasegError
+from scaseg.errors import ScasegError
 
 METADATA_KEY = "scaseg"
 SCHEMA_VERSION = 1

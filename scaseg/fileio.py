@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from scaseg.runtime.errors import ScasegError
+from scaseg.errors import ScasegError
 
 
 def check_writable_dir(path: str | os.PathLike) -> Path:

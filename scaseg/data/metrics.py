@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from scaseg.runtime.errors import ScasegError
+from scaseg.errors import ScasegError
 
 
 def _as_int_array(x: np.ndarray, what: str) -> np.ndarray:

@@ -14,10 +14,10 @@ from typing import Optional, Sequence, Union
 import cv2
 import numpy as np
 
-from scaseg.runtime import dataset_classes as dc
-from scaseg.runtime.errors import ScasegError
-from scaseg.runtime.metadata import default_palette
-from scaseg.runtime.preprocess import read_image
+from scaseg.data import classes as dc
+from scaseg.errors import ScasegError
+from scaseg.metadata import default_palette
+from scaseg.data.images import read_image
 
 DATASET_KINDS = ("cityscapes", "ade20k", "voc", "cocostuff", "folder")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

@@ -6,7 +6,7 @@ Pascal VOC 2012 class list with its bit-interleaved palette. Palettes are RGB.
 """
 from __future__ import annotations
 
-from scaseg.runtime.metadata import default_palette
+from scaseg.metadata import default_palette
 
 
 def _split(text: str) -> tuple[str, ...]:
