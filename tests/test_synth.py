@@ -8,11 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-import scaseg.data.synth as synth
+import scaseg.data.synth.writer as synth_writer
 from scaseg.data.datasets import open_dataset
 from scaseg.errors import ScasegError
 from scaseg.data.metrics import SegMetrics
-from scaseg.data.synth import SYNTH_CLASSES, main, render_scene, write_dataset
+from scaseg.data.synth import SYNTH_CLASSES, render_scene, write_dataset
+from scaseg.data.synth.cli import main
 
 ALLOWED = set(SYNTH_CLASSES.values()) | {255}
 
@@ -133,7 +134,7 @@ def test_same_seed_same_bytes(tmp_path):
 
 def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = synth.render_scene
+    real = synth_writer.render_scene
 
     def flaky(seed, size):
         calls["n"] += 1
@@ -141,7 +142,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(seed, size)
 
-    monkeypatch.setattr(synth, "render_scene", flaky)
+    monkeypatch.setattr(synth_writer, "render_scene", flaky)  # the name write_dataset calls
     with pytest.raises(KeyboardInterrupt):
         write_dataset(tmp_path / "out", 5, size=(48, 96), video_frames=0, progress=False)
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,116 @@
+"""Writing a Cityscapes-layout dataset (train/val of city "synth"), its label-id files, a video and synth.json."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from scaseg.data.synth.render import check_size, render_scene, render_video
+from scaseg.data.synth.world import BUILDING, CAR, EGO, PERSON, ROAD, SIDEWALK, SKY, SYNTH_CLASSES, VEGETATION
+from scaseg.errors import ScasegError
+from scaseg.fileio import atomic_dir
+
+CITY = "synth"
+GENERATOR = "scaseg-synth/1"
+
+# train id -> Cityscapes label id, for the *_gtFine_labelIds.png files (255, the ego vehicle, is id 1).
+_TRAIN_TO_ID = np.zeros(256, dtype=np.uint8)
+for _train, _id in ((ROAD, 7), (SIDEWALK, 8), (BUILDING, 11), (VEGETATION, 21), (SKY, 23), (PERSON, 24),
+                    (CAR, 26), (EGO, 1)):
+    _TRAIN_TO_ID[_train] = _id
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise ScasegError(f"could not encode {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf.tofile(str(path))
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ScasegError(f"the output {out_dir} exists and is not a folder")
+    # Replacing a folder is only safe when it is a previous output of this generator.
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "synth.json").is_file():
+        raise ScasegError(f"the output folder {out_dir} is not empty and is not a scaseg-synth dataset; "
+                          "choose a new folder")
+
+
+def write_dataset(
+    out_dir,
+    num: int,
+    seed: int = 0,
+    size: Sequence[int] = (256, 512),
+    val_fraction: float = 0.2,
+    video_frames: int = 60,
+    fps: float = 10.0,
+    progress: bool = True,
+) -> dict:
+    """Write ``num`` scenes as a Cityscapes-layout dataset (train/val of city "synth") and a video; returns a summary.
+
+    Layout: leftImg8bit/{train,val}/synth/synth_<i>_000019_leftImg8bit.png, gtFine/.../*_gtFine_labelTrainIds.png
+    and *_gtFine_labelIds.png, video/synth.mp4 with video/labels/<frame>.png, and synth.json. The same arguments
+    give the same bytes (PNG files; the mp4 depends on the OpenCV build). The folder appears only when complete.
+    """
+    from tqdm import tqdm
+
+    h, w = check_size(size)
+    if int(num) < 1:
+        raise ScasegError(f"the number of images must be at least 1, got {num}")
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ScasegError(f"the validation fraction must be in [0, 1), got {val_fraction}")
+    if int(video_frames) < 0:
+        raise ScasegError(f"the number of video frames must be 0 or more, got {video_frames}")
+    if not fps > 0:
+        raise ScasegError(f"the video frame rate must be positive, got {fps}")
+    num, video_frames = int(num), int(video_frames)
+    num_val = int(round(num * float(val_fraction)))
+    if val_fraction > 0 and num >= 2:
+        num_val = min(max(num_val, 1), num - 1)
+    out_dir = Path(out_dir).expanduser()
+    _check_out_dir(out_dir)
+    start = time.perf_counter()
+    counts = np.zeros(256, dtype=np.int64)
+    with atomic_dir(out_dir) as tmp, tqdm(total=num + video_frames, desc="scaseg-synth", unit="img",
+                                          disable=not progress, file=sys.stderr) as bar:
+        for i in range(num):
+            split = "train" if i < num - num_val else "val"
+            image, label = render_scene(int(np.random.SeedSequence([seed, 0, i]).generate_state(1)[0]), (h, w))
+            counts += np.bincount(label.ravel(), minlength=256)
+            stem = f"{CITY}_{i:06d}_000019"
+            _write_png(tmp / "leftImg8bit" / split / CITY / f"{stem}_leftImg8bit.png", image[:, :, ::-1])
+            gt = tmp / "gtFine" / split / CITY
+            _write_png(gt / f"{stem}_gtFine_labelTrainIds.png", label)
+            _write_png(gt / f"{stem}_gtFine_labelIds.png", _TRAIN_TO_ID[label])
+            bar.update(1)
+        if video_frames:
+            video = tmp / "video" / f"{CITY}.mp4"
+            video.parent.mkdir(parents=True)
+            writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), float(fps), (w, h))
+            if not writer.isOpened():
+                raise ScasegError("OpenCV cannot write an mp4v video on this machine (no MPEG-4 encoder)")
+            try:
+                for t, (image, label) in enumerate(render_video(seed, video_frames, (h, w))):
+                    writer.write(np.ascontiguousarray(image[:, :, ::-1]))
+                    _write_png(tmp / "video" / "labels" / f"{t:06d}.png", label)
+                    bar.update(1)
+            finally:
+                writer.release()
+        names = {v: k for k, v in SYNTH_CLASSES.items()}
+        total = max(int(counts.sum()), 1)
+        summary = {
+            "generator": GENERATOR, "seed": int(seed), "size": [h, w], "num_train": num - num_val, "num_val": num_val,
+            "video_frames": video_frames, "fps": float(fps), "city": CITY,
+            "class_fraction": {names[k]: round(int(counts[k]) / total, 5) for k in sorted(names)},
+            "ignored_fraction": round(int(counts[EGO]) / total, 5),
+        }
+        (tmp / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["out_dir"] = str(out_dir)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    return summary
