@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -47,5 +48,7 @@ def test_nothing_generic_in_site_packages():
 
     for mod in (scaseg.runtime, scaseg.export, scaseg.calibration):
         assert mod.__name__.startswith("scaseg.")
-    out = subprocess.run([sys.executable, "-c", "import runtime"], capture_output=True, text=True, cwd="/")
+    # What the install puts on sys.path, without a PYTHONPATH that may name a checkout (whose root holds runtime/).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", "import runtime"], capture_output=True, text=True, cwd="/", env=env)
     assert out.returncode != 0, "a top-level `runtime` package is importable: the namespace mapping leaked"
