@@ -1,10 +1,109 @@
-"""The package layout and the runtime's import boundary (ARCHITECTURE.md §2)."""
+"""The package layout: the import map of docs/layout.md, enforced, and the folder -> import name mapping."""
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# pyproject's package-dir (docs/layout.md): folder -> import name.
+FOLDERS = {"scaseg": "scaseg", "runtime": "scaseg.runtime", "export": "scaseg.export", "calibration": "scaseg.calibration"}
+
+
+def _module_name(path: str) -> str:
+    """`runtime/backends/tensorrt.py` -> `scaseg.runtime.backends.tensorrt`; a folder `scaseg/data/` -> `scaseg.data`."""
+    parts = path.rstrip("/").removesuffix(".py").split("/")
+    name = ".".join([FOLDERS[parts[0]], *parts[1:]])
+    return name.removesuffix(".__init__")
+
+
+def _rows() -> list[tuple[list[str], list[str], list[str]]]:
+    """(paths, may import, never at import) for each row of docs/layout.md's import table."""
+    text = (ROOT / "docs" / "layout.md").read_text()
+    table = text.split("| path | holds | may import (scaseg) | never at import |", 1)[1]
+    rows = []
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        paths, may, never = (re.findall(r"`([^`]+)`", c) for c in (cells[0], cells[2], cells[3]))
+        rows.append((paths, ["*"] if cells[2] == "everything" else may, never))
+    return rows
+
+
+ROWS = _rows()
+
+
+def _row_of(module: str) -> tuple[list[str], list[str], list[str]]:
+    """The row of ``module`` (a module name): the file itself, else the innermost folder that holds it."""
+    best, best_len = None, -1
+    for row in ROWS:
+        for p in row[0]:
+            name = _module_name(p)
+            inside = module == name or (p.endswith("/") and module.startswith(name + "."))  # a file: itself only
+            if inside and len(name) > best_len:
+                best, best_len = row, len(name)
+    assert best is not None, f"{module} is in no row of docs/layout.md"
+    return best
+
+
+@functools.lru_cache(maxsize=None)
+def _package_modules() -> dict[str, Path]:
+    mods = {}
+    for folder in FOLDERS:
+        for f in sorted((ROOT / folder).rglob("*.py")):
+            mods[_module_name(f.relative_to(ROOT).as_posix())] = f
+    return mods
+
+
+def _scaseg_imports(path: Path) -> set[str]:
+    """Every scaseg module that ``path`` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "scaseg"}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "scaseg":
+            found.add(node.module)
+            # `from scaseg.x import y` may name a submodule y: count it as such when it is one.
+            found |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in _package_modules()}
+    return found
+
+
+def test_the_map_covers_every_module_and_names_real_paths():
+    for paths, may, _ in ROWS:
+        for p in paths + [m for m in may if m != "*"]:
+            assert (ROOT / p).exists(), f"docs/layout.md names {p}, which is not in the repository"
+    for module in _package_modules():
+        _row_of(module)
+
+
+def test_every_scaseg_import_follows_the_map():
+    wrong = []
+    for module, path in _package_modules().items():
+        paths, may, _ = _row_of(module)
+        if may == ["*"]:
+            continue
+        allowed = {_module_name(p) for p in may + paths}  # a row's modules may import each other
+        for target in _scaseg_imports(path):
+            target_row = _row_of(target)
+            if not any(_module_name(p) in allowed for p in target_row[0]):
+                wrong.append(f"{path.relative_to(ROOT)} imports {target}")
+    assert not wrong, "imports that docs/layout.md does not allow:\n" + "\n".join(wrong)
+
+
+def test_the_import_rule_check_can_fail():
+    # A runtime module that imported the exporter would be reported: the check above is not vacuous.
+    _, may, _ = _row_of("scaseg.runtime.bench")
+    allowed = {_module_name(p) for p in may}
+    assert not any(_module_name(p) in allowed for p in _row_of("scaseg.export.cli")[0])
+    assert not any(_module_name(p) in allowed for p in _row_of("scaseg.models.model")[0])
 
 
 def _modules_after(code: str) -> set[str]:
@@ -15,39 +114,35 @@ def _modules_after(code: str) -> set[str]:
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+@pytest.mark.parametrize("row", [r for r in ROWS if r[2]], ids=lambda r: r[0][0])
+def test_nothing_forbidden_at_import(row):
+    paths, _, never = row
+    modules = sorted(m for m in _package_modules() if _row_of(m) is row)
+    mods = _modules_after("import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules))
+    assert set(modules) <= mods
+    loaded = [n for n in never if n in mods]
+    assert not loaded, f"importing {', '.join(paths)} loads {', '.join(loaded)}"
+
+
 def test_import_scaseg_does_not_import_torch():
     mods = _modules_after("import scaseg")
     assert "torch" not in mods
     assert "onnx" not in mods
 
 
-def test_runtime_never_imports_torch_or_onnx():
-    mods = _modules_after(
-        "import scaseg.runtime, pkgutil, importlib\n"
-        "for m in pkgutil.walk_packages(scaseg.runtime.__path__, 'scaseg.runtime.'):\n"
-        "    importlib.import_module(m.name)\n"
-    )
-    assert "scaseg.runtime.preprocess" in mods
-    assert "torch" not in mods, "a runtime module imports torch at import time"
-    assert "onnx" not in mods, "a runtime module imports onnx at import time"
-
-
-def test_calibration_never_imports_torch():
-    mods = _modules_after(
-        "import scaseg.calibration, pkgutil, importlib\n"
-        "for m in pkgutil.walk_packages(scaseg.calibration.__path__, 'scaseg.calibration.'):\n"
-        "    importlib.import_module(m.name)\n"
-    )
-    assert "torch" not in mods
-
-
-def test_nothing_generic_in_site_packages():
+def test_folders_map_to_import_names():
     import scaseg.calibration
     import scaseg.export
     import scaseg.runtime
+    import scaseg.runtime.backends.base
 
-    for mod in (scaseg.runtime, scaseg.export, scaseg.calibration):
-        assert mod.__name__.startswith("scaseg.")
+    for mod, folder in ((scaseg.runtime, "runtime"), (scaseg.export, "export"), (scaseg.calibration, "calibration")):
+        assert Path(mod.__file__).parent.name == folder
+    assert Path(scaseg.runtime.backends.base.__file__).relative_to(Path(scaseg.runtime.__file__).parent).as_posix() \
+        == "backends/base.py"
+
+
+def test_nothing_generic_in_site_packages():
     # What the install puts on sys.path, without a PYTHONPATH that may name a checkout (whose root holds runtime/).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", "import runtime"], capture_output=True, text=True, cwd="/", env=env)
