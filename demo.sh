@@ -30,7 +30,7 @@ step() { printf '\n== [%4ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
 
 # Scenes drawn like the recipe's (recipes/cpu_synth.sh: 256x512, seed 0) but with another seed: the demo's
 # mIoU is measured on 60 scenes the model never saw, and int8 is calibrated on its 140 train scenes.
-SYNTH_ARGS=(--num 200 --val-fraction 0.3 --seed 1 --size 256 512 --video-frames 120 --fps 10)
+SYNTH_ARGS=(--num 200 --val-fraction 0.3 --seed 1 --size 256x512 --video-frames 120 --fps 10)
 
 step "1/6 virtual environment $venv"
 if [ ! -x "$venv/bin/python" ]; then
@@ -86,7 +86,7 @@ step "5/6 benchmark: FPS and mIoU on the synthetic validation split"
 # on the 2-vCPU machine the demo was measured on (the threads spend more time meeting than computing).
 # Try --threads 2 on yours: scaseg-bench prints the difference.
 scaseg-bench "$out/models/scaseg-t.onnx" "$out/models/scaseg-t.fp16.onnx" "$out/models/scaseg-t.int8.onnx" \
-  --data "$out/data" --runs 30 --warmup 5 --threads 1 --json "$out/bench.json" --csv "$out/bench.csv"
+  --data "$out/data" --runs 30 --warmup 5 --threads 1 -o "$out/bench.json" -o "$out/bench.csv"
 
 step "6/6 segment a video"
 scaseg-infer "$out/data/video/synth.mp4" --model "$out/models/scaseg-t.int8.onnx" --legend \

@@ -59,7 +59,7 @@ def fp32_model(spec: str, imgsz: tuple[int, int], work: Path) -> tuple[Path, Opt
 
         _, info = scaseg.load_model(spec)
         cmd = [sys.executable, "-c", "from scaseg.export.cli import main; main()", spec, "-o", str(out),
-               "--imgsz", str(imgsz[0]), str(imgsz[1])]
+               "--imgsz", f"{imgsz[0]}x{imgsz[1]}"]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         return out, (tuple(info.input_size) if info.input_size else None)  # type: ignore[return-value]
     import torch

@@ -10,15 +10,16 @@ import sys
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import typer
 from tqdm import tqdm
 
+from scaseg.cli import SIZE_METAVAR, make_app, parse_size, quiet_option
 from scaseg.errors import ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_path, check_writable_dir
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = make_app(__doc__)
 
 
 class ScaOp(str, Enum):
@@ -26,9 +27,20 @@ class ScaOp(str, Enum):
     function = "function"
 
 
-class OutputKind(str, Enum):
+class Head(str, Enum):
     logits = "logits"
     labels = "labels"
+
+
+class CalibMethod(str, Enum):
+    percentile = "percentile"
+    minmax = "minmax"
+    entropy = "entropy"
+
+
+class Int8Target(str, Enum):
+    cpu = "cpu"
+    tensorrt = "tensorrt"
 
 
 class Precision(str, Enum):
@@ -67,40 +79,42 @@ def _say(text: str) -> None:
 
 @app.command()
 def export(
-    checkpoint: Path = typer.Argument(..., help="SCASeg checkpoint (.pth / .safetensors, ours or mmseg-style)."),
-    output: Optional[Path] = typer.Option(None, "--output-path", "-o", help="Output file (folder for --format triton); default beside the checkpoint."),
-    imgsz: Optional[Tuple[int, int]] = typer.Option(None, "--imgsz", help="Input H W (default: the checkpoint's size, else 512 512)."),
+    checkpoint: Path = typer.Argument(..., help="SCASeg checkpoint (.pth / .safetensors, ours or mmseg-style).", metavar="CHECKPOINT"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (folder for --format triton).", show_default="beside the checkpoint: model.onnx, model.fp16.onnx, model.engine, model_triton/"),
+    imgsz: Optional[str] = typer.Option(None, "--imgsz", metavar=SIZE_METAVAR, help="Input size of the graph: N or HxW.", show_default="the checkpoint's size, else 512"),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size of the graph (the opt batch when dynamic)."),
-    dynamic: Optional[str] = typer.Option(None, "--dynamic", help="Dynamic axes: batch, spatial or batch,spatial."),
+    dynamic: Optional[str] = typer.Option(None, "--dynamic", metavar="batch|spatial|batch,spatial", help="Dynamic axes of the graph.", show_default="static shapes"),
     opset: int = typer.Option(17, "--opset", help="ONNX opset, 17..20 (TensorRT 8.5 reads up to 17)."),
     sca_op: ScaOp = typer.Option(ScaOp.decomposed, "--sca-op", help="Strip attention as plain ops, or as the scaseg:StripCrossAttention local function."),
-    out_kind: OutputKind = typer.Option(OutputKind.logits, "--output", help="logits (B,K,H,W) float, or labels (B,H,W) int32 with argmax in the graph."),
+    head: Head = typer.Option(Head.logits, "--head", help="Graph output: logits (B,K,H,W) float, or labels (B,H,W) int32 with argmax in the graph."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify with onnxsim."),
-    query_chunk: str = typer.Option("auto", "--query-chunk", help="Query rows per attention tile (bounded memory): N, auto, or 0 for none."),
+    query_chunk: str = typer.Option("auto", "--query-chunk", metavar="N|auto|0", help="Query rows per attention tile (bounded memory): N, auto, or 0 for none."),
     parity_images: int = typer.Option(2, "--parity-images", help="Synthetic scenes for the parity check."),
     tolerance: float = typer.Option(1e-3, "--tolerance", help="Max |logit diff| ONNX Runtime vs PyTorch before the export fails."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="Refuse the checkpoint unless it is this variant."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Refuse the checkpoint unless it is this variant.", show_default="any"),
     precision: Precision = typer.Option(Precision.fp32, "--precision", help="fp32, fp16 or int8 (calibrated Q/DQ)."),
-    calib: Optional[Path] = typer.Option(None, "--calib", help="int8 calibration images: an image folder or a dataset root (train split calibrates, val split checks)."),
+    calib: Optional[Path] = typer.Option(None, "--calib", metavar="DIR", help="int8 calibration images: an image folder or a dataset root (train split calibrates, val split checks).", show_default="needed for int8"),
     calib_num: int = typer.Option(200, "--calib-num", min=1, help="Calibration images to use."),
-    calib_method: str = typer.Option("percentile", "--calib-method", help="percentile, minmax or entropy (docs/precision.md compares them)."),
-    int8_target: Optional[str] = typer.Option(None, "--int8-target", help="Q/DQ placement: cpu (ONNX Runtime CPU) or tensorrt (default: tensorrt for --format engine, else cpu)."),
-    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="int8: folder for the activation-statistics cache (reused when model and preprocessing match)."),
+    calib_method: CalibMethod = typer.Option(CalibMethod.percentile, "--calib-method", help="How activation ranges are picked (docs/precision.md compares them)."),
+    int8_target: Optional[Int8Target] = typer.Option(None, "--int8-target", help="Q/DQ placement: cpu (ONNX Runtime CPU) or tensorrt.", show_default="tensorrt for --format engine, else cpu"),
+    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", metavar="DIR", help="int8: folder for the activation-statistics cache (reused when model and preprocessing match).", show_default="no cache"),
     max_miou_drop: float = typer.Option(1.0, "--max-miou-drop", help="int8: largest mIoU loss (points) accepted."),
     fmt: Format = typer.Option(Format.onnx, "--format", help="onnx, engine (TensorRT plan) or triton (model repository)."),
     workspace: float = typer.Option(4.0, "--workspace", help="engine: TensorRT workspace limit in GiB."),
-    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="engine: timing cache file (read and updated)."),
-    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="engine: build for this DLA core (Jetson)."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="engine: timing cache file (read and updated).", show_default="none"),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="engine: build for this DLA core (Jetson).", show_default="GPU"),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="engine/triton: largest batch of a dynamic-batch model."),
+    quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-export"),
 ) -> None:
     """Export CHECKPOINT to ONNX (and optionally on to fp16/int8, a TensorRT engine or a Triton repository)."""
     from scaseg.export.onnx_export import ExportOptions, parse_dynamic, parse_query_chunk
 
     dyn_batch, dyn_spatial = parse_dynamic(dynamic)
+    input_hw = parse_size(imgsz)
     opts = ExportOptions(
-        imgsz=tuple(imgsz) if imgsz else (512, 512), batch=batch, dynamic_batch=dyn_batch, dynamic_spatial=dyn_spatial,
-        opset=opset, sca_op=sca_op.value, output=out_kind.value, simplify=simplify,
+        imgsz=input_hw or (512, 512), batch=batch, dynamic_batch=dyn_batch, dynamic_spatial=dyn_spatial,
+        opset=opset, sca_op=sca_op.value, output=head.value, simplify=simplify,
         query_chunk=parse_query_chunk(query_chunk),
     )
     opts.validate()
@@ -116,9 +130,8 @@ def export(
             raise ScasegError("--precision int8 needs --calib DIR, a folder of calibration images")
         if prec == "int8" and calib is not None and not calib.expanduser().is_dir():
             raise ScasegError(f"calibration folder not found: {calib}")
-    if int8_target is None:
-        int8_target = "tensorrt" if form == "engine" else "cpu"
-    elif form == "engine" and prec == "int8" and int8_target == "cpu":
+    target = int8_target.value if int8_target is not None else ("tensorrt" if form == "engine" else "cpu")
+    if int8_target is not None and form == "engine" and prec == "int8" and target == "cpu":
         # The cpu placement fuses GELU into com.microsoft.Gelu, an ONNX Runtime op TensorRT's parser rejects.
         raise ScasegError("--format engine needs --int8-target tensorrt (the cpu placement uses ONNX Runtime-only ops)")
     if form != "onnx":
@@ -135,13 +148,13 @@ def export(
 
     bar = "{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
     # A context manager so that an error closes the bar first and prints on a line of its own.
-    with tqdm(total=4, desc="export", unit="step", file=sys.stderr, bar_format=bar) as steps:
+    with tqdm(total=4, desc="export", unit="step", file=sys.stderr, bar_format=bar, disable=quiet) as steps:
         steps.set_postfix_str("loading checkpoint")
         model, info = scaseg.load_model(checkpoint, variant=variant)
         report = getattr(model, "load_report", None)
         if report is not None and (not report.clean or report.kind == "encoder"):
             tqdm.write(f"warning: {report.summary()}" + ("; the decoder is randomly initialised" if report.kind == "encoder" else ""), file=sys.stderr)
-        if imgsz is None and info.input_size:
+        if input_hw is None and info.input_size:
             opts.imgsz = tuple(info.input_size)  # type: ignore[assignment]
             opts.validate()
         steps.update()
@@ -160,7 +173,7 @@ def export(
                 with atomic_path(final_onnx) as tmp:
                     result = api.make_precision(
                         str(onnx_dest), str(tmp), prec, calib_dir=str(calib) if calib else None, calib_num=calib_num,
-                        method=calib_method, target=int8_target, max_miou_drop=max_miou_drop,
+                        method=calib_method.value, target=target, max_miou_drop=max_miou_drop,
                         cache_dir=str(calib_cache) if calib_cache else None,
                     )
                 for key, value in (result or {}).items():

@@ -52,7 +52,7 @@ class ExportOptions:
         """Raise ScasegError (one sentence) on an option the exporter cannot honour."""
         h, w = (int(v) for v in self.imgsz)
         if min(h, w) < MIN_SIDE:
-            raise ScasegError(f"--imgsz {h} {w} is too small: SCASeg needs at least {MIN_SIDE} pixels per side (stride 32)")
+            raise ScasegError(f"--imgsz {h}x{w} is too small: SCASeg needs at least {MIN_SIDE} pixels per side (stride 32)")
         if int(self.batch) < 1:
             raise ScasegError(f"--batch must be at least 1, got {self.batch}")
         if not MIN_OPSET <= int(self.opset) <= MAX_OPSET:
@@ -60,7 +60,7 @@ class ExportOptions:
         if self.sca_op not in SCA_MODES:
             raise ScasegError(f"--sca-op {self.sca_op!r} is unknown: expected one of {', '.join(SCA_MODES)}")
         if self.output not in OUTPUT_KINDS:
-            raise ScasegError(f"--output {self.output!r} is unknown: expected logits or labels")
+            raise ScasegError(f"--head {self.output!r} is unknown: expected logits or labels")
         if self.query_chunk not in (None, "auto") and int(self.query_chunk) < 0:  # type: ignore[arg-type]
             raise ScasegError(f"--query-chunk must be a positive number of rows, 0 (off) or auto, got {self.query_chunk}")
         self.imgsz = (h, w)

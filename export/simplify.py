@@ -15,7 +15,7 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         import onnxsim
     except ImportError:
-        raise ScasegError("onnxsim is not installed: install the export extra (pip install 'scaseg[export]') or pass --no-simplify") from None
+        raise ScasegError("onnxsim is not installed: install the export extra (pip install \".[export]\" in the scaseg checkout) or pass --no-simplify") from None
     functions = list(model.functions)
     try:
         simplified, ok = onnxsim.simplify(model, check_n=0)

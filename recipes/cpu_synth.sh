@@ -47,13 +47,13 @@ mkdir -p "$OUT"
 LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || true)"
 T0="$(now)"
 
-SYNTH_CMD=(scaseg-synth "$DATA" --num 600 --seed "$SEED" --size 256 512 --val-fraction 0.1 --video-frames 0)
+SYNTH_CMD=(scaseg-synth "$DATA" --num 600 --seed "$SEED" --size 256x512 --val-fraction 0.1 --video-frames 0)
 echo "+ ${SYNTH_CMD[*]}"
 "${SYNTH_CMD[@]}"
 T1="$(now)"
 
-TRAIN_CMD=(scaseg-train --data "$DATA" --dataset cityscapes --variant scaseg-t --out "$RUN"
-           --iters 600 --batch 4 --crop 128 256 --scale-range 0.4 0.75 --val-size 128 256
+TRAIN_CMD=(scaseg-train --data "$DATA" --dataset cityscapes --variant scaseg-t -o "$RUN"
+           --iters 600 --batch 4 --crop 128x256 --scale-range 0.4 0.75 --val-size 128x256
            --lr 4e-3 --head-lr-mult 1 --warmup 50 --val-interval 200 --workers 1 --seed "$SEED"
            --model-opt drop_path_rate=0 --model-opt dropout=0)
 # scaseg-train refuses a folder that already holds a run: remove ours (and only a training output) first.
@@ -62,7 +62,7 @@ echo "+ ${TRAIN_CMD[*]}"
 "${TRAIN_CMD[@]}" 2>&1 | tee "$OUT/train.log"
 T2="$(now)"
 
-python "$HERE/package_weights.py" --run "$RUN" --data "$DATA" --out "$OUT/$NAME.pth" --train-log "$OUT/train.log" \
+python "$HERE/package_weights.py" --run "$RUN" --data "$DATA" -o "$OUT/$NAME.pth" --train-log "$OUT/train.log" \
     --command "${SYNTH_CMD[*]} && ${TRAIN_CMD[*]}" --synth-seconds "$(secs "$T0" "$T1")" \
     --train-seconds "$(secs "$T1" "$T2")" --load-start "$LOAD_START"
 T3="$(now)"

@@ -3,7 +3,7 @@
 Called by recipes/cpu_synth.sh. The float16 file is evaluated again on the validation split, so the JSON
 holds both the trainer's own final mIoU (float32 weights) and the mIoU of the file that is shipped.
 
-    python recipes/package_weights.py --run RUN_DIR --data DATA_DIR --out NAME.pth --train-log LOG \
+    python recipes/package_weights.py --run RUN_DIR --data DATA_DIR -o NAME.pth --train-log LOG \
         --command "scaseg-train ..." --synth-seconds S --train-seconds T
 """
 from __future__ import annotations
@@ -108,7 +108,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="scaseg-train output folder")
     p.add_argument("--data", required=True, help="dataset root the run trained on")
-    p.add_argument("--out", required=True, help="checkpoint to write (NAME.pth; NAME.json beside it)")
+    p.add_argument("-o", "--output", dest="out", required=True, help="checkpoint to write (NAME.pth; NAME.json beside it)")
     p.add_argument("--train-log", required=True, help="scaseg-train's printed output")
     p.add_argument("--command", required=True, help="the commands that made the run, as typed")
     p.add_argument("--recipe", default="recipes/cpu_synth.sh")

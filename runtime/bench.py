@@ -15,16 +15,18 @@ import cv2
 import numpy as np
 import typer
 
+from scaseg.cli import make_app, parse_size, quiet_option
 from scaseg.runtime.backends import fixed_size, open_backend
 from scaseg.errors import ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_path
 from scaseg.metadata import ModelInfo
-from scaseg.runtime.predictor import Predictor, parse_imgsz
+from scaseg.runtime.options import BackendName, backend_option, batch_option, device_option, imgsz_option, threads_option
+from scaseg.runtime.predictor import Predictor
 from scaseg.data.images import decode_image
 from scaseg.runtime.preprocess import resize_label
 from scaseg.runtime.timing import summarize
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = make_app(__doc__)
 
 # A 720p frame stands in for "an image from the camera" when no dataset is given.
 SAMPLE_HW = (720, 1280)
@@ -190,21 +192,21 @@ def _write_text(path: str, text: str) -> None:
 
 @app.command()
 def bench(
-    models: list[str] = typer.Argument(..., help="Model files (.onnx, .trt/.engine/.plan, .pth) to compare."),
+    models: list[str] = typer.Argument(..., metavar="MODEL...", help="Model files (.onnx, .trt/.engine/.plan, .pth) to compare."),
+    output: list[Path] = typer.Option([], "-o", "--output", metavar="FILE.json|FILE.csv", show_default="print the table only",
+                                      help="Also write the results here: .json (every figure) or .csv (the table); repeat for both."),
     warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed runs first."),
     runs: int = typer.Option(50, "--runs", "-n", min=1, help="Timed runs."),
-    batch: Optional[int] = typer.Option(None, "--batch", "-b", min=1, help="Images per call (default: the model's batch, or 1)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for inference."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda[:N] or tensorrt."),
-    backend: str = typer.Option("auto", "--backend", help="auto (from the suffix), onnxruntime, tensorrt or torch."),
-    imgsz: Optional[str] = typer.Option(None, "--imgsz", help="Input size N or HxW for models with dynamic size."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset root: adds mIoU, pixel accuracy and per-class IoU."),
-    dataset: str = typer.Option("auto", "--dataset", help="Dataset layout: auto, cityscapes, ade20k, voc, cocostuff, folder."),
+    batch: Optional[int] = batch_option("Images"),
+    threads: Optional[int] = threads_option(),
+    device: str = device_option(),
+    backend: BackendName = backend_option(),  # type: ignore[valid-type]
+    imgsz: Optional[str] = imgsz_option(),
+    data: Optional[str] = typer.Option(None, "--data", metavar="DIR", help="Dataset root: adds mIoU, pixel accuracy and per-class IoU.", show_default="no accuracy, time only"),
+    dataset: str = typer.Option("auto", "--dataset", metavar="auto|cityscapes|ade20k|voc|cocostuff|folder", help="Dataset layout (auto: detected from the folder)."),
     split: str = typer.Option("val", "--split", help="Dataset split."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate at most N images."),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write all results as JSON here."),
-    csv_path: Optional[str] = typer.Option(None, "--csv", help="Write the table as CSV here."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate at most N images.", show_default="the whole split"),
+    quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-bench"),
 ) -> None:
     """Benchmark MODELS and print one table across them."""
@@ -213,22 +215,27 @@ def bench(
             raise ScasegError(f"model not found: {path}")
     if data is not None and not Path(data).expanduser().is_dir():
         raise ScasegError(f"dataset folder not found: {data}")
-    size = parse_imgsz(imgsz)
+    size = parse_size(imgsz)
+    writers = {".json": "json", ".csv": "csv"}
+    for dest in output:
+        if dest.suffix.lower() not in writers:
+            raise ScasegError(f"-o {dest}: expected a .json or .csv file name")
     records = []
     for path in models:
         if not quiet:
             print(f"scaseg-bench: {path}", file=sys.stderr)
-        records.append(bench_one(path, backend=backend, device=device, threads=threads, imgsz=size, batch=batch,
+        records.append(bench_one(path, backend=backend.value, device=device, threads=threads, imgsz=size, batch=batch,
                                  warmup=warmup, runs=runs, data=data, dataset=dataset,
                                  split=split, limit=limit, progress=not quiet))
     print(format_table(records))
-    if json_path:
-        settings = {"warmup": warmup, "runs": runs, "batch": batch, "threads": threads, "device": device,
-                    "imgsz": size, "data": data, "dataset": dataset, "split": split, "limit": limit,
-                    "sample": "dataset image" if data else f"synthetic {SAMPLE_HW[0]}x{SAMPLE_HW[1]} JPEG"}
-        _write_text(json_path, json.dumps({"settings": settings, "models": records}, indent=2) + "\n")
-    if csv_path:
-        _write_text(csv_path, to_csv(records))
+    settings = {"warmup": warmup, "runs": runs, "batch": batch, "threads": threads, "device": device,
+                "imgsz": size, "data": data, "dataset": dataset, "split": split, "limit": limit,
+                "sample": "dataset image" if data else f"synthetic {SAMPLE_HW[0]}x{SAMPLE_HW[1]} JPEG"}
+    for dest in output:
+        if writers[dest.suffix.lower()] == "json":
+            _write_text(str(dest), json.dumps({"settings": settings, "models": records}, indent=2) + "\n")
+        else:
+            _write_text(str(dest), to_csv(records))
 
 
 def main() -> None:

@@ -12,14 +12,16 @@ import cv2
 import numpy as np
 import typer
 
+from scaseg.cli import make_app, parse_size, quiet_option
 from scaseg.runtime.backends import open_backend
 from scaseg.errors import ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_dir, atomic_path
+from scaseg.runtime.options import BackendName, backend_option, batch_option, device_option, imgsz_option, threads_option
 from scaseg.runtime.overlay import palette_lut, render_overlay
-from scaseg.runtime.predictor import Predictor, parse_imgsz
+from scaseg.runtime.predictor import Predictor
 from scaseg.runtime.video import VIDEO_EXTENSIONS, Frame, ImageSink, Source, StopPipeline, VideoSink, open_source, run_pipeline
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = make_app(__doc__)
 
 IMAGE_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -62,23 +64,23 @@ def _check_output(source: Source, out: Path, fmt: str) -> str:
 
 @app.command()
 def infer(
-    source: str = typer.Argument(..., help="Video file, image, image folder, camera index (0) or rtsp:// / http:// URL."),
-    model: str = typer.Option(..., "--model", "-m", help="Model: .onnx, .trt/.engine/.plan, or .pth checkpoint."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output video, image or folder (default: <source>_seg...)."),
+    source: str = typer.Argument(..., metavar="SOURCE", help="Video file, image, image folder, camera index (0) or rtsp:// / http:// URL."),
+    model: str = typer.Option(..., "--model", "-m", metavar="PATH", help="Model: .onnx, .trt/.engine/.plan, or .pth checkpoint."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output video, image or folder.", show_default="<source>_seg.mp4 / .png / folder beside the source"),
     fmt: OutputFormat = typer.Option(OutputFormat.overlay, "--format", help="overlay: colour mask over the image; labels: raw label PNGs."),
     save_labels: bool = typer.Option(False, "--save-labels", help="Shorthand for --format labels."),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Weight of the colour mask in the overlay."),
     legend: bool = typer.Option(False, "--legend", help="Draw the names of the classes present in each frame."),
     show: bool = typer.Option(False, "--show", help="Display the result in a window (q or Esc stops)."),
     save: bool = typer.Option(True, "--save/--no-save", help="Write outputs (--no-save with --show only displays)."),
-    backend: str = typer.Option("auto", "--backend", help="auto (from the suffix), onnxruntime, tensorrt or torch."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda[:N] or tensorrt."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference (ONNX Runtime / PyTorch)."),
-    imgsz: Optional[str] = typer.Option(None, "--imgsz", help="Input size N or HxW for models with dynamic size."),
-    batch: Optional[int] = typer.Option(None, "--batch", help="Frames per inference call (dynamic-batch models)."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
+    backend: BackendName = backend_option(),  # type: ignore[valid-type]
+    device: str = device_option(),
+    threads: Optional[int] = threads_option(),
+    imgsz: Optional[str] = imgsz_option(),
+    batch: Optional[int] = batch_option("Frames"),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames.", show_default="all"),
     queue_size: int = typer.Option(4, "--queue", min=1, max=64, help="Frames buffered between stages."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-infer"),
 ) -> None:
     """Segment SOURCE with MODEL and write an overlay video / images or label maps."""
@@ -90,8 +92,8 @@ def infer(
         raise ScasegError("--show needs a display (DISPLAY or WAYLAND_DISPLAY is not set); drop --show to only save")
     src = open_source(source)
     try:
-        predictor = Predictor(open_backend(model, backend, device=device, threads=threads), parse_imgsz(imgsz), batch)
-        out = Path(output).expanduser() if output else default_output(src, source, kind)
+        predictor = Predictor(open_backend(model, backend.value, device=device, threads=threads), parse_size(imgsz), batch)
+        out = output.expanduser() if output else default_output(src, source, kind)
         target = _check_output(src, out, kind) if save else "none"
         _run(src, predictor, out, target, kind, alpha, legend, show, max_frames, queue_size, quiet)
     finally:

@@ -10,22 +10,6 @@ from scaseg.errors import ScasegError
 from scaseg.runtime.preprocess import Geometry, labels_to_source, logits_to_labels, preprocess, resize_label
 
 
-def parse_imgsz(text: Optional[str]) -> Optional[tuple[int, int]]:
-    """"512" -> (512, 512); "512x1024" (H x W) -> (512, 1024); None -> None."""
-    if text is None or str(text).strip() == "":
-        return None
-    parts = str(text).lower().replace(",", "x").split("x")
-    try:
-        dims = [int(p) for p in parts]
-    except ValueError:
-        dims = []
-    if len(dims) == 1:
-        dims = dims * 2
-    if len(dims) != 2 or min(dims) < 1:
-        raise ScasegError(f"--imgsz {text!r} is not a size: expected N or HxW in pixels, e.g. 512 or 512x1024")
-    return dims[0], dims[1]
-
-
 def input_size_for(backend: Backend, imgsz: Optional[Sequence[int]] = None) -> Optional[tuple[int, int]]:
     """The (H, W) images are resized to: the graph's static size, else --imgsz, else the trained size, else native."""
     fixed = fixed_size(backend)

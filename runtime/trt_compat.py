@@ -52,7 +52,7 @@ def tensorrt_available() -> bool:
 
 def require_tensorrt(purpose: str) -> str:
     """Import TensorRT or raise one sentence saying it is missing; returns its version string."""
-    hint = ("pip install 'scaseg[tensorrt]' on a desktop GPU, or JetPack's python3-libnvinfer on a Jetson")
+    hint = ("pip install \".[tensorrt]\" in the scaseg checkout on a desktop GPU, or JetPack's python3-libnvinfer on a Jetson")
     try:
         trt = importlib.import_module("tensorrt")
     except ImportError as exc:

@@ -9,7 +9,8 @@ from scaseg.runtime.backends import backend_for, fixed_batch, fixed_size, open_b
 from scaseg.runtime.backends.onnxruntime import choose_providers, parse_device
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
-from scaseg.runtime.predictor import Predictor, parse_imgsz
+from scaseg.cli import parse_size
+from scaseg.runtime.predictor import Predictor
 from scaseg.runtime.preprocess import preprocess
 
 
@@ -63,8 +64,8 @@ def test_dynamic_model_uses_imgsz_and_native_size(tmp_path):
     be = open_backend(path)
     assert fixed_size(be) is None and fixed_batch(be) is None
     assert Predictor(be).size is None  # no trained size in the metadata: native size
-    assert Predictor(be, parse_imgsz("16x24")).size == (16, 24)
-    pred = Predictor(be, parse_imgsz("16"), batch=3)
+    assert Predictor(be, parse_size("16x24")).size == (16, 24)
+    pred = Predictor(be, parse_size("16"), batch=3)
     tensors = [pred.prepare(halves(40, 40))[0] for _ in range(2)]
     out = pred.run(tensors)
     assert out.shape == (2, 3, 16, 16)

@@ -31,8 +31,8 @@ def _dataset(root, n=3, right_class=1, classes=("road", "car", "sky")):
 def test_two_models_table_json_csv(tmp_path, capsys, monkeypatch):
     a = make_onnx(tmp_path / "static.onnx", size=(32, 48))
     b = make_onnx(tmp_path / "dynamic_labels.onnx", size=None, batch=None, output="labels")
-    code, out, err = run_main(main, [a, b, "--imgsz", "24x40", "--batch", "1", "--json", tmp_path / "r.json",
-                                     "--csv", tmp_path / "r.csv"] + FAST, capsys, monkeypatch)
+    code, out, err = run_main(main, [a, b, "--imgsz", "24x40", "--batch", "1", "-o", tmp_path / "r.json",
+                                     "--output", tmp_path / "r.csv"] + FAST, capsys, monkeypatch)
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0].split()[:3] == ["Model", "Backend", "Device"] and len(lines) == 3
@@ -57,7 +57,7 @@ def test_miou_on_a_dataset_folder(tmp_path, capsys, monkeypatch):
     results = {}
     for name, data in (("good", good), ("wrong", wrong)):
         js = tmp_path / f"{name}.json"
-        code, out, err = run_main(main, [model, "--data", data, "--json", js] + FAST, capsys, monkeypatch)
+        code, out, err = run_main(main, [model, "--data", data, "-o", js] + FAST, capsys, monkeypatch)
         assert code == 0, err
         results[name] = json.loads(js.read_text())["models"][0]
     good_r, wrong_r = results["good"], results["wrong"]
@@ -86,7 +86,7 @@ def test_bad_input_is_one_sentence(tmp_path, capsys, monkeypatch, case, message)
         "no_data": [model, "--data", tmp_path / "nowhere"],
         "junk": [tmp_path / "junk.onnx"],
     }[case]
-    code, out, err = run_main(main, args + FAST + ["--json", tmp_path / "r.json"], capsys, monkeypatch)
+    code, out, err = run_main(main, args + FAST + ["-o", tmp_path / "r.json"], capsys, monkeypatch)
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("scaseg-bench: error: ") and message in lines[0]

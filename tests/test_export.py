@@ -208,7 +208,7 @@ def test_option_parsers() -> None:
         pytest.param(["{ckpt}", "-o", "/proc/m.onnx"], "output folder /proc",
                      marks=pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux /proc")),
         (["{ckpt}", "-o", "{corrupt}/sub/m.onnx"], "cannot create the output folder"),
-        (["{ckpt}", "--imgsz", "16", "16"], "too small"),
+        (["{ckpt}", "--imgsz", "16x16"], "too small"),
         (["{ckpt}", "--opset", "13"], "--opset 13"),
         (["{ckpt}", "--dynamic", "height"], "--dynamic"),
         (["{ckpt}", "--query-chunk", "-5"], "--query-chunk"),

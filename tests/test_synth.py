@@ -172,7 +172,7 @@ def _run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 
 def test_cli_writes_and_shows_progress(tmp_path, monkeypatch, capsys):
     code, out, err = _run_cli(monkeypatch, capsys, str(tmp_path / "d"), "--num", "3", "--seed", "1",
-                              "--size", "48", "96", "--val-fraction", "0.34", "--video-frames", "2")
+                              "--size", "48x96", "--val-fraction", "0.34", "--video-frames", "2")
     assert code == 0, err
     assert "wrote 2 train + 1 val images (48x96) and a 2-frame video" in out
     assert "100%" in err and "img/s" in err  # the tqdm bar, on stderr
@@ -181,7 +181,7 @@ def test_cli_writes_and_shows_progress(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--num", "0"], "at least 1"),
-    (["--size", "10", "10"], "between 32x32"),
+    (["--size", "10"], "between 32x32"),
     (["--val-fraction", "1.0"], "validation fraction"),
     (["--video-frames", "-1"], "video frames"),
 ])

@@ -165,8 +165,8 @@ def test_resume_continues_exactly(synth: Path, tmp_path: Path):
 
 def test_cli_trains_validates_and_writes_loadable_checkpoints(synth, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    code, stdout, err = _run_cli(["--data", str(synth), "--dataset", "cityscapes", "--out", str(out), "--iters", "3",
-                                  "--batch", "2", "--crop", "64", "64", "--val-interval", "2", "--workers", "1",
+    code, stdout, err = _run_cli(["--data", str(synth), "--dataset", "cityscapes", "-o", str(out), "--iters", "3",
+                                  "--batch", "2", "--crop", "64", "--val-interval", "2", "--workers", "1",
                                   "--device", "cpu", "--threads", "1"], capsys, monkeypatch)
     assert code == 0, err
     assert "3 iterations" in stdout and "final val mIoU" in stdout
@@ -183,15 +183,15 @@ def test_cli_trains_validates_and_writes_loadable_checkpoints(synth, tmp_path, c
     assert (out / "best.pth").is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
     # The same folder is not silently overwritten.
-    code, _, err = _run_cli(["--data", str(synth), "--out", str(out), "--iters", "3"], capsys, monkeypatch)
+    code, _, err = _run_cli(["--data", str(synth), "-o", str(out), "--iters", "3"], capsys, monkeypatch)
     assert code == 2 and "--resume" in err and "Traceback" not in err
 
 
 @pytest.mark.slow
 def test_killed_run_leaves_valid_state_and_resumes(synth, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "scaseg.train.cli", "--data", str(synth), "--dataset", "cityscapes", "--out", str(out),
-           "--batch", "1", "--crop", "64", "64", "--val-interval", "0", "--ckpt-interval", "1", "--workers", "0",
+    cmd = [sys.executable, "-m", "scaseg.train.cli", "--data", str(synth), "--dataset", "cityscapes", "-o", str(out),
+           "--batch", "1", "--crop", "64", "--val-interval", "0", "--ckpt-interval", "1", "--workers", "0",
            "--device", "cpu", "--threads", "1"]
     proc = subprocess.Popen([*cmd, "--iters", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -287,8 +287,8 @@ def _first_train_image(root: Path) -> Path:
 
 
 def _args(root: Path, out: Path, workers: int = 1) -> list[str]:
-    return ["--data", str(root), "--dataset", "cityscapes", "--out", str(out), "--iters", "8", "--batch", "2",
-            "--crop", "64", "64", "--val-interval", "0", "--workers", str(workers), "--device", "cpu", "--threads", "1"]
+    return ["--data", str(root), "--dataset", "cityscapes", "-o", str(out), "--iters", "8", "--batch", "2",
+            "--crop", "64", "--val-interval", "0", "--workers", str(workers), "--device", "cpu", "--threads", "1"]
 
 
 def test_missing_data_folder_is_one_sentence(tmp_path, capsys, monkeypatch):

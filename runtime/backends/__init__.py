@@ -68,11 +68,15 @@ def _open_tensorrt(path: str, info: Optional[ModelInfo], device: Optional[str]) 
     from scaseg.runtime.backends.onnxruntime import parse_device
 
     dev_kind, index = parse_device(device)
+    if Path(path).suffix.lower() not in ENGINE_SUFFIXES:
+        raise ScasegError(f"--backend tensorrt runs TensorRT engines ({', '.join(ENGINE_SUFFIXES)}), and {path} is not one: "
+                          "build an engine from it with scaseg-export --format engine, or keep --backend auto "
+                          "(--device tensorrt runs an .onnx on ONNX Runtime's TensorRT provider)")
     if dev_kind == "cpu":
         raise ScasegError(f"the TensorRT engine {path} runs only on a CUDA GPU, not on --device cpu")
     if not tensorrt_installed():
         raise ScasegError(f"TensorRT is not installed, so the engine {path} cannot run here "
-                          "(pip install 'scaseg[tensorrt]', or use JetPack's python3-libnvinfer)")
+                          "(pip install \".[tensorrt]\" in the scaseg checkout, or JetPack's python3-libnvinfer on a Jetson)")
     try:
         from scaseg.runtime.backends.tensorrt import TensorRTBackend
     except ModuleNotFoundError as exc:

@@ -39,7 +39,7 @@ def choose_providers(device: Optional[str], available: Sequence[str]) -> list[An
         return [_CPU_EP]
     if kind == "cuda":
         if _CUDA_EP not in available:
-            raise ScasegError("--device cuda needs onnxruntime-gpu with CUDA (pip install 'scaseg[gpu]'); this onnxruntime offers "
+            raise ScasegError("--device cuda needs onnxruntime-gpu with CUDA (pip install \".[gpu]\" in the scaseg checkout); this onnxruntime offers "
                               + ", ".join(available))
         return [(_CUDA_EP, gpu_opts), _CPU_EP]
     if kind == "tensorrt":

@@ -27,7 +27,7 @@ class TorchBackend(Backend):
             import torch  # the runtime stays torch-free unless this reference backend is asked for
         except ImportError:
             raise ScasegError(f"running the checkpoint {path} needs PyTorch, which is not installed "
-                              "(pip install 'scaseg[export]', or export it to ONNX elsewhere)") from None
+                              "(pip install \".[export]\" in the scaseg checkout, or export it to ONNX elsewhere)") from None
         from scaseg.checkpoint import load_model
 
         kind, index = parse_device(device)

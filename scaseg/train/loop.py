@@ -72,6 +72,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0  # torch intra-op threads; 0: PyTorch's default
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    quiet: bool = False  # no progress output
 
     def checked(self) -> "TrainConfig":
         """Refuse values that cannot work, each with one sentence."""
@@ -206,7 +207,7 @@ class Trainer:
         self.out = Path(cfg.out).expanduser()
         self.state = _load_state(cfg.resume) if cfg.resume else None
         if self.state is None and (self.out / STATE_FILE).exists():
-            raise ScasegError(f"{self.out} already holds a training run; pass --resume {self.out} or choose another --out")
+            raise ScasegError(f"{self.out} already holds a training run; pass --resume {self.out} or choose another -o/--output")
         check_writable_dir(self.out / STATE_FILE)
         if env.is_main:
             _cleanup_stale_temps(self.out)
@@ -288,7 +289,8 @@ class Trainer:
 
     def validate(self) -> dict[str, Any]:
         assert self.val_data is not None
-        result = evaluate(D.unwrap_model(self.model), self.val_data, self.env, size=self.cfg.val_size, amp=self.amp)
+        result = evaluate(D.unwrap_model(self.model), self.val_data, self.env, size=self.cfg.val_size, amp=self.amp,
+                          progress=not self.cfg.quiet)
         miou = float(result["miou"])
         improved = miou > self.best_miou
         self.best_miou = max(self.best_miou, miou)
@@ -355,7 +357,7 @@ class Trainer:
         self.model.train()
         batches = iter(self._loader())
         bar = tqdm(total=cfg.iters, initial=self.iteration, desc="train", unit="it", file=sys.stderr,
-                   dynamic_ncols=True, disable=not env.is_main)
+                   dynamic_ncols=True, disable=not env.is_main or cfg.quiet)
         start, start_it = time.perf_counter(), self.iteration
         try:
             while self.iteration < stop:

@@ -1,0 +1,42 @@
+"""The options scaseg-bench and scaseg-infer share: backend, device, threads, input size and batch, said once."""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+import typer
+
+from scaseg.cli import SIZE_METAVAR
+from scaseg.runtime.backends import BACKENDS
+
+# An Enum so that --help lists the choices and the parser refuses others; built from the one list of backends.
+BackendName = Enum("BackendName", {name: name for name in BACKENDS}, type=str)  # type: ignore[misc]
+
+DEVICE_METAVAR = "auto|cpu|cuda[:N]|tensorrt"
+
+
+def backend_option() -> Any:
+    return typer.Option(BackendName("auto"), "--backend", help="Runtime: auto picks it from the model file's "
+                        "suffix (.onnx: onnxruntime, .trt/.engine/.plan: tensorrt, .pth: torch).")
+
+
+def device_option() -> Any:
+    return typer.Option("auto", "--device", metavar=DEVICE_METAVAR,
+                        help="Where to run: auto takes the fastest present (TensorRT, then CUDA, then CPU); "
+                        "tensorrt is ONNX Runtime's TensorRT provider.")
+
+
+def threads_option() -> Any:
+    return typer.Option(None, "--threads", min=1, help="CPU threads for inference (ONNX Runtime / PyTorch).",
+                        show_default="the runtime's choice, usually one per core")
+
+
+def imgsz_option() -> Any:
+    return typer.Option(None, "--imgsz", metavar=SIZE_METAVAR,
+                        help="Network input size for models with dynamic H/W (static models keep theirs).",
+                        show_default="the size the model was trained at, else the image's")
+
+
+def batch_option(what: str) -> Any:
+    return typer.Option(None, "--batch", "-b", min=1, help=f"{what} per inference call (dynamic-batch models).",
+                        show_default="the model's batch, or 1")
