@@ -1,4 +1,7 @@
-"""Save and load SCASeg checkpoints: our format (.pth / .safetensors), mmsegmentation-style files, official encoders.
+"""Save and load SCASeg checkpoints: our format (.pth / .safetensors), mmsegmentation-style files, encoder weights.
+
+Encoder weights come in any naming scaseg.models.pretrained knows (the original releases, mmsegmentation, Hugging
+Face, as a file or a Hugging Face model folder) and load losslessly or not at all.
 
 Checkpoints are untrusted input: ``torch.load(..., weights_only=True)`` or safetensors, never a full unpickle.
 
@@ -20,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from scaseg.models.model import VARIANTS, SCASeg, build, from_config
+from scaseg.models.pretrained import NAMINGS, check_complete, find_encoder, hf_folder_files
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path
 from scaseg.metadata import ModelInfo
@@ -28,8 +32,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "scaseg"
 VERSION = 1
-# Keys an official ImageNet encoder file carries that a segmentation model has no use for (the classifier).
-EXPECTED_EXTRA = re.compile(r"^head\.")
 
 
 @dataclass
@@ -41,6 +43,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # expected extras, e.g. an ImageNet classifier head
+    naming: str = ""  # whose key names the encoder came in, e.g. "Hugging Face SegFormer"
 
     @property
     def clean(self) -> bool:
@@ -50,7 +53,8 @@ class LoadReport:
         parts = [f"{len(self.missing)} missing", f"{len(self.unexpected)} unexpected"]
         if self.ignored:
             parts.append(f"{len(self.ignored)} ignored ({_preview(self.ignored)})")
-        text = f"loaded {self.kind} checkpoint {self.source}: " + ", ".join(parts)
+        named = f" ({self.naming} names)" if self.naming else ""
+        text = f"loaded {self.kind} checkpoint {self.source}{named}: " + ", ".join(parts)
         if self.missing:
             text += f"; missing: {_preview(self.missing)}"
         if self.unexpected:
@@ -115,7 +119,16 @@ def save_checkpoint(
 
 
 def _read(path: Path, map_location: Any) -> tuple[Mapping[str, Any], dict[str, Any]]:
-    """Return (top-level object, safetensors metadata) of a checkpoint file, or raise one clear sentence."""
+    """Return (top-level object, safetensors metadata) of a checkpoint file, or raise one clear sentence.
+
+    A Hugging Face model folder reads as the tensors of its weight file(s).
+    """
+    if path.is_dir():
+        merged: dict[str, Tensor] = {}
+        for file in hf_folder_files(path):
+            obj, _ = _read(file, map_location)
+            merged.update(_tensors(obj, file))
+        return merged, {}
     if not path.is_file():
         raise ScasegError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
@@ -148,12 +161,19 @@ def _read(path: Path, map_location: Any) -> tuple[Mapping[str, Any], dict[str, A
     return obj, {}
 
 
+# Where the weights sit in a wrapped file, best first. The averaged (EMA) weights of timm (state_dict_ema) and of
+# DeiT/ConvNeXt-style files (model_ema) win over the raw ones. mmengine's EMAHook already swaps the averaged weights
+# into state_dict and keeps the raw ones in ema_state_dict, so that one is read only when it is all there is.
+WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model", "model_state", "ema_state_dict")
+
+
 def _tensors(obj: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
-    """Find the state dict inside common wrappers ({"state_dict": ...}, {"model": ...}) and strip ``module.``."""
-    for key in ("state_dict", "model", "model_state"):
+    """Find the state dict inside common wrappers (see WRAPPERS) and strip ``module.``."""
+    for key in WRAPPERS:
         inner = obj.get(key)
         if isinstance(inner, Mapping) and any(isinstance(v, Tensor) for v in inner.values()):
-            obj = inner
+            # mmengine's averaged model counts its updates in "steps", beside the module.* weights.
+            obj = {k: v for k, v in inner.items() if not (key == "ema_state_dict" and k == "steps")}
             break
     state = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
     if not state:
@@ -163,15 +183,8 @@ def _tensors(obj: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
     return state
 
 
-def _encoder_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The encoder part of a state dict: ``backbone.*`` with the prefix stripped, or an encoder-only file as is."""
-    if any(k.startswith("backbone.") for k in state):
-        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    return dict(state)
-
-
 def infer_variant(encoder_state: Mapping[str, Tensor]) -> Optional[str]:
-    """Name the variant whose encoder matches these (official-name) weights, or None if none does."""
+    """Name the variant whose encoder matches these (our-name) weights, or None if none does."""
     if "patch_embed1.proj.0.weight" in encoder_state:
         family = "mscan"
     elif "patch_embed1.proj.weight" in encoder_state and any(k.endswith("attn.kv.weight") for k in encoder_state):
@@ -190,11 +203,6 @@ def infer_variant(encoder_state: Mapping[str, Tensor]) -> Optional[str]:
         if spec["encoder"] == family and tuple(spec["embed_dims"]) == dims and tuple(spec["depths"]) == tuple(depths):
             return name
     return None
-
-
-def _describe_encoder(encoder_state: Mapping[str, Tensor]) -> str:
-    name = infer_variant(encoder_state)
-    return f"the {name} encoder" if name else "an encoder that matches no known variant"
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -219,26 +227,29 @@ def _load_into(model: nn.Module, state: Mapping[str, Tensor], report: LoadReport
 
 
 def load_backbone(model: nn.Module, path: str | os.PathLike, *, map_location: Any = "cpu") -> LoadReport:
-    """Load encoder weights into ``model.backbone`` from an official encoder file or any whole-model checkpoint.
+    """Load encoder weights into ``model.backbone``, losslessly, from any accepted file or Hugging Face folder.
 
-    An ImageNet classifier (``head.*``) is ignored as expected; other missing/unexpected keys are reported (returned
-    and logged). An encoder of another variant is refused with one sentence.
+    Accepted: the original SegNeXt / SegFormer releases, mmsegmentation (MSCAN, MixVisionTransformer) and Hugging
+    Face SegFormer names (scaseg.models.pretrained), encoder-only or inside a whole model (``backbone.`` /
+    ``segformer.``), whose other parts are returned as ``ignored``. Every encoder tensor must be there with its
+    shape: anything less, or an encoder of another variant, is refused with one sentence.
     """
     model = getattr(model, "module", model)
     path = Path(path).expanduser()
     obj, _ = _read(path, map_location)
-    encoder = _encoder_keys(_tensors(obj, path))
-    ignored = sorted(k for k in encoder if EXPECTED_EXTRA.match(k))
-    encoder = {k: v for k, v in encoder.items() if k not in set(ignored)}
+    state = _tensors(obj, path)
+    encoder = find_encoder(state)
+    if encoder is None:
+        raise ScasegError(f"{path} holds no MSCAN or MiT encoder weights: its keys (first: {next(iter(state))}) follow "
+                          f"none of the accepted namings ({', '.join(n.name for n in NAMINGS)})")
     backbone = cast(nn.Module, model.backbone)
     want = getattr(model, "config", {}).get("variant")
-    found = infer_variant(encoder)
-    if found is None and not (set(encoder) & set(backbone.state_dict())):
-        raise ScasegError(f"{path} holds no MSCAN or MiT encoder weights (none of its keys match the model's encoder)")
+    found = infer_variant(encoder.state)
     if want and found and found != want and not _same_encoder(found, want):
-        raise ScasegError(f"{path} holds {_describe_encoder(encoder)}, but the model is {want}")
-    report = LoadReport(str(path), "encoder", ignored=ignored)
-    return _load_into(backbone, encoder, report, prefix="backbone.")
+        raise ScasegError(f"{path} holds the {found} encoder ({encoder.naming.name} names), but the model is {want}")
+    check_complete(encoder, backbone.state_dict(), found, str(path))
+    backbone.load_state_dict(encoder.state, strict=False)  # strict but for num_batches_tracked (check_complete)
+    return LoadReport(str(path), "encoder", ignored=encoder.ignored, naming=encoder.naming.name)
 
 
 def _same_encoder(a: str, b: str) -> bool:
@@ -272,8 +283,10 @@ def load_model(
 ) -> tuple[SCASeg, ModelInfo]:
     """Load a checkpoint as ``(model, info)``; the model is in eval mode and ``model.load_report`` says what loaded.
 
-    Accepts our format (.pth/.safetensors), mmsegmentation-style files (``state_dict`` with ``backbone.`` /
-    ``decode_head.`` prefixes, ``meta``) and an official encoder-only file (decoder left randomly initialised).
+    Accepts our format (.pth/.safetensors), mmsegmentation-style SCASeg files (``state_dict`` with ``backbone.`` /
+    ``decode_head.`` prefixes, ``meta``) and encoder weights in any naming ``load_backbone`` accepts, from an
+    encoder-only file, another project's whole model (its decoder ignored) or a Hugging Face folder; the decoder is
+    then left randomly initialised.
     ``variant`` / ``num_classes`` are inferred from the file; when given they must agree with it.
     ``build_kwargs`` (attention, lpm, dropout...) apply to files that carry no config.
     """
@@ -288,12 +301,16 @@ def load_model(
     else:
         kind, config = "", {}
     state = _tensors(obj, path)
-    has_head = any(k.startswith("decode_head.") for k in state)
+    encoder = find_encoder(state)
+    # A decode head is ours only beside an encoder in our names; another project's model brings only its encoder.
+    has_head = any(k.startswith("decode_head.") for k in state) and encoder is not None and encoder.naming.native
     if not kind:
         kind = "mmseg" if has_head else "encoder"
-    encoder = _encoder_keys(state)
 
-    found = config.get("variant") or infer_variant(encoder)
+    found = config.get("variant") or (infer_variant(encoder.state) if encoder else None)
+    if found is None and encoder is not None:
+        raise ScasegError(f"{path} follows the {encoder.naming.name} naming, but its encoder matches no SCASeg variant "
+                          f"({', '.join(VARIANTS)})")
     if found is None:
         raise ScasegError(f"{path} holds no SCASeg, MSCAN or MiT weights that match a known variant ({', '.join(VARIANTS)})")
     if variant is not None and str(variant).lower() != found:
@@ -302,7 +319,7 @@ def load_model(
     if kind == "mmseg":
         # mmseg decode heads name their classifier conv_seg.
         state = {re.sub(r"^decode_head\.conv_seg\.", "decode_head.classifier.", k): v for k, v in state.items()}
-    head_classes = state.get("decode_head.classifier.weight")
+    head_classes = state.get("decode_head.classifier.weight") if kind != "encoder" else None
     found_classes = config.get("num_classes") or (int(head_classes.shape[0]) if head_classes is not None else None)
     if num_classes is not None and found_classes is not None and int(num_classes) != int(found_classes):
         raise ScasegError(f"{path} was trained for {found_classes} classes, not {num_classes}")

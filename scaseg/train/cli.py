@@ -47,7 +47,7 @@ def main_command(
     val_split: str = typer.Option("val", "--val-split", help="Split of the dataset to validate on."),
     workers: int = typer.Option(2, "--workers", help="DataLoader worker processes per training process."),
     amp: str = typer.Option("auto", "--amp", metavar="auto|off|bf16|fp16", help="Mixed precision: auto is fp16 on CUDA, fp32 on CPU."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", metavar="PATH", help="Official ImageNet backbone weights file.", show_default="random initialisation"),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", metavar="PATH", help="Encoder weights: a .pth/.bin/.safetensors file or a Hugging Face model folder (SegNeXt, SegFormer, mmsegmentation or Hugging Face names; see docs/model.md).", show_default="random initialisation"),
     resume: Optional[str] = typer.Option(None, "--resume", metavar="DIR", help="Continue the run in this output folder (options given here override).", show_default="a new run"),
     seed: int = typer.Option(0, "--seed", help="Random seed of initialisation, data order and augmentation (offset per process)."),
     device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda", help="Where to train (auto: CUDA when present)."),

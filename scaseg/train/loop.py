@@ -208,9 +208,6 @@ class Trainer:
         self.state = _load_state(cfg.resume) if cfg.resume else None
         if self.state is None and (self.out / STATE_FILE).exists():
             raise ScasegError(f"{self.out} already holds a training run; pass --resume {self.out} or choose another -o/--output")
-        check_writable_dir(self.out / STATE_FILE)
-        if env.is_main:
-            _cleanup_stale_temps(self.out)
         torch.manual_seed(cfg.seed + env.rank)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -220,7 +217,13 @@ class Trainer:
         self.num_classes = self.train_data.num_classes
         model = scaseg.build(cfg.variant, num_classes=self.num_classes, **cfg.model_kwargs)
         if cfg.pretrained and self.state is None:
-            scaseg.load_backbone(model, cfg.pretrained)
+            report = scaseg.load_backbone(model, cfg.pretrained)
+            if env.is_main:  # a result, not progress: printed with -q too
+                print(f"scaseg-train: {report.summary()}", file=sys.stderr, flush=True)
+        # Only now the output folder: a refused dataset or --pretrained leaves nothing behind.
+        check_writable_dir(self.out / STATE_FILE)
+        if env.is_main:
+            _cleanup_stale_temps(self.out)
         self.model = D.prepare_model(model, env)
         self.amp = resolve_amp(cfg.amp, env.device)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay, cfg.head_lr_mult), lr=cfg.lr,
