@@ -268,6 +268,12 @@ def test_partial_or_foreign_weights_are_refused_in_one_sentence(tmp_path: Path) 
         scaseg.load_backbone(scaseg.build("scaseg-b0"), tmp_path / "b2")
     assert "scaseg-b2" in _one_sentence(exc) and "scaseg-b0" in str(exc.value)
 
+    # Heads do not show in tensor shapes: a SegFormer with other heads is refused from its config.
+    SegformerModel(SegformerConfig(num_attention_heads=[1, 2, 4, 8])).save_pretrained(tmp_path / "heads")
+    with pytest.raises(ScasegError) as exc:
+        scaseg.load_backbone(scaseg.build("scaseg-b0"), tmp_path / "heads")
+    assert "attention heads" in _one_sentence(exc)
+
 
 def test_bad_inputs_each_give_one_sentence(tmp_path: Path) -> None:
     from transformers import ResNetConfig, ResNetModel

@@ -248,9 +248,11 @@ def hf_folder_files(folder: Path) -> list[Path]:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         raise ScasegError(f"cannot read {config_path}: not valid JSON") from None
-    heads = config.get("num_attention_heads") if isinstance(config, dict) else None
-    if config.get("model_type") == "segformer" and heads is not None and tuple(heads) != MIT_HEADS:
-        raise ScasegError(f"{folder} is a SegFormer with {list(heads)} attention heads per stage; SCASeg's MiT "
+    if not isinstance(config, dict):
+        raise ScasegError(f"cannot read {config_path}: it holds no model configuration")
+    heads = config.get("num_attention_heads")
+    if config.get("model_type") == "segformer" and heads not in (None, list(MIT_HEADS)):
+        raise ScasegError(f"{folder} is a SegFormer with {heads} attention heads per stage; SCASeg's MiT "
                           f"encoders have {list(MIT_HEADS)}")
     for name in HF_WEIGHTS:
         if (folder / name).is_file():
