@@ -135,7 +135,7 @@ def export(
         # The cpu placement fuses GELU into com.microsoft.Gelu, an ONNX Runtime op TensorRT's parser rejects.
         raise ScasegError("--format engine needs --int8-target tensorrt (the cpu placement uses ONNX Runtime-only ops)")
     if form != "onnx":
-        _need(f"scaseg.export.{'engine' if form == 'engine' else 'triton'}", f"--format {form}")
+        _need("scaseg.runtime.tensorrt.builder" if form == "engine" else "scaseg.export.triton", f"--format {form}")
     import scaseg
 
     if variant is not None and variant not in scaseg.VARIANTS:
@@ -179,7 +179,7 @@ def export(
                 for key, value in (result or {}).items():
                     _say(f"{prec}: {key}: {value}")
             if form == "engine":
-                engine = _need("scaseg.export.engine", "--format engine")
+                engine = _need("scaseg.runtime.tensorrt.builder", "--format engine")
                 h, w = opts.imgsz
                 shape_kw: dict[str, Any] = {}
                 if opts.dynamic_batch:

@@ -115,11 +115,11 @@ def _external_files(path: Path) -> list[str]:
 def _trt_labels_type(facts: dict[str, Any]) -> str:
     # Assumption (no TensorRT here to check): TensorRT 8.x casts ONNX int64 tensors down to int32, TensorRT >= 10
     # has a native INT64 type and keeps the ArgMax output int64. A side file that records the real dtype wins.
-    from scaseg.runtime.trt_compat import parse_version
+    from scaseg.runtime.tensorrt.compat import generation_of, parse_version
 
-    version = facts.get("version")
-    major = parse_version(str(version))[0] if version else 10
-    return "TYPE_INT32" if major < 10 else "TYPE_INT64"
+    version, flavor = facts.get("trt_version"), facts.get("trt_flavor", "standard")
+    generation = generation_of(str(flavor), parse_version(str(version))) if version else "10.x"
+    return "TYPE_INT32" if generation == "8.5" else "TYPE_INT64"
 
 
 def engine_signature(path: str | Path) -> tuple[ModelInfo, list[TensorSpec], list[TensorSpec]]:
@@ -128,7 +128,7 @@ def engine_signature(path: str | Path) -> tuple[ModelInfo, list[TensorSpec], lis
     A plan cannot be opened without TensorRT, so shapes come from the metadata: input (B, 3, H, W), output
     (B, C, H, W) logits or (B, H, W) labels, with -1 where the engine was built for a range.
     """
-    from scaseg.runtime.trt_compat import engine_facts, read_engine_info
+    from scaseg.runtime.tensorrt.compat import engine_facts, read_engine_info
 
     info = read_engine_info(path)
     facts = engine_facts(info)
@@ -241,7 +241,7 @@ def _batching(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], where
 
 def _check_engine_batch_range(info: ModelInfo, max_batch_size: int, path: Path) -> None:
     """Triton sends any batch from 1 to max_batch_size: the engine's optimisation profile must cover all of them."""
-    from scaseg.runtime.trt_compat import engine_facts
+    from scaseg.runtime.tensorrt.compat import engine_facts
 
     facts = engine_facts(info)
     shapes = facts.get("input_shapes") if isinstance(facts.get("input_shapes"), dict) else {}
@@ -295,11 +295,15 @@ def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str
             raise ScasegError(f"the engine {path} is empty")
         info, inputs, outputs = engine_signature(path)
         extra_files = []
-        from scaseg.runtime.trt_compat import engine_facts
+        from scaseg.runtime.tensorrt.compat import engine_facts
 
         # The Python strip-attention plugin lives in the scaseg runtime process; Triton's TensorRT backend cannot
         # load it. The builder records whether it used the plugin; a function export without that record may.
-        uses_plugin = engine_facts(info).get("plugin")
+        facts = engine_facts(info)
+        if facts.get("trt_flavor") == "rtx":
+            raise ScasegError(f"{path.name} is a TensorRT-RTX engine, and Triton's tensorrt backend runs standard "
+                              "TensorRT plans: build the engine with --tensorrt standard, or serve the ONNX model")
+        uses_plugin = facts.get("plugin")
         if uses_plugin or (uses_plugin is None and info.sca_op == "function"):
             raise ScasegError("this engine uses (or may use) the Python strip-attention plugin, which Triton's "
                               "TensorRT backend cannot load: build the engine from a --sca-op decomposed export")

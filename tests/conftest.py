@@ -27,12 +27,12 @@ def one_torch_thread() -> Iterator[None]:
 
 def _tensorrt_and_cuda() -> bool:
     """True only where the TensorRT runtime imports (not just its type stubs) and a CUDA device answers."""
-    from scaseg.runtime.trt_compat import tensorrt_available
+    from scaseg.runtime.tensorrt.compat import installed_flavors
 
-    if not tensorrt_available():
+    if not installed_flavors():
         return False
     try:
-        from scaseg.runtime.cuda import load_cuda
+        from scaseg.runtime.tensorrt.cuda import load_cuda
 
         return load_cuda().device_count() > 0
     except Exception:

@@ -30,7 +30,7 @@ def test_wheel_holds_one_namespace_and_every_module(wheel: Path) -> None:
         sources = sorted(p.name for p in (ROOT / folder).glob("*.py"))
         packed = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith(f"scaseg/{folder}/") and n.count("/") == 2)
         assert packed == sources, folder
-    assert "scaseg/runtime/backends/tensorrt.py" in names and "scaseg/train/loop.py" in names
+    assert "scaseg/runtime/tensorrt/runner.py" in names and "scaseg/train/loop.py" in names
     shipped = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "scaseg" / "weights").glob("*.*")
                      if p.suffix in (".pth", ".json"))
     assert shipped and all(s in names for s in shipped)

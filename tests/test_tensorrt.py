@@ -21,18 +21,24 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from scaseg.export import engine as engine_mod
-from scaseg.runtime import trt_compat
-from scaseg.runtime.backends.tensorrt import TensorRTBackend, check_input_shape
-from scaseg.runtime.cuda import load_ctypes_runtime, load_cuda, require_device
 from scaseg.errors import ScasegError
 from scaseg.metadata import METADATA_KEY, ModelInfo
-from scaseg.runtime.trt_plugin import strip_attention_into
+from scaseg.runtime.tensorrt import builder as engine_mod
+from scaseg.runtime.tensorrt import compat as trt_compat
+from scaseg.runtime.tensorrt.compat import TensorRT
+from scaseg.runtime.tensorrt.cuda import load_ctypes_runtime, require_device
+from scaseg.runtime.tensorrt.plugin import strip_attention_into
+from scaseg.runtime.tensorrt.runner import TensorRTBackend, check_input_shape
 
 ROOT = Path(__file__).resolve().parents[1]
-TRT_FILES = ["export/engine.py", "runtime/backends/tensorrt.py", "runtime/cuda.py", "runtime/trt_plugin.py",
-             "runtime/trt_compat.py"]
-HAS_TRT = trt_compat.tensorrt_available()
+TRT_FILES = ["runtime/tensorrt/builder.py", "runtime/tensorrt/runner.py", "runtime/tensorrt/cuda.py",
+             "runtime/tensorrt/plugin.py", "runtime/tensorrt/compat.py", "runtime/tensorrt/__init__.py"]
+HAS_TRT = bool(trt_compat.installed_flavors())
+
+
+def _trt(version: str, flavor: str = "standard") -> TensorRT:
+    return TensorRT(flavor, version)
+
 
 
 # --- small ONNX models made here ---------------------------------------------------------------------------------
@@ -134,7 +140,8 @@ def _side_file(engine: Path, facts: dict, info: ModelInfo | None = None) -> Path
     return side
 
 
-FACTS = {"version": "10.3.0.26", "gpu": "Orin", "compute_capability": [8, 7], "precision": "fp16"}
+FACTS = {"trt_flavor": "standard", "trt_version": "10.3.0.26", "gpu": "Orin", "compute_capability": [8, 7],
+         "precision": "fp16"}
 
 
 # --- type checking against tensorrt-stubs --------------------------------------------------------------------------
@@ -210,18 +217,18 @@ def test_stub_repair_fixes_only_syntax() -> None:
 
 
 def test_tensorrt_modules_import_without_tensorrt_torch_or_cupy() -> None:
-    code = ("import scaseg.runtime.backends.tensorrt, scaseg.runtime.cuda, scaseg.runtime.trt_plugin, "
-            "scaseg.runtime.trt_compat, sys, json; print(json.dumps(sorted(sys.modules)))")
+    code = ("import scaseg.runtime.tensorrt.runner, scaseg.runtime.tensorrt.cuda, scaseg.runtime.tensorrt.plugin, "
+            "scaseg.runtime.tensorrt.builder, sys, json; print(json.dumps(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     mods = set(json.loads(out.stdout.strip().splitlines()[-1]))
-    assert "scaseg.runtime.backends.tensorrt" in mods
-    for heavy in ("tensorrt", "tensorrt_bindings", "torch", "onnx", "cupy", "cuda"):
+    assert "scaseg.runtime.tensorrt.runner" in mods
+    for heavy in ("tensorrt", "tensorrt_bindings", "tensorrt_rtx", "torch", "onnx", "cupy", "cuda"):
         assert heavy not in mods, f"importing the TensorRT runner imported {heavy}"
 
 
 def test_engine_builder_imports_without_torch() -> None:
     # A Jetson builds engines from a copied ONNX without PyTorch installed.
-    code = "import scaseg.export.engine, sys; print('torch' in sys.modules)"
+    code = "import scaseg.runtime.tensorrt.builder, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
 
@@ -244,7 +251,7 @@ def test_build_engine_without_tensorrt_raises_one_sentence_and_writes_nothing(tm
     ({"workspace_gib": 0}, "workspace must be a positive"),
     ({"dla_core": 0}, "DLA runs only fp16 or int8"),
     ({"dla_core": -1, "precision": "fp16"}, "DLA core index must be 0 or more"),
-    ({"min_shape": (1, 3, 8, 8)}, "give all three of --min-shape"),
+    ({"min_shape": (1, 3, 8, 8)}, "give all three of min_shape"),
     ({"min_shape": (2, 3, 8, 8), "opt_shape": (1, 3, 8, 8), "max_shape": (4, 3, 8, 8)}, "min <= opt <= max"),
     ({"min_shape": (1, 3, 8), "opt_shape": (1, 3, 8, 8), "max_shape": (1, 3, 8, 8)}, "four positive integers"),
 ])
@@ -279,32 +286,37 @@ def test_graph_precision_reads_what_the_onnx_carries() -> None:
 
 
 @pytest.mark.parametrize("version, precision, graph, strongly, flags", [
-    ((8, 5, 2), "fp32", "fp32", False, ()),
-    ((8, 5, 2), "fp16", "fp32", False, ("FP16",)),
-    ((8, 5, 2), "fp16", "fp16", False, ("FP16",)),  # no STRONGLY_TYPED before 9/10
-    ((8, 5, 2), "int8", "int8", False, ("INT8",)),  # 8.5 wants the flag even with Q/DQ
-    ((10, 3, 0), "fp16", "fp32", False, ("FP16",)),
-    ((10, 3, 0), "fp16", "fp16", True, ()),
-    ((10, 13, 0), "int8", "int8", False, ("INT8",)),
-    ((11, 0, 0), "fp32", "fp32", True, ()),
-    ((11, 0, 0), "fp16", "fp16", True, ()),
-    ((11, 4, 0), "int8", "int8", True, ()),
+    ("8.5.2", "fp32", "fp32", False, ()),
+    ("8.5.2", "fp16", "fp32", False, ("FP16",)),
+    ("8.5.2", "fp16", "fp16", False, ("FP16",)),  # no STRONGLY_TYPED before 9/10
+    ("8.5.2", "int8", "int8", False, ("INT8",)),  # 8.5 wants the flag even with Q/DQ
+    ("10.3.0", "fp16", "fp32", False, ("FP16",)),
+    ("10.3.0", "fp16", "fp16", True, ()),
+    ("10.13.0", "int8", "int8", False, ("INT8",)),
+    ("11.0.0", "fp32", "fp32", True, ()),
+    ("11.0.0", "fp16", "fp16", True, ()),
+    ("11.4.0", "int8", "int8", True, ()),
+    ("rtx 1.7.1", "fp16", "fp16", True, ()),
+    ("rtx 1.7.1", "int8", "int8", True, ()),
 ])
 def test_precision_plan_per_generation(version, precision, graph, strongly, flags) -> None:
-    plan = trt_compat.precision_plan(version, precision, graph)
+    trt = _trt(version.split()[-1], "rtx" if version.startswith("rtx") else "standard")
+    plan = trt_compat.precision_plan(trt, precision, graph)
     assert (plan.precision, plan.strongly_typed, plan.builder_flags) == (precision, strongly, flags)
 
 
 @pytest.mark.parametrize("version, precision, graph, message", [
-    ((11, 0, 0), "fp16", "fp32", "export with --precision fp16"),
-    ((10, 3, 0), "int8", "fp32", "export it with --precision int8 --calib DIR"),
-    ((8, 5, 2), "fp16", "int8", "builds only an int8 engine"),
-    ((10, 3, 0), "fp32", "fp16", "already fp16"),
-    ((10, 3, 0), "bf16", "fp32", "unknown engine precision"),
+    ("11.0.0", "fp16", "fp32", "--format engine --precision fp16 converts it first"),
+    ("rtx 1.7.1", "fp16", "fp32", "TensorRT-RTX 1.7.1 builds only strongly typed networks"),
+    ("10.3.0", "int8", "fp32", "pass --calib DIR"),
+    ("8.5.2", "fp16", "int8", "builds only an int8 engine"),
+    ("10.3.0", "fp32", "fp16", "already fp16"),
+    ("10.3.0", "bf16", "fp32", "unknown engine precision"),
 ])
 def test_precision_plan_refuses_what_a_generation_cannot_build(version, precision, graph, message) -> None:
+    trt = _trt(version.split()[-1], "rtx" if version.startswith("rtx") else "standard")
     with pytest.raises(ScasegError, match=re.escape(message)):
-        trt_compat.precision_plan(version, precision, graph)
+        trt_compat.precision_plan(trt, precision, graph)
 
 
 def test_version_gates() -> None:
@@ -312,8 +324,24 @@ def test_version_gates() -> None:
     assert trt_compat.parse_version("11.0.0.post1") == (11, 0, 0)
     with pytest.raises(ScasegError, match="cannot read the TensorRT version"):
         trt_compat.parse_version("unknown")
-    assert not trt_compat.has_python_plugins((10, 6, 0)) and trt_compat.has_python_plugins((10, 7, 0))
-    assert trt_compat.needs_explicit_batch_flag((8, 5, 2)) and not trt_compat.needs_explicit_batch_flag((10, 0))
+    assert [_trt(v).generation for v in ("8.5.2", "8.6.1", "10.3.0", "11.0.0")] == ["8.5", "8.5", "10.x", "11.x"]
+    assert _trt("1.7.1.116", "rtx").generation == "rtx" and _trt("1.7.1.116", "rtx").label == "TensorRT-RTX 1.7.1.116"
+    with pytest.raises(ScasegError, match="older than 8.5"):
+        _ = _trt("8.2.1").generation
+    assert not trt_compat.has_python_plugins(_trt("10.6.0")) and trt_compat.has_python_plugins(_trt("10.7.0"))
+    assert not trt_compat.has_python_plugins(_trt("11.0.0", "rtx"))  # no plugins in TensorRT-RTX
+    assert trt_compat.needs_explicit_batch_flag(_trt("8.5.2")) and not trt_compat.needs_explicit_batch_flag(_trt("10.0"))
+    assert not trt_compat.needs_explicit_batch_flag(_trt("1.7.1", "rtx"))
+
+
+def test_compute_capability_names() -> None:
+    assert [trt_compat.cc_text(v) for v in ("8.6", "86", "sm86", "SM_120", "12.0", (8, 9))] == [
+        "8.6", "8.6", "8.6", "12.0", "12.0", "8.9"]
+    with pytest.raises(ScasegError, match="cannot read the compute capability 'ampere'"):
+        trt_compat.cc_text("ampere")
+    assert trt_compat.check_compute_capabilities(["12.0", "86", "8.6"], ["8.6", "12.0"], "X") == ["8.6", "12.0"]
+    with pytest.raises(ScasegError, match="X cannot build for compute capability 9.0: it knows 8.6, 12.0"):
+        trt_compat.check_compute_capabilities(["9.0"], ["12.0", "8.6"], "X")
 
 
 # --- profiles -----------------------------------------------------------------------------------------------------
@@ -377,11 +405,12 @@ def test_engine_built_elsewhere_is_refused_in_one_sentence(tmp_path: Path) -> No
     engine = tmp_path / "model.engine"
     _side_file(engine, FACTS)
     info = trt_compat.read_engine_info(engine)
-    here: dict[str, Any] = {"trt_version": "10.3.0.26", "gpu_name": "Orin", "compute_capability": (8, 7)}
+    here: dict[str, Any] = {"trt": _trt("10.3.0.26"), "gpu_name": "Orin", "compute_capability": (8, 7)}
     trt_compat.check_engine(engine, info, **here)  # same machine kind: fine
     trt_compat.check_engine(engine, info, **{**here, "gpu_name": "  orin "})  # spacing/case are not a mismatch
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"trt_version": "10.13.0.35"}, "built with TensorRT 10.3.0.26 and this machine has TensorRT 10.13.0.35"),
+        ({"trt": _trt("10.13.0.35")}, "built with TensorRT 10.3.0.26 and this machine has TensorRT 10.13.0.35"),
+        ({"trt": _trt("1.7.1.116", "rtx")}, "built with TensorRT and this machine runs TensorRT-RTX 1.7.1.116"),
         ({"compute_capability": (8, 6)}, "compute capability 8.7 and this GPU (Orin) is 8.6"),
         ({"gpu_name": "NVIDIA A100-SXM4-80GB", "compute_capability": (8, 7)}, "built on a Orin and this GPU is a"),
     ]
@@ -389,7 +418,7 @@ def test_engine_built_elsewhere_is_refused_in_one_sentence(tmp_path: Path) -> No
         with pytest.raises(ScasegError, match=re.escape(message)) as err:
             trt_compat.check_engine(engine, info, **{**here, **change})
         assert str(err.value).startswith(f"cannot run the engine {engine}") and "\n" not in str(err.value)
-    _side_file(engine, {k: v for k, v in FACTS.items() if k != "version"})
+    _side_file(engine, {k: v for k, v in FACTS.items() if k != "trt_version"})
     with pytest.raises(ScasegError, match="does not say which TensorRT built it"):
         trt_compat.check_engine(engine, trt_compat.read_engine_info(engine), **here)
 
@@ -411,9 +440,9 @@ def test_runner_checks_the_side_file_before_needing_tensorrt(tmp_path: Path) -> 
         TensorRTBackend(str(engine))
     with pytest.raises(ScasegError, match="engine not found"):
         TensorRTBackend(str(tmp_path / "absent.engine"))
-    if not HAS_TRT:
-        _side_file(engine, FACTS)
-        with pytest.raises(ScasegError, match="^TensorRT is not installed: the engine"):
+    if "standard" not in trt_compat.installed_flavors():
+        _side_file(engine, FACTS)  # built with standard TensorRT
+        with pytest.raises(ScasegError, match="^TensorRT is not installed: the engine .* needs the tensorrt Python"):
             TensorRTBackend(str(engine))
 
 
@@ -448,10 +477,10 @@ def test_strip_attention_function_inlines_and_tags_for_the_plugin(tmp_path: Path
 @pytest.mark.slow
 def test_parser_preparation_per_generation(capsys: pytest.CaptureFixture[str]) -> None:
     model = _attention_model(_sca_function(), 0.5)
-    old, used = engine_mod.prepare_for_parser(onnx.ModelProto.FromString(model.SerializeToString()), (10, 3, 0))
+    old, used = engine_mod.prepare_for_parser(onnx.ModelProto.FromString(model.SerializeToString()), _trt("10.3.0"))
     assert used is False and not old.functions and not engine_mod.strip_attention_nodes(old)
     if not HAS_TRT:  # 10.7+ but the plugin cannot be registered here: say so, then inline
-        new, used = engine_mod.prepare_for_parser(model, (10, 13, 0))
+        new, used = engine_mod.prepare_for_parser(model, _trt("10.13.0"))
         assert used is False and not new.functions
         assert "building without the strip-attention plugin (TensorRT is not installed" in capsys.readouterr().err
 
@@ -462,10 +491,11 @@ def test_network_flags_per_generation() -> None:
     # Enum values as tensorrt-stubs 10.13 declares them: EXPLICIT_BATCH = 0, STRONGLY_TYPED = 1.
     trt = SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1))
     weak, strong = trt_compat.PrecisionPlan("fp16", False, ("FP16",), ""), trt_compat.PrecisionPlan("fp16", True, (), "")
-    assert engine_mod.network_flags(trt, (8, 5, 2), weak) == 1
-    assert engine_mod.network_flags(trt, (10, 3, 0), weak) == 0
-    assert engine_mod.network_flags(trt, (10, 3, 0), strong) == 2
-    assert engine_mod.network_flags(trt, (11, 0, 0), strong) == 0
+    assert trt_compat.network_flags(trt, _trt("8.5.2"), weak) == 1
+    assert trt_compat.network_flags(trt, _trt("10.3.0"), weak) == 0
+    assert trt_compat.network_flags(trt, _trt("10.3.0"), strong) == 2
+    assert trt_compat.network_flags(trt, _trt("11.0.0"), strong) == 0
+    assert trt_compat.network_flags(trt, _trt("1.7.1", "rtx"), strong) == 0
 
 
 def test_plugin_math_matches_softmax_attention_in_bounded_chunks() -> None:
@@ -491,8 +521,6 @@ def test_plugin_math_matches_softmax_attention_in_bounded_chunks() -> None:
 def test_ctypes_cuda_fallback_names_what_it_tried() -> None:
     with pytest.raises(ScasegError, match="the CUDA runtime is not available.*tried /nonexistent/libcudart.so"):
         load_ctypes_runtime(["/nonexistent/libcudart.so"])
-    with pytest.raises(ScasegError, match="unknown CUDA access 'opencl'"):
-        load_cuda("opencl")
 
 
 def test_ctypes_cuda_reports_no_device_in_one_sentence() -> None:
@@ -515,10 +543,10 @@ def test_ctypes_cuda_reports_no_device_in_one_sentence() -> None:
 # --- on a GPU with TensorRT (skipped elsewhere) -------------------------------------------------------------------
 
 
-def _trt_version() -> tuple[int, ...]:
-    import tensorrt as trt
-
-    return trt_compat.parse_version(trt.__version__)
+def _here() -> TensorRT:
+    found = trt_compat.find_tensorrt()
+    assert found is not None
+    return found
 
 
 def _ort(model_path: Path, images: np.ndarray) -> np.ndarray:
@@ -532,7 +560,7 @@ def _ort(model_path: Path, images: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_gpu_engine_matches_onnxruntime(tmp_path: Path, precision: str) -> None:
     info = _info()
-    strongly_typed_fp16 = precision == "fp16" and _trt_version()[0] >= 11
+    strongly_typed_fp16 = precision == "fp16" and _here().generation in ("11.x", "rtx")
     model = _conv_model(info, qdq=precision == "int8", fp16=strongly_typed_fp16)
     onnx_path = _write(model, tmp_path / "model.onnx")
     engine = tmp_path / "model.engine"
@@ -571,7 +599,7 @@ def test_gpu_dynamic_profile_and_cuda_graph(tmp_path: Path) -> None:
 
 @pytest.mark.gpu
 def test_gpu_strip_attention_plugin_round_trip(tmp_path: Path) -> None:
-    if not trt_compat.has_python_plugins(_trt_version()):
+    if not trt_compat.has_python_plugins(_here()):
         pytest.skip("the Python plugin needs TensorRT >= 10.7")
     pytest.importorskip("cupy")
     scale = 0.7

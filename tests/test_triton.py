@@ -56,7 +56,7 @@ def make_engine(path: Path, *, dynamic_batch: bool, output: str = "logits", trt_
     if side:
         info = ModelInfo(variant="scaseg-t", num_classes=len(CLASSES), class_names=CLASSES, input_size=(64, 128),
                          dynamic_batch=dynamic_batch, batch=1 if dynamic_batch else 2, output=output, sca_op=sca_op,
-                         precision="fp16", extra={"tensorrt": {"version": trt_version, "gpu": "Orin",
+                         precision="fp16", extra={"tensorrt": {"trt_flavor": "standard", "trt_version": trt_version, "gpu": "Orin",
                                                                "compute_capability": [8, 7], **facts}})
         path.with_name(path.name + ".json").write_text(info.to_json())
     return path

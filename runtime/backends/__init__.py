@@ -1,7 +1,6 @@
 """Backends behind one interface, and ``open_backend`` which picks one from the model file's suffix."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Optional
@@ -15,7 +14,7 @@ ENGINE_SUFFIXES = (".trt", ".engine", ".plan")
 TORCH_SUFFIXES = (".pth", ".pt", ".safetensors")
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 
-__all__ = ["Backend", "BACKENDS", "open_backend", "backend_for", "tensorrt_installed", "fixed_batch", "fixed_size"]
+__all__ = ["Backend", "BACKENDS", "open_backend", "backend_for", "fixed_batch", "fixed_size"]
 
 
 def backend_for(path: str) -> str:
@@ -74,25 +73,10 @@ def _open_tensorrt(path: str, info: Optional[ModelInfo], device: Optional[str]) 
                           "(--device tensorrt runs an .onnx on ONNX Runtime's TensorRT provider)")
     if dev_kind == "cpu":
         raise ScasegError(f"the TensorRT engine {path} runs only on a CUDA GPU, not on --device cpu")
-    if not tensorrt_installed():
-        raise ScasegError(f"TensorRT is not installed, so the engine {path} cannot run here "
-                          "(pip install \".[tensorrt]\" in the scaseg checkout, or JetPack's python3-libnvinfer on a Jetson)")
-    try:
-        from scaseg.runtime.backends.tensorrt import TensorRTBackend
-    except ModuleNotFoundError as exc:
-        raise ScasegError(f"the TensorRT backend cannot be imported ({exc.name} is missing)") from None
+    from scaseg.runtime.tensorrt.runner import TensorRTBackend
+
+    # The runner reads the side file first, then finds TensorRT (one sentence when there is none).
     return TensorRTBackend(path, info, device=index)
-
-
-def tensorrt_installed() -> bool:
-    """True when the real TensorRT Python package is importable (a stubs-only namespace package does not count)."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return False
-    try:
-        import tensorrt
-    except Exception:  # a broken install (missing libnvinfer) is as good as none
-        return False
-    return hasattr(tensorrt, "Runtime")
 
 
 def fixed_batch(backend: Backend) -> Optional[int]:

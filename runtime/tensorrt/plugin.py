@@ -4,7 +4,8 @@ An fp32/fp16 ONNX exported with ``--sca-op function`` holds every strip cross-at
 local function ``StripCrossAttention`` (domain ``scaseg``; inputs q (B,h,N,dq), k (B,h,M,dq), v (B,h,M,dv);
 output (B,h,N,dv) = softmax(scale * q k^T) v over M; float attribute ``scale``). With TensorRT >= 10.7 and this
 plugin registered, the engine builder tags those nodes with ``plugin_namespace="scaseg"`` so that the ONNX parser
-imports them as this plugin instead of inlining the function body.
+imports them as this plugin instead of inlining the function body. TensorRT-RTX has no plugin support
+(``tensorrt_rtx.plugin`` does not import in 1.7): its parser always inlines the function.
 
 Where the GPU work comes from: TensorRT hands the implementation device buffers that speak
 ``__cuda_array_interface__``; CuPy wraps them without a copy and runs the matmuls with cuBLAS on TensorRT's stream.
@@ -31,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scaseg.errors import ScasegError
-from scaseg.runtime.trt_compat import PYTHON_PLUGIN_MIN, has_python_plugins, parse_version, require_tensorrt
+from scaseg.runtime.tensorrt.compat import PYTHON_PLUGIN_MIN, has_python_plugins, require_tensorrt
 
 NAMESPACE = "scaseg"
 NAME = "StripCrossAttention"
@@ -89,11 +90,11 @@ def strip_attention_into(xp: Any, q: Any, k: Any, v: Any, scale: float, out: Any
 
 def plugin_api() -> PluginApi:
     """Import ``tensorrt.plugin`` (TensorRT >= 10.7) or raise one sentence."""
-    version_text = require_tensorrt("the strip-attention plugin")
-    if not has_python_plugins(parse_version(version_text)):
+    trt = require_tensorrt("the strip-attention plugin", "standard")
+    if not has_python_plugins(trt):
         raise ScasegError(
             f"the strip-attention plugin needs TensorRT >= {'.'.join(map(str, PYTHON_PLUGIN_MIN))} "
-            f"(tensorrt.plugin), this is {version_text}; export with --sca-op decomposed instead"
+            f"(tensorrt.plugin), this is {trt.label}; export with --sca-op decomposed instead"
         )
     return cast(PluginApi, importlib.import_module("tensorrt.plugin"))
 

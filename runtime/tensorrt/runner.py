@@ -1,14 +1,19 @@
 """TensorRT engine runner: name-based I/O, pinned host buffers, async copies on one stream, optional CUDA graph.
 
-UNEXECUTED: this module is type-checked against tensorrt-stubs and its pure parts are tested, but it has never
-run on a GPU in this project's CI (no GPU, no TensorRT there). See docs/tensorrt.md.
+NEVER EXECUTED: running an engine needs a GPU and none was lent to this project. This module is type-checked
+(mypy against tensorrt-stubs) and the parts that come before the GPU are tested (side file, refusals). See
+docs/tensorrt.md.
 
 Order of work when loading, so that a wrong engine costs one sentence and nothing else:
 1. the side file ``<engine>.json`` (ModelInfo + TensorRT facts) is read and checked against this machine's
-   TensorRT version and GPU *before* the plan is deserialised (a plan from another version fails opaquely);
-2. the strip-attention plugin is registered when the engine was built with it (TensorRT >= 10.7);
+   TensorRT flavor and version and its GPU *before* the plan is deserialised (a plan from another version fails
+   opaquely): standard TensorRT wants the same GPU model, TensorRT-RTX a GPU among the compute capabilities it was
+   built for;
+2. the strip-attention plugin is registered when the engine was built with it (standard TensorRT >= 10.7);
 3. the plan is deserialised; I/O tensors are found by name (TensorRT >= 8.5 API: num_io_tensors,
-   get_tensor_name/mode/shape/dtype, set_input_shape, set_tensor_address, execute_async_v3).
+   get_tensor_name/mode/shape/dtype, set_input_shape, set_tensor_address, execute_async_v3);
+4. TensorRT-RTX: the execution context gets a runtime cache read from ``<engine>.rtcache`` (the kernels its JIT
+   compiled for this GPU on an earlier run) and written back atomically when the runner closes.
 """
 from __future__ import annotations
 
@@ -17,27 +22,25 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from scaseg.runtime import trt_compat
-from scaseg.runtime.backends.base import Backend
-from scaseg.runtime.cuda import CudaRuntime, Handle, load_cuda, require_device
 from scaseg.errors import ScasegError
+from scaseg.fileio import atomic_path
 from scaseg.metadata import ModelInfo
+from scaseg.runtime.backends.base import Backend
+from scaseg.runtime.tensorrt import compat
+from scaseg.runtime.tensorrt.cuda import CudaRuntime, Handle, load_cuda, require_device
 
-_LOGGER: Any = None
+_LOGGERS: dict[str, Any] = {}
 
 
-def _trt_logger() -> Any:
-    # TensorRT wants one logger per process; every runner and builder shares it.
-    global _LOGGER
-    if _LOGGER is None:
-        import tensorrt as trt
-
-        _LOGGER = trt.Logger(trt.Logger.WARNING)
-    return _LOGGER
+def _trt_logger(trt: compat.TensorRT) -> Any:
+    # TensorRT wants one logger per process; every runner shares it.
+    if trt.flavor not in _LOGGERS:
+        _LOGGERS[trt.flavor] = trt.module.Logger(trt.module.Logger.WARNING)
+    return _LOGGERS[trt.flavor]
 
 
 @dataclass
@@ -73,7 +76,7 @@ def check_input_shape(shape: tuple[int, ...], engine_shape: tuple[int, ...],
         lo, hi = profile
         if any(g < a or g > b for g, a, b in zip(shape, lo, hi)):
             raise ScasegError(f"the batch shape {shape} is outside the engine's profile {lo}..{hi} for {name}; "
-                              "rebuild with --min-shape/--max-shape covering it")
+                              "rebuild it with a profile (build_engine's min_shape/max_shape) that covers it")
 
 
 class TensorRTBackend(Backend):
@@ -91,18 +94,21 @@ class TensorRTBackend(Backend):
         self._context: Any = None
         self._engine: Any = None
         self._runtime: Any = None
+        self._runtime_cache: Any = None
         self.cuda: Optional[CudaRuntime] = None
         if not os.path.isfile(path):
             raise ScasegError(f"engine not found: {path}")
         side: Optional[ModelInfo] = None
-        if info is None or trt_compat.side_file(path).is_file():
-            side = trt_compat.read_engine_info(path)
+        if info is None or compat.side_file(path).is_file():
+            side = compat.read_engine_info(path)
         model_info = info if info is not None else side
         assert model_info is not None  # read_engine_info raised otherwise
         super().__init__(path, model_info)
         self.device_index = int(device)
-        self.facts = trt_compat.engine_facts(side) if side is not None else {}
-        self.trt_version = trt_compat.require_tensorrt(f"the engine {path}")
+        self.facts = compat.engine_facts(side) if side is not None else {}
+        flavor = self.facts.get("trt_flavor")
+        self.trt = compat.require_tensorrt(f"the engine {path}", flavor if flavor in compat.FLAVORS else "auto")
+        self.trt_version = self.trt.version_text
         try:
             self._load(path, side, cuda_graph)
         except BaseException:
@@ -113,31 +119,33 @@ class TensorRTBackend(Backend):
     # --- loading ------------------------------------------------------------------------------------------------
 
     def _load(self, path: str, side: Optional[ModelInfo], cuda_graph: bool) -> None:
-        import tensorrt as trt
-
+        if TYPE_CHECKING:  # type-checked against tensorrt-stubs; tensorrt_rtx has the same API here
+            import tensorrt as trt
+        else:
+            trt = self.trt.module
         self.cuda = cuda = load_cuda()
         require_device(cuda, self.device_index)
         self.gpu_name = cuda.device_name(self.device_index)
         self.compute_capability = cuda.compute_capability(self.device_index)
         if side is not None:
-            trt_compat.check_engine(path, side, trt_version=self.trt_version, gpu_name=self.gpu_name,
-                                    compute_capability=self.compute_capability)
+            compat.check_engine(path, side, trt=self.trt, gpu_name=self.gpu_name,
+                                compute_capability=self.compute_capability)
         self.uses_plugin = bool(self.facts.get("plugin", False))
         self._register_plugin()
         if cuda_graph and self.uses_plugin:
-            raise ScasegError("CUDA graphs cannot replay the Python strip-attention plugin this engine uses; run "
-                              "without --cuda-graph, or build the engine from a --sca-op decomposed ONNX")
+            raise ScasegError("CUDA graphs cannot replay the Python strip-attention plugin this engine uses; open it "
+                              "with cuda_graph=False, or build the engine from a --sca-op decomposed ONNX")
         self.cuda_graph = bool(cuda_graph)
         self._graph_failed = False
 
-        self._runtime = trt.Runtime(_trt_logger())
+        self._runtime = trt.Runtime(_trt_logger(self.trt))
         with open(path, "rb") as f:
             plan = f.read()
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
-            raise ScasegError(f"TensorRT {self.trt_version} could not load the engine {path}: the file is damaged or "
-                              "was not built by this TensorRT version")
-        self._context = self._engine.create_execution_context()
+            raise ScasegError(f"{self.trt.label} could not load the engine {path}: the file is damaged or was not "
+                              "built by this TensorRT version")
+        self._context = self._create_context(path)
         if self._context is None:
             raise ScasegError(f"TensorRT could not create an execution context for {path} (out of GPU memory?)")
         engine = self._engine
@@ -163,18 +171,41 @@ class TensorRTBackend(Backend):
         self._stream = cuda.stream_create()
         self._shape: tuple[int, ...] = ()
 
+    def _create_context(self, path: str) -> Any:
+        """An execution context; on TensorRT-RTX with the runtime cache from ``<engine>.rtcache`` attached."""
+        if self.trt.flavor != "rtx":
+            return self._engine.create_execution_context()
+        engine: Any = self._engine  # the runtime-cache API is TensorRT-RTX's, not in the standard stubs
+        config = engine.create_runtime_config()
+        cache = config.create_runtime_cache()
+        cache_file = compat.runtime_cache_file(path)
+        if cache_file.is_file() and not cache.deserialize(cache_file.read_bytes()):
+            warnings.warn(f"ignoring the runtime cache {cache_file}: {self.trt.label} could not read it",
+                          RuntimeWarning, stacklevel=3)
+        config.set_runtime_cache(cache)
+        self._runtime_cache = cache
+        return engine.create_execution_context(config)
+
+    def _save_runtime_cache(self) -> None:
+        """Write the runtime cache beside the engine (atomically), so the next run skips the JIT compilation."""
+        if self._runtime_cache is None:
+            return
+        blob = self._runtime_cache.serialize()
+        with atomic_path(compat.runtime_cache_file(self.path)) as tmp:
+            tmp.write_bytes(memoryview(blob))
+
     def _register_plugin(self) -> None:
         """Register scaseg::StripCrossAttention when the engine may contain it; required when it does."""
         wanted = self.uses_plugin or self.info.sca_op == "function"
-        if not wanted or not trt_compat.has_python_plugins(trt_compat.parse_version(self.trt_version)):
+        if not wanted or not compat.has_python_plugins(self.trt):
             if self.uses_plugin:
                 raise ScasegError(f"the engine {self.path} uses the Python strip-attention plugin, which needs "
-                                  f"TensorRT >= 10.7; this is {self.trt_version}")
+                                  f"standard TensorRT >= 10.7; this is {self.trt.label}")
             return
-        from scaseg.runtime import trt_plugin
+        from scaseg.runtime.tensorrt import plugin
 
         try:
-            trt_plugin.register_strip_attention()
+            plugin.register_strip_attention()
         except ScasegError:
             if self.uses_plugin:
                 raise
@@ -315,7 +346,7 @@ class TensorRTBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         desc = super().describe()
-        desc.update(tensorrt=self.trt_version, cuda=self.cuda.name if self.cuda else None,
+        desc.update(tensorrt=self.trt.label, cuda=self.cuda.name if self.cuda else None,
                     cuda_graph=self._graph_exec is not None, plugin=self.uses_plugin,
                     precision=self.facts.get("precision", self.info.precision))
         return desc
@@ -333,6 +364,14 @@ class TensorRTBackend(Backend):
 
         if cuda is not None and self._stream is not None:
             attempt(cuda.stream_synchronize, self._stream)
+        if not self._closed:
+            try:
+                self._save_runtime_cache()
+            except OSError as exc:  # a read-only model folder: the next run compiles again, nothing else is lost
+                errors.append(f"cannot write the runtime cache beside {self.path}: {exc.strerror or exc}")
+            except ScasegError as exc:
+                errors.append(str(exc))
+        self._runtime_cache = None
         attempt(self._drop_graph)
         for tensor in self._tensors.values():
             attempt(self._free, tensor)

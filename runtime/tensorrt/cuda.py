@@ -1,19 +1,21 @@
-"""The few CUDA runtime calls the TensorRT runner needs: through cuda-python, or ctypes to libcudart without it.
+"""The few CUDA runtime calls the TensorRT runner needs (memory, streams, copies, graphs): ctypes to libcudart.
 
-No compiled code of our own. cuda-python moved its runtime module from ``cuda.cudart`` (<= 12.5) to
-``cuda.bindings.runtime`` (12.6+); both return ``(cudaError_t, value...)`` tuples. The ctypes path talks to the
-same C functions in ``libcudart.so`` (CUDA 11.4+: it uses cudaGraphInstantiateWithFlags, whose signature did not
-change in CUDA 12 unlike cudaGraphInstantiate's).
+One binding, chosen: a ctypes wrapper of the CUDA runtime library, as Polygraphy does (polygraphy/cuda), not
+cuda-python. Why: every machine that runs a TensorRT engine already has ``libcudart.so`` (the CUDA toolkit, JetPack,
+or the nvidia-cuda-runtime wheel that TensorRT's pip wheels pull in), so this adds no dependency; cuda-python must
+match the installed CUDA major version and moved its runtime module twice (``cuda.cudart`` -> ``cuda.bindings.runtime``),
+and keeping both paths meant two implementations of the same eighteen calls with only one ever exercised. No
+compiled code of our own. It needs CUDA 11.4+ (cudaGraphInstantiateWithFlags, whose signature did not change in
+CUDA 12 unlike cudaGraphInstantiate's).
 
-Pointers are plain ints; streams and graphs are opaque handles (``Handle``) that :meth:`CudaRuntime.as_int`
-turns into the int TensorRT's ``execute_async_v3`` wants. CUDA errors become ScasegError with one sentence.
+Pointers, streams and graphs are plain ints (``Handle``); :meth:`CudaRuntime.as_int` gives what TensorRT's
+``execute_async_v3`` wants. CUDA errors become ScasegError with one sentence.
 """
 from __future__ import annotations
 
 import abc
 import ctypes
 import ctypes.util
-import importlib
 import os
 import sys
 from pathlib import Path
@@ -37,7 +39,6 @@ LIBCUDART_NAMES: Sequence[str] = ("libcudart.so", "libcudart.so.13", "libcudart.
 class CudaRuntime(abc.ABC):
     """The CUDA runtime surface used by the TensorRT runner and the engine builder."""
 
-    #: how it reaches CUDA: "cuda-python" or "ctypes"
     name: str = "cuda"
 
     @abc.abstractmethod
@@ -124,100 +125,11 @@ class CudaRuntime(abc.ABC):
         self.memcpy_async(dst, src, nbytes, MEMCPY_DEVICE_TO_HOST, stream)
 
 
-# --- cuda-python ------------------------------------------------------------------------------------------------
-
-
-class CudaPythonRuntime(CudaRuntime):
-    """cuda-python's ``cudart`` module (either import path)."""
-
-    name = "cuda-python"
-
-    def __init__(self, cudart: Any) -> None:
-        self.rt = cudart
-        self._success = cudart.cudaError_t.cudaSuccess
-
-    def _check(self, result: Any, call: str) -> Any:
-        err, *values = result if isinstance(result, tuple) else (result,)
-        if err != self._success:
-            msg_err, text = self.rt.cudaGetErrorString(err)
-            message = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
-            raise ScasegError(f"CUDA call {call} failed: {message} (error {int(err)})")
-        if not values:
-            return None
-        return values[0] if len(values) == 1 else tuple(values)
-
-    def device_count(self) -> int:
-        return int(self._check(self.rt.cudaGetDeviceCount(), "cudaGetDeviceCount"))
-
-    def set_device(self, device: int) -> None:
-        self._check(self.rt.cudaSetDevice(int(device)), "cudaSetDevice")
-
-    def device_name(self, device: int) -> str:
-        prop = self._check(self.rt.cudaGetDeviceProperties(int(device)), "cudaGetDeviceProperties")
-        name = prop.name
-        if isinstance(name, (bytes, bytearray)):
-            name = bytes(name).split(b"\0", 1)[0].decode(errors="replace")
-        return str(name).strip()
-
-    def compute_capability(self, device: int) -> tuple[int, int]:
-        attr = self.rt.cudaDeviceAttr
-        major = self._check(self.rt.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, int(device)),
-                            "cudaDeviceGetAttribute")
-        minor = self._check(self.rt.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, int(device)),
-                            "cudaDeviceGetAttribute")
-        return int(major), int(minor)
-
-    def malloc(self, nbytes: int) -> int:
-        return int(self._check(self.rt.cudaMalloc(int(nbytes)), "cudaMalloc"))
-
-    def free(self, ptr: int) -> None:
-        self._check(self.rt.cudaFree(ptr), "cudaFree")
-
-    def malloc_host(self, nbytes: int) -> int:
-        return int(self._check(self.rt.cudaMallocHost(int(nbytes)), "cudaMallocHost"))
-
-    def free_host(self, ptr: int) -> None:
-        self._check(self.rt.cudaFreeHost(ptr), "cudaFreeHost")
-
-    def memcpy_async(self, dst: int, src: int, nbytes: int, kind: int, stream: Handle) -> None:
-        kinds = self.rt.cudaMemcpyKind
-        ckind = kinds.cudaMemcpyHostToDevice if kind == MEMCPY_HOST_TO_DEVICE else kinds.cudaMemcpyDeviceToHost
-        self._check(self.rt.cudaMemcpyAsync(dst, src, int(nbytes), ckind, stream), "cudaMemcpyAsync")
-
-    def stream_create(self) -> Handle:
-        return self._check(self.rt.cudaStreamCreate(), "cudaStreamCreate")
-
-    def stream_synchronize(self, stream: Handle) -> None:
-        self._check(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
-
-    def stream_destroy(self, stream: Handle) -> None:
-        self._check(self.rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
-
-    def begin_capture(self, stream: Handle) -> None:
-        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        self._check(self.rt.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
-
-    def end_capture(self, stream: Handle) -> Handle:
-        return self._check(self.rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
-
-    def graph_instantiate(self, graph: Handle) -> Handle:
-        return self._check(self.rt.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiateWithFlags")
-
-    def graph_launch(self, graph_exec: Handle, stream: Handle) -> None:
-        self._check(self.rt.cudaGraphLaunch(graph_exec, stream), "cudaGraphLaunch")
-
-    def graph_destroy(self, graph: Handle) -> None:
-        self._check(self.rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
-
-    def graph_exec_destroy(self, graph_exec: Handle) -> None:
-        self._check(self.rt.cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
-
-
 # --- ctypes -----------------------------------------------------------------------------------------------------
 
 
 class CtypesRuntime(CudaRuntime):
-    """Direct calls into libcudart through ctypes, for machines without cuda-python (e.g. a bare JetPack)."""
+    """Direct calls into libcudart through ctypes."""
 
     name = "ctypes"
 
@@ -340,15 +252,6 @@ class CtypesRuntime(CudaRuntime):
 # --- choosing one -----------------------------------------------------------------------------------------------
 
 
-def _cuda_python_module() -> Optional[Any]:
-    for name in ("cuda.bindings.runtime", "cuda.cudart"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    return None
-
-
 def _libcudart_candidates() -> list[str]:
     """Library names/paths to try: the override, the system names, then the copy pip wheels ship (nvidia-*)."""
     names = [os.environ["SCASEG_LIBCUDART"]] if os.environ.get("SCASEG_LIBCUDART") else []
@@ -372,21 +275,13 @@ def load_ctypes_runtime(candidates: Optional[Sequence[str]] = None) -> CtypesRun
         except (OSError, AttributeError):  # AttributeError: a library without the CUDA 11.4+ graph entry points
             continue
     raise ScasegError(
-        "the CUDA runtime is not available: install cuda-python (pip install cuda-python) or make libcudart.so "
-        f"findable (tried {', '.join(tried) or 'nothing'}; set SCASEG_LIBCUDART to its path)"
+        "the CUDA runtime is not available: make libcudart.so findable (CUDA toolkit, JetPack, or pip install "
+        f"nvidia-cuda-runtime-cu12;  tried {', '.join(tried) or 'nothing'}; set SCASEG_LIBCUDART to its path)"
     )
 
 
-def load_cuda(prefer: str = "auto") -> CudaRuntime:
-    """The CUDA runtime: cuda-python when importable, else ctypes to libcudart. ``prefer``: auto|cuda-python|ctypes."""
-    if prefer not in ("auto", "cuda-python", "ctypes"):
-        raise ScasegError(f"unknown CUDA access {prefer!r}: expected auto, cuda-python or ctypes")
-    if prefer in ("auto", "cuda-python"):
-        module = _cuda_python_module()
-        if module is not None:
-            return CudaPythonRuntime(module)
-        if prefer == "cuda-python":
-            raise ScasegError("cuda-python is not installed: pip install cuda-python, or use the ctypes fallback")
+def load_cuda() -> CudaRuntime:
+    """The CUDA runtime of this machine (ctypes to libcudart), or one sentence naming what was tried."""
     return load_ctypes_runtime()
 
 
