@@ -10,7 +10,7 @@ import sys
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import typer
 from tqdm import tqdm
@@ -79,7 +79,7 @@ def _say(text: str) -> None:
 
 @app.command()
 def export(
-    checkpoint: Path = typer.Argument(..., help="SCASeg checkpoint (.pth / .safetensors, ours or mmseg-style).", metavar="CHECKPOINT"),
+    checkpoint: Path = typer.Argument(..., help="SCASeg checkpoint (.pth / .safetensors, ours or mmseg-style), or an exported .onnx with --format engine (no torch needed).", metavar="CHECKPOINT"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (folder for --format triton).", show_default="beside the checkpoint: model.onnx, model.fp16.onnx, model.engine, model_triton/"),
     imgsz: Optional[str] = typer.Option(None, "--imgsz", metavar=SIZE_METAVAR, help="Input size of the graph: N or HxW.", show_default="the checkpoint's size, else 512"),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size of the graph (the opt batch when dynamic)."),
@@ -104,10 +104,31 @@ def export(
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="engine: timing cache file (read and updated).", show_default="none"),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="engine: build for this DLA core (Jetson).", show_default="GPU"),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="engine/triton: largest batch of a dynamic-batch model."),
+    tensorrt: str = typer.Option("auto", "--tensorrt", metavar="auto|standard|rtx", help="engine: which TensorRT builds it: standard (tensorrt) or rtx (tensorrt_rtx).", show_default="the one installed, standard if both"),
+    compute_capability: Optional[List[str]] = typer.Option(None, "--compute-capability", metavar="CC", help="engine, TensorRT-RTX: GPU compute capability to build for, e.g. 8.6; repeat for several.", show_default="8.0 8.6 8.9 12.0"),
     quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-export"),
 ) -> None:
     """Export CHECKPOINT to ONNX (and optionally on to fp16/int8, a TensorRT engine or a Triton repository)."""
+    if checkpoint.suffix.lower() == ".onnx":  # an exported ONNX -> engine: no torch, no re-export
+        if fmt.value != "engine":
+            raise ScasegError(f"{checkpoint.name} is an ONNX model: scaseg-export builds engines from ONNX files "
+                              "(--format engine); export a checkpoint for --format onnx or triton")
+        from scaseg.export.from_onnx import build_from_onnx
+
+        source = checkpoint.expanduser()
+        named = source.stem.endswith(f".{precision.value}")  # model.fp16.onnx -> model.fp16.engine
+        dest = output.expanduser() if output else (source.with_suffix(".engine") if named else
+                                                   default_output(source, "engine", precision.value))
+        summary = build_from_onnx(
+            source, dest, precision=precision.value, tensorrt=tensorrt, compute_capabilities=compute_capability,
+            calib=calib, calib_num=calib_num, calib_method=calib_method.value, calib_cache=calib_cache,
+            max_miou_drop=max_miou_drop, workspace_gib=workspace, timing_cache=timing_cache, dla_core=dla_core,
+            say=_say)
+        for key, value in summary.items():
+            _say(f"engine: {key}: {value}")
+        _say(f"wrote {dest}  ({precision.value}, {dest.stat().st_size / 2**20:.1f} MiB)")
+        return
     from scaseg.export.onnx_export import ExportOptions, parse_dynamic, parse_query_chunk
 
     dyn_batch, dyn_spatial = parse_dynamic(dynamic)
@@ -136,6 +157,11 @@ def export(
         raise ScasegError("--format engine needs --int8-target tensorrt (the cpu placement uses ONNX Runtime-only ops)")
     if form != "onnx":
         _need("scaseg.runtime.tensorrt.builder" if form == "engine" else "scaseg.export.triton", f"--format {form}")
+    if form == "engine":  # no TensorRT, or a compute capability it cannot build for: say so before the export
+        from scaseg.runtime.tensorrt import builder as trt_builder, compat as trt_compat
+
+        trt_builder.check_flavor_options(trt_compat.require_tensorrt("--format engine", tensorrt), compute_capability,
+                                         dla_core)
     import scaseg
 
     if variant is not None and variant not in scaseg.VARIANTS:
@@ -185,7 +211,8 @@ def export(
                 if opts.dynamic_batch:
                     shape_kw = {"min_shape": (1, 3, h, w), "opt_shape": (opts.batch, 3, h, w), "max_shape": (max(max_batch, opts.batch), 3, h, w)}
                 result = engine.build_engine(
-                    str(final_onnx), str(dest), precision=prec, workspace_gib=workspace,
+                    str(final_onnx), str(dest), precision=prec, workspace_gib=workspace, tensorrt=tensorrt,
+                    compute_capabilities=compute_capability, report=_say,
                     timing_cache=str(timing_cache) if timing_cache else None, dla_core=dla_core, **shape_kw,
                 )
                 for key, value in (result or {}).items():

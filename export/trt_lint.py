@@ -1,14 +1,18 @@
-"""TensorRT compatibility lint: every op, opset and dtype of an ONNX graph that TensorRT's ONNX parser does not support.
+"""TensorRT compatibility check of an ONNX graph: TensorRT's own ONNX parser where one imports, else static tables.
 
-Static check against onnx-tensorrt's operator support documentation (docs/operators.md), per TensorRT generation.
-Tables transcribed from these versions of that file:
+With ``tensorrt`` or ``tensorrt_rtx`` importable, :func:`lint` parses the graph with that TensorRT's ONNX parser (no
+GPU needed) and reports the parser's own errors. Only where no TensorRT exists does it fall back to the hand-typed
+tables below, and the report says which was used.
+
+The fallback is a static check against onnx-tensorrt's operator support documentation (docs/operators.md), per
+TensorRT generation. Tables transcribed from these versions of that file:
 - "8.5":  the TensorRT 8.5 release (header: "TensorRT 8.5 supports operators up to Opset 17"). JetPack 5.x.
 - "10.x": the TensorRT 10.15 table (opset 9..24) minus the ops its changelog adds after 10.3 (Attention: 10.14;
           RotaryEmbedding, RMSNormalization, TensorScatter: 10.15), with the opset range of 10.0 (9..20), so the
           check holds for every 10.x from JetPack 6's 10.3 on.
 - "11.x": the 10.15 table plus Swish (11.0 release notes) and DFT (11.2), opset 9..24 (11.5 adds 25).
 Restrictions checked beyond op and dtype: inputs that must be build-time constants, Resize modes, local functions.
-It cannot replace parsing on a real TensorRT (none here): a clean report means "nothing the docs rule out".
+A clean table report means "nothing the docs rule out", not "TensorRT parses it".
 """
 from __future__ import annotations
 
@@ -121,17 +125,31 @@ class Finding:
 
 @dataclass
 class LintReport:
-    """Findings per target; ``notes`` are facts worth knowing that are not failures."""
+    """Findings per target; ``notes`` are facts worth knowing that are not failures.
+
+    ``source`` is "parser" (``parser`` names the TensorRT whose ONNX parser was run; findings are its errors) or
+    "tables" (the hand-typed fallback, findings per generation in TARGETS).
+    """
 
     opset: int
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    source: str = "tables"
+    parser: str = ""
 
     def clean(self, target: Optional[str] = None) -> bool:
         return not [f for f in self.findings if target is None or f.target == target]
 
     def summary(self, limit: int = 8) -> str:
-        lines = []
+        if self.source == "parser":
+            head = f"{self.parser} ONNX parser (the real one)"
+            if not self.findings:
+                return f"{head}: parsed cleanly (opset {self.opset})"
+            lines = [f"{head}: {len(self.findings)} error(s)"] + [f"  - {f.problem}" for f in self.findings[:limit]]
+            if len(self.findings) > limit:
+                lines.append(f"  - ... and {len(self.findings) - limit} more")
+            return "\n".join(lines)
+        lines = ["TensorRT lint from hand-typed operator tables (no TensorRT importable here to parse with):"]
         for target in TARGETS:
             found = [f for f in self.findings if f.target == target]
             if not found:
@@ -216,8 +234,22 @@ def _lint_nodes(nodes: Iterable[onnx.NodeProto], types: dict[str, str], constant
                     report.findings.append(Finding(target, name, node.op_type, f"Resize mode {mode}/{coord} is not supported{where}"))
 
 
-def lint(model: onnx.ModelProto) -> LintReport:
-    """Check ``model`` against TensorRT 8.5, 10.x and 11.x; local function bodies are checked too."""
+def lint(model: onnx.ModelProto, *, use_parser: bool = True) -> LintReport:
+    """Parse ``model`` with the installed TensorRT's ONNX parser; without one, check it against the 8.5/10.x/11.x tables."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if use_parser:
+        from scaseg.runtime.tensorrt import builder, compat
+
+        trt = compat.find_tensorrt()
+        if trt is not None:
+            errors = builder.parse_errors(model, trt)
+            return LintReport(opset=opset, source="parser", parser=trt.label,
+                              findings=[Finding(trt.label, "", "parser", err) for err in errors])
+    return lint_tables(model)
+
+
+def lint_tables(model: onnx.ModelProto) -> LintReport:
+    """The fallback: check ``model`` against TensorRT 8.5, 10.x and 11.x tables; local function bodies too."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     report = LintReport(opset=opset)
     for target in TARGETS:
@@ -234,5 +266,5 @@ def lint(model: onnx.ModelProto) -> LintReport:
         _lint_nodes(f.node, {}, body_consts, f" (inside local function {f.domain}:{f.name})", report, set())
     if (SCA_DOMAIN, SCA_OP) in functions:
         report.notes.append(f"{SCA_DOMAIN}:{SCA_OP} is an ONNX local function: TensorRT 10.x/11.x inline it, and from "
-                            "10.7 a registered plugin of that name (scaseg.runtime.trt_plugin) replaces it")
+                            "10.7 a registered plugin of that name (scaseg.runtime.tensorrt.plugin) replaces it")
     return report

@@ -26,7 +26,7 @@ from scaseg.metadata import METADATA_KEY, ModelInfo
 from scaseg.runtime.tensorrt import builder as engine_mod
 from scaseg.runtime.tensorrt import compat as trt_compat
 from scaseg.runtime.tensorrt.compat import TensorRT
-from scaseg.runtime.tensorrt.cuda import load_ctypes_runtime, require_device
+from scaseg.runtime.tensorrt.cuda import load_cuda, require_device
 from scaseg.runtime.tensorrt.plugin import strip_attention_into
 from scaseg.runtime.tensorrt.runner import TensorRTBackend, check_input_shape
 
@@ -423,6 +423,26 @@ def test_engine_built_elsewhere_is_refused_in_one_sentence(tmp_path: Path) -> No
         trt_compat.check_engine(engine, trt_compat.read_engine_info(engine), **here)
 
 
+def test_rtx_engine_is_refused_for_another_version_or_an_excluded_gpu(tmp_path: Path) -> None:
+    engine = tmp_path / "model.engine"
+    _side_file(engine, {"trt_flavor": "rtx", "trt_version": "1.7.1.116", "compute_capabilities": ["8.6", "12.0"]})
+    info = trt_compat.read_engine_info(engine)
+    here: dict[str, Any] = {"trt": _trt("1.7.1.116", "rtx"), "gpu_name": "RTX 4090", "compute_capability": (8, 6)}
+    trt_compat.check_engine(engine, info, **here)
+    trt_compat.check_engine(engine, info, **{**here, "compute_capability": (12, 0)})
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"compute_capability": (8, 9)}, "built for compute capabilities 8.6, 12.0 and this GPU (RTX 4090) is 8.9; "
+                                         "rebuild it with --compute-capability 8.9"),
+        ({"trt": _trt("1.6.1.120", "rtx")}, "built with TensorRT-RTX 1.7.1.116 and this machine has TensorRT-RTX 1.6"),
+        ({"trt": _trt("10.13.0", "standard")}, "built with TensorRT-RTX and this machine runs TensorRT 10.13.0; "
+                                               "rebuild the engine with --tensorrt standard"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ScasegError, match=re.escape(message)) as err:
+            trt_compat.check_engine(engine, info, **{**here, **change})
+        assert "\n" not in str(err.value)
+
+
 def test_engine_side_file_missing_or_broken(tmp_path: Path) -> None:
     engine = tmp_path / "model.plan"
     engine.write_bytes(b"plan")
@@ -520,12 +540,12 @@ def test_plugin_math_matches_softmax_attention_in_bounded_chunks() -> None:
 
 def test_ctypes_cuda_fallback_names_what_it_tried() -> None:
     with pytest.raises(ScasegError, match="the CUDA runtime is not available.*tried /nonexistent/libcudart.so"):
-        load_ctypes_runtime(["/nonexistent/libcudart.so"])
+        load_cuda(["/nonexistent/libcudart.so"])
 
 
 def test_ctypes_cuda_reports_no_device_in_one_sentence() -> None:
     try:
-        cuda = load_ctypes_runtime()
+        cuda = load_cuda()
     except ScasegError:
         pytest.skip("no libcudart on this machine")
     try:

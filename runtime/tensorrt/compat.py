@@ -97,7 +97,10 @@ class TensorRT:
 
 
 def _findable(flavor: str) -> bool:
-    spec = importlib.util.find_spec(MODULES[flavor])
+    try:
+        spec = importlib.util.find_spec(MODULES[flavor])
+    except (ImportError, ValueError):  # a finder that refuses the name, a half-initialised module
+        return False
     # tensorrt-stubs installs a bare tensorrt/ folder of .pyi files: a namespace package without an origin.
     return spec is not None and spec.origin is not None
 

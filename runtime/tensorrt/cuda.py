@@ -13,7 +13,6 @@ Pointers, streams and graphs are plain ints (``Handle``); :meth:`CudaRuntime.as_
 """
 from __future__ import annotations
 
-import abc
 import ctypes
 import ctypes.util
 import os
@@ -32,104 +31,12 @@ CAPTURE_MODE_THREAD_LOCAL = 1  # capture only this thread's work: scaseg-infer d
 ATTR_CC_MAJOR = 75  # cudaDevAttrComputeCapabilityMajor
 ATTR_CC_MINOR = 76  # cudaDevAttrComputeCapabilityMinor
 
-# Shared-library names tried by the ctypes fallback, newest first; SCASEG_LIBCUDART overrides.
+# Shared-library names tried, newest first; SCASEG_LIBCUDART overrides.
 LIBCUDART_NAMES: Sequence[str] = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0")
 
 
-class CudaRuntime(abc.ABC):
-    """The CUDA runtime surface used by the TensorRT runner and the engine builder."""
-
-    name: str = "cuda"
-
-    @abc.abstractmethod
-    def device_count(self) -> int:
-        """Number of CUDA devices visible to this process."""
-
-    @abc.abstractmethod
-    def set_device(self, device: int) -> None:
-        """Make ``device`` current for this thread."""
-
-    @abc.abstractmethod
-    def device_name(self, device: int) -> str:
-        """Marketing name of the device, e.g. "NVIDIA GeForce RTX 4090" or "Orin"."""
-
-    @abc.abstractmethod
-    def compute_capability(self, device: int) -> tuple[int, int]:
-        """(major, minor), e.g. (8, 7) for Jetson Orin."""
-
-    @abc.abstractmethod
-    def malloc(self, nbytes: int) -> int:
-        """Device memory."""
-
-    @abc.abstractmethod
-    def free(self, ptr: int) -> None:
-        """Release device memory."""
-
-    @abc.abstractmethod
-    def malloc_host(self, nbytes: int) -> int:
-        """Page-locked host memory (asynchronous copies need it)."""
-
-    @abc.abstractmethod
-    def free_host(self, ptr: int) -> None:
-        """Release page-locked host memory."""
-
-    @abc.abstractmethod
-    def memcpy_async(self, dst: int, src: int, nbytes: int, kind: int, stream: Handle) -> None:
-        """Copy on ``stream``; ``kind`` is MEMCPY_HOST_TO_DEVICE or MEMCPY_DEVICE_TO_HOST."""
-
-    @abc.abstractmethod
-    def stream_create(self) -> Handle:
-        """A new stream."""
-
-    @abc.abstractmethod
-    def stream_synchronize(self, stream: Handle) -> None:
-        """Block until the stream's work is done."""
-
-    @abc.abstractmethod
-    def stream_destroy(self, stream: Handle) -> None:
-        """Release a stream."""
-
-    @abc.abstractmethod
-    def begin_capture(self, stream: Handle) -> None:
-        """Start recording the stream's work into a CUDA graph."""
-
-    @abc.abstractmethod
-    def end_capture(self, stream: Handle) -> Handle:
-        """Stop recording; returns the graph."""
-
-    @abc.abstractmethod
-    def graph_instantiate(self, graph: Handle) -> Handle:
-        """An executable graph."""
-
-    @abc.abstractmethod
-    def graph_launch(self, graph_exec: Handle, stream: Handle) -> None:
-        """Replay an executable graph on ``stream``."""
-
-    @abc.abstractmethod
-    def graph_destroy(self, graph: Handle) -> None:
-        """Release a captured graph."""
-
-    @abc.abstractmethod
-    def graph_exec_destroy(self, graph_exec: Handle) -> None:
-        """Release an executable graph."""
-
-    @staticmethod
-    def as_int(handle: Handle) -> int:
-        """The integer value of a stream/graph handle (what TensorRT's execute_async_v3 takes)."""
-        return 0 if handle is None else int(handle)
-
-    def memcpy_htod_async(self, dst: int, src: int, nbytes: int, stream: Handle) -> None:
-        self.memcpy_async(dst, src, nbytes, MEMCPY_HOST_TO_DEVICE, stream)
-
-    def memcpy_dtoh_async(self, dst: int, src: int, nbytes: int, stream: Handle) -> None:
-        self.memcpy_async(dst, src, nbytes, MEMCPY_DEVICE_TO_HOST, stream)
-
-
-# --- ctypes -----------------------------------------------------------------------------------------------------
-
-
-class CtypesRuntime(CudaRuntime):
-    """Direct calls into libcudart through ctypes."""
+class CudaRuntime:
+    """The CUDA runtime calls the TensorRT runner needs, made into libcudart through ctypes."""
 
     name = "ctypes"
 
@@ -248,8 +155,19 @@ class CtypesRuntime(CudaRuntime):
     def graph_exec_destroy(self, graph_exec: Handle) -> None:
         self._check(self.lib.cudaGraphExecDestroy(ctypes.c_void_p(self.as_int(graph_exec))), "cudaGraphExecDestroy")
 
+    @staticmethod
+    def as_int(handle: Handle) -> int:
+        """The integer value of a stream/graph handle (what TensorRT's execute_async_v3 takes)."""
+        return 0 if handle is None else int(handle)
 
-# --- choosing one -----------------------------------------------------------------------------------------------
+    def memcpy_htod_async(self, dst: int, src: int, nbytes: int, stream: Handle) -> None:
+        self.memcpy_async(dst, src, nbytes, MEMCPY_HOST_TO_DEVICE, stream)
+
+    def memcpy_dtoh_async(self, dst: int, src: int, nbytes: int, stream: Handle) -> None:
+        self.memcpy_async(dst, src, nbytes, MEMCPY_DEVICE_TO_HOST, stream)
+
+
+# --- finding libcudart ------------------------------------------------------------------------------------------
 
 
 def _libcudart_candidates() -> list[str]:
@@ -266,23 +184,18 @@ def _libcudart_candidates() -> list[str]:
     return names
 
 
-def load_ctypes_runtime(candidates: Optional[Sequence[str]] = None) -> CtypesRuntime:
+def load_cuda(candidates: Optional[Sequence[str]] = None) -> CudaRuntime:
     """Open libcudart through ctypes, or raise one sentence naming what was tried."""
     tried = list(candidates) if candidates is not None else _libcudart_candidates()
     for name in tried:
         try:
-            return CtypesRuntime(ctypes.CDLL(name))
+            return CudaRuntime(ctypes.CDLL(name))
         except (OSError, AttributeError):  # AttributeError: a library without the CUDA 11.4+ graph entry points
             continue
     raise ScasegError(
         "the CUDA runtime is not available: make libcudart.so findable (CUDA toolkit, JetPack, or pip install "
         f"nvidia-cuda-runtime-cu12;  tried {', '.join(tried) or 'nothing'}; set SCASEG_LIBCUDART to its path)"
     )
-
-
-def load_cuda() -> CudaRuntime:
-    """The CUDA runtime of this machine (ctypes to libcudart), or one sentence naming what was tried."""
-    return load_ctypes_runtime()
 
 
 def require_device(cuda: CudaRuntime, device: int) -> None:
