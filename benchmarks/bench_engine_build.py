@@ -6,7 +6,8 @@
 The first command writes the ONNX files (fp32 export with random weights, fp16 conversion, int8 calibration with
 the tensorrt placement on synthetic scenes); they are not part of the figures. The second times
 ``build_engine(..., tensorrt="rtx")`` for every (variant, size, precision) and prints one table: build seconds
-(median of --repeat builds), engine MiB, conv/GEMM layers on the requested precision.
+(median of --repeat builds; the whole build_engine call: read, parse, build, layer report, write), engine MiB,
+conv/GEMM layers on the requested precision. At 1024x2048 only fp32 is measured (see MEASURED).
 """
 from __future__ import annotations
 
@@ -21,12 +22,15 @@ from pathlib import Path
 
 SIZES = {"512x512": (512, 512), "1024x2048": (1024, 2048)}
 PRECISIONS = ("fp32", "fp16", "int8")
+#: fp16/int8 at 1024x2048 are left out: their conversion runs ONNX Runtime at full size (parity, calibration), and
+#: on this 23 GiB machine the fp16 step was OOM-killed at 19.8 GB resident. The build itself is not the limit.
+MEASURED = {"512x512": PRECISIONS, "1024x2048": ("fp32",)}
 
 
 def prepare(work: Path, variant: str, size: str) -> dict[str, Path]:
     """fp32 / fp16 / int8 ONNX files for one variant and size (made once, reused)."""
     h, w = SIZES[size]
-    files = {p: work / f"{variant}_{size}.{p}.onnx" for p in PRECISIONS}
+    files = {p: work / f"{variant}_{size}.{p}.onnx" for p in MEASURED[size]}
     if all(f.is_file() for f in files.values()):
         return files
     import cv2
@@ -43,6 +47,8 @@ def prepare(work: Path, variant: str, size: str) -> dict[str, Path]:
     model = scaseg.build(variant, 19).eval()
     proto, _ = to_onnx(model, ModelInfo(variant, 19, input_size=(h, w)), ExportOptions(imgsz=(h, w)))
     onnx.save(proto, str(files["fp32"]))
+    if len(files) == 1:
+        return files
     make_precision(str(files["fp32"]), str(files["fp16"]), "fp16", calib_dir=None)
     calib = work / f"calib_{size}"
     calib.mkdir(exist_ok=True)
@@ -85,7 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for variant, size in jobs:
             base = None
-            for precision in PRECISIONS:
+            for precision in MEASURED[size]:
                 times, summary = [], {}
                 for _ in range(args.repeat):
                     start = time.perf_counter()

@@ -42,7 +42,7 @@ def build_from_onnx(onnx_path: Path, dest: Path, *, precision: str, tensorrt: st
     if dest.resolve() == onnx_path.resolve():
         raise ScasegError(f"the output {dest} is the input ONNX; name another file (e.g. {dest.with_suffix('.engine')})")
     check_writable_dir(dest)
-    say(f"{trt.label} ({trt.generation}): building a {precision} engine from {onnx_path.name} "
+    say(f"{trt.label} ({trt.generation}): building an {precision} engine from {onnx_path.name} "
         f"(the ONNX carries {carried})")
     try:  # the first write: os.access can say yes where a write fails (a read-only mount)
         work_dir = tempfile.TemporaryDirectory(prefix=".scaseg-engine-", dir=dest.parent)
