@@ -57,7 +57,7 @@ def main() -> None:
 
     import scaseg
     from scaseg.export.simplify import decompose_layer_norm, simplify
-    from scaseg.export.trt_lint import lint
+    from scaseg.export.trt_lint import lint_tables as lint  # per-generation verdicts from the documented tables
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

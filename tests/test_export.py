@@ -119,7 +119,13 @@ def test_cli_mit_variant_default_path_prints_reports(mit_ckpt: Path, tmp_path: P
     local.write_bytes(mit_ckpt.read_bytes())
     code, out, err = run_main([str(local), "--parity-images", "1"], monkeypatch, capsys)
     assert code == 0, err
-    assert "TensorRT 8.5: clean" in out and "TensorRT 11.x: clean" in out
+    from scaseg.runtime.tensorrt.compat import find_tensorrt
+
+    trt = find_tensorrt()  # the lint parses with the real parser where a TensorRT imports (CI: TensorRT-RTX)
+    if trt is not None:
+        assert f"{trt.label} ONNX parser (the real one): parsed cleanly (opset 17)" in out
+    else:
+        assert "TensorRT 8.5: clean" in out and "TensorRT 11.x: clean" in out and "hand-typed operator tables" in out
     assert "parity vs PyTorch on 1 synthetic scene(s) at 64x64" in out and "PASS" in out
     assert "s/step" in err or "step/s" in err  # the progress bar goes to stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.pth"]  # beside it, no temporary leftovers
