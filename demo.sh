@@ -60,8 +60,9 @@ if [ "$train" = 1 ]; then
   ckpt="$out/recipe/scaseg-t-synth.pth"
 else
   # The installed package's copy of the checkpoint the recipe produced (provenance in the .json beside it).
-  ckpt=$(python -c "import scaseg; print(scaseg.weights_path('scaseg-t-synth'))")
-  python - <<'PY'
+  # Asked from another folder: run here, Python would import the checkout's ./scaseg instead of the install.
+  ckpt=$(cd / && python -c "import scaseg; print(scaseg.weights_path('scaseg-t-synth'))")
+  (cd / && python - <<'PY'
 import json, os, scaseg
 path = scaseg.weights_path("scaseg-t-synth")
 with open(os.path.splitext(path)[0] + ".json") as f:
@@ -71,6 +72,7 @@ print(f"  made by {facts['recipe']} on {facts['date'][:10]}: {facts['iterations'
       f"{facts['train_seconds'] / 60:.1f} min on {facts['machine']['cores']} CPU cores, "
       f"val mIoU {100 * facts['shipped_val_miou']:.2f}% on {facts['val_images']} synthetic scenes")
 PY
+  )
 fi
 mkdir -p "$out/models"
 cp "$ckpt" "$out/models/.scaseg-t.pth.tmp" && mv "$out/models/.scaseg-t.pth.tmp" "$out/models/scaseg-t.pth"

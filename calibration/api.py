@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import numpy as np
 import onnx
-from tqdm import tqdm
+from scaseg.progress import progress as progress_bar
 
 from scaseg.calibration import data, int8
 from scaseg.calibration.fp16 import to_fp16
@@ -121,7 +121,7 @@ def _int8(model: onnx.ModelProto, info: ModelInfo, out_path: str, cset: data.Cal
     cache_file = Path(cache_dir).expanduser() / f"{stem}.{key['model'][:12]}.calib.npz" if cache_dir else None
     stats, cache = (data.load_stats(cache_file, key) if cache_file else (None, "off"))
     if stats is None:
-        bar = tqdm(total=len(cset.calib), desc="int8: calibrate", unit="img", file=sys.stderr, bar_format=BAR)
+        bar = progress_bar(total=len(cset.calib), desc="int8: calibrate", unit="img", file=sys.stderr, bar_format=BAR)
         with bar:
             def progress(batches):
                 for b in batches:

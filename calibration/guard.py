@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import onnx
-from tqdm import tqdm
+from scaseg.progress import progress
 
 from scaseg.calibration import int8
 from scaseg.calibration.session import first_output
@@ -115,14 +115,14 @@ def run_guard(
         return num / den
 
     ranking = []
-    for block in tqdm(blocks, desc="guard: rank blocks", unit="block", file=sys.stderr, bar_format=BAR):
+    for block in progress(blocks, desc="guard: rank blocks", unit="block", file=sys.stderr, bar_format=BAR):
         others = [n for b, names in blocks.items() if b != block for n in names]
         ranking.append((block, noise(int8.quantize(fp32, thresholds, target, keep_float=others))))
     ranking.sort(key=lambda kv: -kv[1])
     result.ranking = ranking
 
     keep: list[str] = []
-    with tqdm(total=len(ranking), desc="guard: keep float", unit="block", file=sys.stderr, bar_format=BAR) as bar:
+    with progress(total=len(ranking), desc="guard: keep float", unit="block", file=sys.stderr, bar_format=BAR) as bar:
         for block, _ in ranking:
             result.kept_float_blocks.append(block)
             keep += blocks[block]

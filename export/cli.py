@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from tqdm import tqdm
 
 from scaseg.cli import SIZE_METAVAR, make_app, parse_size, quiet_option
 from scaseg.errors import ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_path, check_writable_dir
+from scaseg.progress import progress, write
 
 app = make_app(__doc__)
 
@@ -74,7 +74,7 @@ def default_output(checkpoint: Path, fmt: str, precision: str) -> Path:
 
 
 def _say(text: str) -> None:
-    tqdm.write(text, file=sys.stdout)
+    write(text, file=sys.stdout)
 
 
 @app.command()
@@ -174,12 +174,12 @@ def export(
 
     bar = "{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
     # A context manager so that an error closes the bar first and prints on a line of its own.
-    with tqdm(total=4, desc="export", unit="step", file=sys.stderr, bar_format=bar, disable=quiet) as steps:
+    with progress(total=4, desc="export", unit="step", file=sys.stderr, bar_format=bar) as steps:
         steps.set_postfix_str("loading checkpoint")
         model, info = scaseg.load_model(checkpoint, variant=variant)
         report = getattr(model, "load_report", None)
         if report is not None and (not report.clean or report.kind == "encoder"):
-            tqdm.write(f"warning: {report.summary()}" + ("; the decoder is randomly initialised" if report.kind == "encoder" else ""), file=sys.stderr)
+            write(f"warning: {report.summary()}" + ("; the decoder is randomly initialised" if report.kind == "encoder" else ""), file=sys.stderr)
         if input_hw is None and info.input_size:
             opts.imgsz = tuple(info.input_size)  # type: ignore[assignment]
             opts.validate()
@@ -227,7 +227,7 @@ def export(
     _say(f"wrote {dest}  ({summary}, {prec}, {size / 2**20:.1f} MiB)")
 
 
-def _export_fp32(model: Any, info: Any, opts: Any, dest: Path, parity_images: int, tolerance: float, steps: tqdm) -> str:
+def _export_fp32(model: Any, info: Any, opts: Any, dest: Path, parity_images: int, tolerance: float, steps: Any) -> str:
     """Export, lint, check parity and only then let ``dest`` appear; returns a one-line summary."""
     import onnx
 

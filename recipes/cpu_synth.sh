@@ -9,8 +9,9 @@
 #    no drop-path and no dropout (regularisers slow a 40-epoch run down more than they help it), validating at
 #    128x256 (predictions are scored at the stored 256x512 labels);
 # 3. recipes/package_weights.py stores the final weights as float16 in OUT_DIR/scaseg-t-synth.pth and writes
-#    OUT_DIR/scaseg-t-synth.json (commands, seed, wall times, mIoU, per-class IoU, date, machine).
-# --ship copies both files into scaseg/weights/ (what the package ships).
+#    OUT_DIR/scaseg-t-synth.json (commands, seed, wall times, mIoU, per-class IoU, date, machine), and exports
+#    the float16 checkpoint to OUT_DIR/scaseg-t-synth.int8.onnx (the default model of scaseg-infer/scaseg-bench).
+# --ship copies the three files into scaseg/weights/ (what the package ships).
 #
 # Measured (docs/training.md): 72.04% val mIoU in 640.8 s (10.7 min) on a 2-core EPYC shared with other jobs.
 # Rerunnable: a previous output of this recipe in OUT_DIR is replaced. Fixed seed 0.
@@ -21,7 +22,7 @@ SHIP=0
 for arg in "$@"; do
     case "$arg" in
         --ship) SHIP=1 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         -*) echo "cpu_synth.sh: unknown option $arg (expected [OUT_DIR] [--ship])" >&2; exit 2 ;;
         *) OUT="$arg" ;;
     esac
@@ -69,10 +70,10 @@ T3="$(now)"
 
 if [ "$SHIP" = 1 ]; then
     mkdir -p "$REPO/scaseg/weights"
-    for f in "$NAME.pth" "$NAME.json"; do  # copy, then rename: the package never holds half a file
+    for f in "$NAME.pth" "$NAME.json" "$NAME.int8.onnx"; do  # copy, then rename: the package never holds half a file
         cp "$OUT/$f" "$REPO/scaseg/weights/.$f.tmp" && mv "$REPO/scaseg/weights/.$f.tmp" "$REPO/scaseg/weights/$f"
     done
-    echo "cpu_synth: shipped $NAME.pth and $NAME.json to $REPO/scaseg/weights/"
+    echo "cpu_synth: shipped $NAME.pth, $NAME.json and $NAME.int8.onnx to $REPO/scaseg/weights/"
 fi
 MIOU="$(grep -o 'final val mIoU [0-9.]*%' "$OUT/train.log" | tail -1)"
 echo "cpu_synth: wall time $(secs "$T0" "$T3") s (synthesis $(secs "$T0" "$T1") s, training $(secs "$T1" "$T2") s," \

@@ -1,10 +1,13 @@
-"""Turn a finished scaseg-train run into a shippable checkpoint: float16 weights plus a provenance JSON.
+"""Turn a finished scaseg-train run into a shippable checkpoint: float16 weights plus a provenance JSON, and the
+int8 ONNX export of those weights that scaseg-infer and scaseg-bench run when no model is named.
 
 Called by recipes/cpu_synth.sh. The float16 file is evaluated again on the validation split, so the JSON
-holds both the trainer's own final mIoU (float32 weights) and the mIoU of the file that is shipped.
+holds both the trainer's own final mIoU (float32 weights) and the mIoU of the file that is shipped; the ONNX
+file is made with scaseg-export (int8, calibrated on the run's train split) and scored by the runtime.
 
     python recipes/package_weights.py --run RUN_DIR --data DATA_DIR -o NAME.pth --train-log LOG \
         --command "scaseg-train ..." --synth-seconds S --train-seconds T
+    python recipes/package_weights.py --onnx-only --data DATA_DIR -o NAME.pth   # redo NAME.int8.onnx alone
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import math
 import os
 import platform
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -92,9 +96,43 @@ def package(args: argparse.Namespace) -> dict:
     if not math.isclose(meta["shipped_val_miou"], meta["final_val_miou"], abs_tol=0.005):
         print(f"package_weights: warning: the float16 file scores {100 * check['miou']:.2f}% mIoU, "
               f"the float32 weights {found.group(1)}%", file=sys.stderr)
-    with atomic_path(out.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(meta, indent=1) + "\n")
+    meta["onnx"] = package_onnx(out, args.data)
+    _write_meta(out.with_suffix(".json"), meta)
     return meta
+
+
+ONNX_CALIB_NUM = 64
+
+
+def package_onnx(checkpoint: Path, data: str) -> dict:
+    """NAME.pth -> NAME.int8.onnx with scaseg-export, scored on the val split by the runtime; returns its provenance."""
+    from scaseg.runtime.backends import open_backend
+    from scaseg.runtime.bench import evaluate as runtime_evaluate, open_eval_dataset
+    from scaseg.runtime.predictor import Predictor
+
+    onnx_path = checkpoint.with_name(checkpoint.stem + ".int8.onnx")
+    args = [str(checkpoint), "--precision", "int8", "--calib", data, "--calib-num", str(ONNX_CALIB_NUM),
+            "-o", str(onnx_path), "-q"]
+    subprocess.run([sys.executable, "-c", "from scaseg.export.cli import main; main()", *args], check=True,
+                   stdout=subprocess.DEVNULL)
+    with open_backend(onnx_path, device="cpu") as backend:
+        predictor = Predictor(backend)
+        scored = runtime_evaluate(predictor, open_eval_dataset(data, "cityscapes", "val", backend.info), progress=False)
+    synth = Path(data) / "synth.json"
+    scenes = json.loads(synth.read_text()) if synth.is_file() else None
+    calibration = f"{ONNX_CALIB_NUM} images of the train split of {data}" + (
+        f" (scaseg-synth seed {scenes['seed']}, {scenes['num_train']} train + {scenes['num_val']} val scenes of "
+        f"{scenes['size'][0]}x{scenes['size'][1]})" if scenes else "")
+    return {"file": onnx_path.name, "bytes": onnx_path.stat().st_size,
+            "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+            "command": " ".join(["scaseg-export", *args]), "calibration": calibration,
+            "val_miou": round(scored["miou"], 4),
+            "per_class_iou": {n: round(v, 4) for n, v in zip(scored["class_names"], scored["iou"]) if v is not None}}
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(meta, indent=1) + "\n")
 
 
 def _loadavg() -> str:
@@ -106,17 +144,30 @@ def _loadavg() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True, help="scaseg-train output folder")
+    p.add_argument("--onnx-only", action="store_true", help="only (re)make NAME.int8.onnx from an existing NAME.pth")
+    p.add_argument("--run", help="scaseg-train output folder")
     p.add_argument("--data", required=True, help="dataset root the run trained on")
     p.add_argument("-o", "--output", dest="out", required=True, help="checkpoint to write (NAME.pth; NAME.json beside it)")
-    p.add_argument("--train-log", required=True, help="scaseg-train's printed output")
-    p.add_argument("--command", required=True, help="the commands that made the run, as typed")
+    p.add_argument("--train-log", help="scaseg-train's printed output")
+    p.add_argument("--command", help="the commands that made the run, as typed")
     p.add_argument("--recipe", default="recipes/cpu_synth.sh")
-    p.add_argument("--synth-seconds", type=float, required=True)
-    p.add_argument("--train-seconds", type=float, required=True)
+    p.add_argument("--synth-seconds", type=float)
+    p.add_argument("--train-seconds", type=float)
     p.add_argument("--load-start", default="")
     args = p.parse_args()
+    needed = [] if args.onnx_only else ["run", "train_log", "command", "synth_seconds", "train_seconds"]
+    missing = [f"--{n.replace('_', '-')}" for n in needed if getattr(args, n) is None]
+    if missing:
+        p.error(f"the following arguments are required: {', '.join(missing)}")
     try:
+        if args.onnx_only:
+            out = Path(args.out)
+            meta = json.loads(out.with_suffix(".json").read_text())
+            meta["onnx"] = package_onnx(out, args.data)
+            _write_meta(out.with_suffix(".json"), meta)
+            print(f"package_weights: {meta['onnx']['file']} ({meta['onnx']['bytes'] / 2**20:.1f} MiB); "
+                  f"val mIoU {100 * meta['onnx']['val_miou']:.2f}%")
+            return
         meta = package(args)
     except ScasegError as exc:
         print(f"package_weights: error: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import typer
 
+from scaseg import DEFAULT_MODEL_FILE, default_model
 from scaseg.cli import make_app, parse_size, quiet_option
 from scaseg.runtime.backends import fixed_size, open_backend
 from scaseg.errors import ScasegError, run_cli, version_option
@@ -42,12 +43,12 @@ def sample_jpeg(hw: tuple[int, int] = SAMPLE_HW, seed: int = 0) -> bytes:
 
 
 def _timed(fn: Any, warmup: int, runs: int, desc: str, progress: bool) -> list[float]:
-    from tqdm import tqdm
+    from scaseg.progress import progress as bar
 
     for _ in range(warmup):
         fn()
     laps = []
-    for _ in tqdm(range(runs), desc=desc, unit="run", file=sys.stderr, leave=False, disable=not progress):
+    for _ in bar(range(runs), desc=desc, unit="run", file=sys.stderr, leave=False, disable=not progress):
         t0 = time.perf_counter()
         fn()
         laps.append(time.perf_counter() - t0)
@@ -94,14 +95,13 @@ def open_eval_dataset(data: str, kind: str, split: str, info: ModelInfo) -> Any:
 
 def evaluate(predictor: Predictor, ds: Any, limit: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
     """mIoU, pixel accuracy and per-class IoU of one model on a dataset split (labels at full resolution)."""
-    from tqdm import tqdm
-
     from scaseg.data.metrics import SegMetrics
+    from scaseg.progress import progress as bar
 
     info = predictor.info
     total = len(ds) if limit is None else min(limit, len(ds))
     metrics = SegMetrics(info.num_classes, ignore_index=getattr(ds, "ignore_index", 255))
-    for i in tqdm(range(total), desc="mIoU", unit="img", file=sys.stderr, leave=False, disable=not progress):
+    for i in bar(range(total), desc="mIoU", unit="img", file=sys.stderr, leave=False, disable=not progress):
         sample = ds[i]
         if sample.label is None:
             raise ScasegError(f"the image {sample.name} of {ds.root} has no label, so mIoU cannot be measured")
@@ -192,7 +192,7 @@ def _write_text(path: str, text: str) -> None:
 
 @app.command()
 def bench(
-    models: list[str] = typer.Argument(..., metavar="MODEL...", help="Model files (.onnx, .trt/.engine/.plan, .pth) to compare."),
+    models: list[str] = typer.Argument(None, metavar="[MODEL]...", help="Model files (.onnx, .trt/.engine/.plan, .pth) to compare.", show_default=f"the shipped {DEFAULT_MODEL_FILE}"),
     output: list[Path] = typer.Option([], "-o", "--output", metavar="FILE.json|FILE.csv", show_default="print the table only",
                                       help="Also write the results here: .json (every figure) or .csv (the table); repeat for both."),
     warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed runs first."),
@@ -210,6 +210,10 @@ def bench(
     version: bool = version_option("scaseg-bench"),
 ) -> None:
     """Benchmark MODELS and print one table across them."""
+    if not models:
+        models = [default_model()]
+        print(f"scaseg-bench: no model given: timing the shipped default {models[0]} "
+              "(trained on synthetic street scenes only)", file=sys.stderr)
     for path in models:  # fail on a typo before spending minutes on the models before it
         if not os.path.isfile(path):
             raise ScasegError(f"model not found: {path}")

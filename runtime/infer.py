@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import typer
 
+from scaseg import DEFAULT_MODEL_FILE, default_model, progress
 from scaseg.cli import make_app, parse_size, quiet_option
 from scaseg.runtime.backends import open_backend
 from scaseg.errors import ScasegError, run_cli, version_option
@@ -29,6 +30,11 @@ IMAGE_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".web
 class OutputFormat(str, Enum):
     overlay = "overlay"
     labels = "labels"
+
+
+class Resize(str, Enum):
+    letterbox = "letterbox"
+    stretch = "stretch"
 
 
 def default_output(source: Source, spec: str, fmt: str) -> Path:
@@ -65,7 +71,7 @@ def _check_output(source: Source, out: Path, fmt: str) -> str:
 @app.command()
 def infer(
     source: str = typer.Argument(..., metavar="SOURCE", help="Video file, image, image folder, camera index (0) or rtsp:// / http:// URL."),
-    model: str = typer.Option(..., "--model", "-m", metavar="PATH", help="Model: .onnx, .trt/.engine/.plan, or .pth checkpoint."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="PATH", help="Model: .onnx, .trt/.engine/.plan, or .pth checkpoint.", show_default=f"the shipped {DEFAULT_MODEL_FILE} (synthetic street scenes only)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output video, image or folder.", show_default="<source>_seg.mp4 / .png / folder beside the source"),
     fmt: OutputFormat = typer.Option(OutputFormat.overlay, "--format", help="overlay: colour mask over the image; labels: raw label PNGs."),
     save_labels: bool = typer.Option(False, "--save-labels", help="Shorthand for --format labels."),
@@ -77,6 +83,10 @@ def infer(
     device: str = device_option(),
     threads: Optional[int] = threads_option(),
     imgsz: Optional[str] = imgsz_option(),
+    resize: Resize = typer.Option(Resize.letterbox, "--resize", help="letterbox: keep the source's aspect ratio "
+                                  "(scale to fit the model's input, pad, crop the labels back); stretch: resize to the "
+                                  "input whatever the ratio (what training and scaseg-bench do), said once when it "
+                                  "changes the ratio."),
     batch: Optional[int] = batch_option("Frames"),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames.", show_default="all"),
     queue_size: int = typer.Option(4, "--queue", min=1, max=64, help="Frames buffered between stages."),
@@ -90,12 +100,17 @@ def infer(
     if show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         # OpenCV's Qt/GTK backends abort the whole process without a display; refuse before any work.
         raise ScasegError("--show needs a display (DISPLAY or WAYLAND_DISPLAY is not set); drop --show to only save")
+    model_path, origin = (model, "") if model else (default_model(), "the shipped default, trained on synthetic street scenes only")
     src = open_source(source)
     try:
-        predictor = Predictor(open_backend(model, backend.value, device=device, threads=threads), parse_size(imgsz), batch)
+        predictor = Predictor(open_backend(model_path, backend.value, device=device, threads=threads), parse_size(imgsz), batch,
+                              resize=resize.value)
         out = output.expanduser() if output else default_output(src, source, kind)
         target = _check_output(src, out, kind) if save else "none"
-        _run(src, predictor, out, target, kind, alpha, legend, show, max_frames, queue_size, quiet)
+        if not quiet:  # once the model and the output are known to be good, so that an error stays one line
+            print(f"scaseg-infer: model {model_path}" + (f" ({origin})" if origin else ""), file=sys.stderr)
+        label = os.path.basename(model_path) + ("" if model else ", the shipped default")
+        _run(src, predictor, out, target, kind, alpha, legend, show, max_frames, queue_size, quiet, label)
     finally:
         src.close()
         if show:
@@ -103,7 +118,7 @@ def infer(
 
 
 def _run(src: Source, predictor: Predictor, out: Path, target: str, kind: str, alpha: float, legend: bool,
-         show: bool, max_frames: Optional[int], queue_size: int, quiet: bool) -> None:
+         show: bool, max_frames: Optional[int], queue_size: int, quiet: bool, model_label: str) -> None:
     info = predictor.info
     lut = palette_lut(info.palette)
     label_dtype = np.uint8 if info.num_classes <= 256 else np.uint16
@@ -116,8 +131,15 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, kind: str, a
         elif target == "folder":
             sink = ImageSink(folder=stack.enter_context(atomic_dir(out)), suffix=".png")
 
+        noted: set[tuple[int, ...]] = set()
+
         def consume(frame: Frame, labels: np.ndarray) -> None:
             assert frame.image is not None
+            if frame.image.shape[:2] not in noted:  # said once per frame size (folders mix sizes)
+                noted.add(frame.image.shape[:2])
+                note = _stretch_note(frame.image.shape[:2], predictor)
+                if note:
+                    progress.write(note, file=sys.stderr)
             picture = None
             if kind == "overlay" or show:
                 picture = render_overlay(frame.image, labels, lut, alpha, info.class_names if legend else None)
@@ -133,7 +155,8 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, kind: str, a
             raise ScasegError(f"no frame of {src.name} could be decoded ({stats.skipped} unreadable); nothing written")
     where = f"wrote {out}" if target != "none" else "displayed"
     print(f"scaseg-infer: {where}: {stats.frames} frames, {stats.fps:.1f} FPS end-to-end, "
-          f"model {stats.model_fps:.1f} FPS ({predictor.backend.name}, {predictor.backend.device})", file=sys.stderr)
+          f"model {stats.model_fps:.1f} FPS ({model_label}; {predictor.backend.name}, {predictor.backend.device})",
+          file=sys.stderr)
     if stats.skipped:
         names = ", ".join(stats.skipped_names[:5]) + (" ..." if len(stats.skipped_names) > 5 else "")
         print(f"scaseg-infer: warning: skipped {stats.skipped} unreadable frame(s)" + (f": {names}" if names else ""),
@@ -141,6 +164,15 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, kind: str, a
     if stats.interrupted:
         print(f"scaseg-infer: interrupted after {stats.frames} frames; the output so far is saved", file=sys.stderr)
         raise KeyboardInterrupt
+
+
+def _stretch_note(hw: tuple[int, ...], predictor: Predictor) -> Optional[str]:
+    """With --resize stretch, the sentence that says frames of another aspect ratio are squeezed; else None."""
+    size = predictor.size
+    if predictor.resize != "stretch" or size is None or abs(hw[1] / hw[0] - size[1] / size[0]) <= 0.01:
+        return None
+    return (f"scaseg-infer: {hw[0]}x{hw[1]} frames are stretched to the model's {size[0]}x{size[1]} input "
+            "(aspect ratio changed; --resize letterbox keeps it)")
 
 
 def _show(picture: np.ndarray) -> None:

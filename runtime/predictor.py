@@ -37,9 +37,12 @@ def output_to_labels(output: np.ndarray, geom: Geometry, num_classes: int) -> np
 class Predictor:
     """Preprocess -> backend -> postprocess, with the size and batch rules of one model."""
 
-    def __init__(self, backend: Backend, imgsz: Optional[Sequence[int]] = None, batch: Optional[int] = None) -> None:
+    def __init__(self, backend: Backend, imgsz: Optional[Sequence[int]] = None, batch: Optional[int] = None,
+                 resize: Optional[str] = None) -> None:
+        """``resize``: "letterbox" or "stretch" instead of the model's own policy (``info.resize``)."""
         self.backend = backend
         self.info = backend.info
+        self.resize = resize or self.info.resize
         self.size = input_size_for(backend, imgsz)
         self.fixed_batch = fixed_batch(backend)
         if batch is not None and batch < 1:
@@ -51,7 +54,7 @@ class Predictor:
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
         """RGB uint8 image -> (3, H, W) float32 network input and its Geometry."""
-        return preprocess(image, self.size, self.info.mean, self.info.std, self.info.resize)
+        return preprocess(image, self.size, self.info.mean, self.info.std, self.resize)
 
     def run(self, tensors: Sequence[np.ndarray]) -> np.ndarray:
         """Stack (3, H, W) inputs into one call; pads to a fixed batch and returns only the real rows."""

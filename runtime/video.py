@@ -308,7 +308,7 @@ def run_pipeline(
     Ctrl-C stops every stage (frames in flight are dropped) and returns with ``interrupted=True``: the caller
     finalises its outputs, then re-raises. An exception in a stage stops the others and is re-raised here.
     """
-    from tqdm import tqdm
+    from scaseg.progress import progress as progress_bar
 
     stop = threading.Event()
     decoded: "queue.Queue[object]" = queue.Queue(maxsize=queue_size)
@@ -360,7 +360,7 @@ def run_pipeline(
             _put(inferred, _END, stop)
 
     stages = [_Stage(read, "scaseg-decode"), _Stage(infer, "scaseg-infer")]
-    bar = tqdm(total=min(x for x in (source.frame_count, max_frames) if x is not None)
+    bar = progress_bar(total=min(x for x in (source.frame_count, max_frames) if x is not None)
                if (source.frame_count or max_frames) else None,
                unit="frame", file=sys.stderr, disable=not progress, dynamic_ncols=True, smoothing=0.1)
     start = time.perf_counter()

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from scaseg.checkpoint import load_backbone, load_model, save_checkpoint
     from scaseg.models.model import SCASeg, VARIANTS, build
 
-__all__ = ["__version__", "weights_path", "shipped_weights", *_LAZY]
+__all__ = ["__version__", "weights_path", "shipped_weights", "default_model", *_LAZY]
 
 # Checkpoints that ship inside the package (scaseg/weights/<name>.pth, each with a <name>.json provenance file).
 WEIGHTS_DIR = os.path.join(_here, "weights")
@@ -56,6 +56,23 @@ def weights_path(name: str) -> str:
         known = ", ".join(shipped_weights()) or "none"
         raise ScasegError(f"no shipped weights named {name!r} (shipped: {known})")
     return os.path.join(WEIGHTS_DIR, f"{name}.pth")
+
+
+# What scaseg-infer and scaseg-bench run when no model is named: the shipped checkpoint, exported once to int8 ONNX
+# (8 MiB beside the 10 MiB checkpoint; fp32 would be 20 MiB) so that the torch-free runtime install has a model.
+# The int8 file scores the same mIoU as fp32 on the synthetic scenes and is the fastest on a CPU (docs/precision.md).
+DEFAULT_MODEL = "scaseg-t-synth"
+DEFAULT_MODEL_FILE = f"{DEFAULT_MODEL}.int8.onnx"
+
+
+def default_model() -> str:
+    """Path of the model the commands run when none is given: ``scaseg/weights/scaseg-t-synth.int8.onnx``."""
+    path = os.path.join(WEIGHTS_DIR, DEFAULT_MODEL_FILE)
+    if not os.path.isfile(path):
+        from scaseg.errors import ScasegError
+
+        raise ScasegError(f"no model given, and this install lacks the shipped default {path}; name one with --model")
+    return path
 
 
 def __getattr__(name: str) -> Any:

@@ -51,7 +51,14 @@ def format_size(size: Optional[tuple[int, int]]) -> Optional[str]:
 
 
 def quiet_option() -> Any:
-    """``-q/--quiet``: no progress output (results and warnings still print)."""
+    """``-q/--quiet``: no progress output (results and warnings still print), for every display of the process."""
     import typer
 
-    return typer.Option(False, "-q", "--quiet", help="No progress output (results, warnings and errors still print).")
+    from scaseg.progress import set_quiet
+
+    def apply(value: bool) -> bool:
+        set_quiet(value)
+        return value
+
+    return typer.Option(False, "-q", "--quiet", callback=apply,
+                        help="No progress output (results, warnings and errors still print).")

@@ -110,3 +110,11 @@ def test_format_table_marks_missing_miou():
     row = format_table([rec, {**rec, "miou": 0.4567}]).splitlines()
     assert row[1].split() == ["m.onnx", "onnxruntime", "CPU", "int8", "1.2", "2x64x64", "-", "5.00", "200.0", "7.00", "142.9"]
     assert row[2].split()[6] == "45.67"
+
+
+def test_without_model_times_the_shipped_default(capsys, monkeypatch):
+    code, out, err = run_main(main, ["--warmup", "0", "--runs", "2", "-q"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "timing the shipped default" in err and "scaseg-t-synth.int8.onnx" in err
+    row = out.splitlines()[1].split()
+    assert row[0] == "scaseg-t-synth.int8.onnx" and row[3] == "int8" and row[5] == "1x128x256"

@@ -213,3 +213,44 @@ def test_show_without_display_is_refused(tmp_path, model, capsys, monkeypatch):
     video = make_video(tmp_path / "v.mp4", frames=2)
     code, _, err = run_main(main, [video, "-m", model, "--show"], capsys, monkeypatch)
     assert code == 2 and "--show needs a display" in err
+
+
+def test_without_model_runs_the_shipped_default_and_says_so(tmp_path, capsys, monkeypatch):
+    from scaseg.data.synth import render_scene
+
+    import scaseg
+
+    folder = tmp_path / "street"
+    folder.mkdir()
+    labels = {}
+    for i, seed in enumerate((424_242, 515_151)):  # seeds far from the recipe's scenes
+        image, label = render_scene(seed, (256, 512))
+        cv2.imwrite(str(folder / f"s{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        labels[f"s{i}.png"] = label
+    code, _, err = run_main(main, [folder, "--format", "labels"], capsys, monkeypatch)
+    assert code == 0, err
+    assert f"model {scaseg.default_model()} (the shipped default" in err
+    assert "(scaseg-t-synth.int8.onnx, the shipped default; onnxruntime" in err
+    for name, label in labels.items():
+        pred = cv2.imread(str(tmp_path / "street_seg" / name), cv2.IMREAD_UNCHANGED)
+        valid = label != 255
+        assert pred.shape == label.shape and np.mean(pred[valid] == label[valid]) > 0.8  # it has learnt the scenes
+
+
+def test_a_4_3_source_keeps_its_aspect_ratio_by_default(tmp_path, capsys, monkeypatch):
+    model = make_onnx(tmp_path / "wide.onnx", size=(32, 64))  # a 2:1 input, as the shipped model's
+    image = tmp_path / "cam.png"
+    cv2.imwrite(str(image), cv2.cvtColor(halves(60, 80), cv2.COLOR_RGB2BGR))  # 4:3, like a 768x576 camera
+    with open_backend(model) as be:
+        _, geom = Predictor(be, resize="letterbox").prepare(halves(60, 80))
+    assert geom.dst_hw == (32, 64) and geom.content_hw == (32, 43)  # scaled to fit, ratio kept, padded on the right
+    code, _, err = run_main(main, [image, "-m", model, "--format", "labels", "-q"], capsys, monkeypatch)
+    assert code == 0, err
+    labels = cv2.imread(str(tmp_path / "cam_seg.png"), cv2.IMREAD_UNCHANGED)
+    truth = halves_labels(60, 80)
+    # Cropped back before resizing to the source: the padding would otherwise smear over the right half.
+    assert labels.shape == (60, 80) and np.mean(labels != truth) < 0.03
+    assert "stretched" not in err
+    code, _, err = run_main(main, [image, "-m", model, "--format", "labels", "--resize", "stretch",
+                                   "-o", tmp_path / "s.png"], capsys, monkeypatch)
+    assert code == 0 and "60x80 frames are stretched to the model's 32x64 input (aspect ratio changed" in err

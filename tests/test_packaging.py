@@ -32,8 +32,9 @@ def test_wheel_holds_one_namespace_and_every_module(wheel: Path) -> None:
         assert packed == sources, folder
     assert "scaseg/runtime/tensorrt/runner.py" in names and "scaseg/train/loop.py" in names
     shipped = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "scaseg" / "weights").glob("*.*")
-                     if p.suffix in (".pth", ".json"))
+                     if p.suffix in (".pth", ".json", ".onnx"))
     assert shipped and all(s in names for s in shipped)
+    assert "scaseg/weights/scaseg-t-synth.int8.onnx" in names  # the default model of scaseg-infer / scaseg-bench
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     for cmd in ("scaseg-export", "scaseg-bench", "scaseg-infer", "scaseg-synth", "scaseg-train"):
         assert f"{cmd} = " in entry_points

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 import scaseg
 from scaseg.data.datasets import SegDataset, open_dataset
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path, check_writable_dir
+from scaseg.progress import progress as progress_bar, write
 from scaseg.metadata import IMAGENET_MEAN, IMAGENET_STD
 from scaseg.data.metrics import SegMetrics
 from scaseg.runtime.preprocess import labels_to_source, preprocess
@@ -151,7 +151,7 @@ def evaluate(
     metrics = SegMetrics(data.num_classes, ignore_index=IGNORE_INDEX)
     indices = range(env.rank, len(data), env.world_size)
     autocast = torch.autocast(env.device.type, dtype=amp) if amp else nullcontext()
-    for i in tqdm(indices, desc="val", unit="img", leave=False, file=sys.stderr, disable=not (progress and env.is_main)):
+    for i in progress_bar(indices, desc="val", unit="img", leave=False, file=sys.stderr, disable=not (progress and env.is_main)):
         sample = data[i]
         if sample.label is None:
             raise ScasegError(f"validation needs labels, but the image {sample.name} has none")
@@ -302,7 +302,7 @@ class Trainer:
         if self.env.is_main:
             if improved:
                 self._save_model("best.pth")
-            tqdm.write(f"iter {self.iteration}: val mIoU {100 * miou:.2f}% pixel acc {100 * result['pixel_acc']:.2f}% "
+            write(f"iter {self.iteration}: val mIoU {100 * miou:.2f}% pixel acc {100 * result['pixel_acc']:.2f}% "
                        f"(best {100 * self.best_miou:.2f}%)", file=sys.stderr)
         return result
 
@@ -359,7 +359,7 @@ class Trainer:
         ckpt_every = cfg.ckpt_interval or val_every
         self.model.train()
         batches = iter(self._loader())
-        bar = tqdm(total=cfg.iters, initial=self.iteration, desc="train", unit="it", file=sys.stderr,
+        bar = progress_bar(total=cfg.iters, initial=self.iteration, desc="train", unit="it", file=sys.stderr,
                    dynamic_ncols=True, disable=not env.is_main or cfg.quiet)
         start, start_it = time.perf_counter(), self.iteration
         try:

@@ -58,7 +58,7 @@ def write_dataset(
     and *_gtFine_labelIds.png, video/synth.mp4 with video/labels/<frame>.png, and synth.json. The same arguments
     give the same bytes (PNG files; the mp4 depends on the OpenCV build). The folder appears only when complete.
     """
-    from tqdm import tqdm
+    from scaseg.progress import progress as progress_bar
 
     h, w = check_size(size)
     if int(num) < 1:
@@ -77,7 +77,7 @@ def write_dataset(
     _check_out_dir(out_dir)
     start = time.perf_counter()
     counts = np.zeros(256, dtype=np.int64)
-    with atomic_dir(out_dir) as tmp, tqdm(total=num + video_frames, desc="scaseg-synth", unit="img",
+    with atomic_dir(out_dir) as tmp, progress_bar(total=num + video_frames, desc="scaseg-synth", unit="img",
                                           disable=not progress, file=sys.stderr) as bar:
         for i in range(num):
             split = "train" if i < num - num_val else "val"
