@@ -157,10 +157,30 @@ def format_table(records: list[dict[str, Any]]) -> str:
             f"{r['latency_ms']['mean'] / r['batch']:.2f}", f"{r['fps']:.1f}",
             f"{e2e['latency_ms']['mean'] / r['batch']:.2f}", f"{e2e['fps']:.1f}",
         ])
+    return _align(head, rows)
+
+
+def _align(head: list[str], rows: list[list[Any]]) -> str:
+    """Columns padded to their widest cell: the first left-aligned, the others right-aligned (figures)."""
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in [head] + rows]
     return "\n".join(lines)
+
+
+def format_per_class(records: list[dict[str, Any]]) -> str:
+    """IoU (%) of every class, one column per model, and the weakest class of each model: what mIoU averages away."""
+    scored = [r for r in records if r.get("iou") is not None]
+    if not scored:
+        return ""
+    names = scored[0]["class_names"]
+    rows = [[name] + [_fmt(None if r["iou"][k] is None else 100 * r["iou"][k], ".2f") for r in scored]
+            for k, name in enumerate(names) if any(r["iou"][k] is not None for r in scored)]
+    weakest = []
+    for r in scored:
+        present = [(v, names[k]) for k, v in enumerate(r["iou"]) if v is not None]
+        weakest.append(f"{min(present)[1]} {100 * min(present)[0]:.2f}" if present else "-")
+    return _align(["IoU (%)"] + [r["file"] for r in scored], rows + [["weakest"] + weakest])
 
 
 CSV_FIELDS = ["file", "backend", "device", "precision", "size_mb", "batch", "input_shape", "fps", "latency_mean_ms",
@@ -206,6 +226,7 @@ def bench(
     dataset: str = typer.Option("auto", "--dataset", metavar="auto|cityscapes|ade20k|voc|cocostuff|folder", help="Dataset layout (auto: detected from the folder)."),
     split: str = typer.Option("val", "--split", help="Dataset split."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate at most N images.", show_default="the whole split"),
+    per_class: bool = typer.Option(False, "--per-class", help="With --data: also print the IoU of every class and the weakest class of each model."),
     quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-bench"),
 ) -> None:
@@ -232,6 +253,11 @@ def bench(
                                  warmup=warmup, runs=runs, data=data, dataset=dataset,
                                  split=split, limit=limit, progress=not quiet))
     print(format_table(records))
+    if per_class:
+        if data is None:
+            print("scaseg-bench: --per-class needs --data (no accuracy was measured)", file=sys.stderr)
+        else:
+            print("\n" + format_per_class(records))
     settings = {"warmup": warmup, "runs": runs, "batch": batch, "threads": threads, "device": device,
                 "imgsz": size, "data": data, "dataset": dataset, "split": split, "limit": limit,
                 "sample": "dataset image" if data else f"synthetic {SAMPLE_HW[0]}x{SAMPLE_HW[1]} JPEG"}

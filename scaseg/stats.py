@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from scaseg.models.model import VARIANTS, build
 from scaseg.errors import ScasegError, run_cli
+from scaseg.cli import parse_size
 
 SIZES = ((512, 512), (1024, 2048))
 
@@ -132,7 +133,7 @@ app = typer.Typer(add_completion=False, help="Parameters and GFLOPs of the SCASe
 @app.command()
 def main_command(
     variant: Optional[List[str]] = typer.Option(None, "--variant", "-v", help="Variant(s) to measure (default: all)."),
-    size: Optional[List[str]] = typer.Option(None, "--size", help="HxW input size(s) (default: 512x512 and 1024x2048)."),
+    size: Optional[List[str]] = typer.Option(None, "--size", help="Input size(s), N or HxW, repeatable (default: 512x512 and 1024x2048)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the README Markdown table."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
     readme: Optional[str] = typer.Option(None, "--readme", help="Write the Markdown table between the <!-- variants:start/end --> markers of this file."),
@@ -142,7 +143,7 @@ def main_command(
     for name in names:
         if name not in VARIANTS:
             raise ScasegError(f"unknown model variant {name!r}: expected one of {', '.join(VARIANTS)}")
-    sizes = [_parse_size(s) for s in size] if size else [tuple(s) for s in SIZES]
+    sizes = [parse_size(s, "--size", minimum=32) for s in size] if size else [tuple(s) for s in SIZES]
     rows = variant_table(names, sizes)
     if readme:
         from scaseg.fileio import replace_section
@@ -159,16 +160,6 @@ def main_command(
             print(f"{r['variant']:10s} {r['params_m']:7.2f} M params  GFLOPs {flops}  "
                   f"attention strip {r['attention_gflops_strip']:.2f} vs vanilla {r['attention_gflops_vanilla']:.2f} "
                   f"({100 * r['attention_saving']:.1f}% less)")
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ScasegError(f"--size must look like HxW (e.g. 512x512), got {text!r}") from None
-    if h < 32 or w < 32:
-        raise ScasegError(f"--size must be at least 32x32 (the encoder's stride), got {text!r}")
-    return h, w
 
 
 def main() -> None:

@@ -118,3 +118,17 @@ def test_without_model_times_the_shipped_default(capsys, monkeypatch):
     assert "timing the shipped default" in err and "scaseg-t-synth.int8.onnx" in err
     row = out.splitlines()[1].split()
     assert row[0] == "scaseg-t-synth.int8.onnx" and row[3] == "int8" and row[5] == "1x128x256"
+
+
+def test_per_class_view_shows_the_weakest_class(tmp_path, capsys, monkeypatch):
+    model = make_onnx(tmp_path / "m.onnx", size=(32, 48))
+    wrong = _dataset(tmp_path / "wrong", right_class=2, classes=None)  # the right half is labelled sky, predicted car
+    code, out, err = run_main(main, [model, "--data", wrong, "--per-class"] + FAST, capsys, monkeypatch)
+    assert code == 0, err
+    table = out.split("\n\n", 1)[1].splitlines()
+    assert table[0].split() == ["IoU", "(%)", "m.onnx"]
+    rows = {line.split()[0]: line.split()[1:] for line in table[1:]}
+    assert rows["c0"] == ["100.00"] and rows["c1"] == ["0.00"] and rows["c2"] == ["0.00"]
+    assert rows["weakest"][0] in ("c1", "c2")
+    code, out, err = run_main(main, [model, "--per-class"] + FAST, capsys, monkeypatch)
+    assert code == 0 and "--per-class needs --data" in err
