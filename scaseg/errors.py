@@ -34,6 +34,10 @@ def run_cli(app: Callable[..., object], prog: str | None = None) -> None:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    finally:
+        from scaseg.progress import set_quiet
+
+        set_quiet(False)  # -q is this command's; code that runs after it in the same process shows progress again
 
 
 def version_option(prog: str) -> Any:

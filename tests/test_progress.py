@@ -43,6 +43,18 @@ def test_plain_progress_iterates_says_when_stopped_early_and_honours_quiet():
     assert quiet.getvalue() == ""
 
 
+def test_quiet_ends_with_the_command(tmp_path, capsys, monkeypatch):
+    from runtime_models import run_main
+
+    from scaseg.runtime.bench import main
+
+    code, _, err = run_main(main, [make_onnx(tmp_path / "m.onnx"), "--runs", "2", "-q"], capsys, monkeypatch)
+    assert code == 0 and "model-only" not in err
+    out = io.StringIO()
+    list(P.progress(range(4), desc="after", file=out))
+    assert out.getvalue().startswith("after: 0/4 it")
+
+
 def test_synth_with_stderr_on_a_pipe_logs_plain_lines(tmp_path):
     done = subprocess.run([sys.executable, "-c", "from scaseg.data.synth.cli import main; main()", str(tmp_path / "d"),
                            "--num", "8", "--size", "48x96", "--video-frames", "4"],
