@@ -25,6 +25,7 @@ app = make_app(__doc__)
 class ScaOp(str, Enum):
     decomposed = "decomposed"
     function = "function"
+    grid = "grid"
 
 
 class Head(str, Enum):
@@ -85,7 +86,8 @@ def export(
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size of the graph (the opt batch when dynamic)."),
     dynamic: Optional[str] = typer.Option(None, "--dynamic", metavar="batch|spatial|batch,spatial", help="Dynamic axes of the graph.", show_default="static shapes"),
     opset: int = typer.Option(17, "--opset", help="ONNX opset, 17..20 (TensorRT 8.5 reads up to 17)."),
-    sca_op: ScaOp = typer.Option(ScaOp.decomposed, "--sca-op", help="Strip attention as plain ops, or as the scaseg:StripCrossAttention local function."),
+    sca_op: ScaOp = typer.Option(ScaOp.decomposed, "--sca-op", help="Strip attention as plain ops, as the scaseg:StripCrossAttention local function, or grid (linear-time approximation, plain ops)."),
+    grid_points: Optional[int] = typer.Option(None, "--grid-points", metavar="G", help="--sca-op grid: grid points, 2 to 4096.", show_default="the fewest the logit spread on the parity images allows"),
     head: Head = typer.Option(Head.logits, "--head", help="Graph output: logits (B,K,H,W) float, or labels (B,H,W) int32 with argmax in the graph."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify with onnxsim."),
     query_chunk: str = typer.Option("auto", "--query-chunk", metavar="N|auto|0", help="Query rows per attention tile (bounded memory): N, auto, or 0 for none."),
@@ -136,7 +138,7 @@ def export(
     opts = ExportOptions(
         imgsz=input_hw or (512, 512), batch=batch, dynamic_batch=dyn_batch, dynamic_spatial=dyn_spatial,
         opset=opset, sca_op=sca_op.value, output=head.value, simplify=simplify,
-        query_chunk=parse_query_chunk(query_chunk),
+        query_chunk=parse_query_chunk(query_chunk), grid_points=grid_points,
     )
     opts.validate()
     if parity_images < 1:
@@ -183,6 +185,8 @@ def export(
         if input_hw is None and info.input_size:
             opts.imgsz = tuple(info.input_size)  # type: ignore[assignment]
             opts.validate()
+        if opts.sca_op == "grid":
+            _plan_grid(model, info, opts, parity_images)
         steps.update()
 
         try:  # the first write: os.access can say yes where a write fails (root on /proc, a read-only mount)
@@ -225,6 +229,18 @@ def export(
                     _say(f"triton: {key}: {value}")
     size = (sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) if dest.is_dir() else dest.stat().st_size)
     _say(f"wrote {dest}  ({summary}, {prec}, {size / 2**20:.1f} MiB)")
+
+
+def _plan_grid(model: Any, info: Any, opts: Any, parity_images: int) -> None:
+    """Set opts.grid_points from the logit spread on the parity scenes (or refuse), and say what was chosen."""
+    from scaseg.export.parity import plan_grid
+    from scaseg.export.sca import RULE_MIN_POINTS, SPREAD_PER_STEP
+
+    requested = opts.grid_points
+    opts.grid_points, spread = plan_grid(model, info, opts.imgsz, parity_images, requested)
+    opts.extra["grid_spread"] = round(spread, 4)
+    how = "as requested" if requested else f"the fewest with spread / (G - 1) <= {SPREAD_PER_STEP:g}, at least {RULE_MIN_POINTS}"
+    _say(f"grid attention: logit spread {spread:.3g} on {parity_images} parity scene(s) -> G = {opts.grid_points} ({how})")
 
 
 def _export_fp32(model: Any, info: Any, opts: Any, dest: Path, parity_images: int, tolerance: float, steps: Any) -> str:

@@ -20,9 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from scaseg.export.simplify import decompose_layer_norm, simplify
-from scaseg.export.sca import SCA_MODES, QueryChunk, attach_function, export_attention, rows_per_tile
+from scaseg.export.sca import (MAX_GRID_POINTS, SCA_MODES, QueryChunk, attach_function, export_attention,
+                               rows_per_tile)
 from scaseg.errors import ScasegError
 from scaseg.metadata import METADATA_KEY, ModelInfo
+from scaseg.models.decoder import StripCrossAttention
 
 # The TorchScript exporter writes opsets up to 20; 17 is the floor (LayerNormalization-era ops, TensorRT 8.5's maximum).
 MIN_OPSET, MAX_OPSET = 17, 20
@@ -46,6 +48,7 @@ class ExportOptions:
     output: str = "logits"
     simplify: bool = True
     query_chunk: QueryChunk = "auto"
+    grid_points: Optional[int] = None  # sca_op grid: points of the grid (chosen by the CLI from the spread when None)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "ExportOptions":
@@ -59,6 +62,10 @@ class ExportOptions:
             raise ScasegError(f"--opset {self.opset} is not supported: expected {MIN_OPSET} to {MAX_OPSET}")
         if self.sca_op not in SCA_MODES:
             raise ScasegError(f"--sca-op {self.sca_op!r} is unknown: expected one of {', '.join(SCA_MODES)}")
+        if self.grid_points is not None and not 2 <= int(self.grid_points) <= MAX_GRID_POINTS:
+            raise ScasegError(f"--grid-points must be 2 to {MAX_GRID_POINTS}, got {self.grid_points}")
+        if self.grid_points is not None and self.sca_op != "grid":
+            raise ScasegError(f"--grid-points is for --sca-op grid, not {self.sca_op}")
         if self.output not in OUTPUT_KINDS:
             raise ScasegError(f"--head {self.output!r} is unknown: expected logits or labels")
         if self.query_chunk not in (None, "auto") and int(self.query_chunk) < 0:  # type: ignore[arg-type]
@@ -160,7 +167,9 @@ def export_info(info: ModelInfo, opts: ExportOptions) -> ModelInfo:
     extra = {
         **info.extra,
         "export": {
-            "opset": int(opts.opset), "simplified": bool(opts.simplify), "query_chunk": rows_per_tile(opts.query_chunk),
+            "opset": int(opts.opset), "simplified": bool(opts.simplify),
+            "query_chunk": "grid" if opts.sca_op == "grid" else rows_per_tile(opts.query_chunk),
+            **({"grid_points": int(opts.grid_points or 0)} if opts.sca_op == "grid" else {}),
             "exporter": "torch.onnx (TorchScript)", "layer_norm": "decomposed", **opts.extra,
         },
         "versions": package_versions(),
@@ -187,11 +196,16 @@ def to_onnx(model: nn.Module, info: ModelInfo, opts: ExportOptions) -> tuple[onn
     opts.validate()
     if int(info.num_classes) != int(getattr(model, "num_classes", info.num_classes)):
         raise ScasegError(f"the checkpoint says {info.num_classes} classes but its model has {model.num_classes}")  # type: ignore[attr-defined]
+    if opts.sca_op == "grid":
+        if opts.grid_points is None:
+            raise ScasegError("--sca-op grid needs a number of grid points (--grid-points)")
+        if any(isinstance(m, StripCrossAttention) and m.attention != "strip" for m in model.modules()):
+            raise ScasegError("--sca-op grid needs strip attention (one query/key channel per head); this model is vanilla")
     model = model.eval()
     wrapper = _Deployable(model, opts.output).eval()
     h, w = opts.imgsz
     example = torch.randn(int(opts.batch), 3, h, w, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), export_attention(model, opts.sca_op, opts.query_chunk):
+    with torch.no_grad(), export_attention(model, opts.sca_op, opts.query_chunk, opts.grid_points):
         proto = _trace(wrapper, example, opts)
     attach_function(proto)
     if opts.simplify:

@@ -3,6 +3,10 @@
 Reported: max |logit difference| and argmax pixel agreement. A logits graph fails when the max difference exceeds
 the tolerance. A labels graph (argmax inside) has no logits to compare, so it fails when a pixel whose PyTorch
 top-2 margin exceeds 2 x tolerance gets another label: logits within the tolerance cannot flip such a pixel.
+
+A grid export (sca-op grid) is checked against PyTorch running the same grid (that is the pass/fail above), and also
+compared with exact attention: max |logit difference| and label agreement, printed beside it, and the measure of the
+approximation itself (the G rule in export/sca.py keeps that agreement at >= 99.99%).
 """
 from __future__ import annotations
 
@@ -14,11 +18,16 @@ import torch
 from torch import nn
 
 from scaseg.errors import ScasegError
+from scaseg.export.sca import grid_points_for, measure_spread
 from scaseg.metadata import ModelInfo
+from scaseg.models.decoder import StripAttentionCore, set_grid_points, set_query_chunk
 from scaseg.runtime.preprocess import preprocess
 from scaseg.data.synth import render_scene
 
 DEFAULT_TOLERANCE = 1e-3
+# The exact reference of a grid parity check runs in query slices of this many rows: grid exports are for sizes where
+# the whole N x M attention matrix would not fit (1 GiB per copy at 1024x2048).
+EXACT_REFERENCE_CHUNK = 8192
 
 
 @dataclass
@@ -32,6 +41,9 @@ class ParityReport:
     agreement: float  # fraction of pixels whose argmax matches
     confident_mismatches: int  # labels graph: flipped pixels whose PyTorch top-2 margin exceeds 2 x tolerance
     tolerance: float
+    grid_points: Optional[int] = None  # a grid export: its G; the two fields below compare it with exact attention
+    exact_max_abs: Optional[float] = None  # ONNX vs PyTorch with exact attention (None for a labels graph)
+    exact_agreement: Optional[float] = None
 
     @property
     def ok(self) -> bool:
@@ -42,10 +54,15 @@ class ParityReport:
     def summary(self) -> str:
         err = f"max |logit diff| {self.max_abs:.3g}" if self.max_abs is not None else "labels graph (no logits)"
         verdict = "PASS" if self.ok else "FAIL"
-        text = (f"parity vs PyTorch on {self.images} synthetic scene(s) at {self.size[0]}x{self.size[1]}: {err}, "
+        against = f"PyTorch (grid, G={self.grid_points})" if self.grid_points else "PyTorch"
+        text = (f"parity vs {against} on {self.images} synthetic scene(s) at {self.size[0]}x{self.size[1]}: {err}, "
                 f"argmax agreement {100 * self.agreement:.4f}% (tolerance {self.tolerance:g}) {verdict}")
         if self.output == "labels" and self.confident_mismatches:
             text += f"; {self.confident_mismatches} confidently-labelled pixel(s) changed"
+        if self.grid_points and self.exact_agreement is not None:
+            exact_err = f"max |logit diff| {self.exact_max_abs:.3g}, " if self.exact_max_abs is not None else ""
+            text += (f"\ngrid vs exact attention (PyTorch) on the same scenes: {exact_err}"
+                     f"argmax agreement {100 * self.exact_agreement:.4f}%")
         return text
 
 
@@ -77,14 +94,22 @@ def check_parity(
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     model = model.eval()
+    points = int(info.extra.get("export", {}).get("grid_points", 0)) if info.sca_op == "grid" else 0
     max_abs, agree, total, flipped = 0.0, 0, 0, 0
+    exact_abs, exact_agree = 0.0, 0
     runs = -(-images // batch)
     for r in range(runs):
         x = scene_batch(batch, size, info, seed + r * batch)  # type: ignore[arg-type]
         got = session.run([info.output_name], {info.input_name: x})[0]
-        with torch.no_grad():
-            ref = model(torch.from_numpy(x)).float().numpy()
+        ref = _reference(model, x, points or None)
         ref_labels = ref.argmax(axis=1)
+        if points:
+            exact = _reference(model, x, None, query_chunk=EXACT_REFERENCE_CHUNK)
+            exact_labels = exact.argmax(axis=1)
+            if info.output != "labels":
+                exact_abs = max(exact_abs, float(np.abs(got - exact).max()))
+            exact_agree += int(((got.astype(np.int64) if info.output == "labels" else got.argmax(axis=1))
+                                == exact_labels).sum())
         if info.output == "labels":
             labels = got.astype(np.int64)
             top2 = np.sort(ref, axis=1)[:, -2:]
@@ -98,5 +123,35 @@ def check_parity(
     return ParityReport(
         images=runs * batch, size=(int(size[0]), int(size[1])), output=info.output,
         max_abs=None if info.output == "labels" else max_abs, agreement=agree / max(1, total),
-        confident_mismatches=flipped, tolerance=float(tolerance),
+        confident_mismatches=flipped, tolerance=float(tolerance), grid_points=points or None,
+        exact_max_abs=None if (not points or info.output == "labels") else exact_abs,
+        exact_agreement=exact_agree / max(1, total) if points else None,
     )
+
+
+def _reference(model: nn.Module, x: np.ndarray, grid_points: Optional[int], query_chunk: Optional[int] = None
+               ) -> np.ndarray:
+    """The eval-mode model's logits on ``x`` with grid attention (``grid_points``) or exact; the model is left as found."""
+    cores = [m for m in model.modules() if isinstance(m, StripAttentionCore)]
+    before = [(c.grid_points, c.query_chunk) for c in cores]
+    set_grid_points(model, grid_points)
+    if query_chunk:
+        set_query_chunk(model, query_chunk)
+    try:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).float().numpy()  # type: ignore[no-any-return]
+    finally:
+        for c, (g, chunk) in zip(cores, before):
+            c.grid_points, c.query_chunk = g, chunk
+
+
+def plan_grid(model: nn.Module, info: ModelInfo, size: tuple[int, int], images: int,
+              requested: Optional[int] = None, seed: int = 0) -> tuple[int, float]:
+    """(G, spread) for a grid export: the logit spread measured on the parity scenes, and the G the rule picks for it.
+
+    Raises ScasegError (one sentence naming the spread and the G needed) when ``requested`` is too few or the rule's
+    G is out of reach.
+    """
+    batches = [torch.from_numpy(scene_batch(1, size, info, seed + i)) for i in range(images)]
+    spread = measure_spread(model.eval(), batches)
+    return grid_points_for(spread, requested), spread

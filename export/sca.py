@@ -1,8 +1,13 @@
-"""How each strip-attention core goes into the ONNX graph: plain ops (``decomposed``) or one ONNX local function.
+"""How each strip-attention core goes into the ONNX graph: plain ops (``decomposed``), one ONNX local function
+(``function``), or the linear-time grid evaluation in plain ops (``grid``).
 
 ``function`` mode: every ``StripAttentionCore`` call becomes a node ``scaseg::StripCrossAttention(q, k, v)`` with a
 float attribute ``scale``, and the model carries the ONNX local function of that name, so ONNX Runtime runs the file
 as is (it inlines the function) and TensorRT >= 10.7 swaps in a registered plugin of the same name (export/trt_plugin).
+
+``grid`` mode: every core becomes ``grid_attention`` (scaseg.models.decoder): a G x M softmax on G points of the
+query range, then a Gather and a lerp per query; no N x M matrix, so no tiling. An approximation whose error is set by
+the logit spread over G: ``measure_spread`` and ``grid_points_for`` below are the exporter's rule for choosing G.
 
 Bounded memory: the queries are cut into tiles along N, so one tile's N/tiles x M attention matrix is the most that is
 ever held. Each row's softmax only sees its own row, so tiling changes nothing but memory (and float rounding order).
@@ -18,12 +23,13 @@ import torch
 from onnx import helper
 from torch import Tensor, nn
 
-from scaseg.models.decoder import StripAttentionCore, strip_attention
+from scaseg.errors import ScasegError
+from scaseg.models.decoder import StripAttentionCore, grid_attention, strip_attention
 
 SCA_DOMAIN = "scaseg"
 SCA_OP = "StripCrossAttention"
 SCA_DOMAIN_VERSION = 1
-SCA_MODES = ("decomposed", "function")
+SCA_MODES = ("decomposed", "function", "grid")
 # "auto" tiling keeps one tile's attention matrix (batch * heads * rows * M float32 values) under this budget.
 AUTO_TILE_BYTES = 64 * 2**20
 
@@ -73,7 +79,12 @@ class _FunctionNode(torch.autograd.Function):
         return out
 
 
-def _core_forward(core: StripAttentionCore, sca_op: str, query_chunk: QueryChunk) -> Callable[..., Tensor]:
+def _core_forward(core: StripAttentionCore, sca_op: str, query_chunk: QueryChunk,
+                  grid_points: Optional[int] = None) -> Callable[..., Tensor]:
+    if sca_op == "grid":
+        points = int(grid_points or 0)
+        return lambda q, k, v: grid_attention(q, k, v, core.scale, points)
+
     def attend_plain(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return strip_attention(q, k, v, core.scale)
 
@@ -91,13 +102,17 @@ def _core_forward(core: StripAttentionCore, sca_op: str, query_chunk: QueryChunk
 
 
 @contextlib.contextmanager
-def export_attention(model: nn.Module, sca_op: str, query_chunk: QueryChunk) -> Iterator[int]:
-    """Within the block, every StripAttentionCore of ``model`` exports as ``sca_op`` with query tiling; yields the count."""
+def export_attention(model: nn.Module, sca_op: str, query_chunk: QueryChunk,
+                     grid_points: Optional[int] = None) -> Iterator[int]:
+    """Within the block, every StripAttentionCore of ``model`` exports as ``sca_op`` (query tiling, or ``grid_points``
+    for grid); yields the count."""
     if sca_op not in SCA_MODES:
         raise ValueError(f"sca_op must be one of {SCA_MODES}, got {sca_op!r}")
+    if sca_op == "grid" and (grid_points is None or grid_points < 2):
+        raise ValueError(f"sca_op grid needs grid_points >= 2, got {grid_points}")
     cores = [m for m in model.modules() if isinstance(m, StripAttentionCore)]
     for core in cores:
-        core.forward = _core_forward(core, sca_op, query_chunk)  # type: ignore[method-assign]
+        core.forward = _core_forward(core, sca_op, query_chunk, grid_points)  # type: ignore[method-assign]
     try:
         yield len(cores)
     finally:
@@ -152,3 +167,56 @@ def rows_per_tile(query_chunk: Optional[QueryChunk]) -> str:
     if query_chunk in (None, 0):
         return "off"
     return "auto" if query_chunk == "auto" else f"{int(query_chunk)} rows"
+
+
+# The grid rule (benchmarks/bench_grid_accuracy.py measured it; docs/export.md has the figures): G points keep labels
+# agreeing with exact attention on >= 99.99% of pixels while spread / (G - 1) <= SPREAD_PER_STEP, where spread is the
+# largest (max a - min a) * (max k - min k) of any head on the parity images. Between the grid points of one step, the
+# logits a * k_j of a head move by at most that much, so it bounds how sharply the softmax can turn inside one step.
+SPREAD_PER_STEP = 0.25
+RULE_MIN_POINTS = 64  # the least the rule picks: below it the table is too small to matter for speed
+MAX_GRID_POINTS = 4096  # beyond it the G x M table costs about what the exact N x M softmax does at common sizes
+
+
+def measure_spread(model: nn.Module, batches: list[Tensor]) -> float:
+    """The largest logit spread (max a - min a) * (max k - min k) of any head of any strip core over ``batches``."""
+    spreads: list[float] = []
+
+    def hook(core: nn.Module, args: tuple[Tensor, ...]) -> None:
+        q, k = args[0], args[1]
+        a = q * core.scale  # type: ignore[operator]
+        a_range = a.amax(dim=2) - a.amin(dim=2)  # B, h, dq
+        k_range = k.amax(dim=2) - k.amin(dim=2)
+        spreads.append(float((a_range * k_range).max()))
+
+    cores = [m for m in model.modules() if isinstance(m, StripAttentionCore)]
+    handles = [c.register_forward_pre_hook(hook) for c in cores]
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(spreads, default=0.0)
+
+
+def grid_points_needed(spread: float) -> int:
+    """The fewest grid points the rule allows for ``spread`` (at least RULE_MIN_POINTS)."""
+    return max(RULE_MIN_POINTS, 1 + math.ceil(spread / SPREAD_PER_STEP))
+
+
+def grid_points_for(spread: float, requested: Optional[int] = None) -> int:
+    """G for a grid export: ``requested`` if the rule allows it, else the rule's G; ScasegError when out of reach."""
+    needed = grid_points_needed(spread)
+    if requested is not None:
+        if requested < 2 or requested > MAX_GRID_POINTS:
+            raise ScasegError(f"--grid-points must be 2 to {MAX_GRID_POINTS}, got {requested}")
+        if requested < needed:
+            raise ScasegError(f"--grid-points {requested} is too few for the logit spread {spread:.3g} measured on the "
+                              f"parity images: labels need at least {needed} points to agree with exact attention")
+        return requested
+    if needed > MAX_GRID_POINTS:
+        raise ScasegError(f"--sca-op grid is refused: the logit spread {spread:.3g} measured on the parity images needs "
+                          f"{needed} grid points (more than {MAX_GRID_POINTS}); use --sca-op decomposed")
+    return needed

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -12,9 +13,9 @@ import torch
 import scaseg
 from scaseg.export import cli
 from scaseg.export.onnx_export import ExportOptions, parse_dynamic, parse_query_chunk, to_onnx
-from scaseg.export.parity import check_parity
-from scaseg.export.sca import SCA_DOMAIN, SCA_OP, plan_tiles, tiled
-from scaseg.models.decoder import strip_attention
+from scaseg.export.parity import check_parity, plan_grid
+from scaseg.export.sca import MAX_GRID_POINTS, SCA_DOMAIN, SCA_OP, SPREAD_PER_STEP, plan_tiles, tiled
+from scaseg.models.decoder import StripCrossAttention, set_grid_points, strip_attention
 from scaseg.errors import ScasegError
 from scaseg.metadata import METADATA_KEY, ModelInfo
 
@@ -179,6 +180,98 @@ def test_parity_failure_exits_2_and_leaves_nothing(mit_ckpt: Path, tmp_path: Pat
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_grid_export_has_no_n_by_m_matrix_and_runs_dynamic_batch_and_spatial(model_and_info) -> None:  # type: ignore[no-untyped-def]
+    model, info = model_and_info
+    static, static_info = to_onnx(model, info, ExportOptions(imgsz=(H, W), sca_op="grid", grid_points=40))
+    assert static_info.sca_op == "grid" and static_info.extra["export"]["grid_points"] == 40
+    inferred = onnx.shape_inference.infer_shapes(static)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
+    softmax_in = [shapes[n.input[0]] for n in static.graph.node if n.op_type == "Softmax"]
+    # one G x M softmax per attention (the exact graph's is N x M: 512 x 8 at stage 1), with every spatial size
+    assert len(softmax_in) == 4 and all(shape[-2] == 40 for shape in softmax_in), softmax_in
+    assert {"Gather", "Floor"} <= {n.op_type for n in static.graph.node}
+    proto, _ = to_onnx(model, info, ExportOptions(imgsz=(H, W), sca_op="grid", grid_points=40, dynamic_batch=True,
+                                                  dynamic_spatial=True))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    for shape in [(3, 3, H, W), (1, 3, 67, 97)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        x[1:] *= 3.0  # other samples, other query ranges: each (sample, head) has its own grid
+        got = sess.run(None, {"images": x})[0]
+        with torch.no_grad():
+            exact = model(torch.from_numpy(x)).numpy()
+            set_grid_points(model, 40)
+            try:
+                grid = model(torch.from_numpy(x)).numpy()
+            finally:
+                set_grid_points(model, None)
+        assert np.abs(got - grid).max() < 1e-4
+        assert 0 < np.abs(got - exact).max() < 1e-2  # an approximation, and a close one
+
+
+def test_grid_export_cli_reports_parity_against_grid_and_exact(ckpt: Path, tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    dest = tmp_path / "grid.onnx"
+    code, out, err = run_main([str(ckpt), "-o", str(dest), "--sca-op", "grid", "--parity-images", "1"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "grid attention: logit spread" in out and "-> G = 64" in out  # a small spread: the rule's least G
+    assert "parity vs PyTorch (grid, G=64)" in out and "PASS" in out
+    exact_line = next(line for line in out.splitlines() if line.startswith("grid vs exact attention"))
+    assert "max |logit diff|" in exact_line and "argmax agreement" in exact_line
+    meta = session(dest).get_modelmeta().custom_metadata_map[METADATA_KEY]
+    assert '"sca_op": "grid"' in meta and '"grid_points": 64' in meta
+
+
+def _scaled_qk(model: torch.nn.Module, factor: float) -> torch.nn.Module:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, StripCrossAttention):
+                for lin in (m.q, m.k):
+                    lin.weight.mul_(factor)
+                    lin.bias.mul_(factor)
+    return model
+
+
+def test_grid_rule_takes_more_points_for_a_larger_spread_and_refuses_a_huge_one(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    info = ModelInfo("scaseg-t", 5)
+    base_g, base_spread = plan_grid(scaseg.build("scaseg-t", 5), info, (H, W), 1)
+    torch.manual_seed(0)
+    sharp = _scaled_qk(scaseg.build("scaseg-t", 5), 12.0)
+    g, spread = plan_grid(sharp, info, (H, W), 1)
+    assert spread > 50 * base_spread and g > base_g
+    assert spread / (g - 1) <= SPREAD_PER_STEP
+    assert plan_grid(sharp, info, (H, W), 1, requested=g + 7) == (g + 7, spread)
+    with pytest.raises(ScasegError, match="too few for the logit spread"):
+        plan_grid(sharp, info, (H, W), 1, requested=g - 1)
+    # a spread beyond the largest grid: one sentence naming the spread and the G it needs, exit 2, nothing written
+    torch.manual_seed(0)
+    huge = tmp_path / "huge.pth"
+    scaseg.save_checkpoint(_scaled_qk(scaseg.build("scaseg-t", 5), 80.0), huge, input_size=(H, W))
+    code, _, err = run_main([str(huge), "--sca-op", "grid", "--parity-images", "1"], monkeypatch, capsys)
+    lines = [line for line in err.splitlines() if line.startswith("scaseg-export: error:")]
+    assert code == 2 and len(lines) == 1, err
+    assert "--sca-op grid is refused: the logit spread" in lines[0] and f"more than {MAX_GRID_POINTS}" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.pth"]
+
+
+def test_grid_export_parses_and_builds_on_tensorrt_rtx(model_and_info, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    trt = pytest.importorskip("tensorrt_rtx")
+    model, info = model_and_info
+    proto, _ = to_onnx(model, info, ExportOptions(imgsz=(H, W), sca_op="grid", grid_points=64, dynamic_batch=True,
+                                                  dynamic_spatial=True))
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(proto.SerializeToString()), [parser.get_error(i).desc() for i in range(parser.num_errors)]
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("images", (1, 3, 32, 32), (1, 3, H, W), (2, 3, 2 * H, 2 * W))
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    assert plan is not None and plan.nbytes > 0
+
+
 def test_attention_tiling_is_exact_and_planned_from_budget() -> None:
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(2, 2, 37, 1, generator=g), torch.randn(2, 2, 11, 1, generator=g), torch.randn(2, 2, 11, 8, generator=g)
@@ -218,6 +311,9 @@ def test_option_parsers() -> None:
         (["{ckpt}", "--opset", "13"], "--opset 13"),
         (["{ckpt}", "--dynamic", "height"], "--dynamic"),
         (["{ckpt}", "--query-chunk", "-5"], "--query-chunk"),
+        (["{ckpt}", "--sca-op", "grid", "--grid-points", "1"], "--grid-points must be 2 to"),
+        (["{ckpt}", "--grid-points", "64"], "--grid-points is for --sca-op grid"),
+        (["{ckpt}", "--sca-op", "grid", "--grid-points", "3"], "--grid-points 3 is too few for the logit spread"),
         (["{ckpt}", "--precision", "int8"], "--precision int8"),
         (["{ckpt}", "--precision", "int8", "--calib", "{tmp}/no-such-folder"], "calibration folder not found"),
         (["{ckpt}", "--precision", "int8", "--calib", "{tmp}", "--format", "engine", "--int8-target", "cpu"],

@@ -12,7 +12,9 @@ from scaseg.models.decoder import (
     SCASegHead,
     StripAttentionCore,
     StripCrossAttention,
+    grid_attention,
     pool_to_grid,
+    set_grid_points,
     set_query_chunk,
     strip_attention,
 )
@@ -208,3 +210,50 @@ def test_pool_to_grid_exports_to_onnx_matching_ceil_mode_on_odd_sizes(tmp_path) 
         x = torch.randn(*shape)
         got = session.run(None, {name: x.numpy()})[0]
         torch.testing.assert_close(torch.from_numpy(got), F.avg_pool2d(x, 8, 8, ceil_mode=True), rtol=1e-5, atol=1e-6)
+
+
+def test_grid_attention_converges_to_exact_attention_at_second_order() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 3, 500, 1, generator=g), torch.randn(2, 3, 80, 1, generator=g), torch.randn(2, 3, 80, 8, generator=g)
+    exact = strip_attention(q, k, v, 0.5)
+    errors = [float((grid_attention(q, k, v, 0.5, n) - exact).abs().max()) for n in (17, 33, 65, 129)]
+    assert errors[-1] < 5e-4
+    # linear interpolation of a smooth function: halving the step quarters the error (allow 3x for the higher terms)
+    assert all(a > 3 * b for a, b in zip(errors, errors[1:])), errors
+
+
+def test_grid_attention_ranges_are_per_sample_and_head_and_zero_spread_is_exact() -> None:
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(3, 2, 200, 1, generator=g) * torch.tensor([0.1, 1.0, 5.0]).reshape(3, 1, 1, 1)
+    k, v = torch.randn(3, 2, 40, 1, generator=g), torch.randn(3, 2, 40, 6, generator=g)
+    q[1, 0] = 0.7  # every query of one (sample, head) equal: no spread at all
+    together = grid_attention(q, k, v, 0.4, 64)
+    alone = torch.cat([grid_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1], 0.4, 64) for i in range(3)])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)
+    torch.testing.assert_close(together[1, 0], strip_attention(q, k, v, 0.4)[1, 0], rtol=0, atol=1e-6)
+    assert not torch.isnan(together).any()
+    with pytest.raises(ValueError, match="one query/key channel"):
+        grid_attention(torch.randn(1, 1, 5, 4), torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 2), 0.5, 16)
+
+
+def test_grid_points_apply_in_eval_only_and_refuse_vanilla_attention() -> None:
+    torch.manual_seed(0)
+    model = scaseg.build("scaseg-b0", num_classes=4)
+    x = torch.randn(1, 3, 96, 80)
+    with torch.no_grad():
+        exact = model.eval()(x)
+        assert set_grid_points(model, 2) == 4
+        coarse = model(x)
+        set_grid_points(model, 256)
+        fine = model(x)
+        model.train()
+        torch.manual_seed(1)
+        trained_grid = model(x)
+        set_grid_points(model, None)
+        torch.manual_seed(1)
+        trained_exact = model(x)
+    assert float((coarse - exact).abs().max()) > 10 * float((fine - exact).abs().max())
+    torch.testing.assert_close(fine, exact, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(trained_grid, trained_exact)  # training keeps the exact softmax
+    with pytest.raises(ValueError, match="vanilla"):
+        set_grid_points(scaseg.build("scaseg-b0", num_classes=4, attention="vanilla"), 64)

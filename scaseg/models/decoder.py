@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ATTENTION_KINDS = ("strip", "vanilla")
+MIN_GRID_POINTS = 2  # a grid needs both ends of the query range
 
 
 def strip_attention(
@@ -42,21 +43,61 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, scale: float, dropout_p: float) -> 
     return attn @ v  # B, h, N, dv
 
 
-class StripAttentionCore(nn.Module):
-    """Parameter-free attention kernel: the unit the exporter swaps for an ONNX function or a TensorRT plugin."""
+def grid_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, points: int) -> Tensor:
+    """Strip attention (dq = 1) in O((N + M) G dv): exact on ``points`` values of a = scale * q, interpolated between.
 
-    def __init__(self, scale: float, query_chunk: Optional[int] = None, attn_drop: float = 0.0):
+    With one query channel, row i of the output is a smooth function of the scalar a_i:
+    g(a) = softmax_j(a k_j) @ v. It is evaluated exactly on G points spread evenly over [min a, max a] of this input
+    (per sample and head; a G x M softmax, no N x M matrix), and each query takes the linear interpolation between
+    its two neighbouring points. An inference approximation: its error grows with (max a - min a) * (max k - min k)
+    over G (docs/export.md has the measured rule). All queries equal (zero spread) is exact: they all sit on point 0.
+    """
+    if q.shape[-1] != 1 or k.shape[-1] != 1:
+        raise ValueError(f"grid attention needs one query/key channel per head (strip attention), got {q.shape[-1]}")
+    if points < MIN_GRID_POINTS:
+        raise ValueError(f"grid attention needs at least {MIN_GRID_POINTS} points, got {points}")
+    b, h, _, dv = q.shape[0], q.shape[1], q.shape[2], v.shape[-1]
+    a = q * scale  # B, h, N, 1
+    lo = a.amin(dim=2, keepdim=True)  # B, h, 1, 1
+    span = a.amax(dim=2, keepdim=True) - lo
+    steps = torch.linspace(0.0, 1.0, points, dtype=a.dtype, device=a.device).reshape(1, 1, points, 1)
+    grid = lo + span * steps  # B, h, G, 1
+    table = (grid @ k.transpose(-2, -1)).softmax(dim=-1) @ v  # B, h, G, dv
+    # Zero spread: divide by 1 instead, so every query lands on point 0 (computed exactly) with weight 0 on point 1.
+    pos = (a - lo) / torch.where(span > 0, span, torch.ones_like(span)) * (points - 1)  # B, h, N, 1 in [0, G-1]
+    left = pos.floor().clamp(0, points - 2)
+    frac = pos - left
+    # One Gather on the flattened (B*h*G, dv) table with per-(sample, head) offsets: indices are (B, h, N), not N x dv.
+    offsets = (torch.arange(b * h, device=a.device) * points).reshape(b, h, 1)
+    index = left.squeeze(-1).long() + offsets  # B, h, N
+    flat = table.reshape(-1, dv)
+    below, above = flat[index], flat[index + 1]  # B, h, N, dv
+    return below + frac * (above - below)
+
+
+class StripAttentionCore(nn.Module):
+    """Parameter-free attention kernel: the unit the exporter swaps for an ONNX function or a TensorRT plugin.
+
+    ``grid_points`` (inference only): evaluate strip attention with ``grid_attention`` on that many points;
+    training, and a core with None, use the exact softmax.
+    """
+
+    def __init__(self, scale: float, query_chunk: Optional[int] = None, attn_drop: float = 0.0,
+                 grid_points: Optional[int] = None):
         super().__init__()
         self.scale = float(scale)
         self.query_chunk = query_chunk
         self.attn_drop = float(attn_drop)
+        self.grid_points = grid_points
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.grid_points and not self.training:
+            return grid_attention(q, k, v, self.scale, self.grid_points)
         dropout_p = self.attn_drop if self.training else 0.0
         return strip_attention(q, k, v, self.scale, self.query_chunk, dropout_p)
 
     def extra_repr(self) -> str:
-        return f"scale={self.scale:.6g}, query_chunk={self.query_chunk}"
+        return f"scale={self.scale:.6g}, query_chunk={self.query_chunk}, grid_points={self.grid_points}"
 
 
 class StripCrossAttention(nn.Module):
@@ -259,6 +300,23 @@ def set_query_chunk(model: nn.Module, query_chunk: Optional[int]) -> int:
     for module in model.modules():
         if isinstance(module, StripAttentionCore):
             module.query_chunk = query_chunk
+            count += 1
+    return count
+
+
+def set_grid_points(model: nn.Module, points: Optional[int]) -> int:
+    """Evaluate every StripAttentionCore of ``model`` on a grid of ``points`` in eval mode (None: exact); returns how many.
+
+    Raises ValueError for a model with vanilla attention (the grid needs one query/key channel per head).
+    """
+    if points is not None and points < MIN_GRID_POINTS:
+        raise ValueError(f"grid attention needs at least {MIN_GRID_POINTS} points, got {points}")
+    if points is not None and any(isinstance(m, StripCrossAttention) and m.attention != "strip" for m in model.modules()):
+        raise ValueError("grid attention needs strip attention (one query/key channel per head), not vanilla")
+    count = 0
+    for module in model.modules():
+        if isinstance(module, StripAttentionCore):
+            module.grid_points = points
             count += 1
     return count
 
