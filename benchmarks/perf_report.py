@@ -706,6 +706,26 @@ def run(args: argparse.Namespace) -> None:
             steps.update()
 
 
+# Sections of docs/performance.md that another script regenerates (between its <!-- NAME:start/end --> markers,
+# with the heading above them): kept as they are when this script rewrites the page.
+OTHER_SECTIONS = ("grid-scaling",)  # benchmarks/bench_grid_scaling.py
+
+
+def _owned_elsewhere(doc: Path) -> str:
+    """The OTHER_SECTIONS of the current ``doc`` (heading line through end marker), to append to a rewrite."""
+    try:
+        old = doc.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    kept = []
+    for name in OTHER_SECTIONS:
+        i, j = old.find(f"<!-- {name}:start -->"), old.find(f"<!-- {name}:end -->")
+        if 0 <= i < j:
+            head = old.rfind("\n## ", 0, i)
+            kept.append(old[head + 1 if head >= 0 else i : j + len(f"<!-- {name}:end -->")])
+    return "".join("\n" + k + "\n" for k in kept)
+
+
 def write_outputs(report: dict[str, Any], rows: list[Row], args: argparse.Namespace) -> None:
     """The PNG, docs/performance.md, the README section (or the section printed when the markers are missing)."""
     doc, png = _path(args.doc), _path(args.plot)
@@ -713,7 +733,7 @@ def write_outputs(report: dict[str, Any], rows: list[Row], args: argparse.Namesp
     plot(report["sweep"], report["matmul"]["gflops"], png,
          f"{report['model']['variant']}, ONNX Runtime CPU fp32, {report['machine']['cpu']}, "
          f"{report['threads']} threads ({sizes}); {report['machine']['date']}")
-    text = render(report, rows, os.path.relpath(png, doc.parent), full=True)
+    text = render(report, rows, os.path.relpath(png, doc.parent), full=True) + _owned_elsewhere(doc)
     with atomic_path(doc) as tmp:
         tmp.write_text(text, encoding="utf-8")
     print(f"wrote {doc} and {png}", file=sys.stderr)

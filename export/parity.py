@@ -10,8 +10,9 @@ approximation itself (the G rule in export/sca.py keeps that agreement at >= 99.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -129,20 +130,26 @@ def check_parity(
     )
 
 
-def _reference(model: nn.Module, x: np.ndarray, grid_points: Optional[int], query_chunk: Optional[int] = None
-               ) -> np.ndarray:
-    """The eval-mode model's logits on ``x`` with grid attention (``grid_points``) or exact; the model is left as found."""
+@contextlib.contextmanager
+def _attention(model: nn.Module, grid_points: Optional[int], query_chunk: Optional[int] = None) -> Iterator[None]:
+    """Within the block the model's cores run grid (``grid_points``) or exact attention; left as found afterwards."""
     cores = [m for m in model.modules() if isinstance(m, StripAttentionCore)]
     before = [(c.grid_points, c.query_chunk) for c in cores]
     set_grid_points(model, grid_points)
     if query_chunk:
         set_query_chunk(model, query_chunk)
     try:
-        with torch.no_grad():
-            return model(torch.from_numpy(x)).float().numpy()  # type: ignore[no-any-return]
+        yield
     finally:
         for c, (g, chunk) in zip(cores, before):
             c.grid_points, c.query_chunk = g, chunk
+
+
+def _reference(model: nn.Module, x: np.ndarray, grid_points: Optional[int], query_chunk: Optional[int] = None
+               ) -> np.ndarray:
+    """The eval-mode model's logits on ``x`` with grid attention (``grid_points``) or exact."""
+    with _attention(model, grid_points, query_chunk), torch.no_grad():
+        return model(torch.from_numpy(x)).float().numpy()  # type: ignore[no-any-return]
 
 
 def plan_grid(model: nn.Module, info: ModelInfo, size: tuple[int, int], images: int,
@@ -153,5 +160,6 @@ def plan_grid(model: nn.Module, info: ModelInfo, size: tuple[int, int], images: 
     G is out of reach.
     """
     batches = [torch.from_numpy(scene_batch(1, size, info, seed + i)) for i in range(images)]
-    spread = measure_spread(model.eval(), batches)
+    with _attention(model, None, EXACT_REFERENCE_CHUNK):
+        spread = measure_spread(model.eval(), batches)
     return grid_points_for(spread, requested), spread

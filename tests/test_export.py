@@ -254,6 +254,48 @@ def test_grid_rule_takes_more_points_for_a_larger_spread_and_refuses_a_huge_one(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.pth"]
 
 
+def test_grid_export_converts_to_fp16_and_int8(model_and_info, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import cv2
+
+    from scaseg.calibration.api import make_precision
+    from scaseg.data.synth import render_scene
+
+    model, info = model_and_info
+    proto, _ = to_onnx(model, info, ExportOptions(imgsz=(H, W), sca_op="grid", grid_points=64))
+    fp32 = tmp_path / "grid.onnx"
+    onnx.save(proto, str(fp32))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(calib / f"{i}.png"), cv2.cvtColor(render_scene(20 + i, (H, W))[0], cv2.COLOR_RGB2BGR))
+    x = np.random.default_rng(4).standard_normal((1, 3, H, W)).astype(np.float32)
+    ref = session(fp32).run(None, {"images": x})[0]
+
+    fp16 = tmp_path / "grid.fp16.onnx"
+    make_precision(str(fp32), str(fp16), "fp16", calib_dir=None)
+    half = onnx.load(str(fp16))
+    softmax_types = {v.name: v.type.tensor_type.elem_type
+                     for v in onnx.shape_inference.infer_shapes(half).graph.value_info}
+    # the G x M softmax stays fp32 (as the exact one does); the position path and the lerp run in fp16
+    assert all(softmax_types.get(n.output[0]) == onnx.TensorProto.FLOAT for n in half.graph.node if n.op_type == "Softmax")
+    got = session(fp16).run(None, {"images": x})[0]
+    assert np.abs(got - ref).max() < 0.05 and (got.argmax(1) == ref.argmax(1)).mean() > 0.99
+
+    for target in ("cpu", "tensorrt"):
+        out = tmp_path / f"grid.int8.{target}.onnx"
+        summary = make_precision(str(fp32), str(out), "int8", calib_dir=str(calib), calib_num=6, target=target,
+                                 max_miou_drop=100.0)
+        q = onnx.load(str(out))
+        consumers = {i: n.op_type for n in q.graph.node for i in n.input}
+        # the grid position path (Floor, Gather, lerp) has no weighted op, so no Q/DQ pair: it stays float
+        assert not [n for n in q.graph.node if n.op_type == "DequantizeLinear" and consumers.get(n.output[0]) in
+                    ("Floor", "Gather", "Clip")]
+        # tensorrt quantizes both grid products (points x keys, weights x values) as it does the exact ones
+        assert ("MatMul 8" in summary["quantized_ops"]) == (target == "tensorrt"), summary
+        got = session(out).run(None, {"images": x})[0]
+        assert got.shape == ref.shape and (got.argmax(1) == ref.argmax(1)).mean() > 0.8
+
+
 def test_grid_export_parses_and_builds_on_tensorrt_rtx(model_and_info, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     trt = pytest.importorskip("tensorrt_rtx")
     model, info = model_and_info

@@ -135,3 +135,15 @@ def test_render_only_rewrites_docs_from_json(perf, tmp_path):
     assert "| onnxruntime | int8 | 2 | 50.0 (2.00x) |" in (tmp_path / "docs" / "performance.md").read_text()
     saved.write_text("{}")
     assert perf.main(args) == 2
+
+
+def test_a_section_another_script_owns_survives_a_rewrite(perf, tmp_path):
+    (tmp_path / "docs").mkdir()
+    doc = tmp_path / "docs" / "performance.md"
+    owned = "## Scaling: grid attention\n\nintro\n\n<!-- grid-scaling:start -->\n| table |\n<!-- grid-scaling:end -->"
+    doc.write_text("# old page\nstale\n\n" + owned + "\n")
+    report, rows = _report(perf, tmp_path)
+    perf.write_outputs(report, rows, _args(tmp_path, None))
+    text = doc.read_text()
+    assert "stale" not in text and "## Caveats" in text
+    assert text.count(owned) == 1 and text.index("## Caveats") < text.index(owned)
