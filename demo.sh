@@ -88,7 +88,7 @@ step "5/6 benchmark: FPS and mIoU on the synthetic validation split"
 # on the 2-vCPU machine the demo was measured on (the threads spend more time meeting than computing).
 # Try --threads 2 on yours: scaseg-bench prints the difference.
 scaseg-bench "$out/models/scaseg-t.onnx" "$out/models/scaseg-t.fp16.onnx" "$out/models/scaseg-t.int8.onnx" \
-  --data "$out/data" --runs 30 --warmup 5 --threads 1 -o "$out/bench.json" -o "$out/bench.csv"
+  --data "$out/data" --runs 30 --warmup 5 --threads 1 --per-class -o "$out/bench.json" -o "$out/bench.csv"
 
 step "6/6 segment a video"
 scaseg-infer "$out/data/video/synth.mp4" --model "$out/models/scaseg-t.int8.onnx" --legend \

@@ -336,3 +336,27 @@ def test_config_refuses_impossible_values(tmp_path):
         _cfg(tmp_path, tmp_path, crop=(16, 16)).checked()
     with pytest.raises(ScasegError, match="--amp"):
         _cfg(tmp_path, tmp_path, amp="fp8").checked()
+
+
+def test_balanced_class_weights_weigh_rare_classes_up(synth):
+    from scaseg.data.datasets import open_dataset
+    from scaseg.train.loop import balanced_class_weights
+
+    data = open_dataset(synth, "cityscapes", "train")
+    weight = balanced_class_weights(data, 19).numpy()
+    counts = np.zeros(19)
+    for i in range(len(data)):
+        counts += np.bincount(data.load_label(i).ravel(), minlength=256)[:19]
+    freq = counts / counts.sum()
+    assert set(np.flatnonzero(weight)) == {0, 10, 13}  # the classes present; the others weigh nothing
+    assert weight[13] > weight[10] > weight[0]  # the box (rarest) up, the road (commonest) down
+    assert weight[13] / weight[0] == pytest.approx(np.log(1.02 + freq[0]) / np.log(1.02 + freq[13]), rel=1e-5)
+    assert float((weight * freq).sum()) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_class_weight_option_trains_and_refuses_unknown_values(synth, tmp_path):
+    trainer = Trainer(_cfg(synth, tmp_path / "bal", class_weight="balanced", iters=2), _cpu())
+    assert trainer.class_weight is not None and float(trainer.class_weight[13]) > float(trainer.class_weight[0])
+    assert trainer.run()["iterations"] == 2
+    with pytest.raises(ScasegError, match="--class-weight must be none or balanced"):
+        _cfg(synth, tmp_path, class_weight="inverse").checked()

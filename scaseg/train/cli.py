@@ -53,6 +53,7 @@ def main_command(
     seed: int = typer.Option(0, "--seed", help="Random seed of initialisation, data order and augmentation (offset per process)."),
     device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda", help="Where to train (auto: CUDA when present)."),
     threads: int = typer.Option(0, "--threads", help="torch threads per process (0: PyTorch's default)."),
+    class_weight: str = typer.Option("none", "--class-weight", metavar="none|balanced", help="Loss weight per class: balanced weighs rare classes up (ENet's 1/ln(1.02 + pixel share), from the train labels)."),
     model_opt: List[str] = typer.Option([], "--model-opt", metavar="KEY=VALUE", help="Extra scaseg.build argument, repeatable (e.g. attention=vanilla).", show_default="none"),
     quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-train"),

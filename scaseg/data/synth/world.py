@@ -244,12 +244,16 @@ def make_world(rng: np.random.Generator, length: float = 0.0) -> World:
         w = rng.uniform(1.65, 2.0)
         cars.append(Car(x, z, vz, w, rng.uniform(1.35, 1.75), rng.uniform(3.8, 5.0), _car_colour(rng), oncoming))
     persons = []
-    for _ in range(int(rng.integers(2, 13)) + int(length / 6)):
+    for k in range(int(rng.integers(2, 13)) + int(length / 6)):
         side = -1 if rng.random() < 0.5 else 1
         road = road_l if side < 0 else road_r
         line = line_l if side < 0 else line_r
         x = side * rng.uniform(road + 0.4, abs(line) - 0.3) if rng.random() < 0.9 else rng.uniform(-road_l, road_r)
-        z = float(np.exp(rng.uniform(np.log(3.0), np.log(30.0)))) + rng.uniform(0, length)
+        # Most people near the camera (4-16 m, and far enough to be in view: tens of pixels tall), the rest spread
+        # down the street.
+        near = k < 6 or rng.random() < 0.5
+        z = max(float(np.exp(rng.uniform(np.log(4.0), np.log(16.0)))), abs(x) * focal / 0.42) if near else (
+            float(np.exp(rng.uniform(np.log(3.0), np.log(30.0)))) + rng.uniform(0, length))
         height = rng.uniform(1.5, 1.95)
         persons.append(Person(x, z, rng.uniform(-0.15, 0.15), height, height * rng.uniform(0.22, 0.28),
                                _jitter(rng, [(225, 185, 160), (190, 140, 100), (120, 80, 55)][rng.integers(3)], 12),

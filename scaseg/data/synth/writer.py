@@ -16,7 +16,7 @@ from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_dir
 
 CITY = "synth"
-GENERATOR = "scaseg-synth/1"
+GENERATOR = "scaseg-synth/2"
 
 # train id -> Cityscapes label id, for the *_gtFine_labelIds.png files (255, the ego vehicle, is id 1).
 _TRAIN_TO_ID = np.zeros(256, dtype=np.uint8)
