@@ -53,7 +53,7 @@ def _write(model: onnx.ModelProto, info: ModelInfo, out_path: str) -> None:
         onnx.save(model, str(tmp))
 
 
-def _check_args(precision: str, calib_num: int, method: str, target: str, max_miou_drop: float) -> None:
+def check_args(precision: str, calib_num: int, method: str, target: str, max_miou_drop: float) -> None:
     if precision not in PRECISIONS:
         raise ScasegError(f"unknown precision {precision!r} (expected fp16 or int8)")
     if method not in METHODS:
@@ -86,7 +86,7 @@ def make_precision(fp32_onnx: str, out_path: str, precision: str, *, calib_dir: 
     method: percentile by default, the one that stayed within a point of fp32 on every measurement in
     docs/precision.md (minmax lost 2.8 points on the cpu placement at 512x512, entropy 0.75 at 128x256).
     """
-    _check_args(precision, calib_num, method, target, max_miou_drop)
+    check_args(precision, calib_num, method, target, max_miou_drop)
     model, info = load_fp32(fp32_onnx)
     if precision == "fp16":
         return _fp16(model, info, out_path, calib_dir)

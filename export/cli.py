@@ -5,18 +5,20 @@ non-zero and leaves no output behind.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import shutil
 import sys
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import typer
 
 from scaseg.cli import SIZE_METAVAR, make_app, parse_size, quiet_option
 from scaseg.errors import ScasegError, run_cli, version_option
-from scaseg.fileio import atomic_path, check_writable_dir
+from scaseg.fileio import atomic_path, check_output, created_folders, refuse_overwrite, remove_stale, temp_token
 from scaseg.progress import progress, write
 
 app = make_app(__doc__)
@@ -54,6 +56,9 @@ class Format(str, Enum):
     onnx = "onnx"
     engine = "engine"
     triton = "triton"
+
+
+WORK_PREFIX = ".scaseg-export-"
 
 
 def _need(module: str, what: str) -> Any:
@@ -94,6 +99,7 @@ def export(
     parity_images: int = typer.Option(2, "--parity-images", help="Synthetic scenes for the parity check."),
     tolerance: float = typer.Option(1e-3, "--tolerance", help="Max |logit diff| ONNX Runtime vs PyTorch before the export fails."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Refuse the checkpoint unless it is this variant.", show_default="any"),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Export a checkpoint that lacks tensors of the model or holds extra ones (missing ones stay random); refused by default."),
     precision: Precision = typer.Option(Precision.fp32, "--precision", help="fp32, fp16 or int8 (calibrated Q/DQ)."),
     calib: Optional[Path] = typer.Option(None, "--calib", metavar="DIR", help="int8 calibration images: an image folder or a dataset root (train split calibrates, val split checks).", show_default="needed for int8"),
     calib_num: int = typer.Option(200, "--calib-num", min=1, help="Calibration images to use."),
@@ -146,15 +152,9 @@ def export(
     if tolerance < 0:
         raise ScasegError(f"--tolerance must be >= 0, got {tolerance}")
     prec, form = precision.value, fmt.value
-    # Fail on a missing piece before minutes of work, not after.
-    if prec != "fp32":
-        _need("scaseg.calibration.api", f"--precision {prec}")
-        if prec == "int8" and calib is None:
-            raise ScasegError("--precision int8 needs --calib DIR, a folder of calibration images")
-        if prec == "int8" and calib is not None and not calib.expanduser().is_dir():
-            raise ScasegError(f"calibration folder not found: {calib}")
     target = int8_target.value if int8_target is not None else ("tensorrt" if form == "engine" else "cpu")
-    if int8_target is not None and form == "engine" and prec == "int8" and target == "cpu":
+    # Fail on a missing piece or a bad input before minutes of work, not after.
+    if form == "engine" and prec == "int8" and target == "cpu":
         # The cpu placement fuses GELU into com.microsoft.Gelu, an ONNX Runtime op TensorRT's parser rejects.
         raise ScasegError("--format engine needs --int8-target tensorrt (the cpu placement uses ONNX Runtime-only ops)")
     if form != "onnx":
@@ -169,16 +169,35 @@ def export(
     if variant is not None and variant not in scaseg.VARIANTS:
         raise ScasegError(f"unknown variant {variant!r} for --variant: expected one of {', '.join(scaseg.VARIANTS)}")
     checkpoint = checkpoint.expanduser()
+    from scaseg.checkpoint import check_readable
+
+    check_readable(checkpoint)
+    if prec != "fp32":
+        api = _need("scaseg.calibration.api", f"--precision {prec}")
+        api.check_args(prec, calib_num, calib_method.value, target, max_miou_drop)
+        if prec == "int8":
+            if calib is None:
+                raise ScasegError("--precision int8 needs --calib DIR, a folder of calibration images")
+            api.data.open_calibration(str(calib.expanduser()), calib_num)  # lists and checks the images, reads none
     dest = (output.expanduser() if output else default_output(checkpoint, form, prec))
-    if dest.is_dir() and form != "triton":
-        raise ScasegError(f"the output {dest} is a folder; name a file (e.g. {dest / 'model.onnx'})")
-    check_writable_dir(dest)
+    if form == "triton":  # a model repository: other models in it stay, ours is replaced as a whole
+        check_output(dest, folder=True)
+    else:
+        if dest.is_dir():
+            raise ScasegError(f"the output {dest} is a folder; name a file (e.g. {dest / 'model.onnx'})")
+        check_output(dest)
+    side_outputs = [p for p in (calib_cache,) if p is not None]
+    refuse_overwrite([dest, *side_outputs], [checkpoint, calib])
+    if timing_cache is not None:
+        refuse_overwrite([timing_cache], [checkpoint, dest])
+    # Temporaries of an earlier run that was killed (out of memory, SIGKILL) cannot clean themselves up.
+    remove_stale(dest.parent, WORK_PREFIX)
 
     bar = "{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
     # A context manager so that an error closes the bar first and prints on a line of its own.
     with progress(total=4, desc="export", unit="step", file=sys.stderr, bar_format=bar) as steps:
         steps.set_postfix_str("loading checkpoint")
-        model, info = scaseg.load_model(checkpoint, variant=variant)
+        model, info = scaseg.load_model(checkpoint, variant=variant, strict=not allow_partial)
         report = getattr(model, "load_report", None)
         if report is not None and (not report.clean or report.kind == "encoder"):
             write(f"warning: {report.summary()}" + ("; the decoder is randomly initialised" if report.kind == "encoder" else ""), file=sys.stderr)
@@ -189,11 +208,7 @@ def export(
             _plan_grid(model, info, opts, parity_images)
         steps.update()
 
-        try:  # the first write: os.access can say yes where a write fails (root on /proc, a read-only mount)
-            work_dir = tempfile.TemporaryDirectory(prefix=".scaseg-export-", dir=dest.parent)
-        except OSError as exc:
-            raise ScasegError(f"cannot write to the output folder {dest.parent}: {exc.strerror or exc}") from None
-        with work_dir as work:
+        with created_folders(dest.parent), _work_dir(dest.parent) as work:
             onnx_dest = dest if (form == "onnx" and prec == "fp32") else Path(work) / "model.fp32.onnx"
             summary = _export_fp32(model, info, opts, onnx_dest, parity_images, tolerance, steps)
             final_onnx = onnx_dest
@@ -229,6 +244,19 @@ def export(
                     _say(f"triton: {key}: {value}")
     size = (sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) if dest.is_dir() else dest.stat().st_size)
     _say(f"wrote {dest}  ({summary}, {prec}, {size / 2**20:.1f} MiB)")
+
+
+@contextlib.contextmanager
+def _work_dir(parent: Path) -> Iterator[str]:
+    """A temporary folder beside the output (same file system: the final rename cannot fail on a full /tmp)."""
+    try:
+        work = tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{temp_token()}.", dir=parent)
+    except OSError as exc:
+        raise ScasegError(f"cannot write to the output folder {parent}: {exc.strerror or exc}") from None
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _plan_grid(model: Any, info: Any, opts: Any, parity_images: int) -> None:
@@ -267,6 +295,9 @@ def _export_fp32(model: Any, info: Any, opts: Any, dest: Path, parity_images: in
         parity = check_parity(str(tmp), model, out_info, images=parity_images, tolerance=tolerance)
         steps.update()
         _say(parity.summary())
+        if parity.nonfinite:
+            raise ScasegError(f"the parity check found {parity.nonfinite} NaN or infinite output value(s) (PyTorch or "
+                              "ONNX Runtime): the model computes garbage; nothing was written")
         if not parity.ok:
             what = (f"max |logit diff| {parity.max_abs:.3g}" if parity.max_abs is not None
                     else f"{parity.confident_mismatches} confidently-labelled pixel(s) changed")
@@ -280,7 +311,7 @@ def _export_fp32(model: Any, info: Any, opts: Any, dest: Path, parity_images: in
 
 def main() -> None:
     """Console entry point (scaseg-export)."""
-    run_cli(app, prog="scaseg-export")
+    run_cli(app, prog="scaseg-export", interrupted="; nothing was written (temporary files removed)")
 
 
 if __name__ == "__main__":

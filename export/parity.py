@@ -45,9 +45,12 @@ class ParityReport:
     grid_points: Optional[int] = None  # a grid export: its G; the two fields below compare it with exact attention
     exact_max_abs: Optional[float] = None  # ONNX vs PyTorch with exact attention (None for a labels graph)
     exact_agreement: Optional[float] = None
+    nonfinite: int = 0  # NaN/Inf values in either output: a failure whatever the difference
 
     @property
     def ok(self) -> bool:
+        if self.nonfinite:
+            return False
         if self.output == "labels":
             return self.confident_mismatches == 0
         return self.max_abs is not None and self.max_abs <= self.tolerance
@@ -64,6 +67,8 @@ class ParityReport:
             exact_err = f"max |logit diff| {self.exact_max_abs:.3g}, " if self.exact_max_abs is not None else ""
             text += (f"\ngrid vs exact attention (PyTorch) on the same scenes: {exact_err}"
                      f"argmax agreement {100 * self.exact_agreement:.4f}%")
+        if self.nonfinite:
+            text += f"; {self.nonfinite} output value(s) are NaN or infinite"
         return text
 
 
@@ -96,13 +101,17 @@ def check_parity(
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     model = model.eval()
     points = int(info.extra.get("export", {}).get("grid_points", 0)) if info.sca_op == "grid" else 0
-    max_abs, agree, total, flipped = 0.0, 0, 0, 0
+    max_abs, agree, total, flipped, nonfinite = 0.0, 0, 0, 0, 0
     exact_abs, exact_agree = 0.0, 0
     runs = -(-images // batch)
     for r in range(runs):
         x = scene_batch(batch, size, info, seed + r * batch)  # type: ignore[arg-type]
         got = session.run([info.output_name], {info.input_name: x})[0]
         ref = _reference(model, x, points or None)
+        # max() and comparisons pass NaN silently (max(0.0, nan) is 0.0): count non-finite values on their own.
+        nonfinite += int((~np.isfinite(ref)).sum())
+        if np.issubdtype(got.dtype, np.floating):
+            nonfinite += int((~np.isfinite(got)).sum())
         ref_labels = ref.argmax(axis=1)
         if points:
             exact = _reference(model, x, None, query_chunk=EXACT_REFERENCE_CHUNK)
@@ -126,7 +135,7 @@ def check_parity(
         max_abs=None if info.output == "labels" else max_abs, agreement=agree / max(1, total),
         confident_mismatches=flipped, tolerance=float(tolerance), grid_points=points or None,
         exact_max_abs=None if (not points or info.output == "labels") else exact_abs,
-        exact_agreement=exact_agree / max(1, total) if points else None,
+        exact_agreement=exact_agree / max(1, total) if points else None, nonfinite=nonfinite,
     )
 
 

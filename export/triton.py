@@ -342,7 +342,7 @@ def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str
     if repo.exists() and not repo.is_dir():
         raise ScasegError(f"the Triton repository {repo} exists and is not a folder")
     model_file = MODEL_FILENAMES[backend]
-    with atomic_dir(repo / model_name) as tmp:
+    with atomic_dir(repo / model_name, owned=lambda p: (p / INFO_FILENAME).is_file(), what="Triton model folder written by scaseg") as tmp:
         version_dir = tmp / str(version)
         version_dir.mkdir()
         shutil.copyfile(path, version_dir / model_file)

@@ -19,7 +19,7 @@ from scaseg import DEFAULT_MODEL_FILE, default_model
 from scaseg.cli import make_app, parse_size, quiet_option
 from scaseg.runtime.backends import fixed_size, open_backend
 from scaseg.errors import ScasegError, run_cli, version_option
-from scaseg.fileio import atomic_path
+from scaseg.fileio import atomic_path, check_output, refuse_overwrite, same_path
 from scaseg.metadata import ModelInfo
 from scaseg.runtime.options import BackendName, backend_option, batch_option, device_option, imgsz_option, threads_option
 from scaseg.runtime.predictor import Predictor
@@ -245,6 +245,12 @@ def bench(
     for dest in output:
         if dest.suffix.lower() not in writers:
             raise ScasegError(f"-o {dest}: expected a .json or .csv file name")
+    # The outputs too, before minutes of benchmarking: writable, not an input, not each other.
+    refuse_overwrite(output, [*models, data])
+    for i, dest in enumerate(output):
+        if any(same_path(dest, other) for other in output[:i]):
+            raise ScasegError(f"-o {dest} is given twice; give each output its own file")
+        check_output(dest)
     records = []
     for path in models:
         if not quiet:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from enum import Enum
@@ -15,8 +16,8 @@ import typer
 from scaseg import DEFAULT_MODEL_FILE, default_model, progress
 from scaseg.cli import make_app, parse_size, quiet_option
 from scaseg.runtime.backends import open_backend
-from scaseg.errors import ScasegError, run_cli, version_option
-from scaseg.fileio import atomic_dir, atomic_path
+from scaseg.errors import Interrupted, ScasegError, run_cli, version_option
+from scaseg.fileio import atomic_dir, atomic_path, check_dir_output, check_output, refuse_overwrite, write_bytes
 from scaseg.runtime.options import BackendName, backend_option, batch_option, device_option, imgsz_option, threads_option
 from scaseg.runtime.overlay import palette_lut, render_overlay
 from scaseg.runtime.predictor import Predictor
@@ -25,6 +26,12 @@ from scaseg.runtime.video import VIDEO_EXTENSIONS, Frame, ImageSink, Source, Sto
 app = make_app(__doc__)
 
 IMAGE_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# The record a folder output carries: it marks the folder as ours, the one kind of folder a later run may replace.
+RECORD = "scaseg-infer.json"
+
+
+def _is_infer_output(folder: Path) -> bool:
+    return (folder / RECORD).is_file()
 
 
 class OutputFormat(str, Enum):
@@ -68,6 +75,16 @@ def _check_output(source: Source, out: Path, fmt: str) -> str:
     return "video"
 
 
+def _check_target(out: Path, target: str, source: str, model: str) -> None:
+    """Before any work: the output can be written, replaces no input and no folder of the user's."""
+    local = [] if "://" in source or source.strip().isdigit() else [source]
+    refuse_overwrite([out], local + [model])
+    if target == "folder":
+        check_dir_output(out, owned=_is_infer_output, what="scaseg-infer output (it has no " + RECORD + ")")
+    else:
+        check_output(out)
+
+
 @app.command()
 def infer(
     source: str = typer.Argument(..., metavar="SOURCE", help="Video file, image, image folder, camera index (0) or rtsp:// / http:// URL."),
@@ -103,14 +120,17 @@ def infer(
     model_path, origin = (model, "") if model else (default_model(), "the shipped default, trained on synthetic street scenes only")
     src = open_source(source)
     try:
-        predictor = Predictor(open_backend(model_path, backend.value, device=device, threads=threads), parse_size(imgsz), batch,
-                              resize=resize.value)
         out = output.expanduser() if output else default_output(src, source, kind)
         target = _check_output(src, out, kind) if save else "none"
+        if target != "none":
+            _check_target(out, target, source, model_path)
+        predictor = Predictor(open_backend(model_path, backend.value, device=device, threads=threads), parse_size(imgsz), batch,
+                              resize=resize.value)
         if not quiet:  # once the model and the output are known to be good, so that an error stays one line
             print(f"scaseg-infer: model {model_path}" + (f" ({origin})" if origin else ""), file=sys.stderr)
         label = os.path.basename(model_path) + ("" if model else ", the shipped default")
-        _run(src, predictor, out, target, kind, alpha, legend, show, max_frames, queue_size, quiet, label)
+        _run(src, predictor, out, target, kind, alpha, legend, show, max_frames, queue_size, quiet, label,
+             record={"source": source, "model": model_path, "format": kind})
     finally:
         src.close()
         if show:
@@ -118,18 +138,21 @@ def infer(
 
 
 def _run(src: Source, predictor: Predictor, out: Path, target: str, kind: str, alpha: float, legend: bool,
-         show: bool, max_frames: Optional[int], queue_size: int, quiet: bool, model_label: str) -> None:
+         show: bool, max_frames: Optional[int], queue_size: int, quiet: bool, model_label: str,
+         record: Optional[dict] = None) -> None:
     info = predictor.info
     lut = palette_lut(info.palette)
     label_dtype = np.uint8 if info.num_classes <= 256 else np.uint16
     with contextlib.ExitStack() as stack:
         sink: Optional[VideoSink | ImageSink] = None
+        folder: Optional[Path] = None
         if target == "video":
-            sink = VideoSink(stack.enter_context(atomic_path(out)), src.fps)
+            sink = VideoSink(stack.enter_context(atomic_path(out)), src.fps, name=str(out))
         elif target == "file":
             sink = ImageSink(file=stack.enter_context(atomic_path(out)))
         elif target == "folder":
-            sink = ImageSink(folder=stack.enter_context(atomic_dir(out)), suffix=".png")
+            folder = stack.enter_context(atomic_dir(out, owned=_is_infer_output))
+            sink = ImageSink(folder=folder, suffix=".png")
 
         noted: set[tuple[int, ...]] = set()
 
@@ -150,9 +173,17 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, kind: str, a
 
         stats = run_pipeline(src, predictor, consume, queue_size=queue_size, max_frames=max_frames, progress=not quiet)
         if sink is not None:
-            sink.close()  # finalise the container before the rename, also after Ctrl-C
+            sink.close(exact=not stats.interrupted)  # finalise the container before the rename, also after Ctrl-C
+        if stats.frames == 0 and stats.interrupted:
+            raise Interrupted(" before the first frame was written; nothing was written")
         if stats.frames == 0:
             raise ScasegError(f"no frame of {src.name} could be decoded ({stats.skipped} unreadable); nothing written")
+        if folder is not None:
+            write_bytes(folder / RECORD, (json.dumps({**(record or {}), "frames": stats.frames,
+                                                      "interrupted": stats.interrupted}, indent=2) + "\n").encode())
+    if stats.interrupted:
+        kept = f"the output so far is saved in {out}" if target != "none" else "nothing was written"
+        raise Interrupted(f" after {stats.frames} frames; {kept}")
     where = f"wrote {out}" if target != "none" else "displayed"
     print(f"scaseg-infer: {where}: {stats.frames} frames, {stats.fps:.1f} FPS end-to-end, "
           f"model {stats.model_fps:.1f} FPS ({model_label}; {predictor.backend.name}, {predictor.backend.device})",
@@ -161,9 +192,6 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, kind: str, a
         names = ", ".join(stats.skipped_names[:5]) + (" ..." if len(stats.skipped_names) > 5 else "")
         print(f"scaseg-infer: warning: skipped {stats.skipped} unreadable frame(s)" + (f": {names}" if names else ""),
               file=sys.stderr)
-    if stats.interrupted:
-        print(f"scaseg-infer: interrupted after {stats.frames} frames; the output so far is saved", file=sys.stderr)
-        raise KeyboardInterrupt
 
 
 def _stretch_note(hw: tuple[int, ...], predictor: Predictor) -> Optional[str]:

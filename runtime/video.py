@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from scaseg.errors import ScasegError
-from scaseg.data.images import read_image, to_rgb_uint8
+from scaseg.data.images import VideoFile, read_image, to_rgb_uint8, write_image
 from scaseg.runtime.preprocess import Geometry
 
 if TYPE_CHECKING:
@@ -171,42 +171,19 @@ def open_source(spec: str) -> Source:
 
 # --------------------------------------------------------------------------------------------- sinks
 
-_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
-
-
-def _write_image(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, data = cv2.imencode(path.suffix or ".png", image)
-    if not ok:
-        raise ScasegError(f"OpenCV cannot encode an image as {path.suffix}")
-    data.tofile(str(path))
-
-
 class VideoSink:
-    """Writes RGB frames to a video (codec from the suffix); the writer opens at the first frame's size."""
+    """Writes RGB frames to a video (codec from the suffix); checked on close (see scaseg.data.images.VideoFile)."""
 
-    def __init__(self, path: Path, fps: float) -> None:
+    def __init__(self, path: Path, fps: float, name: Optional[str] = None) -> None:
         self.path, self.fps = Path(path), fps
-        self.writer: Optional[cv2.VideoWriter] = None
-        self.size: Optional[tuple[int, int]] = None
-        suffix = self.path.suffix.lower().split(".tmp")[-1] or ".mp4"
-        self.fourcc = _FOURCC.get(suffix, "mp4v")
+        self.video = VideoFile(path, fps, name=name)
 
     def write(self, name: str, image: np.ndarray) -> None:
-        if self.writer is None:
-            self.size = (image.shape[1], image.shape[0])
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*self.fourcc), self.fps, self.size)
-            if not self.writer.isOpened():
-                raise ScasegError(f"OpenCV cannot write a {self.fourcc} video of {self.size[0]}x{self.size[1]} to {self.path}")
-        if (image.shape[1], image.shape[0]) != self.size:  # a camera that changed resolution mid-stream
-            image = cv2.resize(image, self.size, interpolation=cv2.INTER_LINEAR)
-        self.writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
+        self.video.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
 
-    def close(self) -> None:
-        """Finalise the container (writes the index): after this the file plays."""
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None
+    def close(self, exact: bool = True) -> None:
+        """Finalise the container (writes the index) and check every frame is in it: after this the file plays."""
+        self.video.close(exact=exact)
 
 
 class ImageSink:
@@ -219,9 +196,9 @@ class ImageSink:
         colour = image.ndim == 3
         out = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if colour else image
         target = self.file if self.file is not None else Path(self.folder or ".") / f"{name}{self.suffix}"
-        _write_image(target, out)
+        write_image(target, out)
 
-    def close(self) -> None:
+    def close(self, exact: bool = True) -> None:
         """Nothing buffered: each image is complete once written."""
 
 

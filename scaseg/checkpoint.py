@@ -15,6 +15,7 @@ import logging
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, cast
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 from scaseg.models.model import VARIANTS, SCASeg, build, from_config
 from scaseg.models.pretrained import NAMINGS, check_complete, find_encoder, hf_folder_files
 from scaseg.errors import ScasegError
-from scaseg.fileio import atomic_path
+from scaseg.fileio import atomic_path, write_error
 from scaseg.metadata import ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -111,11 +112,44 @@ def save_checkpoint(
 
             save_file(state, str(tmp), metadata={"format": FORMAT, "version": str(VERSION), "config": json.dumps(full_config)})
         else:
-            torch.save({"format": FORMAT, "version": VERSION, "config": full_config, "state_dict": state}, tmp)
+            torch_save({"format": FORMAT, "version": VERSION, "config": full_config, "state_dict": state}, tmp, path)
     return path
 
 
+def torch_save(obj: Any, tmp: Path, dest: Path) -> None:
+    """torch.save to ``tmp`` (atomic_path's temporary for ``dest``); a failed write (full disk) is one sentence.
+
+    PyTorch's zip writer reports a short write as a RuntimeError ("PytorchStreamWriter failed writing file").
+    """
+    try:
+        torch.save(obj, tmp)
+    except (OSError, RuntimeError) as exc:
+        raise write_error(dest, exc) from None
+
+
 # --------------------------------------------------------------------------------------------------- reading
+
+
+def check_readable(path: str | os.PathLike) -> Path:
+    """Refuse, in one sentence, a checkpoint path that is missing, a folder, a device or empty (before any work)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ScasegError(f"checkpoint not found: {p}")
+    if p.is_dir():  # a Hugging Face model folder; _read says what is wrong with any other folder
+        return p
+    if not p.is_file():
+        raise ScasegError(f"the checkpoint {p} is not a regular file (a device or a pipe)")
+    if p.stat().st_size == 0:
+        raise ScasegError(f"the checkpoint {p} is empty (0 bytes)")
+    if not os.access(p, os.R_OK):
+        raise ScasegError(f"the checkpoint {p} is not readable (permissions)")
+    return p
+
+
+# A pickle that names a function or class outside the allow-list: torch words it "Unsupported global: GLOBAL
+# posix.system" (2.4-2.5) or "Trying to load unsupported GLOBAL posix.system whose module posix is blocked" (2.6+);
+# compare without case. Random bytes fail with "Unsupported operand" instead: corrupt, not hostile.
+_REFUSED_GLOBAL = re.compile(r"unsupported global|not an allowed global", re.I)
 
 
 def _read(path: Path, map_location: Any) -> tuple[Mapping[str, Any], dict[str, Any]]:
@@ -129,8 +163,7 @@ def _read(path: Path, map_location: Any) -> tuple[Mapping[str, Any], dict[str, A
             obj, _ = _read(file, map_location)
             merged.update(_tensors(obj, file))
         return merged, {}
-    if not path.is_file():
-        raise ScasegError(f"checkpoint not found: {path}")
+    check_readable(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -144,14 +177,15 @@ def _read(path: Path, map_location: Any) -> tuple[Mapping[str, Any], dict[str, A
             tensors = {k: v.to(map_location) for k, v in tensors.items()}
         return tensors, meta
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the one sentence below says enough
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
         # A well-formed pickle that names a class outside the allow-list, versus bytes that are no pickle at all.
-        if "Unsupported global" in text:
+        if _REFUSED_GLOBAL.search(str(exc)):
             raise ScasegError(
-                f"refusing {path}: it contains Python objects beyond tensors and plain data (untrusted checkpoints "
-                "are loaded with weights_only=True)"
+                f"refusing {path}: the file holds Python objects (classes or functions, not only tensors and plain "
+                "data) that safe loading refuses to run; checkpoints are untrusted and loaded with weights_only=True"
             ) from None
         raise ScasegError(f"cannot read {path}: not a PyTorch checkpoint, or the file is corrupt") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError):
@@ -279,6 +313,8 @@ def load_model(
     variant: Optional[str] = None,
     num_classes: Optional[int] = None,
     map_location: Any = "cpu",
+    strict: bool = True,
+    allow_nonfinite: bool = False,
     **build_kwargs: Any,
 ) -> tuple[SCASeg, ModelInfo]:
     """Load a checkpoint as ``(model, info)``; the model is in eval mode and ``model.load_report`` says what loaded.
@@ -288,6 +324,9 @@ def load_model(
     encoder-only file, another project's whole model (its decoder ignored) or a Hugging Face folder; the decoder is
     then left randomly initialised.
     ``variant`` / ``num_classes`` are inferred from the file; when given they must agree with it.
+    ``strict``: refuse a file that lacks tensors of the model or holds tensors it has not (naming the first few),
+    an encoder-only file included; ``strict=False`` loads what fits and reports the rest. ``allow_nonfinite``:
+    accept NaN/Inf weights (refused by default: such a model outputs garbage that no later check is sure to catch).
     ``build_kwargs`` (attention, lpm, dropout...) apply to files that carry no config.
     """
     path = Path(path).expanduser()
@@ -301,6 +340,8 @@ def load_model(
     else:
         kind, config = "", {}
     state = _tensors(obj, path)
+    if not allow_nonfinite:
+        _refuse_nonfinite(state, path)
     encoder = find_encoder(state)
     # A decode head is ours only beside an encoder in our names; another project's model brings only its encoder.
     has_head = any(k.startswith("decode_head.") for k in state) and encoder is not None and encoder.naming.native
@@ -332,6 +373,12 @@ def load_model(
         model = build(found, classes, **build_kwargs)
         names, palette = _mmseg_classes(obj.get("meta"), classes)
         info = ModelInfo(variant=found, num_classes=classes, class_names=names, palette=palette)
+    if strict:  # before loading, which logs the mismatch as a warning
+        own = set(model.state_dict())
+        given = set(state) - {k for k in state if k.startswith("auxiliary_head.")}
+        if kind == "encoder" or own != given:
+            raise ScasegError(_partial_message(LoadReport(str(path), kind, missing=sorted(own - given),
+                                                          unexpected=sorted(given - own))))
     if kind == "encoder":
         report = load_backbone(model, path, map_location=map_location)
         # The decoder stays randomly initialised: say so in the report rather than pass silently.
@@ -343,3 +390,23 @@ def load_model(
         report = _load_into(model, state, LoadReport(str(path), kind, ignored=ignored))
     model.load_report = report  # type: ignore[assignment]
     return model.eval(), info
+
+
+def _partial_message(report: LoadReport) -> str:
+    if report.kind == "encoder":
+        return (f"{report.source} holds only encoder weights, so the decoder would be random; train it first "
+                "(scaseg-train --pretrained), or load it anyway with strict=False (scaseg-export --allow-partial)")
+    parts = []
+    if report.missing:
+        parts.append(f"lacks {len(report.missing)} of the model's tensors ({_preview(report.missing)})")
+    if report.unexpected:
+        parts.append(f"holds {len(report.unexpected)} the model has not ({_preview(report.unexpected)})")
+    return (f"the checkpoint {report.source} does not match the {report.kind} model: it " + " and ".join(parts)
+            + "; load it anyway with strict=False (scaseg-export --allow-partial)")
+
+
+def _refuse_nonfinite(state: Mapping[str, Tensor], path: Path) -> None:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ScasegError(f"the checkpoint {path} holds NaN or infinite weights in {len(bad)} tensor(s) "
+                          f"({_preview(bad)}); a model with them outputs garbage")

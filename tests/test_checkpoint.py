@@ -53,7 +53,7 @@ def test_a_failed_save_leaves_nothing_behind(b0: scaseg.SCASeg, tmp_path: Path, 
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(ScasegError, match="cannot write .*m.pth: disk full"):
         scaseg.save_checkpoint(b0, tmp_path / "m.pth")
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ScasegError, match="built by scaseg.build"):
@@ -84,7 +84,7 @@ def test_official_mscan_encoder_file_in_a_state_dict_wrapper_loads(tmp_path: Pat
 def test_load_model_builds_the_variant_from_an_encoder_only_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     torch.save(scaseg.build("scaseg-t").backbone.state_dict(), tmp_path / "enc.pth")
     with caplog.at_level(logging.WARNING, logger="scaseg.checkpoint"):
-        model, info = scaseg.load_model(tmp_path / "enc.pth", num_classes=6)
+        model, info = scaseg.load_model(tmp_path / "enc.pth", num_classes=6, strict=False)
     assert info.variant == "scaseg-t" and info.num_classes == 6 and model.num_classes == 6
     assert model.load_report.missing and all(k.startswith("decode_head.") for k in model.load_report.missing)
     assert "missing" in caplog.text
@@ -108,7 +108,7 @@ def test_missing_keys_are_reported_and_logged(b0: scaseg.SCASeg, tmp_path: Path,
     state["decode_head.extra.weight"] = torch.zeros(1)
     torch.save({"state_dict": state, "meta": {}}, tmp_path / "partial.pth")
     with caplog.at_level(logging.WARNING, logger="scaseg.checkpoint"):
-        model, _ = scaseg.load_model(tmp_path / "partial.pth", attention="vanilla", lpm=False)
+        model, _ = scaseg.load_model(tmp_path / "partial.pth", attention="vanilla", lpm=False, strict=False)
     assert model.load_report.missing == ["decode_head.fuse.1.running_mean"]
     assert model.load_report.unexpected == ["decode_head.extra.weight"]
     assert "decode_head.fuse.1.running_mean" in caplog.text

@@ -117,14 +117,20 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert dest.read_bytes() == b"whole" and len(list(tmp_path.iterdir())) == 1
 
 
-def test_atomic_dir_replaces_existing(tmp_path):
+def test_atomic_dir_replaces_only_its_own_folders(tmp_path):
     dest = tmp_path / "repo"
     dest.mkdir()
     (dest / "old.txt").write_text("old")
-    with atomic_dir(dest) as tmp:
+    ours = lambda p: (p / "old.txt").is_file()  # noqa: E731 - the marker a previous output carries
+    with atomic_dir(dest, owned=ours) as tmp:
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in dest.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+    # A non-empty folder that is not a previous output is refused before the body runs: nothing deleted.
+    with pytest.raises(ScasegError, match="not empty"):
+        with atomic_dir(dest, owned=ours):
+            raise AssertionError("the body must not run")
+    assert (dest / "new.txt").read_text() == "new"
 
 
 def test_run_cli_prints_one_line_and_exits_2():

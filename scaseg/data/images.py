@@ -1,7 +1,9 @@
-"""Image decoding, once for every reader: files and encoded bytes -> RGB uint8 (H, W, 3).
+"""Image files in and out: decoding once for every reader, and writing that checks what it wrote.
 
 Datasets, calibration, the runtime's sources and the benchmark all decode through here, with one flag
 (IMREAD_UNCHANGED, then :func:`to_rgb_uint8`), so 16-bit, grayscale and RGBA files mean the same everywhere.
+Every image and video a command writes goes through :func:`write_image` / :class:`VideoFile`, which fail in one
+sentence when the bytes did not arrive (OpenCV's writers report a full disk by returning False, or not at all).
 """
 from __future__ import annotations
 
@@ -10,7 +12,11 @@ import os
 import cv2
 import numpy as np
 
+from pathlib import Path
+from typing import Optional
+
 from scaseg.errors import ScasegError
+from scaseg.fileio import write_bytes
 
 
 def to_rgb_uint8(image: np.ndarray, *, bgr: bool = False) -> np.ndarray:
@@ -55,3 +61,79 @@ def read_image(path: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise ScasegError(f"image not found: {path}")
     return decode_image(np.fromfile(path, dtype=np.uint8).tobytes(), f"the image {path}")
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Encode ``image`` (OpenCV channel order) in the format of the suffix (.png if none) and write it, checked."""
+    p = Path(path)
+    ok, data = cv2.imencode(p.suffix or ".png", image)
+    if not ok:
+        raise ScasegError(f"OpenCV cannot encode a {image.dtype} image of shape {tuple(image.shape)} as {p.suffix or '.png'}")
+    write_bytes(p, data.tobytes())
+
+
+# Codec per container; OpenCV's FFmpeg writes MPEG-4 part 2 everywhere, MJPG into AVI.
+FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+
+
+class VideoFile:
+    """cv2.VideoWriter that opens at the first frame's size and, on close, checks that the file plays.
+
+    OpenCV's writer drops frames silently when the disk fills and leaves a file without its index: ``close``
+    reopens the file and compares its frame count with the frames written, and raises one sentence if they differ.
+    ``name`` is the destination shown in messages (the file written may be a temporary beside it).
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, name: Optional[str] = None, suffix: str = "") -> None:
+        self.path, self.fps, self.name = Path(path), float(fps), name or str(path)
+        self.writer: Optional[cv2.VideoWriter] = None
+        self.size: Optional[tuple[int, int]] = None
+        self.frames = 0
+        ext = (suffix or self.path.suffix.lower().split(".tmp")[-1] or ".mp4").lower()
+        self.fourcc = FOURCC.get(ext, "mp4v")
+
+    def write(self, bgr: np.ndarray) -> None:
+        """Append one frame (BGR or grayscale uint8); a frame of another size is resized to the first one's."""
+        if self.writer is None:
+            self.size = (bgr.shape[1], bgr.shape[0])
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*self.fourcc), self.fps, self.size)
+            if not self.writer.isOpened():
+                raise ScasegError(f"OpenCV cannot write a {self.fourcc} video of {self.size[0]}x{self.size[1]} to "
+                                  f"{self.name}")
+        if (bgr.shape[1], bgr.shape[0]) != self.size:  # a camera that changed resolution mid-stream
+            bgr = cv2.resize(bgr, self.size, interpolation=cv2.INTER_LINEAR)
+        self.writer.write(np.ascontiguousarray(bgr))
+        self.frames += 1
+
+    def close(self, check: bool = True, exact: bool = True) -> None:
+        """Finalise the container (writes the index) and check it holds every frame written.
+
+        ``exact=False`` after Ctrl-C: the interrupt may have fallen between a frame's write and its count.
+        """
+        if self.writer is None:
+            return
+        self.writer.release()
+        self.writer = None
+        if check:
+            check_video(self.path, self.frames, self.name, slack=0 if exact else 1)
+
+
+def check_video(path: str | os.PathLike, frames: int, name: Optional[str] = None, slack: int = 0) -> None:
+    """Raise ScasegError unless ``path`` opens as a video of ``frames`` (+- ``slack``) frames."""
+    shown = name or str(path)
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    cap = cv2.VideoCapture(str(path)) if size else None
+    try:
+        if cap is None or not cap.isOpened():
+            raise ScasegError(f"cannot write {shown}: the video file is incomplete ({size} bytes; disk full?); "
+                              "nothing was written")
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if count <= 0:  # a container without a frame count in its header: count by decoding
+            while cap.grab():
+                count += 1
+        if abs(count - frames) > slack or count == 0:
+            raise ScasegError(f"cannot write {shown}: the video holds {count} of the {frames} frames written "
+                              "(disk full?); nothing was written")
+    finally:
+        if cap is not None:
+            cap.release()

@@ -26,8 +26,9 @@ from torch.utils.data import DataLoader
 
 import scaseg
 from scaseg.data.datasets import SegDataset, open_dataset
-from scaseg.errors import ScasegError
-from scaseg.fileio import atomic_path, check_writable_dir
+from scaseg.checkpoint import torch_save
+from scaseg.errors import Interrupted, ScasegError
+from scaseg.fileio import atomic_path, check_writable_dir, refuse_overwrite
 from scaseg.progress import progress as progress_bar, write
 from scaseg.metadata import IMAGENET_MEAN, IMAGENET_STD
 from scaseg.data.metrics import SegMetrics
@@ -86,8 +87,11 @@ class TrainConfig:
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ScasegError(f"--scale-range must be two positive numbers, low <= high, not {lo} {hi}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup < 0 or self.workers < 0:
-            raise ScasegError("--lr must be positive and --weight-decay, --warmup and --workers not negative")
+        if not self.lr > 0:
+            raise ScasegError(f"--lr must be positive, not {self.lr}")
+        for flag, value in (("--weight-decay", self.weight_decay), ("--warmup", self.warmup), ("--workers", self.workers)):
+            if not value >= 0:
+                raise ScasegError(f"{flag} must be 0 or more, not {value}")
         if self.class_weight not in ("none", "balanced"):
             raise ScasegError(f"--class-weight must be none or balanced, not {self.class_weight!r}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
@@ -188,11 +192,20 @@ def evaluate(
     return metrics.compute()
 
 
-def _cleanup_stale_temps(out: Path) -> None:
-    # A run killed with SIGKILL cannot remove atomic_path's temporary files; they are ours and useless.
-    for name in ("last.pth", "best.pth", STATE_FILE, "metrics.json"):
-        for tmp in out.glob(f".{name}.*.tmp*"):
-            tmp.unlink(missing_ok=True)
+OUTPUT_FILES = ("last.pth", "best.pth", STATE_FILE, "metrics.json")
+
+
+def _open_labelled(data: str, kind: str, split: str) -> SegDataset:
+    """A dataset split training can use: labelled, with at least one class; else one sentence naming the problem."""
+    ds = open_dataset(data, kind, split)
+    if len(ds) == 0:
+        raise ScasegError(f"the {split} split of the {ds.kind} dataset at {data} holds no images")
+    if not ds.has_labels:
+        raise ScasegError(f"the {ds.kind} dataset at {data} has no labels for its {split} split; training needs "
+                          "labelled images (layouts: docs/data.md)")
+    if ds.num_classes < 1:
+        raise ScasegError(f"the {ds.kind} dataset at {data} names no classes (an empty classes.txt?)")
+    return ds
 
 
 def _load_state(path: str) -> dict[str, Any]:
@@ -227,15 +240,22 @@ class Trainer:
         self.cfg, self.env = cfg.checked(), env
         self.out = Path(cfg.out).expanduser()
         self.state = _load_state(cfg.resume) if cfg.resume else None
+        # Inputs first, then the output: a run refused for its data leaves no folder behind. The folder itself
+        # appears with the first checkpoint (atomic_path creates it), and temporaries of a killed run go then.
+        self.train_data = _open_labelled(cfg.data, cfg.dataset, cfg.train_split)
+        self.val_data = _open_labelled(cfg.data, cfg.dataset, cfg.val_split) if cfg.val_interval else None
+        self.num_classes = self.train_data.num_classes
+        if cfg.pretrained:
+            refuse_overwrite([self.out / n for n in OUTPUT_FILES], [cfg.pretrained])
+        if self.out.exists() and not self.out.is_dir():
+            raise ScasegError(f"the output {self.out} exists and is not a folder")
         if self.state is None and (self.out / STATE_FILE).exists():
             raise ScasegError(f"{self.out} already holds a training run; pass --resume {self.out} or choose another -o/--output")
+        check_writable_dir(self.out / STATE_FILE)
         torch.manual_seed(cfg.seed + env.rank)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-
-        self.train_data = open_dataset(cfg.data, cfg.dataset, cfg.train_split)
-        self.val_data = open_dataset(cfg.data, cfg.dataset, cfg.val_split) if cfg.val_interval else None
-        self.num_classes = self.train_data.num_classes
+        self.saved_iteration: Optional[int] = None
         self.class_weight = (balanced_class_weights(self.train_data, self.num_classes).to(env.device)
                              if cfg.class_weight == "balanced" else None)
         model = scaseg.build(cfg.variant, num_classes=self.num_classes, **cfg.model_kwargs)
@@ -301,11 +321,12 @@ class Trainer:
             "rng": rngs, "best_miou": self.best_miou, "history": self.history,
         }
         with atomic_path(self.out / STATE_FILE) as tmp:
-            torch.save(state, tmp)
+            torch_save(state, tmp, self.out / STATE_FILE)
         # The model file comes second: a kill between the two leaves a state one step ahead, never behind.
         self._save_model("last.pth")
         with atomic_path(self.out / "metrics.json") as tmp:
             tmp.write_text(json.dumps(self.history, indent=1))
+        self.saved_iteration = self.iteration
 
     def checkpoint(self) -> None:
         rngs = _rng_state(self.env)  # a collective: every rank takes part
@@ -328,6 +349,15 @@ class Trainer:
             write(f"iter {self.iteration}: val mIoU {100 * miou:.2f}% pixel acc {100 * result['pixel_acc']:.2f}% "
                        f"(best {100 * self.best_miou:.2f}%)", file=sys.stderr)
         return result
+
+    def _kept(self) -> str:
+        """What an interrupted run leaves, for the one line scaseg-train prints."""
+        if self.saved_iteration is None:
+            if (self.out / STATE_FILE).is_file():
+                return f" at iteration {self.iteration}; {self.out} keeps the state it was resumed from"
+            return f" at iteration {self.iteration}, before the first checkpoint; nothing was saved"
+        return (f" at iteration {self.iteration}; kept {self.out / 'last.pth'} and the training state of iteration "
+                f"{self.saved_iteration} (continue with --resume {self.out})")
 
     # -- the loop -------------------------------------------------------------------------------------------
 
@@ -396,6 +426,9 @@ class Trainer:
                     self.validate()
                 if last or self.iteration == stop or (ckpt_every and self.iteration % ckpt_every == 0):
                     self.checkpoint()
+        except KeyboardInterrupt:
+            bar.close()
+            raise Interrupted(self._kept()) from None
         finally:
             bar.close()
         elapsed = time.perf_counter() - start

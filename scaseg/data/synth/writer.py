@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from scaseg.data.synth.render import check_size, render_scene, render_video
 from scaseg.data.synth.world import BUILDING, CAR, EGO, PERSON, ROAD, SIDEWALK, SKY, SYNTH_CLASSES, VEGETATION
 from scaseg.errors import ScasegError
-from scaseg.fileio import atomic_dir
+from scaseg.data.images import VideoFile, write_image
+from scaseg.fileio import atomic_dir, check_dir_output, write_bytes
 
 CITY = "synth"
 GENERATOR = "scaseg-synth/2"
@@ -25,21 +25,9 @@ for _train, _id in ((ROAD, 7), (SIDEWALK, 8), (BUILDING, 11), (VEGETATION, 21), 
     _TRAIN_TO_ID[_train] = _id
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", array)
-    if not ok:
-        raise ScasegError(f"could not encode {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf.tofile(str(path))
-
-
-def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ScasegError(f"the output {out_dir} exists and is not a folder")
+def _is_synth_output(folder: Path) -> bool:
     # Replacing a folder is only safe when it is a previous output of this generator.
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "synth.json").is_file():
-        raise ScasegError(f"the output folder {out_dir} is not empty and is not a scaseg-synth dataset; "
-                          "choose a new folder")
+    return (folder / "synth.json").is_file()
 
 
 def write_dataset(
@@ -74,34 +62,34 @@ def write_dataset(
     if val_fraction > 0 and num >= 2:
         num_val = min(max(num_val, 1), num - 1)
     out_dir = Path(out_dir).expanduser()
-    _check_out_dir(out_dir)
+    check_dir_output(out_dir, owned=_is_synth_output, what="scaseg-synth dataset")
     start = time.perf_counter()
     counts = np.zeros(256, dtype=np.int64)
-    with atomic_dir(out_dir) as tmp, progress_bar(total=num + video_frames, desc="scaseg-synth", unit="img",
+    with atomic_dir(out_dir, owned=_is_synth_output, what="scaseg-synth dataset") as tmp, progress_bar(total=num + video_frames, desc="scaseg-synth", unit="img",
                                           disable=not progress, file=sys.stderr) as bar:
         for i in range(num):
             split = "train" if i < num - num_val else "val"
             image, label = render_scene(int(np.random.SeedSequence([seed, 0, i]).generate_state(1)[0]), (h, w))
             counts += np.bincount(label.ravel(), minlength=256)
             stem = f"{CITY}_{i:06d}_000019"
-            _write_png(tmp / "leftImg8bit" / split / CITY / f"{stem}_leftImg8bit.png", image[:, :, ::-1])
+            write_image(tmp / "leftImg8bit" / split / CITY / f"{stem}_leftImg8bit.png", image[:, :, ::-1])
             gt = tmp / "gtFine" / split / CITY
-            _write_png(gt / f"{stem}_gtFine_labelTrainIds.png", label)
-            _write_png(gt / f"{stem}_gtFine_labelIds.png", _TRAIN_TO_ID[label])
+            write_image(gt / f"{stem}_gtFine_labelTrainIds.png", label)
+            write_image(gt / f"{stem}_gtFine_labelIds.png", _TRAIN_TO_ID[label])
             bar.update(1)
         if video_frames:
             video = tmp / "video" / f"{CITY}.mp4"
             video.parent.mkdir(parents=True)
-            writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), float(fps), (w, h))
-            if not writer.isOpened():
-                raise ScasegError("OpenCV cannot write an mp4v video on this machine (no MPEG-4 encoder)")
+            writer = VideoFile(video, fps, name=str(out_dir / "video" / f"{CITY}.mp4"))
             try:
                 for t, (image, label) in enumerate(render_video(seed, video_frames, (h, w))):
-                    writer.write(np.ascontiguousarray(image[:, :, ::-1]))
-                    _write_png(tmp / "video" / "labels" / f"{t:06d}.png", label)
+                    writer.write(image[:, :, ::-1])
+                    write_image(tmp / "video" / "labels" / f"{t:06d}.png", label)
                     bar.update(1)
-            finally:
-                writer.release()
+            except BaseException:
+                writer.close(check=False)
+                raise
+            writer.close()
         names = {v: k for k, v in SYNTH_CLASSES.items()}
         total = max(int(counts.sum()), 1)
         summary = {
@@ -110,7 +98,7 @@ def write_dataset(
             "class_fraction": {names[k]: round(int(counts[k]) / total, 5) for k in sorted(names)},
             "ignored_fraction": round(int(counts[EGO]) / total, 5),
         }
-        (tmp / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_bytes(tmp / "synth.json", (json.dumps(summary, indent=2) + "\n").encode())
     summary["out_dir"] = str(out_dir)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary
