@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+import cv2
 import numpy as np
 
 from scaseg.calibration.ranges import BINS, TensorStats
@@ -79,6 +80,16 @@ def _kind(root: Path) -> str:
         return "folder"
 
 
+def _refuse_undecodable(root: Path, paths: Sequence[Path]) -> None:
+    """Name the files no decoder recognises (by their first bytes, nothing is decoded) before any work."""
+    bad = [p for p in paths if not cv2.haveImageReader(str(p))]
+    if bad:
+        names = ", ".join(p.name for p in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        count = "all" if len(bad) == len(paths) else str(len(bad))
+        raise ScasegError(f"{count} of the {len(paths)} images in the calibration folder {root} are corrupt or not "
+                          f"images ({names}); remove or replace them")
+
+
 def open_calibration(source: str, calib_num: int) -> CalibrationSet:
     """Find the calibration and held-out images of an image folder or a dataset root."""
     if calib_num < MIN_CALIB_IMAGES:
@@ -92,6 +103,7 @@ def open_calibration(source: str, calib_num: int) -> CalibrationSet:
         need = MIN_CALIB_IMAGES + MIN_HELDOUT_IMAGES
         if not items:
             raise ScasegError(f"the calibration folder {root} holds no images (expected {', '.join(IMAGE_EXTENSIONS)} files)")
+        _refuse_undecodable(root, [it.path for it in items])
         if len(items) < need:
             raise ScasegError(f"the calibration folder {root} holds {len(items)} images; at least {need} are needed "
                               f"({MIN_CALIB_IMAGES} to calibrate, {MIN_HELDOUT_IMAGES} held out to check accuracy)")

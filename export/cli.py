@@ -192,6 +192,7 @@ def export(
         refuse_overwrite([timing_cache], [checkpoint, dest])
     # Temporaries of an earlier run that was killed (out of memory, SIGKILL) cannot clean themselves up.
     remove_stale(dest.parent, WORK_PREFIX)
+    remove_stale(dest.parent, f".{dest.name}.")
 
     bar = "{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
     # A context manager so that an error closes the bar first and prints on a line of its own.
@@ -204,6 +205,11 @@ def export(
         if input_hw is None and info.input_size:
             opts.imgsz = tuple(info.input_size)  # type: ignore[assignment]
             opts.validate()
+        if info.variant in scaseg.VARIANTS:  # before tracing: a size that cannot fit is refused, not OOM-killed
+            from scaseg.export.memory import check_export_memory
+
+            check_export_memory(model, scaseg.VARIANTS[info.variant], info.num_classes, opts.imgsz, opts.batch,
+                                info.variant)
         if opts.sca_op == "grid":
             _plan_grid(model, info, opts, parity_images)
         steps.update()

@@ -177,7 +177,7 @@ def test_parity_failure_exits_2_and_leaves_nothing(mit_ckpt: Path, tmp_path: Pat
     assert code == 2
     assert "disagrees with PyTorch" in err and "Traceback" not in err
     assert "FAIL" in out
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()  # the folder appears with the output only
 
 
 def test_grid_export_has_no_n_by_m_matrix_and_runs_dynamic_batch_and_spatial(model_and_info) -> None:  # type: ignore[no-untyped-def]
