@@ -7,6 +7,7 @@ apart from the intended outputs. Progress bars are switched off (TQDM_DISABLE=1)
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,13 +18,19 @@ from typing import Callable, Optional, Sequence
 
 import pytest
 
-MODULES = {
-    "scaseg-export": "scaseg.export.cli",
-    "scaseg-bench": "scaseg.runtime.bench",
-    "scaseg-infer": "scaseg.runtime.infer",
-    "scaseg-synth": "scaseg.data.synth",
-    "scaseg-train": "scaseg.train.cli",
-}
+def _entry_points() -> dict[str, str]:
+    import tomllib
+
+    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+        return dict(tomllib.load(f)["project"]["scripts"])
+
+
+ENTRY_POINTS = _entry_points()  # the console scripts, as pip installs them
+
+
+# A tqdm bar line ("train:  40%|####      | 2/5 [...]"): progress, not a message (TQDM_DISABLE=1 turns off the bars
+# that leave `disable` to tqdm; train's bar sets it itself).
+PROGRESS = re.compile(r"^[\w .-]*:\s+\d+%\|")
 
 
 def env() -> dict[str, str]:
@@ -31,7 +38,10 @@ def env() -> dict[str, str]:
 
 
 def command(prog: str, args: Sequence[object]) -> list[str]:
-    return [sys.executable, "-m", MODULES[prog], *[str(a) for a in args]]
+    """What the console script ``prog`` runs, with this interpreter (and this checkout on PYTHONPATH)."""
+    module, func = ENTRY_POINTS[prog].split(":")
+    code = f"import sys; sys.argv[0] = {prog!r}; from {module} import {func}; {func}()"
+    return [sys.executable, "-c", code, *[str(a) for a in args]]
 
 
 def run(prog: str, args: Sequence[object], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -54,7 +64,7 @@ def tree(root: Path) -> dict[str, tuple[str, int, int]]:
 def one_line(proc: subprocess.CompletedProcess, prog: str, kind: str = "error") -> str:
     """The single stderr line, checked: starts with ``prog: kind``, no traceback."""
     assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not PROGRESS.match(line)]
     assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{proc.stderr}"
     assert lines[0].startswith(f"{prog}: {kind}"), lines[0]
     return lines[0]
@@ -108,16 +118,19 @@ def tmpfs_skip_reason() -> Optional[str]:
     return _TMPFS or None
 
 
-def on_full_disk(prog: str, args: Sequence[object], cwd: Path, disk: Path, size: str,
+def on_full_disk(prog: str, args: Sequence[object], cwd: Path, disk: Path, size: str, *, full: bool = False,
                  timeout: float = 300) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run the command with a ``size`` tmpfs mounted on ``disk`` (private mount namespace); returns (result, what
-    the tmpfs held afterwards, hidden entries included)."""
+    the tmpfs held afterwards, hidden entries included). ``full``: fill it before the command starts (files can
+    still be created, no byte written: the writability probe passes, the write fails)."""
     reason = tmpfs_skip_reason()
     if reason:
         pytest.skip(reason)
     disk.mkdir(parents=True, exist_ok=True)
     listing = cwd / ".tmpfs-listing"
-    script = 'mount -t tmpfs -o size="$SIZE" tmpfs "$DISK" || exit 99; "$@"; rc=$?; ls -A "$DISK" > "$LISTING"; exit $rc'
+    fill = 'cat /dev/zero > "$DISK/.filler" 2>/dev/null; ' if full else ""
+    script = ('mount -t tmpfs -o size="$SIZE" tmpfs "$DISK" || exit 99; ' + fill +
+              '"$@"; rc=$?; rm -f "$DISK/.filler"; ls -A "$DISK" > "$LISTING"; exit $rc')
     cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *command(prog, args)]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**env(), "LISTING": str(listing), "DISK": str(disk), "SIZE": size})

@@ -1,0 +1,78 @@
+"""scaseg-train on bad input: inputs checked before --out appears, writes that fail are one sentence, Ctrl-C says
+what was kept."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from badinput import interrupt, on_full_disk, one_line, refused, tree
+
+PROG = "scaseg-train"
+TINY = ["--variant", "scaseg-b0", "--crop", "32", "32", "--batch", "1", "--workers", "0", "--val-interval", "0",
+        "--iters", "1", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from scaseg.data.synth import write_dataset
+
+    root = tmp_path_factory.mktemp("train")
+    write_dataset(root / "data", 4, size=(32, 64), video_frames=0, progress=False)
+    unlabelled = root / "pics"
+    unlabelled.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(unlabelled / f"{i}.png"), np.zeros((32, 32, 3), np.uint8))
+    (root / "junk").mkdir()
+    (root / "junk" / "a.txt").write_text("no images here")
+    (root / "afile").write_text("not a folder")
+    return root
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--data", "junk", "--out", "o"], "layout"),
+    (["--data", "pics", "--out", "o"], "no labels"),
+    (["--data", "nope", "--out", "o"], "nope"),
+    (["--data", "data", "--out", "o", "--workers", "-1"], "--workers must be 0 or more"),
+    (["--data", "data", "--out", "o", "--workers", "x"], "--workers"),
+    (["--data", "data", "--out", "o", "--lr", "0"], "--lr must be positive"),
+    (["--data", "data"], "--out"),
+    (["--data", "data", "--out", "afile"], "not a folder"),
+    (["--data", "data", "--out", "/proc/t"], "cannot write"),
+    (["--data", "data", "--out", "o", "--pretrained", "o/last.pth"], "is the input"),
+    (["--data", "data", "--out", "o", "--resume", "o"], "cannot resume"),
+])
+def test_bad_input_is_refused_before_the_output_folder_appears(work: Path, args: list[str], expect: str) -> None:
+    (work / "o").mkdir(exist_ok=True) if "--pretrained" in args else None
+    if "--pretrained" in args:
+        (work / "o" / "last.pth").write_bytes(b"x")
+    try:
+        refused(PROG, [*TINY, *args], work, expect=expect)
+    finally:
+        if (work / "o" / "last.pth").exists():
+            (work / "o" / "last.pth").unlink()
+            (work / "o").rmdir()
+    assert not (work / "o").exists()
+
+
+def test_a_full_disk_fails_in_one_sentence_and_leaves_nothing(work: Path) -> None:
+    before = tree(work)
+    proc, held = on_full_disk(PROG, [*TINY, "--data", "data", "--out", "full/run"], work, work / "full", "2m")
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot write" in one_line(proc, PROG)
+    assert held in ([], ["run"]), f"left on the full disk: {held}"
+    assert set(tree(work)) - set(before) <= {"full"}
+
+
+def test_ctrl_c_says_which_checkpoint_was_kept(work: Path) -> None:
+    run_dir = work / "run"
+
+    def saved() -> bool:
+        return (run_dir / "last.pth").is_file()
+
+    args = [*TINY[:-4], "--iters", "100000", "--ckpt-interval", "1", "--threads", "1", "--data", "data", "--out", "run"]
+    done, line = interrupt(PROG, args, work, saved, settle=0.3)
+    assert "kept" in line and "last.pth" in line and "--resume" in line
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
