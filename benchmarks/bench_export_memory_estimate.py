@@ -24,7 +24,7 @@ def measure(ckpt: Path, h: int, w: int, out: Path) -> tuple[int, float]:
 
     env = {**os.environ, "TQDM_DISABLE": "1"}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "scaseg.export.cli", str(ckpt), "--imgsz", str(h), str(w),
+    proc = subprocess.Popen([sys.executable, "-m", "scaseg.export.cli", str(ckpt), "--imgsz", f"{h}x{w}",
                              "--parity-images", "1", "-o", str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)

@@ -17,23 +17,23 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bench")
     make_onnx(root / "m.onnx", size=(32, 48))
     (root / "somedir").mkdir()
-    (root / "data").mkdir()
+    (root / "somedir.json").mkdir()
+    (root / "data.json").mkdir()
     return root
 
 
 @pytest.mark.parametrize("args,expect", [
-    (["m.onnx", "--json", "m.onnx"], "is the input"),
-    (["m.onnx", "--csv", "./somedir/../m.onnx"], "is the input"),
-    (["m.onnx", "--json", "r.json", "--csv", "r.json"], "same file"),
-    (["m.onnx", "--json", "somedir"], "is a folder"),
-    (["m.onnx", "--json", "/proc/r.json"], "cannot write"),
-    (["m.onnx", "--csv", "/proc/r.csv"], "cannot write"),
-    (["m.onnx", "--json", "/proc/x/y/r.json"], "cannot write"),
-    (["m.onnx", "--json", "data"], "is a folder"),
+    (["m.onnx", "-o", "m.onnx"], "expected a .json or .csv"),
+    (["m.onnx", "-o", "r.json", "-o", "./somedir/../r.json"], "given twice"),
+    (["m.onnx", "-o", "somedir.json"], "is a folder"),
+    (["m.onnx", "-o", "/proc/r.json"], "cannot write"),
+    (["m.onnx", "-o", "/proc/r.csv"], "cannot write"),
+    (["m.onnx", "-o", "/proc/x/y/r.json"], "cannot write"),
+    (["m.onnx", "--data", "data.json", "-o", "data.json"], "is the input"),
     (["-n", "0", "m.onnx"], "--runs"),
     (["m.onnx", "--batch", "x"], "--batch"),
     (["nope.onnx"], "not found"),
-    ([], "models"),
+    ([], "MODEL"),
 ])
 def test_bad_input_is_refused_before_the_benchmark(work: Path, args: list[str], expect: str) -> None:
     refused(PROG, [*args, *FAST] if args and args[0] != "-n" else args, work, expect=expect)
@@ -41,7 +41,7 @@ def test_bad_input_is_refused_before_the_benchmark(work: Path, args: list[str], 
 
 def test_a_full_disk_fails_in_one_sentence_and_leaves_nothing(work: Path) -> None:
     before = tree(work)
-    proc, held = on_full_disk(PROG, ["m.onnx", *FAST, "--json", "full/r.json"], work, work / "full", "64k", full=True)
+    proc, held = on_full_disk(PROG, ["m.onnx", *FAST, "-o", "full/r.json"], work, work / "full", "64k", full=True)
     assert proc.returncode == 2, proc.stderr
     assert "cannot write" in one_line(proc, PROG)
     assert held == [], f"left on the full disk: {held}"
@@ -49,6 +49,6 @@ def test_a_full_disk_fails_in_one_sentence_and_leaves_nothing(work: Path) -> Non
 
 
 def test_good_outputs_are_written(work: Path) -> None:
-    proc = run(PROG, ["m.onnx", *FAST, "--json", "new/r.json", "--csv", "new/r.csv"], work)
+    proc = run(PROG, ["m.onnx", *FAST, "-o", "new/r.json", "-o", "new/r.csv"], work)
     assert proc.returncode == 0, proc.stderr
     assert (work / "new" / "r.json").stat().st_size and (work / "new" / "r.csv").stat().st_size

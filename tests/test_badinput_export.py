@@ -61,7 +61,7 @@ CASES = {
     "output_is_calib_folder": (["ck.pth", "--precision", "int8", "--calib", "calib", "-o", "calib"], "folder"),
     # usage errors: one line, not a box
     "batch_0": (["ck.pth", "--batch", "0"], "--batch"),
-    "imgsz_swallows_o": (["ck.pth", "--imgsz", "128", "-o", "out.onnx"], "--imgsz"),
+    "imgsz_keeps_o_an_option": (["ck.pth", "--imgsz", "16", "-o", "out.onnx"], "too small"),
     "calib_method": (["ck.pth", "--precision", "int8", "--calib", "calib", "--calib-method", "kl"], "--calib-method"),
     "int8_target": (["ck.pth", "--precision", "int8", "--calib", "calib", "--int8-target", "gpu"], "--int8-target"),
     "no_checkpoint": ([], "checkpoint"),
@@ -87,7 +87,7 @@ CASES = {
     "proc_output": (["ck.pth", "-o", "/proc/x.onnx"], "cannot write"),
     "bad_checkpoint_new_folders": (["partial.pth", "-o", "newdir/sub/x.onnx"], "lacks"),
     # sizes that cannot fit in memory
-    "imgsz_huge": (["ck.pth", "--imgsz", "100000", "100000"], "memory"),
+    "imgsz_huge": (["ck.pth", "--imgsz", "100000x100000"], "memory"),
 }
 
 
@@ -115,7 +115,7 @@ def test_a_size_beyond_this_machines_memory_is_refused_with_the_estimate(work: P
     need = estimate_for_model(scaseg.load_model(work / "ck.pth")[0], scaseg.VARIANTS["scaseg-b0"], 3, (4000, 4000), 1)
     if have is None or need < have:
         pytest.skip(f"this machine has {have} bytes available, enough for a 4000x4000 export")
-    line = refused(PROG, ["ck.pth", "--imgsz", "4000", "4000"], work, expect="GiB of memory")
+    line = refused(PROG, ["ck.pth", "--imgsz", "4000x4000"], work, expect="GiB of memory")
     assert f"{need / GiB:.1f} GiB" in line
 
 

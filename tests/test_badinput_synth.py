@@ -8,7 +8,7 @@ import pytest
 from badinput import interrupt, on_full_disk, one_line, refused, run, tree
 
 PROG = "scaseg-synth"
-SMALL = ["--num", "2", "--size", "32", "32", "--video-frames", "0", "-q"]
+SMALL = ["--num", "2", "--size", "32", "--video-frames", "0", "-q"]
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +26,10 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (["/proc/s", *SMALL], "cannot write"),
     (["/proc/x/y/s", *SMALL], "cannot write"),
     (["out", "--num", "0", "-q"], "at least 1"),
-    (["out", "--size", "8", "8", "-q"], "between"),
+    (["out", "--size", "8", "-q"], "between"),
     (["out", "--num", "x"], "--num"),
-    (["out", "--size", "32"], "--size"),
-    ([], "out_dir"),
+    (["out", "--size", "32y"], "--size"),
+    ([], "needs an output folder"),
 ])
 def test_bad_input_is_one_sentence_and_changes_nothing(work: Path, args: list[str], expect: str) -> None:
     refused(PROG, args, work, expect=expect)
@@ -46,7 +46,7 @@ def test_a_previous_dataset_is_replaced_on_a_rerun(work: Path) -> None:
 
 def test_a_full_disk_fails_in_one_sentence_and_leaves_nothing(work: Path) -> None:
     before = tree(work)
-    proc, held = on_full_disk(PROG, ["full/ds", "--num", "20", "--size", "128", "256", "--video-frames", "4", "-q"],
+    proc, held = on_full_disk(PROG, ["full/ds", "--num", "20", "--size", "128x256", "--video-frames", "4", "-q"],
                               work, work / "full", "200k")
     assert proc.returncode == 2, proc.stderr
     assert "cannot write" in one_line(proc, PROG)
@@ -60,6 +60,6 @@ def test_ctrl_c_says_nothing_was_written(work: Path) -> None:
     def writing() -> bool:
         return any(work.glob(".big.*"))
 
-    done, line = interrupt(PROG, ["big", "--num", "400", "--size", "128", "256", "-q"], work, writing, settle=0.2)
+    done, line = interrupt(PROG, ["big", "--num", "400", "--size", "128x256", "-q"], work, writing, settle=0.2)
     assert "nothing was written" in line
     assert tree(work) == before

@@ -11,7 +11,7 @@ import pytest
 from badinput import interrupt, on_full_disk, one_line, refused, tree
 
 PROG = "scaseg-train"
-TINY = ["--variant", "scaseg-b0", "--crop", "32", "32", "--batch", "1", "--workers", "0", "--val-interval", "0",
+TINY = ["--variant", "scaseg-b0", "--crop", "32", "--batch", "1", "--workers", "0", "--val-interval", "0",
         "--iters", "1", "--threads", "1"]
 
 
@@ -32,17 +32,17 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("args,expect", [
-    (["--data", "junk", "--out", "o"], "layout"),
-    (["--data", "pics", "--out", "o"], "no labels"),
-    (["--data", "nope", "--out", "o"], "nope"),
-    (["--data", "data", "--out", "o", "--workers", "-1"], "--workers must be 0 or more"),
-    (["--data", "data", "--out", "o", "--workers", "x"], "--workers"),
-    (["--data", "data", "--out", "o", "--lr", "0"], "--lr must be positive"),
-    (["--data", "data"], "--out"),
-    (["--data", "data", "--out", "afile"], "not a folder"),
-    (["--data", "data", "--out", "/proc/t"], "cannot write"),
-    (["--data", "data", "--out", "o", "--pretrained", "o/last.pth"], "is the input"),
-    (["--data", "data", "--out", "o", "--resume", "o"], "cannot resume"),
+    (["--data", "junk", "-o", "o"], "layout"),
+    (["--data", "pics", "-o", "o"], "no labels"),
+    (["--data", "nope", "-o", "o"], "nope"),
+    (["--data", "data", "-o", "o", "--workers", "-1"], "--workers must be 0 or more"),
+    (["--data", "data", "-o", "o", "--workers", "x"], "--workers"),
+    (["--data", "data", "-o", "o", "--lr", "0"], "--lr must be positive"),
+    (["--data", "data"], "-o"),
+    (["--data", "data", "-o", "afile"], "not a folder"),
+    (["--data", "data", "-o", "/proc/t"], "cannot write"),
+    (["--data", "data", "-o", "o", "--pretrained", "o/last.pth"], "is the input"),
+    (["--data", "data", "-o", "o", "--resume", "o"], "cannot resume"),
 ])
 def test_bad_input_is_refused_before_the_output_folder_appears(work: Path, args: list[str], expect: str) -> None:
     (work / "o").mkdir(exist_ok=True) if "--pretrained" in args else None
@@ -59,7 +59,7 @@ def test_bad_input_is_refused_before_the_output_folder_appears(work: Path, args:
 
 def test_a_full_disk_fails_in_one_sentence_and_leaves_nothing(work: Path) -> None:
     before = tree(work)
-    proc, held = on_full_disk(PROG, [*TINY, "--data", "data", "--out", "full/run"], work, work / "full", "2m")
+    proc, held = on_full_disk(PROG, [*TINY, "--data", "data", "-o", "full/run"], work, work / "full", "2m")
     assert proc.returncode == 2, proc.stderr
     assert "cannot write" in one_line(proc, PROG)
     assert held in ([], ["run"]), f"left on the full disk: {held}"
@@ -72,7 +72,7 @@ def test_ctrl_c_says_which_checkpoint_was_kept(work: Path) -> None:
     def saved() -> bool:
         return (run_dir / "last.pth").is_file()
 
-    args = [*TINY[:-4], "--iters", "100000", "--ckpt-interval", "1", "--threads", "1", "--data", "data", "--out", "run"]
+    args = [*TINY[:-4], "--iters", "100000", "--ckpt-interval", "1", "--threads", "1", "--data", "data", "-o", "run"]
     done, line = interrupt(PROG, args, work, saved, settle=0.3)
     assert "kept" in line and "last.pth" in line and "--resume" in line
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]

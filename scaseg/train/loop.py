@@ -263,10 +263,6 @@ class Trainer:
             report = scaseg.load_backbone(model, cfg.pretrained)
             if env.is_main:  # a result, not progress: printed with -q too
                 print(f"scaseg-train: {report.summary()}", file=sys.stderr, flush=True)
-        # Only now the output folder: a refused dataset or --pretrained leaves nothing behind.
-        check_writable_dir(self.out / STATE_FILE)
-        if env.is_main:
-            _cleanup_stale_temps(self.out)
         self.model = D.prepare_model(model, env)
         self.amp = resolve_amp(cfg.amp, env.device)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay, cfg.head_lr_mult), lr=cfg.lr,
