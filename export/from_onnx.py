@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from scaseg.errors import ScasegError
-from scaseg.fileio import atomic_path, check_writable_dir
+from scaseg.fileio import atomic_path, check_writable_dir, created_folders
 
 
 def build_from_onnx(onnx_path: Path, dest: Path, *, precision: str, tensorrt: str,
@@ -44,26 +44,28 @@ def build_from_onnx(onnx_path: Path, dest: Path, *, precision: str, tensorrt: st
     check_writable_dir(dest)
     say(f"{trt.label} ({trt.generation}): building an {precision} engine from {onnx_path.name} "
         f"(the ONNX carries {carried})")
-    try:  # the first write: os.access can say yes where a write fails (a read-only mount)
-        work_dir = tempfile.TemporaryDirectory(prefix=".scaseg-engine-", dir=dest.parent)
-    except OSError as exc:
-        raise ScasegError(f"cannot write to the output folder {dest.parent}: {exc.strerror or exc}") from None
-    with work_dir as work:
-        source = onnx_path
-        if precision != "fp32" and carried == "fp32":
-            from scaseg.calibration import api
+    # The output's folder appears only for the build (and goes again if it fails); the work folder beside it.
+    with created_folders(dest.parent):
+        try:  # the first write: os.access can say yes where a write fails (a read-only mount)
+            work_dir = tempfile.TemporaryDirectory(prefix=".scaseg-engine-", dir=dest.parent)
+        except OSError as exc:
+            raise ScasegError(f"cannot write to the output folder {dest.parent}: {exc.strerror or exc}") from None
+        with work_dir as work:
+            source = onnx_path
+            if precision != "fp32" and carried == "fp32":
+                from scaseg.calibration import api
 
-            source = Path(work) / f"{onnx_path.stem}.{precision}.onnx"
-            with atomic_path(source) as tmp:
-                result = api.make_precision(
-                    str(onnx_path), str(tmp), precision, calib_dir=str(calib) if calib else None, calib_num=calib_num,
-                    method=calib_method, target="tensorrt", max_miou_drop=max_miou_drop,
-                    cache_dir=str(calib_cache) if calib_cache else None,
-                )
-            for key, value in (result or {}).items():
-                say(f"{precision}: {key}: {value}")
-        return builder.build_engine(
-            str(source), str(dest), precision=precision, tensorrt=trt.flavor,
-            compute_capabilities=compute_capabilities, workspace_gib=workspace_gib,
-            timing_cache=str(timing_cache) if timing_cache else None, dla_core=dla_core, report=say,
-        )
+                source = Path(work) / f"{onnx_path.stem}.{precision}.onnx"
+                with atomic_path(source) as tmp:
+                    result = api.make_precision(
+                        str(onnx_path), str(tmp), precision, calib_dir=str(calib) if calib else None, calib_num=calib_num,
+                        method=calib_method, target="tensorrt", max_miou_drop=max_miou_drop,
+                        cache_dir=str(calib_cache) if calib_cache else None,
+                    )
+                for key, value in (result or {}).items():
+                    say(f"{precision}: {key}: {value}")
+            return builder.build_engine(
+                str(source), str(dest), precision=precision, tensorrt=trt.flavor,
+                compute_capabilities=compute_capabilities, workspace_gib=workspace_gib,
+                timing_cache=str(timing_cache) if timing_cache else None, dla_core=dla_core, report=say,
+            )
