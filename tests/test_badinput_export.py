@@ -94,7 +94,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_is_one_sentence_and_changes_nothing(work: Path, case: str) -> None:
     args, expect = CASES[case]
-    refused(PROG, args, work, expect=expect)
+    refused(PROG, [*args, "-q"] if args else args, work, expect=expect)
     assert not (work / "newdir").exists() and not (work / "pwned").exists()
 
 
@@ -121,7 +121,7 @@ def test_a_size_beyond_this_machines_memory_is_refused_with_the_estimate(work: P
 
 def test_a_full_disk_fails_in_one_sentence_and_leaves_nothing(work: Path) -> None:
     before = tree(work)
-    proc, held = on_full_disk(PROG, ["ck.pth", "-o", "full/sub/x.onnx", "--no-simplify", "--parity-images", "1"],
+    proc, held = on_full_disk(PROG, ["ck.pth", "-o", "full/sub/x.onnx", "--no-simplify", "--parity-images", "1", "-q"],
                               work, work / "full", "1m")
     assert proc.returncode == 2, proc.stderr
     assert "cannot write" in one_line(proc, PROG)
@@ -144,7 +144,7 @@ def test_ctrl_c_says_nothing_was_kept_and_stale_temporaries_go(work: Path) -> No
     def working() -> bool:
         return any(p for p in work.glob(".scaseg-export-*") if p not in (stale_dir, live))
 
-    done, line = interrupt(PROG, ["ck.pth", "-o", "out.onnx", "--no-simplify"], work, working)
+    done, line = interrupt(PROG, ["ck.pth", "-o", "out.onnx", "--no-simplify", "-q"], work, working)
     assert "nothing was written" in line
     after = tree(work)
     gone = {k for k in before if k not in after}

@@ -12,7 +12,7 @@ from badinput import interrupt, on_full_disk, one_line, refused, tree
 
 PROG = "scaseg-train"
 TINY = ["--variant", "scaseg-b0", "--crop", "32", "--batch", "1", "--workers", "0", "--val-interval", "0",
-        "--iters", "1", "--threads", "1"]
+        "--iters", "1", "--threads", "1", "-q"]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_ctrl_c_says_which_checkpoint_was_kept(work: Path) -> None:
     def saved() -> bool:
         return (run_dir / "last.pth").is_file()
 
-    args = [*TINY[:-4], "--iters", "100000", "--ckpt-interval", "1", "--threads", "1", "--data", "data", "-o", "run"]
+    args = [*TINY[:-5], "-q", "--iters", "100000", "--ckpt-interval", "1", "--threads", "1", "--data", "data", "-o", "run"]
     done, line = interrupt(PROG, args, work, saved, settle=0.3)
     assert "kept" in line and "last.pth" in line and "--resume" in line
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
