@@ -33,7 +33,6 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (["-n", "0", "m.onnx"], "--runs"),
     (["m.onnx", "--batch", "x"], "--batch"),
     (["nope.onnx"], "not found"),
-    ([], "MODEL"),
 ])
 def test_bad_input_is_refused_before_the_benchmark(work: Path, args: list[str], expect: str) -> None:
     refused(PROG, [*args, *FAST] if args and args[0] != "-n" else args, work, expect=expect)

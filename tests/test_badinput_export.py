@@ -104,7 +104,7 @@ def test_engine_without_tensorrt_is_refused_before_the_export(work: Path) -> Non
     if find_tensorrt("standard") is not None:
         pytest.skip("the standard TensorRT is installed here")
     t0 = time.monotonic()
-    refused(PROG, ["ck.pth", "--format", "engine", "--tensorrt", "standard"], work, expect="not installed")
+    refused(PROG, ["ck.pth", "--format", "engine", "--tensorrt", "standard", "-q"], work, expect="not installed")
     assert time.monotonic() - t0 < 60  # no fp32 export first (it takes 10-18 s on a quiet 2-core machine)
 
 
@@ -115,7 +115,7 @@ def test_a_size_beyond_this_machines_memory_is_refused_with_the_estimate(work: P
     need = estimate_for_model(scaseg.load_model(work / "ck.pth")[0], scaseg.VARIANTS["scaseg-b0"], 3, (4000, 4000), 1)
     if have is None or need < have:
         pytest.skip(f"this machine has {have} bytes available, enough for a 4000x4000 export")
-    line = refused(PROG, ["ck.pth", "--imgsz", "4000x4000"], work, expect="GiB of memory")
+    line = refused(PROG, ["ck.pth", "--imgsz", "4000x4000", "-q"], work, expect="GiB of memory")
     assert f"{need / GiB:.1f} GiB" in line
 
 

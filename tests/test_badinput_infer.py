@@ -64,7 +64,6 @@ def test_an_output_location_that_cannot_be_written_is_refused_before_work(work: 
 @pytest.mark.parametrize("args,expect", [
     (["src.mp4", "-m", "m.onnx", "--queue", "0"], "--queue"),
     (["src.mp4", "-m", "m.onnx", "--alpha", "x"], "--alpha"),
-    (["src.mp4"], "--model"),
     (["src.mp4", "-m", "m.onnx", "-o", "new/dir/out.txt"], "needs a .mp4"),
 ])
 def test_usage_errors_are_one_line(work: Path, args: list[str], expect: str) -> None:
