@@ -46,6 +46,7 @@ from scaseg.calibration.guard import miou
 from scaseg.calibration.ranges import METHODS, collect_stats
 from scaseg.calibration.session import make_session, runner
 from scaseg.data.datasets import open_dataset
+from scaseg.data.metrics import label_agreement
 from scaseg.metadata import METADATA_KEY, ModelInfo
 
 
@@ -110,7 +111,12 @@ def predictions(sess: ort.InferenceSession, batches: list[np.ndarray]) -> list[n
 
 
 def agreement(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    return 100.0 * float(np.mean([np.mean(x == y) for x, y in zip(a, b)]))
+    return 100.0 * label_agreement(a, b)
+
+
+def scored(preds: list[np.ndarray], held: data.HeldOut, num_classes: int) -> float:
+    """mIoU of per-batch predictions as scaseg-bench scores them (at each image's source size)."""
+    return miou(held.to_source(preds, num_classes), held.labels, num_classes) if held.labels else float("nan")
 
 
 def ort_quantize_static(fp32: Path, calib: list[np.ndarray], input_name: str, out: Path) -> onnx.ModelProto:
@@ -157,8 +163,7 @@ def placement_variants() -> dict[str, int8.Placement]:
 
 
 def placement_tables(args: argparse.Namespace, model: onnx.ModelProto, info: ModelInfo, fp32_path: Path,
-                     calib_x: list[np.ndarray], val_x: list[np.ndarray], val_y: Optional[list[np.ndarray]],
-                     num_val: int, now: Callable[[], float]) -> None:
+                     calib_x: list[np.ndarray], held: data.HeldOut, num_val: int, now: Callable[[], float]) -> None:
     """Tables 1 and 2: placement choices (latency, agreement) and calibration methods (mIoU), no guard."""
     names = int8.tensors_to_calibrate(model)
     stats = collect_stats(runner(model, names), calib_x, names)
@@ -173,28 +178,28 @@ def placement_tables(args: argparse.Namespace, model: onnx.ModelProto, info: Mod
     models["onnxruntime quantize_static (QDQ s8, per-channel)"] = ort_quantize_static(
         fp32_path, calib_x[:8], info.input_name, fp32_path.with_name("ort_quantize_static.onnx"))
     sessions = {k: make_session(m, threads=args.threads) for k, m in models.items()}
-    ms = timed(sessions, val_x[0], args.runs, now)
-    ref = predictions(sessions["fp32 (as exported)"], val_x)
+    ms = timed(sessions, held.batches[0], args.runs, now)
+    ref = predictions(sessions["fp32 (as exported)"], held.batches)
     base = ms["fp32 (as exported)"]
     print(f"\n## Q/DQ placements, {args.method} thresholds from {len(calib_x)} batches, no guard")
     print(f"| {'model':50s} | {'ms':>7s} | {'vs fp32':>7s} | {'argmax = fp32':>13s} | quantized ops |")
     print(f"|{'-' * 52}|{'-' * 9}|{'-' * 9}|{'-' * 15}|---------------|")
     for k, m in models.items():
         counts = ", ".join(f"{o} {c}" for o, c in sorted(int8.count_quantized(m).items())) or "-"
-        print(f"| {k:50s} | {ms[k]:7.1f} | {base / ms[k]:6.2f}x | {agreement(predictions(sessions[k], val_x), ref):12.2f}% "
+        print(f"| {k:50s} | {ms[k]:7.1f} | {base / ms[k]:6.2f}x | {agreement(predictions(sessions[k], held.batches), ref):12.2f}% "
               f"| {counts} |")
     del sessions, models
 
     # 1b) Calibration methods on the same statistics (no guard), scored on the val split.
     print(f"\n## Calibration methods, no guard: mIoU on {num_val} val images (fp32 "
-          f"{miou(ref, val_y, info.num_classes) if val_y else float('nan'):.2f})")
+          f"{scored(ref, held, info.num_classes):.2f})")
     print("| placement | " + " | ".join(METHODS) + " |")
     print("|---|" + "---|" * len(METHODS))
     for target in int8.PLACEMENTS:
         row = []
         for method in METHODS:
             sess = make_session(int8.quantize(model, stats.thresholds(method), target), threads=args.threads)
-            row.append(f"{miou(predictions(sess, val_x), val_y, info.num_classes):.2f}" if val_y else "-")
+            row.append(f"{scored(predictions(sess, held.batches), held, info.num_classes):.2f}" if held.labels else "-")
         print(f"| {target} | " + " | ".join(row) + " |")
 
 
@@ -229,17 +234,17 @@ def main() -> None:
                           val_fraction=args.val_num / (args.calib_num + args.val_num), video_frames=0, progress=False)
         val = open_dataset(root, split="val")
         val_items = [data.Item(Path(p), val, i) for i, p in enumerate(val.image_paths)][: args.val_num]
-        val_x, val_y = data.heldout_data(val_items, info)
+        held = data.heldout_data(val_items, info)
         cset = data.open_calibration(root, args.calib_num)
         calib_x = list(data.batches(cset.calib, info))
         print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, {os.cpu_count()} "
               f"cores; onnxruntime {ort.__version__}; model {args.model} ({info.variant}), input "
-              f"{tuple(val_x[0].shape)}; data {root} (image size {stored_size or info.input_size or imgsz}); "
+              f"{tuple(held.batches[0].shape)}; data {root} (image size {stored_size or info.input_size or imgsz}); "
               f"{args.threads} thread(s), {args.clock} clock, median of {args.runs} runs (interleaved blocks of 3)")
 
         # 1) Placement choices on the same thresholds (no guard): what each costs or saves.
         if not args.only_shipped:
-            placement_tables(args, model, info, fp32_path, calib_x, val_x, val_y, len(val_items), now)
+            placement_tables(args, model, info, fp32_path, calib_x, held, len(val_items), now)
         if args.skip_shipped:
             return
 
@@ -255,15 +260,15 @@ def main() -> None:
         outs["fp16"] = (out, make_precision(str(fp32_path), str(out), "fp16", calib_dir=root))
         shipped = {"fp32": make_session(model, threads=args.threads)}
         shipped.update({k: make_session(onnx.load(str(p)), threads=args.threads) for k, (p, _) in outs.items()})
-        ms = timed(shipped, val_x[0], args.runs, now)
-        preds = {k: predictions(s, val_x) for k, s in shipped.items()}
+        ms = timed(shipped, held.batches[0], args.runs, now)
+        preds = {k: predictions(s, held.batches) for k, s in shipped.items()}
         print(f"\n## Shipped models (make_precision, --max-miou-drop {args.max_miou_drop}), mIoU on {len(val_items)} "
               f"labelled val images")
         print(f"| {'model':13s} | {'ms':>7s} | {'vs fp32':>7s} | {'mIoU':>6s} | {'drop':>5s} | {'argmax = fp32':>13s} | notes |")
         print(f"|{'-' * 15}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 7}|{'-' * 15}|-------|")
-        m0 = miou(preds["fp32"], val_y, info.num_classes) if val_y else float("nan")
+        m0 = scored(preds["fp32"], held, info.num_classes)
         for k in shipped:
-            m = miou(preds[k], val_y, info.num_classes) if val_y else float("nan")
+            m = scored(preds[k], held, info.num_classes)
             note = ""
             if k.startswith("int8"):
                 s = outs[k][1]

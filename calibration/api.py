@@ -74,7 +74,7 @@ def _parity_batches(info: ModelInfo, calib_dir: Optional[str]) -> tuple[list[np.
 
     size = info.input_size or (256, 512)
     images = [render_scene(seed, size)[0] for seed in range(PARITY_IMAGES)]
-    xs = [data.to_input(im, info) for im in images]
+    xs = [data.to_input(im, info)[0] for im in images]
     return list(data._grouped(iter(xs), data.batch_size(info))), f"{len(images)} synthetic street scenes"
 
 
@@ -131,8 +131,8 @@ def _int8(model: onnx.ModelProto, info: ModelInfo, out_path: str, cset: data.Cal
         if cache_file:
             data.save_stats(cache_file, key, stats)
     thresholds = stats.thresholds(method)
-    held, labels = data.heldout_data(cset.heldout, info)
-    result = run_guard(model, thresholds, target, held, labels, info.num_classes, info.output, max_miou_drop)
+    held = data.heldout_data(cset.heldout, info)
+    result = run_guard(model, thresholds, target, held, info.num_classes, info.output, max_miou_drop)
     counts = int8.count_quantized(result.model)
     summary: dict[str, Any] = {
         "target": f"{target} (Q/DQ placement for {'ONNX Runtime CPU' if target == 'cpu' else 'TensorRT explicit quantization'})",

@@ -21,7 +21,8 @@ from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path
 from scaseg.metadata import ModelInfo
 from scaseg.data.images import read_image
-from scaseg.runtime.preprocess import preprocess, resize_label
+from scaseg.runtime.predictor import output_to_labels
+from scaseg.runtime.preprocess import Geometry, preprocess
 
 MIN_CALIB_IMAGES = 4
 MIN_HELDOUT_IMAGES = 2
@@ -131,10 +132,10 @@ def batch_size(info: ModelInfo) -> int:
     return 1 if info.dynamic_batch else max(1, int(info.batch))
 
 
-def to_input(image: np.ndarray, info: ModelInfo) -> np.ndarray:
+def to_input(image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, Geometry]:
     """One RGB uint8 image -> the model's input layout (3, H, W) or (H, W, 3), exactly as the runtime does it."""
-    x, _ = preprocess(image, info.input_size, info.mean, info.std, info.resize)
-    return np.ascontiguousarray(x.transpose(1, 2, 0)) if info.layout == "NHWC" else x
+    x, geom = preprocess(image, info.input_size, info.mean, info.std, info.resize)
+    return (np.ascontiguousarray(x.transpose(1, 2, 0)) if info.layout == "NHWC" else x), geom
 
 
 def _grouped(arrays: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -150,36 +151,35 @@ def _grouped(arrays: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
 
 def batches(items: Sequence[Item], info: ModelInfo) -> Iterator[np.ndarray]:
     """Preprocessed float32 batches of ``items`` (images of other sizes are resized by the shared preprocessing)."""
-    return _grouped((to_input(it.load()[0], info) for it in items), batch_size(info))
+    return _grouped((to_input(it.load()[0], info)[0] for it in items), batch_size(info))
 
 
-def heldout_data(items: Sequence[Item], info: ModelInfo) -> tuple[list[np.ndarray], Optional[list[np.ndarray]]]:
-    """Held-out batches and, when every image has one, labels at network size (B, H, W) per batch."""
-    xs, ys = [], []
+@dataclass
+class HeldOut:
+    """Held-out images as the model sees them, and what it takes to score them as scaseg-bench does."""
+
+    batches: list[np.ndarray]  # network inputs, one (B, ...) array per run
+    geometry: list[Geometry]  # per image: how it was resized, to bring a prediction back to its source size
+    labels: Optional[list[np.ndarray]]  # per image at its source size, when every image has one
+
+    def to_source(self, outputs: Sequence[np.ndarray], num_classes: int) -> list[np.ndarray]:
+        """Model outputs, (B, C, h, w) logits or (B, h, w) labels per batch -> one label map per image at its source
+        size, exactly as scaseg-bench's predictor makes it. The images that fill a static batch are dropped."""
+        flat = [o for batch in outputs for o in batch][: len(self.geometry)]
+        return [output_to_labels(o, g, num_classes) for o, g in zip(flat, self.geometry)]
+
+
+def heldout_data(items: Sequence[Item], info: ModelInfo) -> HeldOut:
+    """Held-out batches, the geometry of each image, and its label at the source size when every image has one."""
+    xs, geometry, ys = [], [], []
     for it in items:
         image, label = it.load()
-        xs.append(to_input(image, info))
+        x, geom = to_input(image, info)
+        xs.append(x)
+        geometry.append(geom)
         ys.append(label)
-    size = batch_size(info)
-    xb = list(_grouped(iter(xs), size))
-    if any(y is None for y in ys):
-        return xb, None
-    hw = xs[0].shape[1:] if info.layout != "NHWC" else xs[0].shape[:2]
-    # Labels follow the image through the same geometry; nearest neighbour keeps class ids intact.
-    labels = [_label_like(y, info, hw) for y in ys]  # type: ignore[arg-type]
-    return xb, list(_grouped(iter(labels), size))
-
-
-def _label_like(label: np.ndarray, info: ModelInfo, hw: Sequence[int]) -> np.ndarray:
-    if info.resize == "letterbox" and info.input_size is not None:
-        h, w = label.shape
-        th, tw = hw
-        scale = min(th / h, tw / w)
-        ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
-        out = np.full((th, tw), 255, dtype=label.dtype)  # padding is ignored, as in evaluation
-        out[:ch, :cw] = resize_label(label, (ch, cw))
-        return out
-    return resize_label(label, hw)
+    labels = None if any(y is None for y in ys) else ys
+    return HeldOut(list(_grouped(iter(xs), batch_size(info))), geometry, labels)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- statistics cache

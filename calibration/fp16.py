@@ -14,6 +14,7 @@ import onnx
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
 from scaseg.calibration.session import first_output, runner
+from scaseg.data.metrics import label_agreement
 
 KEEP_FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2",
                  "ReduceLogSumExp", "Pow", "Sqrt")
@@ -94,16 +95,16 @@ def to_fp16(model: onnx.ModelProto, batches: Sequence[np.ndarray], output_kind: 
     )
     _drop_cast_round_trips(fp16)
     ref, test = first_output(model), first_output(fp16)
-    err, agree, total = 0.0, 0, 0
+    err, la, lc = 0.0, [], []
     for b in batches:
         a, c = ref(b), test(b)
         if output_kind == "labels":
-            la, lc = a, c
+            la.append(a)
+            lc.append(c)
         else:
             err = max(err, float(np.max(np.abs(a.astype(np.float64) - c.astype(np.float64)))))
-            la, lc = np.argmax(a, axis=1), np.argmax(c, axis=1)
-        agree += int(np.sum(la == lc))
-        total += la.size
+            la.append(np.argmax(a, axis=1))
+            lc.append(np.argmax(c, axis=1))
     present = {n.op_type for n in model.graph.node}
-    report = Fp16Report(err, agree / max(total, 1), sorted(present & set(KEEP_FP32_OPS)), hot, len(batches))
+    report = Fp16Report(err, label_agreement(la, lc) if la else 0.0, sorted(present & set(KEEP_FP32_OPS)), hot, len(batches))
     return fp16, report

@@ -1,6 +1,9 @@
 """Accuracy guard: measure the INT8 model's mIoU against the float model on held-out images and, while the drop
 exceeds the budget, keep the most sensitive blocks in float.
 
+mIoU is measured as scaseg-bench measures it (``scaseg.data.metrics``): predictions brought back to each image's
+source size, against its label there, or against the float model's prediction there when the images have no labels.
+
 Sensitivity of a block = the output noise (squared logit error relative to the float logits, on the held-out
 images) when that block alone is quantized. Blocks are the model's modules as their ONNX node names show them
 (``/model/backbone/block1.0/...`` -> ``/model/backbone/block1.0``, see block_of); nodes without a scoped name are
@@ -17,6 +20,7 @@ import onnx
 from scaseg.progress import progress
 
 from scaseg.calibration import int8
+from scaseg.calibration.data import HeldOut
 from scaseg.calibration.session import first_output
 from scaseg.data.metrics import SegMetrics
 
@@ -34,17 +38,14 @@ def block_of(node_name: str) -> str:
     return "/" + "/".join(parts[:depth]) if node_name.startswith("/") and len(parts) > depth else node_name
 
 
-def miou(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], num_classes: int) -> float:
-    """mIoU in points (0..100) of label maps against reference label maps (255 in a reference = ignore)."""
-    metrics = SegMetrics(num_classes)
+def miou(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], num_classes: int,
+         ignore_index: Optional[int] = 255) -> float:
+    """mIoU in points (0..100) of label maps against reference label maps of the same sizes."""
+    metrics = SegMetrics(num_classes, ignore_index=ignore_index)
     for p, r in zip(preds, refs):
         metrics.update(p, r)
     value = metrics.compute()["miou"]
     return 100.0 * float(value) if np.isfinite(value) else 0.0
-
-
-def _labels(out: np.ndarray, output_kind: str) -> np.ndarray:
-    return out.astype(np.int64) if output_kind == "labels" else np.argmax(out, axis=1)
 
 
 @dataclass
@@ -69,8 +70,7 @@ def run_guard(
     fp32: onnx.ModelProto,
     thresholds: dict[str, float],
     target: str,
-    batches: list[np.ndarray],
-    labels: Optional[list[np.ndarray]],
+    heldout: HeldOut,
     num_classes: int,
     output_kind: str,
     max_miou_drop: float,
@@ -81,19 +81,19 @@ def run_guard(
 
     def outputs(model: onnx.ModelProto) -> list[np.ndarray]:
         run: Callable[[np.ndarray], np.ndarray] = first_output(model, threads=threads)
-        return [run(b) for b in batches]
+        return [run(b) for b in heldout.batches]
 
     ref_out = outputs(fp32)
-    ref_labels = [_labels(o, output_kind) for o in ref_out]
-    if labels is not None:
-        reference, truth = "labels", labels
+    ref_labels = heldout.to_source(ref_out, num_classes)
+    if heldout.labels is not None:
+        reference, truth, ignore = "labels", heldout.labels, 255
         miou_fp32 = miou(ref_labels, truth, num_classes)
-    else:
-        reference, truth = "fp32 argmax", [r.astype(np.uint8) if num_classes <= 255 else r for r in ref_labels]
+    else:  # every pixel of the float model's prediction is a class, 255 included when there are 256
+        reference, truth, ignore = "fp32 argmax", ref_labels, None
         miou_fp32 = 100.0  # the float model agrees with itself
 
     def score(model: onnx.ModelProto) -> float:
-        return miou([_labels(o, output_kind) for o in outputs(model)], truth, num_classes)
+        return miou(heldout.to_source(outputs(model), num_classes), truth, num_classes, ignore)
 
     model = int8.quantize(fp32, thresholds, target)
     miou_all = score(model)

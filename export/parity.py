@@ -23,6 +23,7 @@ from scaseg.export.sca import grid_points_for, measure_spread
 from scaseg.metadata import ModelInfo
 from scaseg.models.decoder import StripAttentionCore, set_grid_points, set_query_chunk
 from scaseg.runtime.preprocess import preprocess
+from scaseg.data.metrics import label_agreement
 from scaseg.data.synth import render_scene
 
 DEFAULT_TOLERANCE = 1e-3
@@ -101,8 +102,8 @@ def check_parity(
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     model = model.eval()
     points = int(info.extra.get("export", {}).get("grid_points", 0)) if info.sca_op == "grid" else 0
-    max_abs, agree, total, flipped, nonfinite = 0.0, 0, 0, 0, 0
-    exact_abs, exact_agree = 0.0, 0
+    max_abs, flipped, exact_abs, nonfinite = 0.0, 0, 0.0, 0
+    preds, refs, exact_refs = [], [], []
     runs = -(-images // batch)
     for r in range(runs):
         x = scene_batch(batch, size, info, seed + r * batch)  # type: ignore[arg-type]
@@ -115,11 +116,9 @@ def check_parity(
         ref_labels = ref.argmax(axis=1)
         if points:
             exact = _reference(model, x, None, query_chunk=EXACT_REFERENCE_CHUNK)
-            exact_labels = exact.argmax(axis=1)
+            exact_refs.append(exact.argmax(axis=1))
             if info.output != "labels":
                 exact_abs = max(exact_abs, float(np.abs(got - exact).max()))
-            exact_agree += int(((got.astype(np.int64) if info.output == "labels" else got.argmax(axis=1))
-                                == exact_labels).sum())
         if info.output == "labels":
             labels = got.astype(np.int64)
             top2 = np.sort(ref, axis=1)[:, -2:]
@@ -128,14 +127,14 @@ def check_parity(
         else:
             max_abs = max(max_abs, float(np.abs(got - ref).max()))
             labels = got.argmax(axis=1)
-        agree += int((labels == ref_labels).sum())
-        total += labels.size
+        preds.append(labels)
+        refs.append(ref_labels)
     return ParityReport(
         images=runs * batch, size=(int(size[0]), int(size[1])), output=info.output,
-        max_abs=None if info.output == "labels" else max_abs, agreement=agree / max(1, total),
+        max_abs=None if info.output == "labels" else max_abs, agreement=label_agreement(preds, refs),
         confident_mismatches=flipped, tolerance=float(tolerance), grid_points=points or None,
         exact_max_abs=None if (not points or info.output == "labels") else exact_abs,
-        exact_agreement=exact_agree / max(1, total) if points else None, nonfinite=nonfinite,
+        exact_agreement=label_agreement(preds, exact_refs) if points else None, nonfinite=nonfinite,
     )
 
 

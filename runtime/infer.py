@@ -142,7 +142,6 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, kind: str, a
          record: Optional[dict] = None) -> None:
     info = predictor.info
     lut = palette_lut(info.palette)
-    label_dtype = np.uint8 if info.num_classes <= 256 else np.uint16
     with contextlib.ExitStack() as stack:
         sink: Optional[VideoSink | ImageSink] = None
         folder: Optional[Path] = None
@@ -167,7 +166,7 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, kind: str, a
             if kind == "overlay" or show:
                 picture = render_overlay(frame.image, labels, lut, alpha, info.class_names if legend else None)
             if sink is not None:
-                sink.write(frame.name, picture if kind == "overlay" else labels.astype(label_dtype, copy=False))
+                sink.write(frame.name, picture if kind == "overlay" else labels)
             if show and picture is not None:
                 _show(picture)
 

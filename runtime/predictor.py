@@ -7,7 +7,8 @@ import numpy as np
 
 from scaseg.runtime.backends import Backend, fixed_batch, fixed_size
 from scaseg.errors import ScasegError
-from scaseg.runtime.preprocess import Geometry, labels_to_source, logits_to_labels, preprocess, resize_label
+from scaseg.runtime.preprocess import (Geometry, label_dtype, labels_to_source, logits_to_labels, preprocess,
+                                      resize_label)
 
 
 def input_size_for(backend: Backend, imgsz: Optional[Sequence[int]] = None) -> Optional[tuple[int, int]]:
@@ -28,7 +29,7 @@ def output_to_labels(output: np.ndarray, geom: Geometry, num_classes: int) -> np
     if output.ndim == 3:
         labels = logits_to_labels(output)
     else:
-        labels = output.astype(np.uint8 if num_classes <= 256 else np.uint16, copy=False)
+        labels = output.astype(label_dtype(num_classes), copy=False)
     if labels.shape != tuple(geom.dst_hw):  # a model that answers at another stride: back to the input grid first
         labels = resize_label(labels, geom.dst_hw)
     return labels_to_source(labels, geom)

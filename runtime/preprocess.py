@@ -79,6 +79,11 @@ def labels_to_source(labels: np.ndarray, geom: Geometry) -> np.ndarray:
     return out.astype(dtype, copy=False)
 
 
+def label_dtype(num_classes: int) -> type[np.unsignedinteger]:
+    """The dtype of a predicted label map: uint8 while class ids fit (<= 256 classes), else uint16."""
+    return np.uint8 if num_classes <= 256 else np.uint16
+
+
 def logits_to_labels(logits: np.ndarray) -> np.ndarray:
     """(C, H, W) or (B, C, H, W) logits -> uint8/uint16 labels (argmax over classes, first maximum wins).
 
@@ -88,7 +93,7 @@ def logits_to_labels(logits: np.ndarray) -> np.ndarray:
     axis = 0 if logits.ndim == 3 else 1
     num_classes = logits.shape[axis]
     planes = np.moveaxis(logits, axis, 0)
-    labels = np.zeros(planes.shape[1:], dtype=np.uint8 if num_classes <= 256 else np.uint16)
+    labels: np.ndarray = np.zeros(planes.shape[1:], dtype=label_dtype(num_classes))
     best = planes[0].copy()
     for c in range(1, num_classes):
         better = planes[c] > best

@@ -12,11 +12,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from scaseg.calibration import int8
 from scaseg.calibration.api import make_precision
+from scaseg.calibration.data import HeldOut
 from scaseg.calibration.guard import block_of, run_guard
 from scaseg.calibration.ranges import BINS, collect_stats
 from scaseg.calibration.session import first_output, make_session, runner
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
+from scaseg.runtime.preprocess import Geometry
 from scaseg.data.synth import render_scene
 
 H, W = 64, 128
@@ -194,7 +196,9 @@ def test_guard_keeps_the_sensitive_block_float():
         labels.append((sign < 0).astype(np.uint8)[None])
     names = int8.tensors_to_calibrate(model)
     thresholds = collect_stats(runner(model, names), batches, names).thresholds("minmax")
-    res = run_guard(model, thresholds, "tensorrt", batches, labels, 2, "logits", max_miou_drop=1.0)
+    geometry = [Geometry((4, 8), (4, 8), (4, 8))] * len(batches)
+    res = run_guard(model, thresholds, "tensorrt", HeldOut(batches, geometry, [y[0] for y in labels]), 2, "logits",
+                    max_miou_drop=1.0)
     assert res.miou_fp32 == pytest.approx(100.0)
     assert res.miou_int8_all < 90.0, "quantizing everything must hurt, or the test proves nothing"
     assert res.ranking[0][0] == "/net/fragile"

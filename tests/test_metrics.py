@@ -144,3 +144,22 @@ def test_label_agreement():
     assert label_agreement(a, a) == 1.0
     with pytest.raises(ScasegError, match="shapes"):
         label_agreement(a, b.T)
+
+
+def test_label_agreement_pools_lists_of_maps_over_their_pixels():
+    a = [np.zeros((1, 2, 2), np.uint8), np.zeros((1, 1, 4), np.uint8)]
+    b = [np.array([[[0, 1], [1, 1]]], np.uint8), np.zeros((1, 1, 4), np.uint8)]
+    assert label_agreement(a, b) == pytest.approx(5 / 8)  # pooled, not the mean of 1/4 and 1
+    with pytest.raises(ScasegError, match="2 label maps with 1"):
+        label_agreement(a, b[:1])
+
+
+def test_no_ignore_index_counts_every_pixel():
+    pred = np.array([[255, 0]], np.uint8)
+    label = np.array([[255, 0]], np.uint8)
+    m = SegMetrics(256, ignore_index=None)
+    m.update(pred, label)
+    assert m.compute()["num_pixels"] == 2 and m.compute()["iou"][255] == 1.0
+    default = SegMetrics(256)
+    default.update(pred, label)
+    assert default.compute()["num_pixels"] == 1

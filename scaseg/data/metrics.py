@@ -3,12 +3,17 @@
 Intersection and union are summed over the whole dataset before dividing, not averaged per image. A class
 absent from both the predictions and the labels has IoU nan and is left out of the mean, as in
 mmsegmentation's ``mean_iou``; pixels whose label is the ignore index count nowhere.
+
+The one convention of the project: a prediction is scored at the source resolution of its label. The model's
+label map is brought back to the image's own size first (``scaseg.runtime.preprocess.labels_to_source``: letterbox
+padding cropped, nearest neighbour), never the label down to the network size. scaseg-bench, training validation
+and the INT8 accuracy guard all score this way, with this module.
 """
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -36,11 +41,11 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 class SegMetrics:
     """Accumulates a (num_classes x num_classes) confusion matrix, rows = label, columns = prediction."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: Optional[int] = 255) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
-        self.ignore_index = int(ignore_index)
+        self.ignore_index = None if ignore_index is None else int(ignore_index)  # None: every pixel counts
         self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
 
     def reset(self) -> None:
@@ -55,16 +60,17 @@ class SegMetrics:
             raise ScasegError(f"the prediction is {pred.shape} but the label is {label.shape}; they must match")
         n = self.num_classes
         t, p = label.ravel(), pred.ravel()
-        keep = t != self.ignore_index
-        if not keep.all():
-            t, p = t[keep], p[keep]
+        if self.ignore_index is not None:
+            keep = t != self.ignore_index
+            if not keep.all():
+                t, p = t[keep], p[keep]
         if t.size == 0:
             return
         t_min, t_max = int(t.min()), int(t.max())
         if t_min < 0 or t_max >= n:
             bad = t_max if t_max >= n else t_min
-            raise ScasegError(f"the label holds class {bad}, outside 0..{n - 1} (and not the ignore index "
-                              f"{self.ignore_index})")
+            ignored = "" if self.ignore_index is None else f" (and not the ignore index {self.ignore_index})"
+            raise ScasegError(f"the label holds class {bad}, outside 0..{n - 1}{ignored}")
         p_min, p_max = int(p.min()), int(p.max())
         if p_min < 0 or p_max >= n:
             bad = p_max if p_max >= n else p_min
@@ -108,16 +114,31 @@ def metrics_from_confusion(confusion: np.ndarray) -> dict:
     }
 
 
-def label_agreement(a: np.ndarray, b: np.ndarray, ignore_index: Optional[int] = None) -> float:
-    """Fraction of pixels where two label maps agree; pixels where either is ``ignore_index`` are skipped."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape:
-        raise ScasegError(f"cannot compare label maps of shapes {a.shape} and {b.shape}")
-    if ignore_index is None:
-        return float(np.mean(a == b)) if a.size else math.nan
-    keep = (a != ignore_index) & (b != ignore_index)
-    count = int(keep.sum())
-    return float(np.count_nonzero((a == b) & keep) / count) if count else math.nan
+LabelMaps = Union[np.ndarray, Sequence[np.ndarray]]
+
+
+def label_agreement(a: LabelMaps, b: LabelMaps, ignore_index: Optional[int] = None) -> float:
+    """Fraction of pixels where two label maps agree; pixels where either is ``ignore_index`` are skipped.
+
+    ``a`` and ``b`` may be lists of label maps (pairwise, e.g. one per batch): the fraction is over all their pixels.
+    """
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            raise ScasegError(f"cannot compare {len(a)} label maps with {len(b)}")
+        pairs = list(zip(a, b))
+    else:
+        pairs = [(a, b)]
+    same = count = 0
+    for x, y in pairs:
+        x, y = np.asarray(x), np.asarray(y)
+        if x.shape != y.shape:
+            raise ScasegError(f"cannot compare label maps of shapes {x.shape} and {y.shape}")
+        if ignore_index is None:
+            same, count = same + int(np.count_nonzero(x == y)), count + x.size
+        else:
+            keep = (x != ignore_index) & (y != ignore_index)
+            same, count = same + int(np.count_nonzero((x == y) & keep)), count + int(keep.sum())
+    return same / count if count else math.nan
 
 
 def format_metrics(result: dict, class_names: Optional[Sequence[str]] = None) -> str:

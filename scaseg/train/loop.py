@@ -32,7 +32,7 @@ from scaseg.fileio import atomic_path, check_writable_dir, refuse_overwrite
 from scaseg.progress import progress as progress_bar, write
 from scaseg.metadata import IMAGENET_MEAN, IMAGENET_STD
 from scaseg.data.metrics import SegMetrics
-from scaseg.runtime.preprocess import labels_to_source, preprocess
+from scaseg.runtime.preprocess import label_dtype, labels_to_source, preprocess
 from scaseg.train import dist as D
 from scaseg.train.data import Augment, StreamSampler, TrainSet, collate, unwrap
 
@@ -185,7 +185,7 @@ def evaluate(
             logits = model(torch.from_numpy(x)[None].to(env.device))
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        pred = logits.argmax(1)[0].to(torch.uint8 if data.num_classes <= 256 else torch.int32).cpu().numpy()
+        pred = logits.argmax(1)[0].cpu().numpy().astype(label_dtype(data.num_classes))
         metrics.update(labels_to_source(pred, geom), sample.label)
     metrics.confusion = D.all_reduce_sum(metrics.confusion, env)
     model.train(was_training)
