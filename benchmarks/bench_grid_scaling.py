@@ -209,7 +209,7 @@ def report(results: dict[str, Any], work: Path, sizes: list[tuple[int, int]], pl
     if plot is not None:
         _plot(curves, rss, plot)
     if doc is not None:
-        from scaseg.fileio import replace_section
+        from scaseg.readme import replace_section
 
         link = os.path.relpath(plot, doc.parent) if plot is not None else None
         body = (f"![latency and peak RSS vs pixels, exact / grid / vanilla]({link})\n\n" if link else "") + text

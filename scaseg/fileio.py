@@ -296,22 +296,3 @@ def write_bytes(path: PathLike, data: bytes | memoryview) -> None:
         raise write_error(p, exc) from None
     if p.stat().st_size != len(data):
         raise ScasegError(f"cannot write {p}: only {p.stat().st_size} of {len(data)} bytes arrived; nothing was written")
-
-
-def replace_section(path: PathLike, name: str, text: str) -> None:
-    """Replace what lies between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in a text file, atomically.
-
-    Used to regenerate the README's measured sections from the scripts that measure them.
-    """
-    path = Path(path).expanduser()
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    try:
-        old = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScasegError(f"cannot read {path}: {exc.strerror}") from None
-    i, j = old.find(start), old.find(end)
-    if i < 0 or j < i:
-        raise ScasegError(f"{path} has no '{start}' ... '{end}' markers to replace")
-    new = old[: i + len(start)] + "\n" + text.strip("\n") + "\n" + old[j:]
-    with atomic_path(path) as tmp:
-        tmp.write_text(new, encoding="utf-8")

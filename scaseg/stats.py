@@ -146,7 +146,7 @@ def main_command(
     sizes = [parse_size(s, "--size", minimum=32) for s in size] if size else [tuple(s) for s in SIZES]
     rows = variant_table(names, sizes)
     if readme:
-        from scaseg.fileio import replace_section
+        from scaseg.readme import replace_section
 
         replace_section(readme, "variants", to_markdown(rows, sizes))
         print(f"updated the variant table in {readme}")

@@ -188,14 +188,3 @@ def test_every_command_reports_the_package_version_and_has_help(name):
         assert done.returncode == 0, done.stderr
         assert expect in done.stdout
 
-
-def test_replace_section_swaps_only_the_marked_text(tmp_path):
-    from scaseg.fileio import replace_section
-
-    doc = tmp_path / "README.md"
-    doc.write_text("head\n<!-- t:start -->\nold\n<!-- t:end -->\ntail\n")
-    replace_section(doc, "t", "new 1\nnew 2\n")
-    assert doc.read_text() == "head\n<!-- t:start -->\nnew 1\nnew 2\n<!-- t:end -->\ntail\n"
-    with pytest.raises(ScasegError, match="no '<!-- other:start -->'"):
-        replace_section(doc, "other", "x")
-    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]
