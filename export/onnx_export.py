@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import platform
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import onnx
@@ -214,13 +214,6 @@ def to_onnx(model: nn.Module, info: ModelInfo, opts: ExportOptions) -> tuple[onn
     out_info = export_info(info, opts)
     set_metadata(proto, out_info)
     return proto, out_info
-
-
-def options_dict(opts: ExportOptions) -> dict[str, Any]:
-    """ExportOptions as plain JSON-able data."""
-    d = asdict(opts)
-    d["imgsz"] = list(opts.imgsz)
-    return d
 
 
 __all__ = ["ExportOptions", "to_onnx", "parse_dynamic", "parse_query_chunk", "set_metadata", "export_info"]

@@ -157,11 +157,6 @@ def attach_function(model: onnx.ModelProto) -> int:
     return uses
 
 
-def count_function_nodes(model: onnx.ModelProto) -> int:
-    """How many scaseg::StripCrossAttention nodes the main graph holds."""
-    return sum(1 for n in model.graph.node if n.domain == SCA_DOMAIN and n.op_type == SCA_OP)
-
-
 def rows_per_tile(query_chunk: Optional[QueryChunk]) -> str:
     """Human text for a query_chunk setting (for reports and metadata)."""
     if query_chunk in (None, 0):

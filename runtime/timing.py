@@ -1,7 +1,6 @@
 """Latency bookkeeping: a monotonic stopwatch and the summary statistics every benchmark reports."""
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import numpy as np
@@ -28,22 +27,3 @@ def summarize(seconds: Sequence[float], items_per_run: int = 1) -> dict:
         "fps": items_per_run * 1000.0 / mean if mean > 0 else float("inf"),
         "runs": int(ms.size),
     }
-
-
-class Stopwatch:
-    """Accumulates elapsed time of repeated sections: ``with sw: ...``; ``sw.laps`` holds each one."""
-
-    def __init__(self) -> None:
-        self.laps: list[float] = []
-        self._start = 0.0
-
-    def __enter__(self) -> "Stopwatch":
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.laps.append(time.perf_counter() - self._start)
-
-    @property
-    def total(self) -> float:
-        return float(sum(self.laps))

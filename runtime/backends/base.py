@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
 
 import numpy as np
 
@@ -35,9 +34,6 @@ class Backend(abc.ABC):
 
     def close(self) -> None:
         """Release resources; safe to call twice."""
-
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "device": self.device, "precision": self.info.precision, "path": self.path}
 
     def __enter__(self) -> "Backend":
         return self

@@ -49,9 +49,6 @@ class TorchBackend(Backend):
     def device(self) -> str:
         return "CUDA:%d" % (self._device.index or 0) if self._device.type == "cuda" else "CPU"
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "precision": "fp32"}
-
     def infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():

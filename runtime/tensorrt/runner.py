@@ -344,13 +344,6 @@ class TensorRTBackend(Backend):
         h, w = self._input.engine_shape[-2:]
         return None if -1 in (h, w) else (int(h), int(w))
 
-    def describe(self) -> dict[str, Any]:
-        desc = super().describe()
-        desc.update(tensorrt=self.trt.label, cuda=self.cuda.name if self.cuda else None,
-                    cuda_graph=self._graph_exec is not None, plugin=self.uses_plugin,
-                    precision=self.facts.get("precision", self.info.precision))
-        return desc
-
     def close(self) -> None:
         """Free device and pinned memory, the graph, the stream, the context and the engine; safe to call twice."""
         cuda = self.cuda

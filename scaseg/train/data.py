@@ -7,7 +7,7 @@ images and crops it would have seen, whatever the number of DataLoader workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import cv2
 import numpy as np
@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Sampler, default_collate
 
 from scaseg.errors import ScasegError
 from scaseg.metadata import IMAGENET_MEAN, IMAGENET_STD
-from scaseg.runtime.preprocess import normalize, preprocess
+from scaseg.runtime.preprocess import normalize
 
 if TYPE_CHECKING:  # pragma: no cover
     from scaseg.data.datasets import SegDataset
@@ -146,9 +146,3 @@ class StreamSampler(Sampler):
                 pos += self.world
                 offset += self.world
             # The stride may step over the epoch's end: continue at the right offset of the next one.
-
-
-def val_input(image: np.ndarray, size: Optional[Sequence[int]], mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """The runtime's preprocessing (stretch to ``size``, or the stored size when None) as a float32 (3, H, W)."""
-    x, _ = preprocess(image, size, mean, std, "stretch")
-    return x

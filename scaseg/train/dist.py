@@ -110,12 +110,3 @@ def barrier(env: DistEnv) -> None:
     """Wait for every rank (no-op in one process)."""
     if env.distributed:
         dist.barrier()
-
-
-def broadcast_flag(flag: bool, env: DistEnv) -> bool:
-    """Rank 0's boolean, on every rank (so all ranks take the same branch, e.g. stop after an error)."""
-    if not env.distributed:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=env.device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
