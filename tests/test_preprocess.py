@@ -1,0 +1,59 @@
+"""scaseg.runtime.preprocess: normalisation, resize and back, logits to labels (the one preprocessing)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scaseg.metadata import IMAGENET_MEAN, IMAGENET_STD
+from scaseg.runtime.preprocess import (label_dtype, labels_to_source, logits_to_labels, normalize, preprocess,
+                                      resize_image)
+
+
+def test_normalize_matches_definition():
+    img = np.random.default_rng(0).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    x = normalize(img, IMAGENET_MEAN, IMAGENET_STD)
+    assert x.shape == (3, 6, 7) and x.dtype == np.float32 and x.flags.c_contiguous
+    ref = (img[2, 3, 1] - IMAGENET_MEAN[1]) / IMAGENET_STD[1]
+    assert abs(float(x[1, 2, 3]) - ref) < 1e-5
+
+
+@pytest.mark.parametrize("policy", ["stretch", "letterbox"])
+def test_resize_and_back_recovers_label_layout(policy):
+    labels = np.zeros((375, 500), np.uint8)
+    labels[:, 250:] = 3
+    _, geom = resize_image(np.zeros((375, 500, 3), np.uint8), (128, 128), policy)
+    small = np.zeros((128, 128), np.uint8)
+    ch, cw = geom.content_hw
+    small[:ch, cw // 2 : cw] = 3
+    back = labels_to_source(small, geom)
+    assert back.shape == (375, 500)
+    assert (back == labels).mean() > 0.99
+    if policy == "letterbox":
+        assert geom.content_hw == (96, 128)
+
+
+def test_preprocess_keeps_size_when_dynamic():
+    x, geom = preprocess(np.zeros((33, 47, 3), np.uint8), None, IMAGENET_MEAN, IMAGENET_STD)
+    assert x.shape == (3, 33, 47) and geom.src_hw == geom.dst_hw == (33, 47)
+
+
+def test_logits_to_labels_batch_and_single():
+    logits = np.zeros((2, 4, 3, 3), np.float32)
+    logits[0, 2] = 1
+    logits[1, 3] = 1
+    assert logits_to_labels(logits).tolist()[0][0] == [2, 2, 2]
+    assert (logits_to_labels(logits[1]) == 3).all()
+
+
+def test_logits_to_labels_equals_argmax_first_max_wins():
+    rng = np.random.default_rng(3)
+    logits = rng.integers(0, 4, (2, 7, 9, 11)).astype(np.float32)  # many ties
+    assert (logits_to_labels(logits) == np.argmax(logits, axis=1)).all()
+    assert (logits_to_labels(logits[0]) == np.argmax(logits[0], axis=0)).all()
+    assert logits_to_labels(np.zeros((300, 2, 2), np.float32)).dtype == np.uint16
+
+
+def test_label_dtype_holds_every_class_id():
+    assert label_dtype(19) == np.uint8 and label_dtype(256) == np.uint8  # ids 0..255 fit a byte
+    assert label_dtype(257) == np.uint16
+    assert np.iinfo(label_dtype(256)).max == 255 and np.iinfo(label_dtype(65536)).max == 65535
