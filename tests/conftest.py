@@ -52,3 +52,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _quiet_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     # The CI machine has 2 cores; keep numerical libraries from oversubscribing them.
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+
+
+@pytest.fixture(scope="session")
+def fp32_onnx(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny scaseg-t exported as scaseg-export does it (tests/calibration_models.py), once per session."""
+    pytest.importorskip("torch")
+    from calibration_models import export_tiny
+
+    return export_tiny(tmp_path_factory.mktemp("model") / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory: pytest.TempPathFactory):
+    """A folder of street scenes of mixed sizes and channel counts (tests/calibration_models.py)."""
+    from calibration_models import write_image_folder
+
+    return write_image_folder(tmp_path_factory.mktemp("calib"))

@@ -182,8 +182,14 @@ def test_overlay_functions():
     drawn = draw_legend(big, ["road", "car", "sky"], palette, classes=[1])
     assert (drawn[:40, :40] == palette[1]).all(axis=-1).any()  # the car swatch
     assert not (drawn[:40, :40] == palette[0]).all(axis=-1).any()  # road not present: not listed
-    out = render_overlay(halves(50, 60, RED, GREEN), halves_labels(50, 60), palette, 0.5, ["road", "car", "sky"])
-    assert out.shape == (50, 60, 3)
+    image, labels = halves(200, 300, RED, GREEN), halves_labels(200, 300)
+    plain = render_overlay(image, labels, palette, 0.5)
+    assert (plain == blend(image, colorize(labels, palette), 0.5)).all()
+    out = render_overlay(image, labels, palette, 0.5, ["road", "car", "sky"])
+    assert (out[:40, :40] != plain[:40, :40]).any() and (out[:, 150:] == plain[:, 150:]).all()  # a legend, top-left
+    swatches = out[:40, :40].reshape(-1, 3).tolist()
+    assert list(palette[0]) in swatches and list(palette[1]) in swatches  # road and car are in the picture
+    assert list(palette[2]) not in swatches  # sky is not: not listed
 
 
 def test_image_sink_writes_uint16_labels(tmp_path):
