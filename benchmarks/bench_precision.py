@@ -47,7 +47,7 @@ from scaseg.calibration.ranges import METHODS, collect_stats
 from scaseg.calibration.session import make_session, runner
 from scaseg.data.datasets import open_dataset
 from scaseg.data.metrics import label_agreement
-from scaseg.metadata import METADATA_KEY, ModelInfo
+from scaseg.metadata import ModelInfo, read_onnx_metadata
 
 
 def fp32_model(spec: str, imgsz: tuple[int, int], work: Path) -> tuple[Path, Optional[tuple[int, int]]]:
@@ -272,8 +272,8 @@ def main() -> None:
             note = ""
             if k.startswith("int8"):
                 s = outs[k][1]
-                props = {p.key: p.value for p in onnx.load(str(outs[k][0])).metadata_props}
-                nodes = len(ModelInfo.from_json(props[METADATA_KEY]).extra["calibration"]["kept_float_nodes"])
+                saved = read_onnx_metadata(onnx.load(str(outs[k][0])).metadata_props, outs[k][0])
+                nodes = len(saved.extra["calibration"]["kept_float_nodes"])
                 note = f"ops {s['quantized_ops']}; kept float: {s['kept_float_blocks']} ({nodes} nodes); guard {s['miou_fp32']} -> {s['miou_int8']} on held-out; made in {s['seconds']:.0f} s"
             elif k == "fp16":
                 s = outs[k][1]

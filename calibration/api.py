@@ -16,7 +16,7 @@ from scaseg.calibration.ranges import METHODS, collect_stats
 from scaseg.calibration.session import runner
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path
-from scaseg.metadata import METADATA_KEY, ModelInfo
+from scaseg.metadata import ModelInfo, read_onnx_metadata, write_onnx_metadata
 
 PRECISIONS = ("fp16", "int8")
 PARITY_IMAGES = 4
@@ -31,10 +31,7 @@ def load_fp32(path: str) -> tuple[onnx.ModelProto, ModelInfo]:
         model = onnx.load(str(p))
     except Exception:  # protobuf raises DecodeError & co. for a file that is not ONNX
         raise ScasegError(f"{p} is not an ONNX model") from None
-    props = {m.key: m.value for m in model.metadata_props}
-    if METADATA_KEY not in props:
-        raise ScasegError(f"{p} has no scaseg metadata; export it with scaseg-export first")
-    info = ModelInfo.from_json(props[METADATA_KEY])
+    info = read_onnx_metadata(model.metadata_props, p)
     if info.precision != "fp32":
         raise ScasegError(f"{p} is already {info.precision}; calibrate from the fp32 model")
     if not any(op.domain in ("", "ai.onnx") and op.version >= 13 for op in model.opset_import):
@@ -43,12 +40,7 @@ def load_fp32(path: str) -> tuple[onnx.ModelProto, ModelInfo]:
 
 
 def _write(model: onnx.ModelProto, info: ModelInfo, out_path: str) -> None:
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            prop.value = info.to_json()
-            break
-    else:
-        model.metadata_props.add(key=METADATA_KEY, value=info.to_json())
+    write_onnx_metadata(model, info)
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))
 

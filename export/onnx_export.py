@@ -23,7 +23,7 @@ from scaseg.export.simplify import decompose_layer_norm, simplify
 from scaseg.export.sca import (MAX_GRID_POINTS, SCA_MODES, QueryChunk, attach_function, export_attention,
                                rows_per_tile)
 from scaseg.errors import ScasegError
-from scaseg.metadata import METADATA_KEY, ModelInfo
+from scaseg.metadata import ModelInfo, write_onnx_metadata
 from scaseg.models.decoder import StripCrossAttention
 
 # The TorchScript exporter writes opsets up to 20; 17 is the floor (LayerNormalization-era ops, TensorRT 8.5's maximum).
@@ -183,11 +183,7 @@ def export_info(info: ModelInfo, opts: ExportOptions) -> ModelInfo:
 
 def set_metadata(model: onnx.ModelProto, info: ModelInfo) -> None:
     """Write the ModelInfo JSON into metadata_props under 'scaseg' (replacing an older entry)."""
-    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, info.to_json()
+    write_onnx_metadata(model, info)
     model.producer_name, model.producer_version = "scaseg-export", info.extra.get("versions", {}).get("scaseg", "")
 
 

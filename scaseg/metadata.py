@@ -1,7 +1,8 @@
 """What a deployed model says about itself: classes, palette, normalisation, input and output conventions.
 
 One JSON document travels with every artefact:
-- ONNX: the ``metadata_props`` entry ``scaseg`` (read here through ONNX Runtime, no ``onnx`` import);
+- ONNX: the ``metadata_props`` entry ``scaseg``, read by ``read_onnx_metadata`` and written by
+  ``write_onnx_metadata`` only (neither imports ``onnx``: the runtime reads it through ONNX Runtime);
 - TensorRT engine: a side file ``<engine>.json`` (a plan file has no place for user metadata);
 - PyTorch checkpoint: the ``config`` entry of the checkpoint.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from scaseg.errors import ScasegError
 
@@ -118,3 +119,23 @@ class ModelInfo:
 
     def replace(self, **changes: Any) -> "ModelInfo":
         return dataclasses.replace(self, **changes)
+
+
+def read_onnx_metadata(entries: Any, path: Any) -> ModelInfo:
+    """The ModelInfo of an ONNX model: the one reader of its ``scaseg`` entry.
+
+    ``entries``: the model's ``metadata_props`` (of an onnx.ModelProto) or ONNX Runtime's ``custom_metadata_map``
+    (a dict), so that the runtime reads it without importing onnx. ``path`` names the model in the error.
+    """
+    props = dict(entries) if isinstance(entries, Mapping) else {p.key: p.value for p in entries}
+    if METADATA_KEY not in props:
+        raise ScasegError(f"the ONNX model {path} has no scaseg metadata; export it with scaseg-export")
+    return ModelInfo.from_json(props[METADATA_KEY])
+
+
+def write_onnx_metadata(model: Any, info: ModelInfo) -> None:
+    """Store ``info`` as the ``scaseg`` entry of an onnx.ModelProto, replacing an older one: the one writer."""
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=METADATA_KEY, value=info.to_json())

@@ -11,14 +11,14 @@ import numpy as np
 import onnx
 
 from scaseg.data.synth import render_scene
-from scaseg.metadata import METADATA_KEY, ModelInfo
+from scaseg.metadata import ModelInfo, read_onnx_metadata
 
 H, W = 64, 128
 
 
 def info_of(model: onnx.ModelProto) -> ModelInfo:
     """The scaseg metadata of an ONNX model."""
-    return ModelInfo.from_json({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+    return read_onnx_metadata(model.metadata_props, model.graph.name)
 
 
 def export_tiny(path: Path) -> Path:

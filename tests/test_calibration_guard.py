@@ -17,7 +17,7 @@ from scaseg.calibration.guard import block_of, miou, run_guard
 from scaseg.calibration.ranges import collect_stats
 from scaseg.calibration.session import first_output, runner
 from scaseg.data.datasets import open_dataset
-from scaseg.metadata import METADATA_KEY, ModelInfo
+from scaseg.metadata import read_onnx_metadata
 from scaseg.runtime.backends import open_backend
 from scaseg.runtime.bench import evaluate
 from scaseg.runtime.predictor import Predictor
@@ -99,7 +99,7 @@ def test_guard_miou_is_scaseg_bench_miou(tmp_path: Path, resize: str):
         bench = 100.0 * evaluate(Predictor(backend), ds, progress=False)["miou"]
 
     model = onnx.load(str(model_path))
-    info = ModelInfo.from_json({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+    info = read_onnx_metadata(model.metadata_props, model_path)
     held = data.heldout_data([data.Item(Path(p), ds, i) for i, p in enumerate(ds.image_paths)], info)
     run = first_output(model)
     guard = miou(held.to_source([run(b) for b in held.batches], info.num_classes), held.labels, info.num_classes)

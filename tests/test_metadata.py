@@ -23,3 +23,30 @@ def test_model_info_round_trip_and_validation():
 def test_default_palette_is_distinct():
     pal = default_palette(150)
     assert len(set(pal)) == 150 and pal[0] == (0, 0, 0)
+
+
+def test_onnx_entry_has_one_writer_and_one_reader(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from scaseg.metadata import read_onnx_metadata, write_onnx_metadata
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"other": "kept", "scaseg": "{}"})
+    info = ModelInfo(variant="t", num_classes=3)
+    write_onnx_metadata(model, info)
+    write_onnx_metadata(model, info.replace(precision="int8"))  # replaces, never duplicates
+    assert sorted(p.key for p in model.metadata_props) == ["other", "scaseg"]
+    assert read_onnx_metadata(model.metadata_props, "m.onnx").precision == "int8"
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert read_onnx_metadata(session.get_modelmeta().custom_metadata_map, path).precision == "int8"
+    del model.metadata_props[:]
+    with pytest.raises(ScasegError, match=r"the ONNX model m.onnx has no scaseg metadata; export it with scaseg-export"):
+        read_onnx_metadata(model.metadata_props, "m.onnx")
