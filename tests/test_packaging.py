@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,7 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+    # Built from a copy: setuptools reuses a checkout's build/ folder, where a module that was moved or removed
+    # since the last build would still sit and land in the wheel.
+    src = tmp_path_factory.mktemp("src") / "scaseg"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns("build", ".git", "*.egg-info", "__pycache__", ".venv",
+                                                               "demo_out", "runs", ".mypy_cache", ".pytest_cache"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
                            "-q", "-w", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     (whl,) = out.glob("scaseg-*.whl")
