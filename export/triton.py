@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from scaseg import suffixes
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_dir
-from scaseg.metadata import METADATA_KEY, ModelInfo
+from scaseg.metadata import ModelInfo, read_onnx_metadata
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 KINDS = ("auto", "gpu", "cpu")
-ENGINE_SUFFIXES = (".trt", ".engine", ".plan")
 #: Triton's default file name per backend (``default_model_filename`` is written too, for readers).
 MODEL_FILENAMES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}
 LABELS_FILENAME = "labels.txt"
@@ -84,10 +84,7 @@ def onnx_signature(path: str | Path) -> tuple[ModelInfo, list[TensorSpec], list[
     """ModelInfo (metadata_props "scaseg"), inputs and outputs of an ONNX model."""
     path = Path(path)
     model = _load_onnx(path)
-    props = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in props:
-        raise ScasegError(f"the ONNX model {path} has no '{METADATA_KEY}' metadata; export it with scaseg-export")
-    info = ModelInfo.from_json(props[METADATA_KEY])
+    info = read_onnx_metadata(model.metadata_props, path)
     weights = {t.name for t in model.graph.initializer}
     inputs = [_onnx_tensor(v, str(path)) for v in model.graph.input if v.name not in weights]
     outputs = [_onnx_tensor(v, str(path)) for v in model.graph.output]
@@ -212,10 +209,10 @@ def _choose_backend(path: Path, backend: str) -> str:
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         return "onnxruntime"
-    if suffix in ENGINE_SUFFIXES:
+    if suffix in suffixes.ENGINE:
         return "tensorrt"
     raise ScasegError(f"cannot tell the Triton backend from {path.name}: expected a .onnx model or a "
-                      f"{'/'.join(ENGINE_SUFFIXES)} TensorRT engine (or pass backend explicitly)")
+                      f"{'/'.join(suffixes.ENGINE)} TensorRT engine (or pass backend explicitly)")
 
 
 def _model_name(path: Path, name: Optional[str]) -> str:
@@ -283,7 +280,7 @@ def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str
         raise ScasegError(f"max_queue_delay_us must be a whole number of microseconds >= 0, got {max_queue_delay_us!r}")
 
     if backend == "onnxruntime":
-        if path.suffix.lower() in ENGINE_SUFFIXES:
+        if path.suffix.lower() in suffixes.ENGINE:
             raise ScasegError(f"{path.name} looks like a TensorRT engine; the onnxruntime backend needs a .onnx model")
         info, inputs, outputs = onnx_signature(path)
         extra_files = _external_files(path)

@@ -25,7 +25,7 @@ import numpy as np
 
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path, check_writable_dir
-from scaseg.metadata import METADATA_KEY, ModelInfo
+from scaseg.metadata import ModelInfo, read_onnx_metadata
 from scaseg.runtime.tensorrt import compat
 from scaseg.runtime.tensorrt.compat import TensorRT
 
@@ -151,10 +151,7 @@ def load_onnx(onnx_path: str) -> tuple[onnx.ModelProto, ModelInfo]:
                           ) from None
     if not model.graph.node:
         raise ScasegError(f"cannot read the ONNX model {onnx_path}: it holds no graph (not an ONNX file?)")
-    props = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in props:
-        raise ScasegError(f"the ONNX model {onnx_path} has no scaseg metadata; export it with scaseg-export")
-    return model, ModelInfo.from_json(props[METADATA_KEY])
+    return model, read_onnx_metadata(model.metadata_props, onnx_path)
 
 
 def graph_precision(model: onnx.ModelProto) -> str:
