@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from scaseg import suffixes
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_dir
 from scaseg.metadata import ModelInfo, read_onnx_metadata
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 KINDS = ("auto", "gpu", "cpu")
+ENGINE_SUFFIXES = (".trt", ".engine", ".plan")
 #: Triton's default file name per backend (``default_model_filename`` is written too, for readers).
 MODEL_FILENAMES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}
 LABELS_FILENAME = "labels.txt"
@@ -209,10 +209,10 @@ def _choose_backend(path: Path, backend: str) -> str:
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         return "onnxruntime"
-    if suffix in suffixes.ENGINE:
+    if suffix in ENGINE_SUFFIXES:
         return "tensorrt"
     raise ScasegError(f"cannot tell the Triton backend from {path.name}: expected a .onnx model or a "
-                      f"{'/'.join(suffixes.ENGINE)} TensorRT engine (or pass backend explicitly)")
+                      f"{'/'.join(ENGINE_SUFFIXES)} TensorRT engine (or pass backend explicitly)")
 
 
 def _model_name(path: Path, name: Optional[str]) -> str:
@@ -280,7 +280,7 @@ def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str
         raise ScasegError(f"max_queue_delay_us must be a whole number of microseconds >= 0, got {max_queue_delay_us!r}")
 
     if backend == "onnxruntime":
-        if path.suffix.lower() in suffixes.ENGINE:
+        if path.suffix.lower() in ENGINE_SUFFIXES:
             raise ScasegError(f"{path.name} looks like a TensorRT engine; the onnxruntime backend needs a .onnx model")
         info, inputs, outputs = onnx_signature(path)
         extra_files = _external_files(path)
