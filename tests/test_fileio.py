@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_dir, atomic_path
 
 
