@@ -296,12 +296,15 @@ class SCASegHead(nn.Module):
 
 def set_query_chunk(model: nn.Module, query_chunk: Optional[int]) -> int:
     """Set ``query_chunk`` on every StripAttentionCore in ``model``; returns how many were set."""
-    count = 0
-    for module in model.modules():
-        if isinstance(module, StripAttentionCore):
-            module.query_chunk = query_chunk
-            count += 1
-    return count
+    return _set_on_cores(model, "query_chunk", query_chunk)
+
+
+def _set_on_cores(model: nn.Module, name: str, value: Optional[int]) -> int:
+    """Set attribute ``name`` on every StripAttentionCore of ``model``; returns how many."""
+    cores = [m for m in model.modules() if isinstance(m, StripAttentionCore)]
+    for core in cores:
+        setattr(core, name, value)
+    return len(cores)
 
 
 def set_grid_points(model: nn.Module, points: Optional[int]) -> int:
@@ -313,12 +316,7 @@ def set_grid_points(model: nn.Module, points: Optional[int]) -> int:
         raise ValueError(f"grid attention needs at least {MIN_GRID_POINTS} points, got {points}")
     if points is not None and any(isinstance(m, StripCrossAttention) and m.attention != "strip" for m in model.modules()):
         raise ValueError("grid attention needs strip attention (one query/key channel per head), not vanilla")
-    count = 0
-    for module in model.modules():
-        if isinstance(module, StripAttentionCore):
-            module.grid_points = points
-            count += 1
-    return count
+    return _set_on_cores(model, "grid_points", points)
 
 
 def init_decoder_weights(module: nn.Module) -> None:
