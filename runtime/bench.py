@@ -17,7 +17,7 @@ import typer
 
 from scaseg import DEFAULT_MODEL_FILE, default_model
 from scaseg.cli import make_app, parse_size, quiet_option
-from scaseg.runtime.backends import fixed_size, open_backend
+from scaseg.runtime.backends import ModelFile, model_file, open_backend
 from scaseg.errors import ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_path, check_output, refuse_overwrite, same_path
 from scaseg.metadata import ModelInfo
@@ -114,18 +114,18 @@ def evaluate(predictor: Predictor, ds: Any, limit: Optional[int] = None, progres
             "class_names": list(ds.classes), "images": total, "dataset": ds.kind, "split": ds.split}
 
 
-def bench_one(path: str, *, backend: str, device: Optional[str], threads: Optional[int], imgsz: Optional[tuple[int, int]],
+def bench_one(model: ModelFile, *, backend: str, device: Optional[str], threads: Optional[int], imgsz: Optional[tuple[int, int]],
               batch: Optional[int], warmup: int, runs: int, data: Optional[str], dataset: str, split: str,
               limit: Optional[int], progress: bool) -> dict[str, Any]:
     """Benchmark one model file; returns the JSON record (see docs/runtime.md)."""
-    with open_backend(path, backend, device=device, threads=threads) as be:
-        fixed = fixed_size(be)
-        if imgsz is not None and fixed is not None and tuple(imgsz) != fixed:
-            # One --imgsz across a mixed list: it applies to the dynamic models; static ones keep their size.
-            print(f"scaseg-bench: {os.path.basename(path)} has a fixed {fixed[0]}x{fixed[1]} input; --imgsz ignored for it",
-                  file=sys.stderr)
-            imgsz = None
-        predictor = Predictor(be, imgsz, batch)
+    path = model.path
+    with open_backend(model, backend, device=device, threads=threads) as be:
+        # One --imgsz across a mixed list: it applies to the dynamic models; static ones keep their size.
+        predictor = Predictor(be, imgsz, batch, static_wins=True)
+        if predictor.imgsz_ignored:
+            assert predictor.size is not None
+            print(f"scaseg-bench: {os.path.basename(path)} has a fixed {predictor.size[0]}x{predictor.size[1]} input; "
+                  "--imgsz ignored for it", file=sys.stderr)
         record: dict[str, Any] = {
             "file": os.path.basename(path), "path": os.path.abspath(path), "backend": be.name, "device": be.device,
             "precision": be.info.precision, "variant": be.info.variant, "output": be.info.output,
@@ -235,9 +235,7 @@ def bench(
         models = [default_model()]
         print(f"scaseg-bench: no model given: timing the shipped default {models[0]} "
               "(trained on synthetic street scenes only)", file=sys.stderr)
-    for path in models:  # fail on a typo before spending minutes on the models before it
-        if not os.path.isfile(path):
-            raise ScasegError(f"model not found: {path}")
+    files = [model_file(path) for path in models]  # fail on a typo before spending minutes on the models before it
     if data is not None and not Path(data).expanduser().is_dir():
         raise ScasegError(f"dataset folder not found: {data}")
     size = parse_size(imgsz)
@@ -252,10 +250,10 @@ def bench(
             raise ScasegError(f"-o {dest} is given twice; give each output its own file")
         check_output(dest)
     records = []
-    for path in models:
+    for mf in files:
         if not quiet:
-            print(f"scaseg-bench: {path}", file=sys.stderr)
-        records.append(bench_one(path, backend=backend.value, device=device, threads=threads, imgsz=size, batch=batch,
+            print(f"scaseg-bench: {mf.path}", file=sys.stderr)
+        records.append(bench_one(mf, backend=backend.value, device=device, threads=threads, imgsz=size, batch=batch,
                                  warmup=warmup, runs=runs, data=data, dataset=dataset,
                                  split=split, limit=limit, progress=not quiet))
     print(format_table(records))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from runtime_models import BLUE, GREEN, RED, conv_weights, halves, halves_labels, make_onnx
 
-from scaseg.runtime.backends import backend_for, fixed_batch, fixed_size, open_backend
+from scaseg.runtime.backends import Backend, InputMetadata, backend_for, model_file, open_backend
 from scaseg.runtime.backends.onnxruntime import choose_providers, parse_device
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
@@ -29,7 +29,8 @@ def test_onnx_logits_match_numpy(tmp_path):
     np.testing.assert_allclose(out, expected, atol=1e-5)
     assert be.info.num_classes == 4 and be.info.variant == "tiny"
     assert be.name == "onnxruntime" and be.device == "CPU"
-    assert fixed_batch(be) == 1 and fixed_size(be) == (32, 48)
+    assert be.fixed_batch == 1 and be.fixed_size == (32, 48)
+    assert be.get_input_metadata() == InputMetadata("images", np.dtype(np.float32), (1, 3, 32, 48))
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
@@ -62,7 +63,8 @@ def test_predictor_maps_back_to_odd_source_size(tmp_path):
 def test_dynamic_model_uses_imgsz_and_native_size(tmp_path):
     path = make_onnx(tmp_path / "dyn.onnx", size=None, batch=None)
     be = open_backend(path)
-    assert fixed_size(be) is None and fixed_batch(be) is None
+    assert be.fixed_size is None and be.fixed_batch is None
+    assert be.get_input_metadata().shape == (None, 3, None, None)
     assert Predictor(be).size is None  # no trained size in the metadata: native size
     assert Predictor(be, parse_size("16x24")).size == (16, 24)
     pred = Predictor(be, parse_size("16"), batch=3)
@@ -85,7 +87,7 @@ def test_static_batch_is_padded_and_enforced(tmp_path):
 
 def test_model_without_metadata_needs_info(tmp_path):
     path = make_onnx(tmp_path / "bare.onnx", metadata=False)
-    with pytest.raises(ScasegError, match="no 'scaseg' metadata"):
+    with pytest.raises(ScasegError, match="has no scaseg metadata"):
         open_backend(path)
     info = ModelInfo("given", 3, input_size=(32, 48), input_name="images", output_name="logits")
     be = open_backend(path, info=info)
@@ -118,6 +120,36 @@ def test_bad_model_files(tmp_path):
         open_backend(tmp_path / "dir.onnx")
     with pytest.raises(ScasegError, match="unknown backend"):
         open_backend(make_onnx(tmp_path / "m.onnx"), backend="openvino")
+
+
+def test_the_interface_declares_what_callers_need(tmp_path):
+    # A backend that does not say what its graph takes cannot be made: no hasattr probes downstream.
+    class Silent(Backend):
+        def infer(self, batch):
+            return batch
+
+    with pytest.raises(TypeError, match="get_input_metadata"):
+        Silent("m.onnx", ModelInfo("t", 3))
+
+    class Fixed(Silent):
+        def get_input_metadata(self):
+            return InputMetadata("x", np.dtype(np.float16), (4, 3, 8, 16))
+
+    be = Fixed("m.onnx", ModelInfo("t", 3, input_size=(99, 99)))  # the graph wins over the metadata
+    assert be.fixed_batch == 4 and be.fixed_size == (8, 16) and be.precision == "fp32"
+    pred = Predictor(be, imgsz=(32, 32), static_wins=True)
+    assert pred.size == (8, 16) and pred.imgsz_ignored and pred.batch == 4
+    assert not Predictor(be, imgsz=(8, 16)).imgsz_ignored
+
+
+def test_model_file_is_checked_once_at_the_edge(tmp_path):
+    path = make_onnx(tmp_path / "m.onnx")
+    checked = model_file(path)
+    path.unlink()  # a ModelFile is trusted: open_backend does not look again
+    with pytest.raises(ScasegError, match="cannot load the ONNX model"):
+        open_backend(checked)
+    with pytest.raises(ScasegError, match="model not found"):
+        model_file(path)
 
 
 def test_engine_without_side_file_is_one_sentence(tmp_path):

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from scaseg.runtime.backends.base import Backend
+from scaseg.runtime.backends.base import Backend, InputMetadata
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
 
@@ -14,7 +15,7 @@ ENGINE_SUFFIXES = (".trt", ".engine", ".plan")
 TORCH_SUFFIXES = (".pth", ".pt", ".safetensors")
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 
-__all__ = ["Backend", "BACKENDS", "open_backend", "backend_for", "fixed_batch", "fixed_size"]
+__all__ = ["Backend", "BACKENDS", "InputMetadata", "ModelFile", "model_file", "open_backend", "backend_for"]
 
 
 def backend_for(path: str) -> str:
@@ -30,8 +31,27 @@ def backend_for(path: str) -> str:
     raise ScasegError(f"cannot tell what kind of model {path} is: expected a file ending in {known}")
 
 
+@dataclass(frozen=True)
+class ModelFile:
+    """A model path checked once, at the edge: it exists, is a file and can be read (made by ``model_file``)."""
+
+    path: str
+
+
+def model_file(path: str | os.PathLike) -> ModelFile:
+    """Check a model path (exists, a file, readable) and return it as a ModelFile; one sentence otherwise."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise ScasegError(f"model not found: {path}")
+    if not os.path.isfile(path):
+        raise ScasegError(f"the model path {path} is a folder; expected a model file")
+    if not os.access(path, os.R_OK):
+        raise ScasegError(f"the model file {path} is not readable")
+    return ModelFile(path)
+
+
 def open_backend(
-    path: str | os.PathLike,
+    model: str | os.PathLike | ModelFile,
     backend: str = "auto",
     *,
     device: Optional[str] = None,
@@ -40,17 +60,12 @@ def open_backend(
 ) -> Backend:
     """Load a model with the right backend: .onnx -> ONNX Runtime, .trt/.engine/.plan -> TensorRT, .pth/.pt -> PyTorch.
 
-    ``device``: auto | cpu | cuda[:N] | tensorrt. ``info`` overrides (or stands in for missing) model metadata.
+    ``model``: a path (checked here) or a ModelFile the caller checked already. ``device``: auto | cpu | cuda[:N] |
+    tensorrt. ``info`` overrides (or stands in for missing) model metadata.
     """
-    path = str(path)
     if backend not in BACKENDS:
         raise ScasegError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    if not os.path.exists(path):
-        raise ScasegError(f"model not found: {path}")
-    if not os.path.isfile(path):
-        raise ScasegError(f"the model path {path} is a folder; expected a model file")
-    if not os.access(path, os.R_OK):
-        raise ScasegError(f"the model file {path} is not readable")
+    path = (model if isinstance(model, ModelFile) else model_file(model)).path
     kind = backend_for(path) if backend == "auto" else backend
     if kind == "onnxruntime":
         from scaseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -77,21 +92,3 @@ def _open_tensorrt(path: str, info: Optional[ModelInfo], device: Optional[str]) 
 
     # The runner reads the side file first, then finds TensorRT (one sentence when there is none).
     return TensorRTBackend(path, info, device=index)
-
-
-def fixed_batch(backend: Backend) -> Optional[int]:
-    """The batch size a model's graph insists on, or None when it takes any."""
-    if hasattr(backend, "fixed_batch"):  # the backend read its graph: trust it over the metadata
-        value = getattr(backend, "fixed_batch")
-        return None if value is None else int(value)
-    return None if backend.info.dynamic_batch else int(backend.info.batch)
-
-
-def fixed_size(backend: Backend) -> Optional[tuple[int, int]]:
-    """(H, W) a model's graph insists on, or None when its spatial axes are dynamic."""
-    if hasattr(backend, "fixed_size"):
-        value = getattr(backend, "fixed_size")
-        return None if value is None else (int(value[0]), int(value[1]))
-    if backend.info.dynamic_spatial or backend.info.input_size is None:
-        return None
-    return tuple(backend.info.input_size)  # type: ignore[return-value]

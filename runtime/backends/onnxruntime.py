@@ -1,15 +1,14 @@
 """ONNX Runtime backend: TensorRT, CUDA or CPU execution providers, metadata read from the model itself."""
 from __future__ import annotations
 
-import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
-from scaseg.runtime.backends.base import Backend
+from scaseg.runtime.backends.base import Backend, InputMetadata
 from scaseg.errors import ScasegError
-from scaseg.metadata import METADATA_KEY, ModelInfo
+from scaseg.metadata import ModelInfo, read_onnx_metadata
 
 _TRT_EP = "TensorrtExecutionProvider"
 _CUDA_EP = "CUDAExecutionProvider"
@@ -63,8 +62,6 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, path: str, info: Optional[ModelInfo] = None, *, device: Optional[str] = None,
                  threads: Optional[int] = None) -> None:
-        if not os.path.isfile(path):
-            raise ScasegError(f"model not found: {path}")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
@@ -78,10 +75,7 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # onnxruntime raises its own pybind exception types for every load failure
             raise ScasegError(f"cannot load the ONNX model {path}: {_first_line(exc)}") from None
         if info is None:
-            text = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-            if text is None:
-                raise ScasegError(f"the ONNX model {path} has no '{METADATA_KEY}' metadata; export it with scaseg-export")
-            info = ModelInfo.from_json(text)
+            info = read_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         super().__init__(path, info)
         self._check_graph()
 
@@ -97,9 +91,9 @@ class OnnxRuntimeBackend(Backend):
         inp = inputs[info.input_name]
         if len(inp.shape) != 4 or _dim(inp.shape[1]) not in (None, 3):
             raise ScasegError(f"the input of {where} has shape {inp.shape}; expected (batch, 3, height, width)")
-        self.input_shape: tuple[Optional[int], ...] = tuple(_dim(d) for d in inp.shape)
-        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-        static_hw = self.input_shape[2:]
+        self._input = InputMetadata(inp.name, np.dtype(np.float16 if inp.type == "tensor(float16)" else np.float32),
+                                    tuple(_dim(d) for d in inp.shape))
+        static_hw = self._input.shape[2:]
         if None not in static_hw and info.input_size is not None and tuple(static_hw) != tuple(info.input_size):
             raise ScasegError(f"the metadata of {where} says input size {tuple(info.input_size)} but the graph takes {tuple(static_hw)}")
         out = outputs[info.output_name]
@@ -109,14 +103,8 @@ class OnnxRuntimeBackend(Backend):
         if info.output == "logits" and _dim(out.shape[1]) not in (None, info.num_classes):
             raise ScasegError(f"the metadata of {where} says {info.num_classes} classes but the model outputs {out.shape[1]}")
 
-    @property
-    def fixed_batch(self) -> Optional[int]:
-        return self.input_shape[0]
-
-    @property
-    def fixed_size(self) -> Optional[tuple[int, int]]:
-        h, w = self.input_shape[2:]
-        return (h, w) if h is not None and w is not None else None
+    def get_input_metadata(self) -> InputMetadata:
+        return self._input
 
     @property
     def device(self) -> str:
@@ -124,7 +112,7 @@ class OnnxRuntimeBackend(Backend):
         return {"TensorrtExecutionProvider": "TensorRT EP", "CUDAExecutionProvider": "CUDA EP"}.get(used[0], "CPU")
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        feed = {self.info.input_name: np.ascontiguousarray(batch, dtype=self.input_dtype)}
+        feed = {self.info.input_name: np.ascontiguousarray(batch, dtype=self._input.dtype)}
         try:
             (out,) = self.session.run([self.info.output_name], feed)
         except Exception as exc:

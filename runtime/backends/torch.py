@@ -1,12 +1,11 @@
 """PyTorch eager reference backend: runs a checkpoint directly (only where torch is installed; imported lazily)."""
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import numpy as np
 
-from scaseg.runtime.backends.base import Backend
+from scaseg.runtime.backends.base import Backend, InputMetadata
 from scaseg.runtime.backends.onnxruntime import parse_device
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
@@ -16,13 +15,9 @@ class TorchBackend(Backend):
     """A .pth / .pt / .safetensors checkpoint loaded with scaseg.checkpoint.load_model and run in eval mode."""
 
     name = "torch"
-    fixed_batch: Optional[int] = None  # eager mode takes any batch and size
-    fixed_size: Optional[tuple[int, int]] = None
 
     def __init__(self, path: str, info: Optional[ModelInfo] = None, *, device: Optional[str] = None,
                  threads: Optional[int] = None) -> None:
-        if not os.path.isfile(path):
-            raise ScasegError(f"model not found: {path}")
         try:
             import torch  # the runtime stays torch-free unless this reference backend is asked for
         except ImportError:
@@ -44,6 +39,10 @@ class TorchBackend(Backend):
         model, ckpt_info = loaded[0], loaded[1]
         super().__init__(path, info or ckpt_info)
         self.model = model.eval().to(self._device)
+
+    def get_input_metadata(self) -> InputMetadata:
+        # Eager mode takes any batch and size.
+        return InputMetadata(self.info.input_name, np.dtype(np.float32), (None, 3, None, None))
 
     @property
     def device(self) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
@@ -29,7 +28,7 @@ import numpy as np
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path
 from scaseg.metadata import ModelInfo
-from scaseg.runtime.backends.base import Backend
+from scaseg.runtime.backends.base import Backend, InputMetadata
 from scaseg.runtime.tensorrt import compat
 from scaseg.runtime.tensorrt.cuda import CudaRuntime, Handle, load_cuda, require_device
 
@@ -96,8 +95,6 @@ class TensorRTBackend(Backend):
         self._runtime: Any = None
         self._runtime_cache: Any = None
         self.cuda: Optional[CudaRuntime] = None
-        if not os.path.isfile(path):
-            raise ScasegError(f"engine not found: {path}")
         side: Optional[ModelInfo] = None
         if info is None or compat.side_file(path).is_file():
             side = compat.read_engine_info(path)
@@ -332,17 +329,10 @@ class TensorRTBackend(Backend):
     def device(self) -> str:
         return f"CUDA:{self.device_index} {getattr(self, 'gpu_name', '')}".strip()
 
-    @property
-    def fixed_batch(self) -> Optional[int]:
-        """The batch size the engine insists on, or None when its batch axis is dynamic."""
-        dim = self._input.engine_shape[0]
-        return None if dim == -1 else int(dim)
-
-    @property
-    def fixed_size(self) -> Optional[tuple[int, int]]:
-        """(H, W) the engine insists on, or None when a spatial axis is dynamic."""
-        h, w = self._input.engine_shape[-2:]
-        return None if -1 in (h, w) else (int(h), int(w))
+    def get_input_metadata(self) -> InputMetadata:
+        """The engine's input: its name, dtype and shape, None where the axis is dynamic (-1 in TensorRT)."""
+        inp = self._input
+        return InputMetadata(inp.name, inp.dtype, tuple(None if d == -1 else int(d) for d in inp.engine_shape))
 
     def close(self) -> None:
         """Free device and pinned memory, the graph, the stream, the context and the engine; safe to call twice."""
