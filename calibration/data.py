@@ -16,13 +16,14 @@ import cv2
 import numpy as np
 
 from scaseg.calibration.ranges import BINS, TensorStats
-from scaseg.data.datasets import IMAGE_EXTENSIONS, SegDataset, detect_kind, list_images, open_dataset
+from scaseg.data.datasets import SegDataset, detect_kind, list_images, open_dataset
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path
 from scaseg.metadata import ModelInfo
 from scaseg.data.images import read_image
 from scaseg.runtime.predictor import output_to_labels
 from scaseg.runtime.preprocess import Geometry, preprocess
+from scaseg.suffixes import IMAGE_SUFFIXES
 
 MIN_CALIB_IMAGES = 4
 MIN_HELDOUT_IMAGES = 2
@@ -103,7 +104,7 @@ def open_calibration(source: str, calib_num: int) -> CalibrationSet:
         items = [Item(p) for p in list_images(root)]
         need = MIN_CALIB_IMAGES + MIN_HELDOUT_IMAGES
         if not items:
-            raise ScasegError(f"the calibration folder {root} holds no images (expected {', '.join(IMAGE_EXTENSIONS)} files)")
+            raise ScasegError(f"the calibration folder {root} holds no images (expected {', '.join(IMAGE_SUFFIXES)} files)")
         _refuse_undecodable(root, [it.path for it in items])
         if len(items) < need:
             raise ScasegError(f"the calibration folder {root} holds {len(items)} images; at least {need} are needed "

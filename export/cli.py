@@ -20,6 +20,7 @@ from scaseg.cli import SIZE_METAVAR, make_app, parse_size, quiet_option
 from scaseg.errors import ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_path, check_output, created_folders, refuse_overwrite, remove_stale, temp_token
 from scaseg.progress import progress, write
+from scaseg.suffixes import ENGINE_SUFFIX, ONNX_SUFFIX, ONNX_SUFFIXES
 
 app = make_app(__doc__)
 
@@ -73,10 +74,10 @@ def default_output(checkpoint: Path, fmt: str, precision: str) -> Path:
     """model.pth -> model.onnx / model.fp16.onnx / model.engine / model_triton/ beside the checkpoint."""
     stem = checkpoint.with_suffix("")
     if fmt == "engine":
-        return stem.with_name(f"{stem.name}{'' if precision == 'fp32' else '.' + precision}.engine")
+        return stem.with_name(f"{stem.name}{'' if precision == 'fp32' else '.' + precision}{ENGINE_SUFFIX}")
     if fmt == "triton":
         return stem.with_name(f"{stem.name}_triton")
-    return stem.with_name(f"{stem.name}{'' if precision == 'fp32' else '.' + precision}.onnx")
+    return stem.with_name(f"{stem.name}{'' if precision == 'fp32' else '.' + precision}{ONNX_SUFFIX}")
 
 
 def _say(text: str) -> None:
@@ -118,7 +119,7 @@ def export(
     version: bool = version_option("scaseg-export"),
 ) -> None:
     """Export CHECKPOINT to ONNX (and optionally on to fp16/int8, a TensorRT engine or a Triton repository)."""
-    if checkpoint.suffix.lower() == ".onnx":  # an exported ONNX -> engine: no torch, no re-export
+    if checkpoint.suffix.lower() in ONNX_SUFFIXES:  # an exported ONNX -> engine: no torch, no re-export
         if fmt.value != "engine":
             raise ScasegError(f"{checkpoint.name} is an ONNX model: scaseg-export builds engines from ONNX files "
                               "(--format engine); export a checkpoint for --format onnx or triton")
@@ -126,7 +127,7 @@ def export(
 
         source = checkpoint.expanduser()
         named = source.stem.endswith(f".{precision.value}")  # model.fp16.onnx -> model.fp16.engine
-        dest = output.expanduser() if output else (source.with_suffix(".engine") if named else
+        dest = output.expanduser() if output else (source.with_suffix(ENGINE_SUFFIX) if named else
                                                    default_output(source, "engine", precision.value))
         summary = build_from_onnx(
             source, dest, precision=precision.value, tensorrt=tensorrt, compute_capabilities=compute_capability,

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path, check_writable_dir, created_folders
+from scaseg.suffixes import ENGINE_SUFFIX
 
 
 def build_from_onnx(onnx_path: Path, dest: Path, *, precision: str, tensorrt: str,
@@ -38,9 +39,9 @@ def build_from_onnx(onnx_path: Path, dest: Path, *, precision: str, tensorrt: st
         if not calib.expanduser().is_dir():
             raise ScasegError(f"calibration folder not found: {calib}")
     if dest.is_dir():
-        raise ScasegError(f"the output {dest} is a folder; name a file (e.g. {dest / 'model.engine'})")
+        raise ScasegError(f"the output {dest} is a folder; name a file (e.g. {dest / ('model' + ENGINE_SUFFIX)})")
     if dest.resolve() == onnx_path.resolve():
-        raise ScasegError(f"the output {dest} is the input ONNX; name another file (e.g. {dest.with_suffix('.engine')})")
+        raise ScasegError(f"the output {dest} is the input ONNX; name another file (e.g. {dest.with_suffix(ENGINE_SUFFIX)})")
     check_writable_dir(dest)
     say(f"{trt.label} ({trt.generation}): building an {precision} engine from {onnx_path.name} "
         f"(the ONNX carries {carried})")

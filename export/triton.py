@@ -17,10 +17,10 @@ from typing import Any, Optional, Sequence
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_dir
 from scaseg.metadata import ModelInfo, read_onnx_metadata
+from scaseg.suffixes import ENGINE_SUFFIXES, ONNX_SUFFIXES
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 KINDS = ("auto", "gpu", "cpu")
-ENGINE_SUFFIXES = (".trt", ".engine", ".plan")
 #: Triton's default file name per backend (``default_model_filename`` is written too, for readers).
 MODEL_FILENAMES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}
 LABELS_FILENAME = "labels.txt"
@@ -207,7 +207,7 @@ def _choose_backend(path: Path, backend: str) -> str:
     if backend != "auto":
         return backend
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
+    if suffix in ONNX_SUFFIXES:
         return "onnxruntime"
     if suffix in ENGINE_SUFFIXES:
         return "tensorrt"
@@ -285,7 +285,7 @@ def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str
         info, inputs, outputs = onnx_signature(path)
         extra_files = _external_files(path)
     else:
-        if path.suffix.lower() == ".onnx":
+        if path.suffix.lower() in ONNX_SUFFIXES:
             raise ScasegError(f"{path.name} is an ONNX model; the tensorrt backend needs an engine built from it "
                               "(scaseg-export --format engine)")
         if path.stat().st_size == 0:

@@ -21,11 +21,11 @@ from scaseg.fileio import atomic_dir, atomic_path, check_dir_output, check_outpu
 from scaseg.runtime.options import BackendName, backend_option, batch_option, device_option, imgsz_option, threads_option
 from scaseg.runtime.overlay import palette_lut, render_overlay
 from scaseg.runtime.predictor import Predictor
-from scaseg.runtime.video import VIDEO_EXTENSIONS, Frame, ImageSink, Source, StopPipeline, VideoSink, open_source, run_pipeline
+from scaseg.suffixes import IMAGE_SUFFIXES, LABEL_OUTPUT_SUFFIXES, VIDEO_OUTPUT_SUFFIXES, VIDEO_SUFFIXES
+from scaseg.runtime.video import Frame, ImageSink, Source, StopPipeline, VideoSink, open_source, run_pipeline
 
 app = make_app(__doc__)
 
-IMAGE_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # The record a folder output carries: it marks the folder as ours, the one kind of folder a later run may replace.
 RECORD = "scaseg-infer.json"
 
@@ -61,16 +61,16 @@ def _check_output(source: Source, out: Path, fmt: str) -> str:
     """Which sink ``out`` needs ("video", "file" or "folder"), refusing combinations that cannot work."""
     suffix = out.suffix.lower()
     if source.kind == "image":
-        if suffix not in IMAGE_OUTPUT_SUFFIXES:
-            raise ScasegError(f"the output {out} for one image must be an image file ({', '.join(IMAGE_OUTPUT_SUFFIXES)})")
-        if fmt == "labels" and suffix not in (".png", ".tif", ".tiff"):
+        if suffix not in IMAGE_SUFFIXES:
+            raise ScasegError(f"the output {out} for one image must be an image file ({', '.join(IMAGE_SUFFIXES)})")
+        if fmt == "labels" and suffix not in LABEL_OUTPUT_SUFFIXES:
             raise ScasegError(f"label maps need a lossless format; name the output {out.with_suffix('.png')}")
         return "file"
     if source.kind == "folder" or fmt == "labels":
-        if suffix in VIDEO_EXTENSIONS or suffix in IMAGE_OUTPUT_SUFFIXES:
+        if suffix in VIDEO_SUFFIXES or suffix in IMAGE_SUFFIXES:
             raise ScasegError(f"this run writes a folder of images; -o {out} looks like a file name")
         return "folder"
-    if suffix not in (".mp4", ".avi", ".mkv", ".mov", ".m4v"):
+    if suffix not in VIDEO_OUTPUT_SUFFIXES:
         raise ScasegError(f"the output video {out} needs a .mp4, .avi or .mkv name")
     return "video"
 

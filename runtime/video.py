@@ -17,6 +17,7 @@ import numpy as np
 from scaseg.errors import ScasegError
 from scaseg.data.images import VideoFile, read_image, to_rgb_uint8, write_image
 from scaseg.runtime.preprocess import Geometry
+from scaseg.suffixes import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
     from scaseg.runtime.predictor import Predictor
@@ -31,7 +32,6 @@ try:  # OpenCV's own error log (e.g. "Camera index out of range") for the same r
 except (ImportError, AttributeError):  # older OpenCV builds without the logging binding
     pass
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 # Consecutive undecodable frames tolerated inside a video before the rest is treated as unreadable.
 MAX_BAD_FRAMES = 30
 FALLBACK_FPS = 30.0
@@ -154,14 +154,14 @@ def open_source(spec: str) -> Source:
     if not path.exists():
         raise ScasegError(f"source not found: {spec} (expected a video, an image, a folder of images, "
                           "a camera index or a stream URL)")
-    from scaseg.data.datasets import IMAGE_EXTENSIONS, list_images
+    from scaseg.data.datasets import list_images
 
     if path.is_dir():
         images = list_images(path)
         if not images:
-            raise ScasegError(f"the folder {spec} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise ScasegError(f"the folder {spec} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return ImageSource(images, path, path.name)
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
+    if path.suffix.lower() in IMAGE_SUFFIXES:
         read_image(str(path))  # a lone image that cannot be read is an error, not a skipped frame
         return ImageSource([path], None, path.stem)
     if not os.access(path, os.R_OK):

@@ -9,10 +9,8 @@ from typing import Optional
 from scaseg.runtime.backends.base import Backend, InputMetadata
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
+from scaseg.suffixes import CHECKPOINT_SUFFIXES as TORCH_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
 
-ONNX_SUFFIXES = (".onnx",)
-ENGINE_SUFFIXES = (".trt", ".engine", ".plan")
-TORCH_SUFFIXES = (".pth", ".pt", ".safetensors")
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 
 __all__ = ["Backend", "BACKENDS", "InputMetadata", "ModelFile", "model_file", "open_backend", "backend_for"]

@@ -18,11 +18,9 @@ from scaseg.data import classes as dc
 from scaseg.errors import ScasegError
 from scaseg.metadata import default_palette
 from scaseg.data.images import read_image
+from scaseg.suffixes import IMAGE_SUFFIXES, LABEL_SUFFIXES
 
 DATASET_KINDS = ("cityscapes", "ade20k", "voc", "cocostuff", "folder")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-# Label maps must be lossless: a JPEG label would hold invented class ids along every edge.
-LABEL_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 IGNORE_INDEX = 255
 
 # How a label file is turned into train ids (a name, not a function, so datasets pickle cheaply).
@@ -184,11 +182,11 @@ def decode_label(path: Union[str, Path], label_format: str, num_classes: int, ig
 
 
 def list_images(folder: Union[str, Path], *, recursive: bool = True) -> list[Path]:
-    """Image files (IMAGE_EXTENSIONS, any case) in a folder, sorted by relative path; hidden files are skipped."""
+    """Image files (IMAGE_SUFFIXES, any case) in a folder, sorted by relative path; hidden files are skipped."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ScasegError(f"image folder not found: {folder}")
-    return _list_files(folder, IMAGE_EXTENSIONS, recursive)
+    return _list_files(folder, IMAGE_SUFFIXES, recursive)
 
 
 def _list_files(folder: Path, extensions: Sequence[str], recursive: bool) -> list[Path]:
@@ -211,7 +209,7 @@ def _has_image(folder: Path) -> bool:
     """Whether any image lies in the folder or below it (stops at the first one)."""
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if any(_wanted(f, IMAGE_EXTENSIONS) for f in filenames):
+        if any(_wanted(f, IMAGE_SUFFIXES) for f in filenames):
             return True
     return False
 
@@ -303,10 +301,10 @@ def _open_ade20k(root: Path, split: str, classes: Optional[Sequence[str]]) -> Se
     image_dir = _require_dir(base / "images" / folder, f"ADE20K images (ADEChallengeData2016/images/{folder}/ADE_*.jpg)")
     label_dir = _require_dir(base / "annotations" / folder,
                              f"ADE20K annotations (ADEChallengeData2016/annotations/{folder}/ADE_*.png)")
-    images = _stem_map(image_dir, _list_files(image_dir, IMAGE_EXTENSIONS, False), "image")
+    images = _stem_map(image_dir, _list_files(image_dir, IMAGE_SUFFIXES, False), "image")
     if not images:
         raise ScasegError(f"no images in {image_dir}: expected ADE_*.jpg files")
-    labels = _stem_map(label_dir, _list_files(label_dir, LABEL_EXTENSIONS, False), "label")
+    labels = _stem_map(label_dir, _list_files(label_dir, LABEL_SUFFIXES, False), "label")
     names, image_paths, label_paths = _pair_up(images, labels, image_dir, label_dir, "<name>.png")
     return SegDataset("ade20k", split, base, _check_classes("ade20k", dc.ADE20K_CLASSES, classes),
                       list(dc.ADE20K_PALETTE), image_paths, list(label_paths), names, label_format=_ADE20K)
@@ -346,7 +344,7 @@ def _open_cocostuff(root: Path, split: str, classes: Optional[Sequence[str]]) ->
     image_dir = _require_dir(root / "images" / folder, f"COCO-Stuff images (images/{folder}/*.jpg)")
     label_dir = _require_dir(root / "annotations" / folder,
                              f"COCO-Stuff labels (annotations/{folder}/*_labelTrainIds.png)")
-    images = _stem_map(image_dir, _list_files(image_dir, IMAGE_EXTENSIONS, False), "image")
+    images = _stem_map(image_dir, _list_files(image_dir, IMAGE_SUFFIXES, False), "image")
     if not images:
         raise ScasegError(f"no images in {image_dir}: expected <id>.jpg files")
     suffix = "_labelTrainIds.png"
@@ -380,9 +378,9 @@ def _open_folder(root: Path, split: str, classes: Union[Sequence[str], int, None
         image_dir, label_dir = root, None
     images = _stem_map(image_dir, list_images(image_dir), "image")
     if not images:
-        raise ScasegError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
+        raise ScasegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
     if label_dir is not None and label_dir.is_dir():
-        labels = _stem_map(label_dir, _list_files(label_dir, LABEL_EXTENSIONS, True), "label")
+        labels = _stem_map(label_dir, _list_files(label_dir, LABEL_SUFFIXES, True), "label")
         names, image_paths, label_paths = _pair_up(images, labels, image_dir, label_dir, "a .png of the same name")
         paths: list[Optional[Path]] = list(label_paths)
     else:

@@ -17,6 +17,7 @@ from typing import Optional
 
 from scaseg.errors import ScasegError
 from scaseg.fileio import write_bytes
+from scaseg.suffixes import VIDEO_FOURCC
 
 
 def to_rgb_uint8(image: np.ndarray, *, bgr: bool = False) -> np.ndarray:
@@ -72,10 +73,6 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     write_bytes(p, data.tobytes())
 
 
-# Codec per container; OpenCV's FFmpeg writes MPEG-4 part 2 everywhere, MJPG into AVI.
-FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
-
-
 class VideoFile:
     """cv2.VideoWriter that opens at the first frame's size and, on close, checks that the file plays.
 
@@ -90,7 +87,7 @@ class VideoFile:
         self.size: Optional[tuple[int, int]] = None
         self.frames = 0
         ext = (suffix or self.path.suffix.lower().split(".tmp")[-1] or ".mp4").lower()
-        self.fourcc = FOURCC.get(ext, "mp4v")
+        self.fourcc = VIDEO_FOURCC.get(ext, "mp4v")
 
     def write(self, bgr: np.ndarray) -> None:
         """Append one frame (BGR or grayscale uint8); a frame of another size is resized to the first one's."""
