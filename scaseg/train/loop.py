@@ -14,7 +14,6 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,78 +24,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import scaseg
-from scaseg.data.datasets import SegDataset, open_dataset
+from scaseg.data.datasets import IGNORE_INDEX, SegDataset, open_dataset
 from scaseg.checkpoint import torch_save
 from scaseg.errors import Interrupted, ScasegError
 from scaseg.fileio import atomic_path, check_writable_dir, refuse_overwrite
 from scaseg.progress import progress as progress_bar, write
-from scaseg.metadata import IMAGENET_MEAN, IMAGENET_STD
-from scaseg.data.metrics import SegMetrics
-from scaseg.runtime.preprocess import label_dtype, labels_to_source, preprocess
 from scaseg.train import dist as D
+from scaseg.train.config import TrainConfig
 from scaseg.train.data import Augment, StreamSampler, TrainSet, collate, unwrap
+from scaseg.train.evaluate import evaluate
 
 STATE_FILE = "train_state.pt"
 STATE_FORMAT = "scaseg-train-state"
-IGNORE_INDEX = 255
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; stored in the training state so a resume can check it."""
-
-    data: str
-    out: str
-    dataset: str = "auto"
-    variant: str = "scaseg-t"
-    iters: int = 160_000
-    batch: int = 2  # per process
-    crop: tuple[int, int] = (512, 512)
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    base_short: Optional[int] = None
-    lr: float = 6e-5
-    weight_decay: float = 0.01
-    head_lr_mult: float = 10.0
-    warmup: int = 1500
-    warmup_ratio: float = 1e-6
-    power: float = 1.0
-    val_interval: int = 4000  # 0: never validate
-    ckpt_interval: int = 0  # 0: same as val_interval (or only at the end when that is 0 too)
-    val_size: Optional[tuple[int, int]] = None  # None: validate at the stored image size
-    train_split: str = "train"
-    val_split: str = "val"
-    workers: int = 2
-    amp: str = "auto"  # auto | off | bf16 | fp16
-    pretrained: Optional[str] = None
-    resume: Optional[str] = None
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0  # torch intra-op threads; 0: PyTorch's default
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    quiet: bool = False  # no progress output
-    class_weight: str = "none"  # none | balanced (balanced_class_weights of the train split)
-
-    def checked(self) -> "TrainConfig":
-        """Refuse values that cannot work, each with one sentence."""
-        if self.iters < 1:
-            raise ScasegError(f"--iters must be at least 1, not {self.iters}")
-        if self.batch < 1:
-            raise ScasegError(f"--batch must be at least 1, not {self.batch}")
-        if min(self.crop) < 32:
-            raise ScasegError(f"--crop must be at least 32x32 (the encoder's stride is 32), not {self.crop}")
-        lo, hi = self.scale_range
-        if not 0 < lo <= hi:
-            raise ScasegError(f"--scale-range must be two positive numbers, low <= high, not {lo} {hi}")
-        if not self.lr > 0:
-            raise ScasegError(f"--lr must be positive, not {self.lr}")
-        for flag, value in (("--weight-decay", self.weight_decay), ("--warmup", self.warmup), ("--workers", self.workers)):
-            if not value >= 0:
-                raise ScasegError(f"{flag} must be 0 or more, not {value}")
-        if self.class_weight not in ("none", "balanced"):
-            raise ScasegError(f"--class-weight must be none or balanced, not {self.class_weight!r}")
-        if self.amp not in ("auto", "off", "bf16", "fp16"):
-            raise ScasegError(f"--amp must be auto, off, bf16 or fp16, not {self.amp!r}")
-        return self
 
 
 def lr_factor(it: int, *, total: int, warmup: int, warmup_ratio: float = 1e-6, power: float = 1.0) -> float:
@@ -156,40 +95,6 @@ def balanced_class_weights(data: SegDataset, num_classes: int) -> torch.Tensor:
     weight = np.where(counts > 0, 1.0 / np.log(1.02 + freq), 0.0)
     weight /= max(float((weight * freq).sum()), 1e-12)
     return torch.tensor(weight, dtype=torch.float32)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: SegDataset,
-    env: D.DistEnv = D.DistEnv(),
-    *,
-    size: Optional[tuple[int, int]] = None,
-    mean: tuple[float, ...] = IMAGENET_MEAN,
-    std: tuple[float, ...] = IMAGENET_STD,
-    amp: Optional[torch.dtype] = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """mIoU of ``model`` on ``data`` at the source resolution, with the runtime's preprocessing; ranks split the images."""
-    was_training = model.training
-    model.eval()
-    metrics = SegMetrics(data.num_classes, ignore_index=IGNORE_INDEX)
-    indices = range(env.rank, len(data), env.world_size)
-    autocast = torch.autocast(env.device.type, dtype=amp) if amp else nullcontext()
-    for i in progress_bar(indices, desc="val", unit="img", leave=False, file=sys.stderr, disable=not (progress and env.is_main)):
-        sample = data[i]
-        if sample.label is None:
-            raise ScasegError(f"validation needs labels, but the image {sample.name} has none")
-        x, geom = preprocess(sample.image, size, mean, std, "stretch")
-        with autocast:
-            logits = model(torch.from_numpy(x)[None].to(env.device))
-        if logits.shape[-2:] != x.shape[-2:]:
-            logits = F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        pred = logits.argmax(1)[0].cpu().numpy().astype(label_dtype(data.num_classes))
-        metrics.update(labels_to_source(pred, geom), sample.label)
-    metrics.confusion = D.all_reduce_sum(metrics.confusion, env)
-    model.train(was_training)
-    return metrics.compute()
 
 
 OUTPUT_FILES = ("last.pth", "best.pth", STATE_FILE, "metrics.json")

@@ -1,0 +1,59 @@
+"""Validation mIoU during training: the model's labels at each image's source resolution, scored by scaseg.data.metrics.
+
+The convention is the project's one (``scaseg.data.metrics``): the runtime's preprocessing (stretch to the network
+size), the label map brought back to the image's own size (``labels_to_source``), then the confusion matrix.
+"""
+from __future__ import annotations
+
+import sys
+from contextlib import nullcontext
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scaseg.data.datasets import IGNORE_INDEX, SegDataset
+from scaseg.data.metrics import SegMetrics
+from scaseg.errors import ScasegError
+from scaseg.metadata import IMAGENET_MEAN, IMAGENET_STD
+from scaseg.progress import progress as progress_bar
+from scaseg.runtime.preprocess import label_dtype, labels_to_source, preprocess
+from scaseg.train import dist as D
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: SegDataset,
+    env: D.DistEnv = D.DistEnv(),
+    *,
+    size: Optional[tuple[int, int]] = None,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    amp: Optional[torch.dtype] = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """mIoU of ``model`` on ``data`` at the source resolution, with the runtime's preprocessing; ranks split the images."""
+    was_training = model.training
+    model.eval()
+    metrics = SegMetrics(data.num_classes, ignore_index=IGNORE_INDEX)
+    indices = range(env.rank, len(data), env.world_size)
+    autocast = torch.autocast(env.device.type, dtype=amp) if amp else nullcontext()
+    for i in progress_bar(indices, desc="val", unit="img", leave=False, file=sys.stderr, disable=not (progress and env.is_main)):
+        sample = data[i]
+        if sample.label is None:
+            raise ScasegError(f"validation needs labels, but the image {sample.name} has none")
+        x, geom = preprocess(sample.image, size, mean, std, "stretch")
+        with autocast:
+            logits = model(torch.from_numpy(x)[None].to(env.device))
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        pred = logits.argmax(1)[0].cpu().numpy().astype(label_dtype(data.num_classes))
+        metrics.update(labels_to_source(pred, geom), sample.label)
+    metrics.confusion = D.all_reduce_sum(metrics.confusion, env)
+    model.train(was_training)
+    return metrics.compute()
+
+
+__all__ = ["evaluate"]
