@@ -82,6 +82,17 @@ def _kind(root: Path) -> str:
         return "folder"
 
 
+def _open_source(source: str) -> tuple[Path, str, Optional[list[Item]]]:
+    """The root folder, its kind, and its images when it is a plain image folder (None for a dataset layout)."""
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise ScasegError(f"calibration folder not found: {root}")
+    kind = _kind(root)
+    if kind == "folder" and not (root / "images").is_dir():
+        return root, kind, [Item(p) for p in list_images(root)]
+    return root, kind, None
+
+
 def _refuse_undecodable(root: Path, paths: Sequence[Path]) -> None:
     """Name the files no decoder recognises (by their first bytes, nothing is decoded) before any work."""
     bad = [p for p in paths if not cv2.haveImageReader(str(p))]
@@ -96,12 +107,8 @@ def open_calibration(source: str, calib_num: int) -> CalibrationSet:
     """Find the calibration and held-out images of an image folder or a dataset root."""
     if calib_num < MIN_CALIB_IMAGES:
         raise ScasegError(f"--calib-num must be at least {MIN_CALIB_IMAGES}, got {calib_num}")
-    root = Path(source).expanduser()
-    if not root.is_dir():
-        raise ScasegError(f"calibration folder not found: {root}")
-    kind = _kind(root)
-    if kind == "folder" and not (root / "images").is_dir():
-        items = [Item(p) for p in list_images(root)]
+    root, kind, items = _open_source(source)
+    if items is not None:
         need = MIN_CALIB_IMAGES + MIN_HELDOUT_IMAGES
         if not items:
             raise ScasegError(f"the calibration folder {root} holds no images (expected {', '.join(IMAGE_SUFFIXES)} files)")
@@ -241,13 +248,8 @@ def save_stats(path: Path, key: dict, stats: TensorStats) -> None:
 
 def sample_items(source: str, count: int) -> list[Item]:
     """Up to ``count`` images of a folder or dataset (val split), spread over it; for parity checks."""
-    root = Path(source).expanduser()
-    if not root.is_dir():
-        raise ScasegError(f"calibration folder not found: {root}")
-    kind = _kind(root)
-    if kind == "folder" and not (root / "images").is_dir():
-        items = [Item(p) for p in list_images(root)]
-    else:
+    root, kind, items = _open_source(source)
+    if items is None:
         items = _items(open_dataset(root, kind, split="val"))
     if not items:
         raise ScasegError(f"the calibration folder {root} holds no images")

@@ -295,15 +295,23 @@ def _ade20k_root(root: Path) -> Path:
     return root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
 
 
+def _split_folders(image_dir: Path, label_dir: Path, image_what: str, label_what: str,
+                   expected: str) -> tuple[Path, Path, dict[str, Path]]:
+    """A split's image and label folders (each must exist) and its images by stem, refused when there are none."""
+    image_dir, label_dir = _require_dir(image_dir, image_what), _require_dir(label_dir, label_what)
+    images = _stem_map(image_dir, _list_files(image_dir, IMAGE_SUFFIXES, False), "image")
+    if not images:
+        raise ScasegError(f"no images in {image_dir}: expected {expected} files")
+    return image_dir, label_dir, images
+
+
 def _open_ade20k(root: Path, split: str, classes: Optional[Sequence[str]]) -> SegDataset:
     base = _ade20k_root(root)
     folder = _SPLIT_ALIASES["ade20k"].get(split, split)
-    image_dir = _require_dir(base / "images" / folder, f"ADE20K images (ADEChallengeData2016/images/{folder}/ADE_*.jpg)")
-    label_dir = _require_dir(base / "annotations" / folder,
-                             f"ADE20K annotations (ADEChallengeData2016/annotations/{folder}/ADE_*.png)")
-    images = _stem_map(image_dir, _list_files(image_dir, IMAGE_SUFFIXES, False), "image")
-    if not images:
-        raise ScasegError(f"no images in {image_dir}: expected ADE_*.jpg files")
+    image_dir, label_dir, images = _split_folders(
+        base / "images" / folder, base / "annotations" / folder,
+        f"ADE20K images (ADEChallengeData2016/images/{folder}/ADE_*.jpg)",
+        f"ADE20K annotations (ADEChallengeData2016/annotations/{folder}/ADE_*.png)", "ADE_*.jpg")
     labels = _stem_map(label_dir, _list_files(label_dir, LABEL_SUFFIXES, False), "label")
     names, image_paths, label_paths = _pair_up(images, labels, image_dir, label_dir, "<name>.png")
     return SegDataset("ade20k", split, base, _check_classes("ade20k", dc.ADE20K_CLASSES, classes),
@@ -341,12 +349,9 @@ def _open_voc(root: Path, split: str, classes: Optional[Sequence[str]]) -> SegDa
 
 def _open_cocostuff(root: Path, split: str, classes: Optional[Sequence[str]]) -> SegDataset:
     folder = _SPLIT_ALIASES["cocostuff"].get(split, split)
-    image_dir = _require_dir(root / "images" / folder, f"COCO-Stuff images (images/{folder}/*.jpg)")
-    label_dir = _require_dir(root / "annotations" / folder,
-                             f"COCO-Stuff labels (annotations/{folder}/*_labelTrainIds.png)")
-    images = _stem_map(image_dir, _list_files(image_dir, IMAGE_SUFFIXES, False), "image")
-    if not images:
-        raise ScasegError(f"no images in {image_dir}: expected <id>.jpg files")
+    image_dir, label_dir, images = _split_folders(
+        root / "images" / folder, root / "annotations" / folder, f"COCO-Stuff images (images/{folder}/*.jpg)",
+        f"COCO-Stuff labels (annotations/{folder}/*_labelTrainIds.png)", "<id>.jpg")
     suffix = "_labelTrainIds.png"
     labels = {p.name[: -len(suffix)]: p for p in sorted(label_dir.glob(f"*{suffix}"))}
     names, image_paths, label_paths = _pair_up(images, labels, image_dir, label_dir, f"<id>{suffix}")

@@ -108,15 +108,8 @@ class StripCrossAttention(nn.Module):
     (dim // heads per head), for the ablation and to measure what the strip form saves.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        kv_dim: int,
-        num_heads: int,
-        attention: str = "strip",
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-    ):
+    def __init__(self, dim: int, kv_dim: int, num_heads: int, attention: str = "strip", attn_drop: float = 0.0,
+                 proj_drop: float = 0.0):
         super().__init__()
         if attention not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
@@ -171,17 +164,8 @@ def _layer_norm_map(norm: nn.LayerNorm, x: Tensor) -> Tensor:
 class CrossLayerBlock(nn.Module):
     """CLB: Z = F + SCA(LN(F), LN(M)); D = Z + LPM(LN(Z)). ``lpm=False`` drops the second residual."""
 
-    def __init__(
-        self,
-        dim: int,
-        kv_dim: int,
-        num_heads: int,
-        attention: str = "strip",
-        lpm: bool = True,
-        lpm_ratio: int = 4,
-        attn_drop: float = 0.0,
-        drop: float = 0.0,
-    ):
+    def __init__(self, dim: int, kv_dim: int, num_heads: int, attention: str = "strip", lpm: bool = True,
+                 lpm_ratio: int = 4, attn_drop: float = 0.0, drop: float = 0.0):
         super().__init__()
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(kv_dim)
