@@ -10,9 +10,9 @@ import importlib
 import shutil
 import sys
 import tempfile
-from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from dataclasses import dataclass
+from typing import Any, Iterator, List, Literal, Optional
 
 import typer
 
@@ -25,39 +25,13 @@ from scaseg.suffixes import ENGINE_SUFFIX, ONNX_SUFFIX, ONNX_SUFFIXES
 app = make_app(__doc__)
 
 
-class ScaOp(str, Enum):
-    decomposed = "decomposed"
-    function = "function"
-    grid = "grid"
-
-
-class Head(str, Enum):
-    logits = "logits"
-    labels = "labels"
-
-
-class CalibMethod(str, Enum):
-    percentile = "percentile"
-    minmax = "minmax"
-    entropy = "entropy"
-
-
-class Int8Target(str, Enum):
-    cpu = "cpu"
-    tensorrt = "tensorrt"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
-
-
-class Format(str, Enum):
-    onnx = "onnx"
-    engine = "engine"
-    triton = "triton"
-
+# Choices as Literal types: --help lists them as a|b|c and the parser refuses others (the values arrive as str).
+ScaOp = Literal["decomposed", "function", "grid"]
+Head = Literal["logits", "labels"]
+CalibMethod = Literal["percentile", "minmax", "entropy"]
+Int8Target = Literal["cpu", "tensorrt"]
+Precision = Literal["fp32", "fp16", "int8"]
+Format = Literal["onnx", "engine", "triton"]
 
 WORK_PREFIX = ".scaseg-export-"
 
@@ -92,23 +66,23 @@ def export(
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size of the graph (the opt batch when dynamic)."),
     dynamic: Optional[str] = typer.Option(None, "--dynamic", metavar="batch|spatial|batch,spatial", help="Dynamic axes of the graph.", show_default="static shapes"),
     opset: int = typer.Option(17, "--opset", help="ONNX opset, 17..20 (TensorRT 8.5 reads up to 17)."),
-    sca_op: ScaOp = typer.Option(ScaOp.decomposed, "--sca-op", help="Strip attention as plain ops, as the scaseg:StripCrossAttention local function, or grid (linear-time approximation, plain ops)."),
+    sca_op: ScaOp = typer.Option("decomposed", "--sca-op", help="Strip attention as plain ops, as the scaseg:StripCrossAttention local function, or grid (linear-time approximation, plain ops)."),
     grid_points: Optional[int] = typer.Option(None, "--grid-points", metavar="G", help="--sca-op grid: grid points, 2 to 4096.", show_default="the fewest the logit spread on the parity images allows"),
-    head: Head = typer.Option(Head.logits, "--head", help="Graph output: logits (B,K,H,W) float, or labels (B,H,W) int32 with argmax in the graph."),
+    head: Head = typer.Option("logits", "--head", help="Graph output: logits (B,K,H,W) float, or labels (B,H,W) int32 with argmax in the graph."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify with onnxsim."),
     query_chunk: str = typer.Option("auto", "--query-chunk", metavar="N|auto|0", help="Query rows per attention tile (bounded memory): N, auto, or 0 for none."),
     parity_images: int = typer.Option(2, "--parity-images", help="Synthetic scenes for the parity check."),
     tolerance: float = typer.Option(1e-3, "--tolerance", help="Max |logit diff| ONNX Runtime vs PyTorch before the export fails."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Refuse the checkpoint unless it is this variant.", show_default="any"),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Export a checkpoint that lacks tensors of the model or holds extra ones (missing ones stay random); refused by default."),
-    precision: Precision = typer.Option(Precision.fp32, "--precision", help="fp32, fp16 or int8 (calibrated Q/DQ)."),
+    precision: Precision = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (calibrated Q/DQ)."),
     calib: Optional[Path] = typer.Option(None, "--calib", metavar="DIR", help="int8 calibration images: an image folder or a dataset root (train split calibrates, val split checks).", show_default="needed for int8"),
     calib_num: int = typer.Option(200, "--calib-num", min=1, help="Calibration images to use."),
-    calib_method: CalibMethod = typer.Option(CalibMethod.percentile, "--calib-method", help="How activation ranges are picked (docs/precision.md compares them)."),
+    calib_method: CalibMethod = typer.Option("percentile", "--calib-method", help="How activation ranges are picked (docs/precision.md compares them)."),
     int8_target: Optional[Int8Target] = typer.Option(None, "--int8-target", help="Q/DQ placement: cpu (ONNX Runtime CPU) or tensorrt.", show_default="tensorrt for --format engine, else cpu"),
     calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", metavar="DIR", help="int8: folder for the activation-statistics cache (reused when model and preprocessing match).", show_default="no cache"),
     max_miou_drop: float = typer.Option(1.0, "--max-miou-drop", help="int8: largest mIoU loss (points) accepted."),
-    fmt: Format = typer.Option(Format.onnx, "--format", help="onnx, engine (TensorRT plan) or triton (model repository)."),
+    fmt: Format = typer.Option("onnx", "--format", help="onnx, engine (TensorRT plan) or triton (model repository)."),
     workspace: float = typer.Option(4.0, "--workspace", help="engine: TensorRT workspace limit in GiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="engine: timing cache file (read and updated).", show_default="none"),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="engine: build for this DLA core (Jetson).", show_default="GPU"),
@@ -119,42 +93,121 @@ def export(
     version: bool = version_option("scaseg-export"),
 ) -> None:
     """Export CHECKPOINT to ONNX (and optionally on to fp16/int8, a TensorRT engine or a Triton repository)."""
-    if checkpoint.suffix.lower() in ONNX_SUFFIXES:  # an exported ONNX -> engine: no torch, no re-export
-        if fmt.value != "engine":
-            raise ScasegError(f"{checkpoint.name} is an ONNX model: scaseg-export builds engines from ONNX files "
-                              "(--format engine); export a checkpoint for --format onnx or triton")
-        from scaseg.export.from_onnx import build_from_onnx
-
-        source = checkpoint.expanduser()
-        named = source.stem.endswith(f".{precision.value}")  # model.fp16.onnx -> model.fp16.engine
-        dest = output.expanduser() if output else (source.with_suffix(ENGINE_SUFFIX) if named else
-                                                   default_output(source, "engine", precision.value))
-        summary = build_from_onnx(
-            source, dest, precision=precision.value, tensorrt=tensorrt, compute_capabilities=compute_capability,
-            calib=calib, calib_num=calib_num, calib_method=calib_method.value, calib_cache=calib_cache,
-            max_miou_drop=max_miou_drop, workspace_gib=workspace, timing_cache=timing_cache, dla_core=dla_core,
-            say=_say)
-        for key, value in summary.items():
-            _say(f"engine: {key}: {value}")
-        _say(f"wrote {dest}  ({precision.value}, {dest.stat().st_size / 2**20:.1f} MiB)")
+    o = Args(**{name: value for name, value in locals().items() if name not in ("quiet", "version")})
+    if o.checkpoint.suffix.lower() in ONNX_SUFFIXES:  # an exported ONNX -> engine: no torch, no re-export
+        _engine_from_onnx(o)
         return
+    plan = _check_inputs(o)
+    bar = "{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
+    # A context manager so that an error closes the bar first and prints on a line of its own.
+    with progress(total=4, desc="export", unit="step", file=sys.stderr, bar_format=bar) as steps:
+        model, info = _load(o, plan, steps)
+        dest = plan.dest
+        with created_folders(dest.parent), _work_dir(dest.parent) as work:
+            onnx_dest = dest if (o.fmt == "onnx" and o.precision == "fp32") else Path(work) / "model.fp32.onnx"
+            summary = _export_fp32(model, info, plan.opts, onnx_dest, o.parity_images, o.tolerance, steps)
+            final_onnx = _precision(o, plan, onnx_dest, work)
+            if o.fmt == "engine":
+                _engine(o, plan, final_onnx)
+            elif o.fmt == "triton":
+                _triton(o, plan, final_onnx)
+    _wrote(dest, f"{summary}, {o.precision}")
+
+
+@dataclass
+class Args:
+    """scaseg-export's options as typed: one record, so that each step below takes what it needs from it."""
+
+    checkpoint: Path
+    output: Optional[Path]
+    imgsz: Optional[str]
+    batch: int
+    dynamic: Optional[str]
+    opset: int
+    sca_op: str
+    grid_points: Optional[int]
+    head: str
+    simplify: bool
+    query_chunk: str
+    parity_images: int
+    tolerance: float
+    variant: Optional[str]
+    allow_partial: bool
+    precision: str
+    calib: Optional[Path]
+    calib_num: int
+    calib_method: str
+    int8_target: Optional[str]
+    calib_cache: Optional[Path]
+    max_miou_drop: float
+    fmt: str
+    workspace: float
+    timing_cache: Optional[Path]
+    dla_core: Optional[int]
+    max_batch: int
+    tensorrt: str
+    compute_capability: Optional[List[str]]
+
+
+@dataclass
+class Plan:
+    """What the checked options decide: the graph options, the int8 placement, the checkpoint and the output."""
+
+    opts: Any  # scaseg.export.onnx_export.ExportOptions
+    input_hw: Optional[tuple[int, int]]  # --imgsz, None: the checkpoint's size
+    target: str  # int8 Q/DQ placement: cpu | tensorrt
+    checkpoint: Path
+    dest: Path
+
+
+def _report(prefix: str, result: Optional[dict[str, Any]]) -> None:
+    for key, value in (result or {}).items():
+        _say(f"{prefix}: {key}: {value}")
+
+
+def _wrote(dest: Path, what: str) -> None:
+    size = (sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) if dest.is_dir() else dest.stat().st_size)
+    _say(f"wrote {dest}  ({what}, {size / 2**20:.1f} MiB)")
+
+
+def _engine_from_onnx(o: Args) -> None:
+    """An exported ONNX -> a TensorRT engine (scaseg.export.from_onnx), beside it unless -o says otherwise."""
+    if o.fmt != "engine":
+        raise ScasegError(f"{o.checkpoint.name} is an ONNX model: scaseg-export builds engines from ONNX files "
+                          "(--format engine); export a checkpoint for --format onnx or triton")
+    from scaseg.export.from_onnx import build_from_onnx
+
+    source = o.checkpoint.expanduser()
+    named = source.stem.endswith(f".{o.precision}")  # model.fp16.onnx -> model.fp16.engine
+    dest = o.output.expanduser() if o.output else (source.with_suffix(ENGINE_SUFFIX) if named else
+                                                   default_output(source, "engine", o.precision))
+    summary = build_from_onnx(
+        source, dest, precision=o.precision, tensorrt=o.tensorrt, compute_capabilities=o.compute_capability,
+        calib=o.calib, calib_num=o.calib_num, calib_method=o.calib_method, calib_cache=o.calib_cache,
+        max_miou_drop=o.max_miou_drop, workspace_gib=o.workspace, timing_cache=o.timing_cache, dla_core=o.dla_core,
+        say=_say)
+    _report("engine", summary)
+    _wrote(dest, o.precision)
+
+
+def _check_inputs(o: Args) -> Plan:
+    """Every option, tool and path checked before minutes of work, not after; stale temporaries removed."""
     from scaseg.export.onnx_export import ExportOptions, parse_dynamic, parse_query_chunk
 
-    dyn_batch, dyn_spatial = parse_dynamic(dynamic)
-    input_hw = parse_size(imgsz)
+    dyn_batch, dyn_spatial = parse_dynamic(o.dynamic)
+    input_hw = parse_size(o.imgsz)
     opts = ExportOptions(
-        imgsz=input_hw or (512, 512), batch=batch, dynamic_batch=dyn_batch, dynamic_spatial=dyn_spatial,
-        opset=opset, sca_op=sca_op.value, output=head.value, simplify=simplify,
-        query_chunk=parse_query_chunk(query_chunk), grid_points=grid_points,
+        imgsz=input_hw or (512, 512), batch=o.batch, dynamic_batch=dyn_batch, dynamic_spatial=dyn_spatial,
+        opset=o.opset, sca_op=o.sca_op, output=o.head, simplify=o.simplify,
+        query_chunk=parse_query_chunk(o.query_chunk), grid_points=o.grid_points,
     )
     opts.validate()
-    if parity_images < 1:
-        raise ScasegError(f"--parity-images must be at least 1, got {parity_images}")
-    if tolerance < 0:
-        raise ScasegError(f"--tolerance must be >= 0, got {tolerance}")
-    prec, form = precision.value, fmt.value
-    target = int8_target.value if int8_target is not None else ("tensorrt" if form == "engine" else "cpu")
-    # Fail on a missing piece or a bad input before minutes of work, not after.
+    if o.parity_images < 1:
+        raise ScasegError(f"--parity-images must be at least 1, got {o.parity_images}")
+    if o.tolerance < 0:
+        raise ScasegError(f"--tolerance must be >= 0, got {o.tolerance}")
+    prec, form = o.precision, o.fmt
+    target = o.int8_target if o.int8_target is not None else ("tensorrt" if form == "engine" else "cpu")
     if form == "engine" and prec == "int8" and target == "cpu":
         # The cpu placement fuses GELU into com.microsoft.Gelu, an ONNX Runtime op TensorRT's parser rejects.
         raise ScasegError("--format engine needs --int8-target tensorrt (the cpu placement uses ONNX Runtime-only ops)")
@@ -163,94 +216,103 @@ def export(
     if form == "engine":  # no TensorRT, or a compute capability it cannot build for: say so before the export
         from scaseg.runtime.tensorrt import builder as trt_builder, compat as trt_compat
 
-        trt_builder.check_flavor_options(trt_compat.require_tensorrt("--format engine", tensorrt), compute_capability,
-                                         dla_core)
+        trt_builder.check_flavor_options(trt_compat.require_tensorrt("--format engine", o.tensorrt),
+                                         o.compute_capability, o.dla_core)
     import scaseg
 
-    if variant is not None and variant not in scaseg.VARIANTS:
-        raise ScasegError(f"unknown variant {variant!r} for --variant: expected one of {', '.join(scaseg.VARIANTS)}")
-    checkpoint = checkpoint.expanduser()
+    if o.variant is not None and o.variant not in scaseg.VARIANTS:
+        raise ScasegError(f"unknown variant {o.variant!r} for --variant: expected one of {', '.join(scaseg.VARIANTS)}")
+    checkpoint = o.checkpoint.expanduser()
     from scaseg.checkpoint import check_readable
 
     check_readable(checkpoint)
     if prec != "fp32":
         api = _need("scaseg.calibration.api", f"--precision {prec}")
-        api.check_args(prec, calib_num, calib_method.value, target, max_miou_drop)
+        api.check_args(prec, o.calib_num, o.calib_method, target, o.max_miou_drop)
         if prec == "int8":
-            if calib is None:
+            if o.calib is None:
                 raise ScasegError("--precision int8 needs --calib DIR, a folder of calibration images")
-            api.data.open_calibration(str(calib.expanduser()), calib_num)  # lists and checks the images, reads none
-    dest = (output.expanduser() if output else default_output(checkpoint, form, prec))
+            api.data.open_calibration(str(o.calib.expanduser()), o.calib_num)  # lists and checks the images, reads none
+    dest = (o.output.expanduser() if o.output else default_output(checkpoint, form, prec))
     if form == "triton":  # a model repository: other models in it stay, ours is replaced as a whole
         check_output(dest, folder=True)
     else:
         if dest.is_dir():
             raise ScasegError(f"the output {dest} is a folder; name a file (e.g. {dest / 'model.onnx'})")
         check_output(dest)
-    side_outputs = [p for p in (calib_cache,) if p is not None]
-    refuse_overwrite([dest, *side_outputs], [checkpoint, calib])
-    if timing_cache is not None:
-        refuse_overwrite([timing_cache], [checkpoint, dest])
+    side_outputs = [p for p in (o.calib_cache,) if p is not None]
+    refuse_overwrite([dest, *side_outputs], [checkpoint, o.calib])
+    if o.timing_cache is not None:
+        refuse_overwrite([o.timing_cache], [checkpoint, dest])
     # Temporaries of an earlier run that was killed (out of memory, SIGKILL) cannot clean themselves up.
     remove_stale(dest.parent, WORK_PREFIX)
     remove_stale(dest.parent, f".{dest.name}.")
+    return Plan(opts, input_hw, target, checkpoint, dest)
 
-    bar = "{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
-    # A context manager so that an error closes the bar first and prints on a line of its own.
-    with progress(total=4, desc="export", unit="step", file=sys.stderr, bar_format=bar) as steps:
-        steps.set_postfix_str("loading checkpoint")
-        model, info = scaseg.load_model(checkpoint, variant=variant, strict=not allow_partial)
-        report = getattr(model, "load_report", None)
-        if report is not None and (not report.clean or report.kind == "encoder"):
-            write(f"warning: {report.summary()}" + ("; the decoder is randomly initialised" if report.kind == "encoder" else ""), file=sys.stderr)
-        if input_hw is None and info.input_size:
-            opts.imgsz = tuple(info.input_size)  # type: ignore[assignment]
-            opts.validate()
-        if info.variant in scaseg.VARIANTS:  # before tracing: a size that cannot fit is refused, not OOM-killed
-            from scaseg.export.memory import check_export_memory
 
-            check_export_memory(model, scaseg.VARIANTS[info.variant], info.num_classes, opts.imgsz, opts.batch,
-                                info.variant)
-        if opts.sca_op == "grid":
-            _plan_grid(model, info, opts, parity_images)
-        steps.update()
+def _load(o: Args, plan: Plan, steps: Any) -> tuple[Any, Any]:
+    """The model and its ModelInfo from the checkpoint; the graph size from it unless --imgsz; memory and grid checked."""
+    import scaseg
 
-        with created_folders(dest.parent), _work_dir(dest.parent) as work:
-            onnx_dest = dest if (form == "onnx" and prec == "fp32") else Path(work) / "model.fp32.onnx"
-            summary = _export_fp32(model, info, opts, onnx_dest, parity_images, tolerance, steps)
-            final_onnx = onnx_dest
-            if prec != "fp32":
-                api = _need("scaseg.calibration.api", f"--precision {prec}")
-                final_onnx = dest if form == "onnx" else Path(work) / f"model.{prec}.onnx"
-                with atomic_path(final_onnx) as tmp:
-                    result = api.make_precision(
-                        str(onnx_dest), str(tmp), prec, calib_dir=str(calib) if calib else None, calib_num=calib_num,
-                        method=calib_method.value, target=target, max_miou_drop=max_miou_drop,
-                        cache_dir=str(calib_cache) if calib_cache else None,
-                    )
-                for key, value in (result or {}).items():
-                    _say(f"{prec}: {key}: {value}")
-            if form == "engine":
-                engine = _need("scaseg.runtime.tensorrt.builder", "--format engine")
-                h, w = opts.imgsz
-                shape_kw: dict[str, Any] = {}
-                if opts.dynamic_batch:
-                    shape_kw = {"min_shape": (1, 3, h, w), "opt_shape": (opts.batch, 3, h, w), "max_shape": (max(max_batch, opts.batch), 3, h, w)}
-                result = engine.build_engine(
-                    str(final_onnx), str(dest), precision=prec, workspace_gib=workspace, tensorrt=tensorrt,
-                    compute_capabilities=compute_capability, report=_say,
-                    timing_cache=str(timing_cache) if timing_cache else None, dla_core=dla_core, **shape_kw,
-                )
-                for key, value in (result or {}).items():
-                    _say(f"engine: {key}: {value}")
-            elif form == "triton":
-                triton = _need("scaseg.export.triton", "--format triton")
-                result = triton.write_triton_repository(str(final_onnx), str(dest), name=checkpoint.with_suffix("").name,
-                                                        backend="onnxruntime", max_batch_size=max_batch)
-                for key, value in (result or {}).items():
-                    _say(f"triton: {key}: {value}")
-    size = (sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) if dest.is_dir() else dest.stat().st_size)
-    _say(f"wrote {dest}  ({summary}, {prec}, {size / 2**20:.1f} MiB)")
+    steps.set_postfix_str("loading checkpoint")
+    model, info = scaseg.load_model(plan.checkpoint, variant=o.variant, strict=not o.allow_partial)
+    report = getattr(model, "load_report", None)
+    if report is not None and (not report.clean or report.kind == "encoder"):
+        write(f"warning: {report.summary()}" + ("; the decoder is randomly initialised" if report.kind == "encoder" else ""), file=sys.stderr)
+    opts = plan.opts
+    if plan.input_hw is None and info.input_size:
+        opts.imgsz = tuple(info.input_size)
+        opts.validate()
+    if info.variant in scaseg.VARIANTS:  # before tracing: a size that cannot fit is refused, not OOM-killed
+        from scaseg.export.memory import check_export_memory
+
+        check_export_memory(model, scaseg.VARIANTS[info.variant], info.num_classes, opts.imgsz, opts.batch,
+                            info.variant)
+    if opts.sca_op == "grid":
+        _plan_grid(model, info, opts, o.parity_images)
+    steps.update()
+    return model, info
+
+
+def _precision(o: Args, plan: Plan, onnx_dest: Path, work: str) -> Path:
+    """The fp16 / int8 ONNX made from the verified fp32 one (scaseg.calibration.api); returns the ONNX to go on with."""
+    prec = o.precision
+    if prec == "fp32":
+        return onnx_dest
+    api = _need("scaseg.calibration.api", f"--precision {prec}")
+    final_onnx = plan.dest if o.fmt == "onnx" else Path(work) / f"model.{prec}.onnx"
+    with atomic_path(final_onnx) as tmp:
+        result = api.make_precision(
+            str(onnx_dest), str(tmp), prec, calib_dir=str(o.calib) if o.calib else None, calib_num=o.calib_num,
+            method=o.calib_method, target=plan.target, max_miou_drop=o.max_miou_drop,
+            cache_dir=str(o.calib_cache) if o.calib_cache else None,
+        )
+    _report(prec, result)
+    return final_onnx
+
+
+def _engine(o: Args, plan: Plan, final_onnx: Path) -> None:
+    """The TensorRT engine at the output, with a batch profile for a dynamic-batch graph."""
+    engine = _need("scaseg.runtime.tensorrt.builder", "--format engine")
+    opts = plan.opts
+    h, w = opts.imgsz
+    shape_kw: dict[str, Any] = {}
+    if opts.dynamic_batch:
+        shape_kw = {"min_shape": (1, 3, h, w), "opt_shape": (opts.batch, 3, h, w), "max_shape": (max(o.max_batch, opts.batch), 3, h, w)}
+    result = engine.build_engine(
+        str(final_onnx), str(plan.dest), precision=o.precision, workspace_gib=o.workspace, tensorrt=o.tensorrt,
+        compute_capabilities=o.compute_capability, report=_say,
+        timing_cache=str(o.timing_cache) if o.timing_cache else None, dla_core=o.dla_core, **shape_kw,
+    )
+    _report("engine", result)
+
+
+def _triton(o: Args, plan: Plan, final_onnx: Path) -> None:
+    """The Triton model repository at the output, serving the ONNX with ONNX Runtime."""
+    triton = _need("scaseg.export.triton", "--format triton")
+    result = triton.write_triton_repository(str(final_onnx), str(plan.dest), name=plan.checkpoint.with_suffix("").name,
+                                            backend="onnxruntime", max_batch_size=o.max_batch)
+    _report("triton", result)
 
 
 @contextlib.contextmanager
@@ -279,11 +341,13 @@ def _plan_grid(model: Any, info: Any, opts: Any, parity_images: int) -> None:
 
 
 def _export_fp32(model: Any, info: Any, opts: Any, dest: Path, parity_images: int, tolerance: float, steps: Any) -> str:
-    """Export, lint, check parity and only then let ``dest`` appear; returns a one-line summary."""
+    """Export (traced and simplified by to_onnx), lint, check parity and only then let ``dest`` appear.
+
+    Returns a one-line summary of the graph.
+    """
     import onnx
 
     from scaseg.export.onnx_export import to_onnx
-    from scaseg.export.parity import check_parity
     from scaseg.export.trt_lint import lint
 
     steps.set_postfix_str("tracing to ONNX")
@@ -298,22 +362,29 @@ def _export_fp32(model: Any, info: Any, opts: Any, dest: Path, parity_images: in
         lint_report = lint(proto)
         steps.update()
         _say(lint_report.summary())
-        steps.set_postfix_str("parity vs PyTorch")
-        parity = check_parity(str(tmp), model, out_info, images=parity_images, tolerance=tolerance)
-        steps.update()
-        _say(parity.summary())
-        if parity.nonfinite:
-            raise ScasegError(f"the parity check found {parity.nonfinite} NaN or infinite output value(s) (PyTorch or "
-                              "ONNX Runtime): the model computes garbage; nothing was written")
-        if not parity.ok:
-            what = (f"max |logit diff| {parity.max_abs:.3g}" if parity.max_abs is not None
-                    else f"{parity.confident_mismatches} confidently-labelled pixel(s) changed")
-            raise ScasegError(f"the ONNX model disagrees with PyTorch beyond --tolerance {tolerance:g} ({what}); "
-                              "nothing was written")
+        _parity(tmp, model, out_info, parity_images, tolerance, steps)
     h, w = opts.imgsz
     return (f"{out_info.variant}, {h}x{w}, batch {'dynamic' if opts.dynamic_batch else opts.batch}"
             f"{', dynamic H/W' if opts.dynamic_spatial else ''}, sca-op {opts.sca_op}, output {opts.output}, "
             f"opset {opts.opset}")
+
+
+def _parity(onnx_path: Path, model: Any, info: Any, parity_images: int, tolerance: float, steps: Any) -> None:
+    """ONNX Runtime against PyTorch on synthetic scenes; a disagreement or a non-finite value refuses the export."""
+    from scaseg.export.parity import check_parity
+
+    steps.set_postfix_str("parity vs PyTorch")
+    parity = check_parity(str(onnx_path), model, info, images=parity_images, tolerance=tolerance)
+    steps.update()
+    _say(parity.summary())
+    if parity.nonfinite:
+        raise ScasegError(f"the parity check found {parity.nonfinite} NaN or infinite output value(s) (PyTorch or "
+                          "ONNX Runtime): the model computes garbage; nothing was written")
+    if not parity.ok:
+        what = (f"max |logit diff| {parity.max_abs:.3g}" if parity.max_abs is not None
+                else f"{parity.confident_mismatches} confidently-labelled pixel(s) changed")
+        raise ScasegError(f"the ONNX model disagrees with PyTorch beyond --tolerance {tolerance:g} ({what}); "
+                          "nothing was written")
 
 
 def main() -> None:

@@ -5,9 +5,8 @@ import contextlib
 import json
 import os
 import sys
-from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import cv2
 import numpy as np
@@ -34,14 +33,9 @@ def _is_infer_output(folder: Path) -> bool:
     return (folder / RECORD).is_file()
 
 
-class OutputFormat(str, Enum):
-    overlay = "overlay"
-    labels = "labels"
-
-
-class Resize(str, Enum):
-    letterbox = "letterbox"
-    stretch = "stretch"
+# Choices as Literal types: --help lists them as a|b and the parser refuses others (the values arrive as str).
+OutputFormat = Literal["overlay", "labels"]
+Resize = Literal["letterbox", "stretch"]
 
 
 def default_output(source: Source, spec: str, fmt: str) -> Path:
@@ -90,7 +84,7 @@ def infer(
     source: str = typer.Argument(..., metavar="SOURCE", help="Video file, image, image folder, camera index (0) or rtsp:// / http:// URL."),
     model: Optional[str] = typer.Option(None, "--model", "-m", metavar="PATH", help="Model: .onnx, .trt/.engine/.plan, or .pth checkpoint.", show_default=f"the shipped {DEFAULT_MODEL_FILE} (synthetic street scenes only)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output video, image or folder.", show_default="<source>_seg.mp4 / .png / folder beside the source"),
-    fmt: OutputFormat = typer.Option(OutputFormat.overlay, "--format", help="overlay: colour mask over the image; labels: raw label PNGs."),
+    fmt: OutputFormat = typer.Option("overlay", "--format", help="overlay: colour mask over the image; labels: raw label PNGs."),
     save_labels: bool = typer.Option(False, "--save-labels", help="Shorthand for --format labels."),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Weight of the colour mask in the overlay."),
     legend: bool = typer.Option(False, "--legend", help="Draw the names of the classes present in each frame."),
@@ -100,7 +94,7 @@ def infer(
     device: str = device_option(),
     threads: Optional[int] = threads_option(),
     imgsz: Optional[str] = imgsz_option(),
-    resize: Resize = typer.Option(Resize.letterbox, "--resize", help="letterbox: keep the source's aspect ratio "
+    resize: Resize = typer.Option("letterbox", "--resize", help="letterbox: keep the source's aspect ratio "
                                   "(scale to fit the model's input, pad, crop the labels back); stretch: resize to the "
                                   "input whatever the ratio (what training and scaseg-bench do), said once when it "
                                   "changes the ratio."),
@@ -111,7 +105,7 @@ def infer(
     version: bool = version_option("scaseg-infer"),
 ) -> None:
     """Segment SOURCE with MODEL and write an overlay video / images or label maps."""
-    kind = OutputFormat.labels.value if save_labels else fmt.value
+    kind = "labels" if save_labels else fmt
     if not save and not show:
         raise ScasegError("--no-save without --show would do nothing; add --show or drop --no-save")
     if show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -125,7 +119,7 @@ def infer(
         if target != "none":
             _check_target(out, target, source, model_path)
         predictor = Predictor(open_backend(model_path, backend.value, device=device, threads=threads), parse_size(imgsz), batch,
-                              resize=resize.value)
+                              resize=resize)
         if not quiet:  # once the model and the output are known to be good, so that an error stays one line
             print(f"scaseg-infer: model {model_path}" + (f" ({origin})" if origin else ""), file=sys.stderr)
         label = os.path.basename(model_path) + ("" if model else ", the shipped default")
