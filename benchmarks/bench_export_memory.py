@@ -13,7 +13,7 @@ size, where the stage-1 attention is 131072 x 2048 per head (1 GiB of float32 pe
     python benchmarks/bench_export_memory.py                          # scaseg-t, 1024x2048, 2 threads, 2 rounds x 3 runs
     python benchmarks/bench_export_memory.py --quick                  # 512x1024, 4096-row tiles, 1 round: a smoke run
     python benchmarks/bench_export_memory.py --mem-pattern on         # only ONNX Runtime's default session options
-    python benchmarks/bench_export_memory.py --variant scaseg-b0 --imgsz 1024 2048 --chunk 4096 --sca-op function
+    python benchmarks/bench_export_memory.py --variant scaseg-b0 --imgsz 1024x2048 --chunk 4096 --sca-op function
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from scaseg.cli import SIZE_METAVAR, size_type
 
 CHILD = r"""
 import json, sys, time
@@ -106,7 +108,7 @@ def cpu_flags() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--variant", default="scaseg-t")
-    ap.add_argument("--imgsz", type=int, nargs=2, default=None, metavar=("H", "W"), help="default 1024 2048 (--quick: 512 1024)")
+    ap.add_argument("--imgsz", type=size_type, default=None, metavar=SIZE_METAVAR, help="default 1024x2048 (--quick: 512x1024)")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per process, after one warm-up run")
     ap.add_argument("--rounds", type=int, default=2, help="alternating processes per configuration")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")

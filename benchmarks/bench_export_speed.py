@@ -17,7 +17,7 @@ several-fold; if eager with one thread beats eager with two, the 2-thread ratios
 
     python benchmarks/bench_export_speed.py                        # scaseg-t and scaseg-b0 at 512x512, 2 threads
     python benchmarks/bench_export_speed.py --quick                # fewer rounds and runs
-    python benchmarks/bench_export_speed.py --variants scaseg-t --imgsz 1024 1024 --no-compile
+    python benchmarks/bench_export_speed.py --variants scaseg-t --imgsz 1024 --no-compile
 """
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 from tqdm import tqdm
+
+from scaseg.cli import SIZE_METAVAR, size_type
 
 from bench_export_memory import cpu_flags  # a sibling script: benchmarks/ is on sys.path when run as a script
 
@@ -158,7 +160,7 @@ def bench_variant(variant: str, size: tuple[int, int], threads: int, rounds: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--variants", nargs="+", default=["scaseg-t", "scaseg-b0"])
-    ap.add_argument("--imgsz", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    ap.add_argument("--imgsz", type=size_type, default=(512, 512), metavar=SIZE_METAVAR)
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads of ONNX Runtime and torch")
     ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds (backend order rotates each round)")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per backend per round")

@@ -7,7 +7,7 @@ the TensorRT lint of the raw graph and of the graph after scaseg's onnxsim + Lay
 scaseg.export.onnx_export makes; "dynamo" is torch.onnx.export(dynamo=True) (torch.export + onnxscript).
 
     python benchmarks/bench_exporters.py                      # scaseg-t, 64x128, opset 17, 2 rounds, 1 torch thread
-    python benchmarks/bench_exporters.py --variant scaseg-b0 --imgsz 256 256 --rounds 1
+    python benchmarks/bench_exporters.py --variant scaseg-b0 --imgsz 256 --rounds 1
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
+
+from scaseg.cli import SIZE_METAVAR, size_type
 
 
 def export(model: Any, x: Any, dynamo: bool, opset: int) -> Any:
@@ -45,7 +47,7 @@ def export(model: Any, x: Any, dynamo: bool, opset: int) -> Any:
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--variant", default="scaseg-t")
-    ap.add_argument("--imgsz", type=int, nargs=2, default=(64, 128), metavar=("H", "W"))
+    ap.add_argument("--imgsz", type=size_type, default=(64, 128), metavar=SIZE_METAVAR)
     ap.add_argument("--opset", type=int, default=17)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads while tracing")

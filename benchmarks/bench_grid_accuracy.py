@@ -10,7 +10,7 @@ at which every case kept >= 99.99% of labels, next to the rule the exporter uses
 
     python benchmarks/bench_grid_accuracy.py                           # random scaseg-t, 256x512, 2 scenes, ~3 min
     python benchmarks/bench_grid_accuracy.py --checkpoint shipped      # the shipped scaseg-t-synth weights
-    python benchmarks/bench_grid_accuracy.py --scales 1 8 --points 64 256 --imgsz 128 256
+    python benchmarks/bench_grid_accuracy.py --scales 1 8 --points 64 256 --imgsz 128x256
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import scaseg
+from scaseg.cli import SIZE_METAVAR, size_type
 from scaseg.export.parity import scene_batch
 from scaseg.export.sca import SPREAD_PER_STEP, grid_points_needed, measure_spread
 from scaseg.metadata import ModelInfo
@@ -49,7 +50,7 @@ def scaled(model: torch.nn.Module, s: float) -> torch.nn.Module:
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--checkpoint", default="random", help="random (scaseg-t, seed 0, 19 classes), shipped, or a path")
-    ap.add_argument("--imgsz", type=int, nargs=2, default=(256, 512), metavar=("H", "W"))
+    ap.add_argument("--imgsz", type=size_type, default=(256, 512), metavar=SIZE_METAVAR)
     ap.add_argument("--images", type=int, default=2, help="synthetic scenes (scaseg.data.synth, seeds 0, 1, ...)")
     ap.add_argument("--scales", type=float, nargs="+", default=[1, 2, 4, 8, 12, 16, 24])
     ap.add_argument("--points", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512, 1024])

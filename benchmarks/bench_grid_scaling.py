@@ -40,11 +40,6 @@ SECTION = "grid-scaling"
 BIG = 1024 * 2048  # from this many pixels on, 3 timed runs per process instead of 5
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    h, w = text.lower().split("x")
-    return int(h), int(w)
-
-
 def load_results(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -253,7 +248,9 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=None, help="write the PNG here (report phase)")
     ap.add_argument("--doc", type=Path, default=None, help=f"replace the '{SECTION}' section of this markdown file")
     args = ap.parse_args()
-    sizes = [parse_size(s) for s in args.sizes]
+    from scaseg.cli import parse_size
+
+    sizes = [parse_size(s, "--sizes") for s in args.sizes]
     args.work.mkdir(parents=True, exist_ok=True)
     store = args.work / "results.json"
     if args.phase in ("export", "all"):

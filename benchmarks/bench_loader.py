@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import scaseg
+from scaseg.cli import SIZE_METAVAR, size_type
 from scaseg.data.datasets import open_dataset
 from scaseg.train.data import Augment, StreamSampler, TrainSet, collate, unwrap
 from scaseg.train.loop import param_groups, segmentation_loss
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", help="dataset root (default: a fresh synthetic dataset)")
     p.add_argument("--dataset", default="auto")
     p.add_argument("--variant", default="scaseg-t")
-    p.add_argument("--crop", type=int, nargs=2, default=(128, 256))
-    p.add_argument("--size", type=int, nargs=2, default=(128, 256), help="synthetic image size when --data is not given")
+    p.add_argument("--crop", type=size_type, default=(128, 256), metavar=SIZE_METAVAR)
+    p.add_argument("--size", type=size_type, default=(128, 256), metavar=SIZE_METAVAR, help="synthetic image size when --data is not given")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)

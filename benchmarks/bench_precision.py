@@ -1,6 +1,6 @@
 """INT8 / FP16 vs FP32 on ONNX Runtime CPU, measured side by side in one run (medians of interleaved blocks).
 
-    python benchmarks/bench_precision.py MODEL [--imgsz H W] [--data DIR] [--threads N] [--clock wall|cpu]
+    python benchmarks/bench_precision.py MODEL [--imgsz N|HxW] [--data DIR] [--threads N] [--clock wall|cpu]
 
 MODEL: an fp32 ONNX from scaseg-export, a checkpoint (.pth/.safetensors; exported here with scaseg-export at
 --imgsz), or a variant name (e.g. scaseg-t) for an untrained model, exported the same way: its latency figures are
@@ -19,8 +19,8 @@ Prints three tables:
 3. What make_precision ships (int8 for cpu and for tensorrt, accuracy guard on; fp16): latency, mIoU on the val
    split, drop, agreement with fp32, nodes kept float, time to make (--skip-shipped leaves this table out).
 
-    python benchmarks/bench_precision.py scaseg/weights/scaseg-t-synth.pth --imgsz 512 512 --threads 1 --clock cpu
-    python benchmarks/bench_precision.py scaseg-t --imgsz 512 512 --threads 2 --skip-shipped   # speed only
+    python benchmarks/bench_precision.py scaseg/weights/scaseg-t-synth.pth --imgsz 512 --threads 1 --clock cpu
+    python benchmarks/bench_precision.py scaseg-t --imgsz 512 --threads 2 --skip-shipped   # speed only
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ from scaseg.calibration.api import load_fp32, make_precision
 from scaseg.calibration.guard import miou
 from scaseg.calibration.ranges import METHODS, collect_stats
 from scaseg.calibration.session import make_session, runner
+from scaseg.cli import SIZE_METAVAR, size_type
 from scaseg.data.datasets import open_dataset
 from scaseg.data.metrics import label_agreement
 from scaseg.metadata import ModelInfo, read_onnx_metadata
@@ -207,7 +208,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
     ap.add_argument("--data", default=None)
-    ap.add_argument("--imgsz", nargs=2, type=int, default=(512, 512))
+    ap.add_argument("--imgsz", type=size_type, default=(512, 512), metavar=SIZE_METAVAR)
     ap.add_argument("--calib-num", type=int, default=32)
     ap.add_argument("--val-num", type=int, default=16)
     ap.add_argument("--method", default="percentile")

@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from scaseg.cli import SIZE_METAVAR, size_type
+
 from scaseg.data.datasets import open_dataset
 from scaseg.data.metrics import SegMetrics
 from scaseg.data.synth import render_scene, write_dataset
@@ -59,7 +61,7 @@ def colour_lookup_miou(train, test, bits: int = 5, rows: int = 1) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num", type=int, default=60, help="images written (train + val)")
-    p.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"))
+    p.add_argument("--size", type=size_type, default=(256, 512), metavar=SIZE_METAVAR)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     size = tuple(args.size)

@@ -38,6 +38,7 @@ from typing import Any, Optional, Sequence
 from perf_machine import FLOPS_PER_CYCLE, machine_info, matmul_peak
 from perf_measure import REPO, Row, backend_table, export_fp32, find_checkpoint, gmacs, make_plan, peak_rss, rss_probe, sweep
 from perf_render import plot, render
+from scaseg.cli import SIZE_METAVAR, size_type
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path
 from scaseg.readme import replace_section
@@ -53,8 +54,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--data", default=None, help="dataset root for calibration and mIoU, or 'synth'")
     ap.add_argument("--checkpoint", default=None, help="scaseg-t checkpoint (default: the shipped one if present)")
     ap.add_argument("--variant", default="scaseg-t", help="variant when no checkpoint is used")
-    ap.add_argument("--imgsz", nargs=2, type=int, default=None, metavar=("H", "W"),
-                    help="backend-table input size (default: the checkpoint's, else 256 512)")
+    ap.add_argument("--imgsz", type=size_type, default=None, metavar=SIZE_METAVAR,
+                    help="backend-table input size (default: the checkpoint's, else 256x512)")
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: usable cores)")
     ap.add_argument("--readme", default="README.md", help="file whose perf markers get the section ('' = none)")
     ap.add_argument("--doc", default="docs/performance.md", help="full report (Markdown)")
@@ -80,7 +81,7 @@ def _check(args: argparse.Namespace) -> None:
     if args.threads is not None and args.threads < 1:
         raise ScasegError(f"--threads must be at least 1, got {args.threads}")
     if args.imgsz is not None and min(args.imgsz) < 32:
-        raise ScasegError(f"--imgsz must be at least 32 32, got {args.imgsz[0]} {args.imgsz[1]}")
+        raise ScasegError(f"--imgsz must be at least 32x32, got {args.imgsz[0]}x{args.imgsz[1]}")
     for opt in ("doc", "plot"):
         parent = _path(getattr(args, opt)).parent
         if not parent.is_dir():

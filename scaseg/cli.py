@@ -45,6 +45,19 @@ def parse_size(text: Optional[str], option: str = "--imgsz", minimum: int = 1) -
     return dims[0], dims[1]
 
 
+def size_type(text: str) -> tuple[int, int]:
+    """:func:`parse_size` as an argparse ``type=`` (the benchmarks/ scripts): a bad size is argparse's usage error."""
+    import argparse
+
+    try:
+        size = parse_size(text)
+    except ScasegError:
+        size = None
+    if size is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: expected {SIZE_SYNTAX}")
+    return size
+
+
 def format_size(size: Optional[tuple[int, int]]) -> Optional[str]:
     """(512, 1024) -> "512x1024": the text :func:`parse_size` reads back."""
     return None if size is None else f"{size[0]}x{size[1]}"
