@@ -27,7 +27,7 @@ from scaseg.metadata import METADATA_KEY, ModelInfo
 from scaseg.runtime.tensorrt import builder as engine_mod
 from scaseg.runtime.tensorrt import compat as trt_compat
 from scaseg.runtime.tensorrt.compat import TensorRT
-from scaseg.runtime.tensorrt.cuda import load_cuda, require_device
+from scaseg.runtime.tensorrt.cuda import CudaRuntime, load_cuda, require_device
 from scaseg.runtime.tensorrt.plugin import strip_attention_into
 from scaseg.runtime.tensorrt.runner import TensorRTBackend, check_input_shape
 
@@ -544,21 +544,52 @@ def test_ctypes_cuda_fallback_names_what_it_tried() -> None:
         load_cuda(["/nonexistent/libcudart.so"])
 
 
-def test_ctypes_cuda_reports_no_device_in_one_sentence() -> None:
+class _FakeCudart:
+    """Stands in for libcudart with ``devices`` CUDA devices: what CudaRuntime calls, nothing else."""
+
+    def __init__(self, devices: int) -> None:
+        self.devices, self.selected = devices, None
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any) -> Any:
+            if name == "cudaGetDeviceCount":
+                args[0]._obj.value = self.devices  # the byref(c_int) CudaRuntime passes
+            elif name == "cudaSetDevice":
+                self.selected = args[0]
+            elif name == "cudaGetErrorString":
+                return b"invalid device ordinal"
+            return 0
+
+        return call
+
+
+def test_require_device_selects_an_existing_device_and_refuses_others_in_one_sentence() -> None:
+    lib = _FakeCudart(devices=2)
+    cuda = CudaRuntime(lib)  # type: ignore[arg-type]
+    require_device(cuda, 1)
+    assert lib.selected == 1
+    for missing in (2, -1):
+        with pytest.raises(ScasegError, match=f"^CUDA device {missing} does not exist: this machine has 2 CUDA device"):
+            require_device(cuda, missing)
+    assert lib.selected == 1
+
+
+def test_ctypes_cuda_refuses_the_first_missing_device_in_one_sentence() -> None:
+    """Runs wherever libcudart loads, with or without a GPU: with N devices index N is missing, with none index 0."""
     try:
         cuda = load_cuda()
     except ScasegError:
         pytest.skip("no libcudart on this machine")
     try:
         count = cuda.device_count()
-    except ScasegError:
+    except ScasegError:  # no driver or no device: cudaGetDeviceCount itself fails
         count = 0
-    if count:
-        pytest.skip("this machine has a CUDA device")
-    with pytest.raises(ScasegError, match="^(no usable CUDA device: CUDA call cudaGetDeviceCount failed|CUDA device 0 "
-                                          "does not exist)") as err:
-        require_device(cuda, 0)
+    with pytest.raises(ScasegError, match="^(no usable CUDA device: CUDA call cudaGetDeviceCount failed|CUDA device "
+                                          f"{count} does not exist)") as err:
+        require_device(cuda, count)
     assert "\n" not in str(err.value)
+    if count:
+        require_device(cuda, count - 1)  # the last device exists: selected without a word
 
 
 # --- on a GPU with TensorRT (skipped elsewhere) -------------------------------------------------------------------

@@ -140,11 +140,6 @@ def _define(trtp: PluginApi) -> None:
     trtp.impl(PLUGIN_ID)(implement)
 
 
-def is_registered() -> bool:
-    """Whether this process has registered the plugin."""
-    return _registered
-
-
 def register_strip_attention() -> bool:
     """Register ``scaseg::StripCrossAttention`` with TensorRT (idempotent). Raises ScasegError when impossible.
 
