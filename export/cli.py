@@ -214,9 +214,9 @@ def _check_inputs(o: Args) -> Plan:
     if form != "onnx":
         _need("scaseg.runtime.tensorrt.builder" if form == "engine" else "scaseg.export.triton", f"--format {form}")
     if form == "engine":  # no TensorRT, or a compute capability it cannot build for: say so before the export
-        from scaseg.runtime.tensorrt import builder as trt_builder, compat as trt_compat
+        from scaseg.runtime.tensorrt import compat as trt_compat, profile as trt_profile
 
-        trt_builder.check_flavor_options(trt_compat.require_tensorrt("--format engine", o.tensorrt),
+        trt_profile.check_flavor_options(trt_compat.require_tensorrt("--format engine", o.tensorrt),
                                          o.compute_capability, o.dla_core)
     import scaseg
 

@@ -24,13 +24,13 @@ def build_from_onnx(onnx_path: Path, dest: Path, *, precision: str, tensorrt: st
                     calib_method: str, calib_cache: Optional[Path], max_miou_drop: float, workspace_gib: float,
                     timing_cache: Optional[Path], dla_core: Optional[int], say: Callable[[str], None]) -> dict[str, Any]:
     """Check everything, convert the ONNX to ``precision`` when it is fp32, build ``dest``; returns the build summary."""
-    from scaseg.runtime.tensorrt import builder, compat
+    from scaseg.runtime.tensorrt import builder, compat, graph, profile
 
-    builder.check_options(precision, workspace_gib, dla_core)
+    profile.check_options(precision, workspace_gib, dla_core)
     trt = compat.require_tensorrt("--format engine", tensorrt)
-    builder.check_flavor_options(trt, compute_capabilities, dla_core)
-    model, _info = builder.load_onnx(str(onnx_path))
-    carried = builder.graph_precision(model)
+    profile.check_flavor_options(trt, compute_capabilities, dla_core)
+    model, _info = graph.load_onnx(str(onnx_path))
+    carried = graph.graph_precision(model)
     del model
     if precision == "int8" and carried != "int8":
         if calib is None:

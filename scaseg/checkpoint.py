@@ -7,6 +7,9 @@ Checkpoints are untrusted input: ``torch.load(..., weights_only=True)`` or safet
 
 Our format is ``{"format": "scaseg", "version": 1, "config": {model config + ModelInfo fields}, "state_dict": ...}``;
 a ``.safetensors`` file holds the same state dict with the config JSON in its metadata.
+
+Over 400 lines: saving, reading and loading share the format's rules and the LoadReport, and apart they would
+import each other.
 """
 from __future__ import annotations
 

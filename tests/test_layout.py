@@ -147,3 +147,14 @@ def test_nothing_generic_in_site_packages():
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", "import runtime"], capture_output=True, text=True, cwd="/", env=env)
     assert out.returncode != 0, "a top-level `runtime` package is importable: the namespace mapping leaked"
+
+
+def test_no_module_is_over_500_lines_and_over_400_only_with_a_reason_in_its_docstring():
+    for path in _package_modules().values():
+        text = path.read_text()
+        lines = len(text.splitlines())
+        assert lines <= 500, f"{path.relative_to(ROOT)} has {lines} lines: split it by job"
+        if lines > 400:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            assert "over 400 lines" in doc.lower(), (f"{path.relative_to(ROOT)} has {lines} lines and its docstring "
+                                                     "gives no reason (a line 'Over 400 lines: ...')")

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from scaseg.errors import ScasegError
 from scaseg.runtime.backends import open_backend
 from scaseg.metadata import METADATA_KEY, ModelInfo
-from scaseg.runtime.tensorrt import builder as engine_mod
+from scaseg.runtime.tensorrt import builder as engine_mod, graph as trt_graph, profile as trt_profile
 from scaseg.runtime.tensorrt import compat as trt_compat
 from scaseg.runtime.tensorrt.compat import TensorRT
 from scaseg.runtime.tensorrt.cuda import CudaRuntime, load_cuda, require_device
@@ -32,7 +32,8 @@ from scaseg.runtime.tensorrt.plugin import strip_attention_into
 from scaseg.runtime.tensorrt.runner import TensorRTBackend, check_input_shape
 
 ROOT = Path(__file__).resolve().parents[1]
-TRT_FILES = ["runtime/tensorrt/builder.py", "runtime/tensorrt/runner.py", "runtime/tensorrt/cuda.py",
+TRT_FILES = ["runtime/tensorrt/builder.py", "runtime/tensorrt/graph.py", "runtime/tensorrt/layers.py",
+             "runtime/tensorrt/profile.py", "runtime/tensorrt/runner.py", "runtime/tensorrt/cuda.py",
              "runtime/tensorrt/plugin.py", "runtime/tensorrt/compat.py", "runtime/tensorrt/__init__.py"]
 HAS_TRT = bool(trt_compat.installed_flavors())
 
@@ -107,7 +108,7 @@ def _attention_model(function: onnx.FunctionProto, scale: float) -> onnx.ModelPr
         helper.make_node("Unsqueeze", ["v", "ax1"], ["v4"]),  # 1, 1, 64, 3
         helper.make_node("Slice", ["v4", "st0", "st1", "ax3"], ["q"]),  # channel 0 as the one-wide query
         helper.make_node("Slice", ["v4", "st1", "st2", "ax3"], ["k"]),  # channel 1 as the one-wide key
-        helper.make_node(engine_mod.SCA_OP, ["q", "k", "v4"], ["att"], domain=engine_mod.SCA_DOMAIN, scale=scale),
+        helper.make_node(trt_graph.SCA_OP, ["q", "k", "v4"], ["att"], domain=trt_graph.SCA_DOMAIN, scale=scale),
         helper.make_node("Squeeze", ["att", "ax1"], ["att3"]),  # 1, 64, 3
         helper.make_node("Transpose", ["att3"], ["att_t"], perm=[0, 2, 1]),  # 1, 3, 64
         helper.make_node("Reshape", ["att_t", "s_out"], ["output"]),
@@ -117,7 +118,7 @@ def _attention_model(function: onnx.FunctionProto, scale: float) -> onnx.ModelPr
     graph = helper.make_graph(nodes, "sca", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid(engine_mod.SCA_DOMAIN, 1)],
+                                                    helper.make_opsetid(trt_graph.SCA_DOMAIN, 1)],
                               functions=[function])
     model.ir_version = 8
     onnx.helper.set_model_props(model, {METADATA_KEY: info.to_json()})
@@ -265,25 +266,25 @@ def test_build_engine_rejects_bad_options_before_anything_else(tmp_path: Path, k
 
 def test_load_onnx_refuses_missing_damaged_and_foreign_files(tmp_path: Path) -> None:
     with pytest.raises(ScasegError, match="ONNX model not found"):
-        engine_mod.load_onnx(str(tmp_path / "absent.onnx"))
+        trt_graph.load_onnx(str(tmp_path / "absent.onnx"))
     (tmp_path / "junk.onnx").write_bytes(b"\x00\xffnot protobuf at all" * 10)
     with pytest.raises(ScasegError, match="cannot read the ONNX model"):
-        engine_mod.load_onnx(str(tmp_path / "junk.onnx"))
+        trt_graph.load_onnx(str(tmp_path / "junk.onnx"))
     foreign = _conv_model(_info())
     del foreign.metadata_props[:]
     with pytest.raises(ScasegError, match="has no scaseg metadata"):
-        engine_mod.load_onnx(str(_write(foreign, tmp_path / "foreign.onnx")))
-    model, info = engine_mod.load_onnx(str(_write(_conv_model(_info(num_classes=5)), tmp_path / "ok.onnx")))
-    assert info.num_classes == 5 and engine_mod.input_shape(model) == ("images", (1, 3, 8, 8))
+        trt_graph.load_onnx(str(_write(foreign, tmp_path / "foreign.onnx")))
+    model, info = trt_graph.load_onnx(str(_write(_conv_model(_info(num_classes=5)), tmp_path / "ok.onnx")))
+    assert info.num_classes == 5 and trt_graph.input_shape(model) == ("images", (1, 3, 8, 8))
 
 
 # --- precision per TensorRT generation --------------------------------------------------------------------------
 
 
 def test_graph_precision_reads_what_the_onnx_carries() -> None:
-    assert engine_mod.graph_precision(_conv_model(_info())) == "fp32"
-    assert engine_mod.graph_precision(_conv_model(_info(), fp16=True)) == "fp16"
-    assert engine_mod.graph_precision(_conv_model(_info(), qdq=True)) == "int8"
+    assert trt_graph.graph_precision(_conv_model(_info())) == "fp32"
+    assert trt_graph.graph_precision(_conv_model(_info(), fp16=True)) == "fp16"
+    assert trt_graph.graph_precision(_conv_model(_info(), qdq=True)) == "int8"
 
 
 @pytest.mark.parametrize("version, precision, graph, strongly, flags", [
@@ -350,17 +351,17 @@ def test_compute_capability_names() -> None:
 
 def test_resolve_profile_static_dynamic_and_defaults() -> None:
     info = _info(batch=2, input_size=(64, 128))
-    assert engine_mod.resolve_profile((1, 3, 8, 8), info, None) is None
+    assert trt_profile.resolve_profile((1, 3, 8, 8), info, None) is None
     with pytest.raises(ScasegError, match="static input shape"):
-        engine_mod.resolve_profile((1, 3, 8, 8), info, ((1, 3, 8, 8), (2, 3, 8, 8), (2, 3, 8, 8)))
+        trt_profile.resolve_profile((1, 3, 8, 8), info, ((1, 3, 8, 8), (2, 3, 8, 8), (2, 3, 8, 8)))
     # A dynamic ONNX without a profile builds exactly the metadata's batch and size.
-    assert engine_mod.resolve_profile((-1, 3, -1, -1), info, None) == ((2, 3, 64, 128),) * 3
+    assert trt_profile.resolve_profile((-1, 3, -1, -1), info, None) == ((2, 3, 64, 128),) * 3
     wanted = ((1, 3, 32, 32), (2, 3, 64, 64), (4, 3, 128, 128))
-    assert engine_mod.resolve_profile((-1, 3, -1, -1), info, wanted) == wanted
+    assert trt_profile.resolve_profile((-1, 3, -1, -1), info, wanted) == wanted
     with pytest.raises(ScasegError, match="axis 1 of the ONNX input is fixed at 3"):
-        engine_mod.resolve_profile((-1, 3, -1, -1), info, ((1, 4, 8, 8),) * 3)
+        trt_profile.resolve_profile((-1, 3, -1, -1), info, ((1, 4, 8, 8),) * 3)
     with pytest.raises(ScasegError, match="does not size"):
-        engine_mod.resolve_profile((-1, 3, -1, -1), _info(input_size=None), None)
+        trt_profile.resolve_profile((-1, 3, -1, -1), _info(input_size=None), None)
 
 
 def test_engine_model_info_records_ranges_and_facts() -> None:
@@ -484,24 +485,24 @@ def test_strip_attention_function_inlines_and_tags_for_the_plugin(tmp_path: Path
 
     np.testing.assert_allclose(run(model), expected, rtol=1e-5, atol=1e-6)
     # TensorRT < 10.7 path: the function body replaces the node; same numbers, no scaseg node left.
-    inlined = engine_mod.inline_functions(model)
-    assert not inlined.functions and not engine_mod.strip_attention_nodes(inlined)
+    inlined = trt_graph.inline_functions(model)
+    assert not inlined.functions and not trt_graph.strip_attention_nodes(inlined)
     np.testing.assert_allclose(run(inlined), expected, rtol=1e-5, atol=1e-6)
     # TensorRT >= 10.7 path: nodes keep the function but say which plugin namespace/version to use.
-    assert engine_mod.tag_for_plugin(model) == 1
-    attrs = {a.name: helper.get_attribute_value(a) for a in engine_mod.strip_attention_nodes(model)[0].attribute}
+    assert trt_graph.tag_for_plugin(model) == 1
+    attrs = {a.name: helper.get_attribute_value(a) for a in trt_graph.strip_attention_nodes(model)[0].attribute}
     assert attrs == {"scale": pytest.approx(scale), "plugin_namespace": b"scaseg", "plugin_version": b"1"}
-    assert engine_mod.tag_for_plugin(model) == 1  # idempotent: no duplicate attributes
-    assert len(engine_mod.strip_attention_nodes(model)[0].attribute) == 3
+    assert trt_graph.tag_for_plugin(model) == 1  # idempotent: no duplicate attributes
+    assert len(trt_graph.strip_attention_nodes(model)[0].attribute) == 3
 
 
 @pytest.mark.slow
 def test_parser_preparation_per_generation(capsys: pytest.CaptureFixture[str]) -> None:
     model = _attention_model(_sca_function(), 0.5)
-    old, used = engine_mod.prepare_for_parser(onnx.ModelProto.FromString(model.SerializeToString()), _trt("10.3.0"))
-    assert used is False and not old.functions and not engine_mod.strip_attention_nodes(old)
+    old, used = trt_graph.prepare_for_parser(onnx.ModelProto.FromString(model.SerializeToString()), _trt("10.3.0"))
+    assert used is False and not old.functions and not trt_graph.strip_attention_nodes(old)
     if not HAS_TRT:  # 10.7+ but the plugin cannot be registered here: say so, then inline
-        new, used = engine_mod.prepare_for_parser(model, _trt("10.13.0"))
+        new, used = trt_graph.prepare_for_parser(model, _trt("10.13.0"))
         assert used is False and not new.functions
         assert "building without the strip-attention plugin (TensorRT is not installed" in capsys.readouterr().err
 

@@ -18,7 +18,7 @@ import onnx
 import pytest
 
 from scaseg.metadata import METADATA_KEY, ModelInfo
-from scaseg.runtime.tensorrt import builder, compat
+from scaseg.runtime.tensorrt import builder, compat, layers as trt_layers
 
 RTX = compat.find_tensorrt("rtx")
 pytestmark = [pytest.mark.skipif(RTX is None, reason="TensorRT-RTX (tensorrt-rtx-cu12) is not installed"),
@@ -123,13 +123,13 @@ def test_layer_report_is_parsed_from_the_builders_log() -> None:
             "TacticName: x, StreamId: 0, Metadata: [ONNX Layer: /conv/Conv][ONNX Layer: /act/Relu]")
     gemm = line.replace("correlation", "gemm").replace("Int8", "Float").replace("/conv/Conv", "/fc/MatMul")
     move = line.replace("correlation", "kgen")
-    layers = builder.layers_from_log("Layers:\n" + "\n".join([line, gemm, move]) + "\n\nI/O Tensors:\n")
+    layers = trt_layers.layers_from_log("Layers:\n" + "\n".join([line, gemm, move]) + "\n\nI/O Tensors:\n")
     assert [(x.kind, x.dtype, x.onnx_nodes[0]) for x in layers] == [
         ("correlation", "int8", "/conv/Conv"), ("gemm", "fp32", "/fc/MatMul"), ("kgen", "int8", "/conv/Conv")]
-    assert builder.layer_precisions(layers) == {"int8": 1, "fp16": 0, "fp32": 1}
-    wider = builder.wider_than_asked(layers, {"/conv/Conv": "int8", "/fc/MatMul": "int8"})
+    assert trt_layers.layer_precisions(layers) == {"int8": 1, "fp16": 0, "fp32": 1}
+    wider = trt_layers.wider_than_asked(layers, {"/conv/Conv": "int8", "/fc/MatMul": "int8"})
     assert wider == [("/fc/MatMul", "fp32", "int8")]
-    assert "/fc/MatMul: fp32 (the ONNX asks for int8)" in "\n".join(builder.precision_summary({"int8": 1}, wider))
+    assert "/fc/MatMul: fp32 (the ONNX asks for int8)" in "\n".join(trt_layers.precision_summary({"int8": 1}, wider))
 
 
 @pytest.mark.slow
