@@ -23,7 +23,9 @@ import numpy as np
 from scaseg.runtime.backends import open_backend
 from scaseg.runtime.overlay import palette_lut, render_overlay
 from scaseg.runtime.predictor import Predictor
-from scaseg.runtime.video import VideoSink, open_source, run_pipeline
+from scaseg.runtime.pipeline import run_pipeline
+from scaseg.runtime.sinks import VideoSink
+from scaseg.runtime.sources import open_source
 
 
 def export_scaseg_t(folder: Path, size: int) -> Path:

@@ -21,7 +21,9 @@ from scaseg.runtime.options import BackendName, backend_option, batch_option, de
 from scaseg.runtime.overlay import palette_lut, render_overlay
 from scaseg.runtime.predictor import Predictor
 from scaseg.suffixes import IMAGE_SUFFIXES, LABEL_OUTPUT_SUFFIXES, VIDEO_OUTPUT_SUFFIXES, VIDEO_SUFFIXES
-from scaseg.runtime.video import Frame, ImageSink, Source, StopPipeline, VideoSink, open_source, run_pipeline
+from scaseg.runtime.pipeline import StopPipeline, run_pipeline
+from scaseg.runtime.sinks import ImageSink, VideoSink
+from scaseg.runtime.sources import Frame, Source, open_source
 
 app = make_app(__doc__)
 

@@ -15,7 +15,9 @@ from scaseg.runtime.infer import main
 from scaseg.metadata import default_palette
 from scaseg.runtime.overlay import blend, colorize, draw_legend, palette_lut, render_overlay
 from scaseg.runtime.predictor import Predictor
-from scaseg.runtime.video import ImageSink, open_source, run_pipeline
+from scaseg.runtime.pipeline import run_pipeline
+from scaseg.runtime.sinks import ImageSink
+from scaseg.runtime.sources import open_source
 
 
 @pytest.fixture()

@@ -1,0 +1,41 @@
+"""Output sinks for scaseg-infer: a video file (every frame checked on close) or one image file per frame."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from scaseg.data.images import VideoFile, write_image
+
+
+class VideoSink:
+    """Writes RGB frames to a video (codec from the suffix); checked on close (see scaseg.data.images.VideoFile)."""
+
+    def __init__(self, path: Path, fps: float, name: Optional[str] = None) -> None:
+        self.path, self.fps = Path(path), fps
+        self.video = VideoFile(path, fps, name=name)
+
+    def write(self, name: str, image: np.ndarray) -> None:
+        self.video.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
+
+    def close(self, exact: bool = True) -> None:
+        """Finalise the container (writes the index) and check every frame is in it: after this the file plays."""
+        self.video.close(exact=exact)
+
+
+class ImageSink:
+    """Writes each frame as ``<folder>/<name><suffix>`` (or to one fixed file when ``file`` is given)."""
+
+    def __init__(self, folder: Optional[Path] = None, suffix: str = ".png", file: Optional[Path] = None) -> None:
+        self.folder, self.suffix, self.file = folder, suffix, file
+
+    def write(self, name: str, image: np.ndarray) -> None:
+        colour = image.ndim == 3
+        out = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if colour else image
+        target = self.file if self.file is not None else Path(self.folder or ".") / f"{name}{self.suffix}"
+        write_image(target, out)
+
+    def close(self, exact: bool = True) -> None:
+        """Nothing buffered: each image is complete once written."""
