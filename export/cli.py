@@ -10,8 +10,8 @@ import importlib
 import shutil
 import sys
 import tempfile
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, List, Literal, Optional
 
 import typer
