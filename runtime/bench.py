@@ -21,7 +21,9 @@ from scaseg.runtime.backends import ModelFile, model_file, open_backend
 from scaseg.errors import ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_path, check_output, refuse_overwrite, same_path
 from scaseg.metadata import ModelInfo
-from scaseg.runtime.options import BackendName, backend_option, batch_option, device_option, imgsz_option, threads_option
+from scaseg.runtime.memory import peak_rss_mb, reset_peak_rss
+from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, batch_option, device_option, imgsz_option,
+                                    memory_option, threads_option)
 from scaseg.runtime.predictor import Predictor
 from scaseg.data.images import decode_image
 from scaseg.runtime.preprocess import resize_label
@@ -116,10 +118,14 @@ def evaluate(predictor: Predictor, ds: Any, limit: Optional[int] = None, progres
 
 def bench_one(model: ModelFile, *, backend: str, device: Optional[str], threads: Optional[int], imgsz: Optional[tuple[int, int]],
               batch: Optional[int], warmup: int, runs: int, data: Optional[str], dataset: str, split: str,
-              limit: Optional[int], progress: bool) -> dict[str, Any]:
-    """Benchmark one model file; returns the JSON record (see docs/runtime.md)."""
+              limit: Optional[int], progress: bool, memory: Optional[str] = None) -> dict[str, Any]:
+    """Benchmark one model file on one backend; returns the JSON record (see docs/runtime.md).
+
+    ``peak_rss_mb`` is the process's peak RSS while this model was loaded, timed and scored, when the caller reset
+    the high-water mark before (reset_peak_rss); else the process's peak so far.
+    """
     path = model.path
-    with open_backend(model, backend, device=device, threads=threads) as be:
+    with open_backend(model, backend, device=device, threads=threads, memory=memory) as be:
         # One --imgsz across a mixed list: it applies to the dynamic models; static ones keep their size.
         predictor = Predictor(be, imgsz, batch, static_wins=True)
         if predictor.imgsz_ignored:
@@ -128,7 +134,7 @@ def bench_one(model: ModelFile, *, backend: str, device: Optional[str], threads:
                   "--imgsz ignored for it", file=sys.stderr)
         record: dict[str, Any] = {
             "file": os.path.basename(path), "path": os.path.abspath(path), "backend": be.name, "device": be.device,
-            "precision": be.info.precision, "variant": be.info.variant, "output": be.info.output,
+            "precision": be.precision, "variant": be.info.variant, "output": be.info.output,
             "size_mb": os.path.getsize(path) / 2**20, "batch": predictor.batch,
         }
         ds = open_eval_dataset(data, dataset, split, be.info) if data is not None else None
@@ -137,6 +143,7 @@ def bench_one(model: ModelFile, *, backend: str, device: Optional[str], threads:
         record.update(time_model(predictor, image_bytes, warmup, runs, progress))
         if ds is not None:
             record.update(evaluate(predictor, ds, limit, progress))
+        record["peak_rss_mb"] = peak_rss_mb()
     return record
 
 
@@ -146,7 +153,8 @@ def _fmt(value: Any, spec: str) -> str:
 
 def format_table(records: list[dict[str, Any]]) -> str:
     """One row per model: file, backend, precision, size, input, mIoU, ms and FPS (model-only and end-to-end)."""
-    head = ["Model", "Backend", "Device", "Precision", "Size (MB)", "Input", "mIoU", "ms/img", "FPS", "E2E ms/img", "E2E FPS"]
+    head = ["Model", "Backend", "Device", "Precision", "Size (MB)", "Input", "mIoU", "ms/img", "FPS", "E2E ms/img", "E2E FPS",
+            "Peak RSS (MB)"]
     rows = []
     for r in records:
         shape = r["input_shape"]
@@ -155,7 +163,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
             r["file"], r["backend"], r["device"], r["precision"], f"{r['size_mb']:.1f}",
             f"{shape[0]}x{shape[2]}x{shape[3]}", _fmt(None if r.get("miou") is None else 100 * r["miou"], ".2f"),
             f"{r['latency_ms']['mean'] / r['batch']:.2f}", f"{r['fps']:.1f}",
-            f"{e2e['latency_ms']['mean'] / r['batch']:.2f}", f"{e2e['fps']:.1f}",
+            f"{e2e['latency_ms']['mean'] / r['batch']:.2f}", f"{e2e['fps']:.1f}", _fmt(r.get("peak_rss_mb"), ".0f"),
         ])
     return _align(head, rows)
 
@@ -185,7 +193,7 @@ def format_per_class(records: list[dict[str, Any]]) -> str:
 
 CSV_FIELDS = ["file", "backend", "device", "precision", "size_mb", "batch", "input_shape", "fps", "latency_mean_ms",
               "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "e2e_fps", "e2e_latency_mean_ms",
-              "e2e_latency_p50_ms", "e2e_latency_p90_ms", "e2e_latency_p99_ms", "miou", "pixel_acc"]
+              "e2e_latency_p50_ms", "e2e_latency_p90_ms", "e2e_latency_p99_ms", "miou", "pixel_acc", "peak_rss_mb"]
 
 
 def to_csv(records: list[dict[str, Any]]) -> str:
@@ -194,7 +202,8 @@ def to_csv(records: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for r in records:
-        row = {k: r.get(k) for k in ("file", "backend", "device", "precision", "batch", "fps", "miou", "pixel_acc")}
+        row = {k: r.get(k) for k in ("file", "backend", "device", "precision", "batch", "fps", "miou", "pixel_acc",
+                                     "peak_rss_mb")}
         row["size_mb"] = round(r["size_mb"], 3)
         row["input_shape"] = "x".join(str(d) for d in r["input_shape"])
         for prefix, part in (("", r), ("e2e_", r["end_to_end"])):
@@ -220,7 +229,8 @@ def bench(
     batch: Optional[int] = batch_option("Images"),
     threads: Optional[int] = threads_option(),
     device: str = device_option(),
-    backend: BackendName = backend_option(),  # type: ignore[valid-type]
+    backend: list[BackendName] = backend_option(repeat=True),  # type: ignore[valid-type]
+    memory: MemoryMode = memory_option(),  # type: ignore[valid-type]
     imgsz: Optional[str] = imgsz_option(),
     data: Optional[str] = typer.Option(None, "--data", metavar="DIR", help="Dataset root: adds mIoU, pixel accuracy and per-class IoU.", show_default="no accuracy, time only"),
     dataset: str = typer.Option("auto", "--dataset", metavar="auto|cityscapes|ade20k|voc|cocostuff|folder", help="Dataset layout (auto: detected from the folder)."),
@@ -230,7 +240,7 @@ def bench(
     quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-bench"),
 ) -> None:
-    """Benchmark MODELS and print one table across them."""
+    """Benchmark MODELS (on each --backend) and print one table across them."""
     if not models:
         models = [default_model()]
         print(f"scaseg-bench: no model given: timing the shipped default {models[0]} "
@@ -250,19 +260,28 @@ def bench(
             raise ScasegError(f"-o {dest} is given twice; give each output its own file")
         check_output(dest)
     records = []
+    backends = list(dict.fromkeys(b.value for b in backend)) or ["auto"]  # each once, in the order given
+    no_reset: Optional[str] = None
     for mf in files:
-        if not quiet:
-            print(f"scaseg-bench: {mf.path}", file=sys.stderr)
-        records.append(bench_one(mf, backend=backend.value, device=device, threads=threads, imgsz=size, batch=batch,
-                                 warmup=warmup, runs=runs, data=data, dataset=dataset,
-                                 split=split, limit=limit, progress=not quiet))
+        for name in backends:
+            if not quiet:
+                print(f"scaseg-bench: {mf.path}" + ("" if name == "auto" else f" ({name})"), file=sys.stderr)
+            no_reset = reset_peak_rss()  # peak_rss_mb per model, not the peak of all the models before it
+            records.append(bench_one(mf, backend=name, device=device, threads=threads, imgsz=size, batch=batch,
+                                     warmup=warmup, runs=runs, data=data, dataset=dataset, split=split, limit=limit,
+                                     progress=not quiet, memory=memory.value))
     print(format_table(records))
+    if no_reset is not None and len(records) > 1:
+        print(f"scaseg-bench: the peak RSS cannot be reset between models here ({no_reset}): each row's "
+              "Peak RSS is the process's peak up to the end of that row", file=sys.stderr)
     if per_class:
         if data is None:
             print("scaseg-bench: --per-class needs --data (no accuracy was measured)", file=sys.stderr)
         else:
             print("\n" + format_per_class(records))
     settings = {"warmup": warmup, "runs": runs, "batch": batch, "threads": threads, "device": device,
+                "backends": backends, "memory": memory.value,
+                "peak_rss": "per model" if no_reset is None else f"since the process started ({no_reset})",
                 "imgsz": size, "data": data, "dataset": dataset, "split": split, "limit": limit,
                 "sample": "dataset image" if data else f"synthetic {SAMPLE_HW[0]}x{SAMPLE_HW[1]} JPEG"}
     for dest in output:

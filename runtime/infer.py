@@ -17,7 +17,8 @@ from scaseg.cli import make_app, parse_size, quiet_option
 from scaseg.runtime.backends import open_backend
 from scaseg.errors import Interrupted, ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_dir, atomic_path, check_dir_output, check_output, refuse_overwrite, write_bytes
-from scaseg.runtime.options import BackendName, backend_option, batch_option, device_option, imgsz_option, threads_option
+from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, batch_option, device_option, imgsz_option,
+                                    memory_option, threads_option)
 from scaseg.runtime.overlay import palette_lut, render_overlay
 from scaseg.runtime.predictor import Predictor
 from scaseg.suffixes import IMAGE_SUFFIXES, LABEL_OUTPUT_SUFFIXES, VIDEO_OUTPUT_SUFFIXES, VIDEO_SUFFIXES
@@ -95,6 +96,7 @@ def infer(
     backend: BackendName = backend_option(),  # type: ignore[valid-type]
     device: str = device_option(),
     threads: Optional[int] = threads_option(),
+    memory: MemoryMode = memory_option(),  # type: ignore[valid-type]
     imgsz: Optional[str] = imgsz_option(),
     resize: Resize = typer.Option("letterbox", "--resize", help="letterbox: keep the source's aspect ratio "
                                   "(scale to fit the model's input, pad, crop the labels back); stretch: resize to the "
@@ -120,8 +122,8 @@ def infer(
         target = _check_output(src, out, kind) if save else "none"
         if target != "none":
             _check_target(out, target, source, model_path)
-        predictor = Predictor(open_backend(model_path, backend.value, device=device, threads=threads), parse_size(imgsz), batch,
-                              resize=resize)
+        predictor = Predictor(open_backend(model_path, backend.value, device=device, threads=threads,
+                                           memory=memory.value), parse_size(imgsz), batch, resize=resize)
         if not quiet:  # once the model and the output are known to be good, so that an error stays one line
             print(f"scaseg-infer: model {model_path}" + (f" ({origin})" if origin else ""), file=sys.stderr)
         label = os.path.basename(model_path) + ("" if model else ", the shipped default")

@@ -1,4 +1,4 @@
-"""The options scaseg-bench and scaseg-infer share: backend, device, threads, input size and batch, said once."""
+"""The options scaseg-bench and scaseg-infer share: backend, device, threads, memory, input size and batch, said once."""
 from __future__ import annotations
 
 from enum import Enum
@@ -8,16 +8,33 @@ import typer
 
 from scaseg.cli import SIZE_METAVAR
 from scaseg.runtime.backends import BACKENDS
+from scaseg.runtime.memory import DEFAULT_MEMORY, MEMORY_MODES
 
 # An Enum so that --help lists the choices and the parser refuses others; built from the one list of backends.
 BackendName = Enum("BackendName", {name: name for name in BACKENDS}, type=str)  # type: ignore[misc]
+MemoryMode = Enum("MemoryMode", {name: name for name in MEMORY_MODES}, type=str)  # type: ignore[misc]
+
+BACKEND_HELP = ("Runtime: auto picks it from the model file's suffix (.onnx: onnxruntime, .trt/.engine/.plan: "
+                "tensorrt, .pth: torch); openvino runs an .onnx on OpenVINO's CPU plugin (pip install "
+                "\".[openvino]\"), openvino:bf16 in bf16 where the CPU has it.")
 
 DEVICE_METAVAR = "auto|cpu|cuda[:N]|tensorrt"
 
 
-def backend_option() -> Any:
-    return typer.Option(BackendName("auto"), "--backend", help="Runtime: auto picks it from the model file's "
-                        "suffix (.onnx: onnxruntime, .trt/.engine/.plan: tensorrt, .pth: torch).")
+def backend_option(repeat: bool = False) -> Any:
+    """--backend; ``repeat``: scaseg-bench takes several and times every model on each."""
+    if repeat:
+        # The metavar as a single --backend shows it (typer writes "<list[...]>" for a list).
+        return typer.Option([BackendName("auto")], "--backend", show_default="auto", metavar=f"<{'|'.join(BACKENDS)}>",
+                            help=BACKEND_HELP + " Repeat it to compare runtimes in one table.")
+    return typer.Option(BackendName("auto"), "--backend", help=BACKEND_HELP)
+
+
+def memory_option() -> Any:
+    return typer.Option(MemoryMode(DEFAULT_MEMORY), "--memory",
+                        help="lean: ONNX Runtime's CPU memory arena and memory pattern off, and malloc hands large "
+                        "blocks back to the system (less than half the peak RSS at 1024x2048, same speed; "
+                        "docs/runtime.md); fast: the libraries' own allocators.")
 
 
 def device_option() -> Any:

@@ -119,7 +119,7 @@ def test_bad_model_files(tmp_path):
     with pytest.raises(ScasegError, match="is a folder"):
         open_backend(tmp_path / "dir.onnx")
     with pytest.raises(ScasegError, match="unknown backend"):
-        open_backend(make_onnx(tmp_path / "m.onnx"), backend="openvino")
+        open_backend(make_onnx(tmp_path / "m.onnx"), backend="openvino:int4")
 
 
 def test_the_interface_declares_what_callers_need(tmp_path):

@@ -116,9 +116,10 @@ def test_format_table_marks_missing_miou():
     rec = {"file": "m.onnx", "backend": "onnxruntime", "device": "CPU", "precision": "int8", "size_mb": 1.25,
            "input_shape": [2, 3, 64, 64], "batch": 2, "latency_ms": {"mean": 10.0}, "fps": 200.0,
            "end_to_end": {"latency_ms": {"mean": 14.0}, "fps": 142.9}}
-    row = format_table([rec, {**rec, "miou": 0.4567}]).splitlines()
-    assert row[1].split() == ["m.onnx", "onnxruntime", "CPU", "int8", "1.2", "2x64x64", "-", "5.00", "200.0", "7.00", "142.9"]
-    assert row[2].split()[6] == "45.67"
+    row = format_table([rec, {**rec, "miou": 0.4567, "peak_rss_mb": 812.4}]).splitlines()
+    assert row[1].split() == ["m.onnx", "onnxruntime", "CPU", "int8", "1.2", "2x64x64", "-", "5.00", "200.0", "7.00", "142.9",
+                              "-"]
+    assert row[2].split()[6] == "45.67" and row[2].split()[-1] == "812"
 
 
 def test_without_model_times_the_shipped_default(capsys, monkeypatch):

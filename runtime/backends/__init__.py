@@ -1,4 +1,8 @@
-"""Backends behind one interface, and ``open_backend`` which picks one from the model file's suffix."""
+"""Backends behind one interface, and ``open_backend`` which picks one from the model file's suffix.
+
+A backend name is a runtime, optionally with the precision it computes in: ``openvino:bf16`` is OpenVINO with
+bf16 inference precision (``openvino`` alone runs the file's own precision).
+"""
 from __future__ import annotations
 
 import os
@@ -10,8 +14,9 @@ from scaseg.runtime.backends.base import Backend, InputMetadata
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
 from scaseg.suffixes import CHECKPOINT_SUFFIXES as TORCH_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
+from scaseg.runtime.memory import Memory
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+BACKENDS = ("auto", "onnxruntime", "openvino", "openvino:bf16", "tensorrt", "torch")
 
 __all__ = ["Backend", "BACKENDS", "InputMetadata", "ModelFile", "model_file", "open_backend", "backend_for"]
 
@@ -55,11 +60,13 @@ def open_backend(
     device: Optional[str] = None,
     threads: Optional[int] = None,
     info: Optional[ModelInfo] = None,
+    memory: Memory = None,
 ) -> Backend:
     """Load a model with the right backend: .onnx -> ONNX Runtime, .trt/.engine/.plan -> TensorRT, .pth/.pt -> PyTorch.
 
-    ``model``: a path (checked here) or a ModelFile the caller checked already. ``device``: auto | cpu | cuda[:N] |
-    tensorrt. ``info`` overrides (or stands in for missing) model metadata.
+    ``model``: a path (checked here) or a ModelFile the caller checked already. ``backend``: one of BACKENDS
+    (``openvino`` only when asked for). ``device``: auto | cpu | cuda[:N] | tensorrt. ``info`` overrides (or
+    stands in for missing) model metadata. ``memory``: lean | fast (scaseg.runtime.memory; None: the default).
     """
     if backend not in BACKENDS:
         raise ScasegError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -68,7 +75,12 @@ def open_backend(
     if kind == "onnxruntime":
         from scaseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, info, device=device, threads=threads)
+        return OnnxRuntimeBackend(path, info, device=device, threads=threads, memory=memory)
+    if kind.startswith("openvino"):
+        from scaseg.runtime.backends.openvino import OpenVinoBackend
+
+        precision = kind.partition(":")[2] or "fp32"
+        return OpenVinoBackend(path, info, device=device, threads=threads, precision=precision, memory=memory)
     if kind == "torch":
         from scaseg.runtime.backends.torch import TorchBackend
 

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
+from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
+
+Shape = tuple[Optional[int], ...]
 
 
 @dataclass(frozen=True)
@@ -16,7 +19,37 @@ class InputMetadata:
 
     name: str
     dtype: np.dtype
-    shape: tuple[Optional[int], ...]
+    shape: Shape
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a runtime library's exception, for a one-sentence error."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300].rstrip(".")
+
+
+def check_graph(info: ModelInfo, where: str, inputs: Mapping[str, Shape], outputs: Mapping[str, Shape]) -> None:
+    """Compare a loaded graph's inputs and outputs (name -> shape, None for a dynamic axis) with its metadata."""
+    if info.input_name not in inputs:
+        raise ScasegError(f"the metadata of {where} names input {info.input_name!r} but the graph has {sorted(inputs)}")
+    if info.output_name not in outputs:
+        raise ScasegError(f"the metadata of {where} names output {info.output_name!r} but the graph has {sorted(outputs)}")
+    shape = inputs[info.input_name]
+    if len(shape) != 4 or shape[1] not in (None, 3):
+        raise ScasegError(f"the input of {where} has shape {_words(shape)}; expected (batch, 3, height, width)")
+    static_hw = shape[2:]
+    if None not in static_hw and info.input_size is not None and tuple(static_hw) != tuple(info.input_size):
+        raise ScasegError(f"the metadata of {where} says input size {tuple(info.input_size)} but the graph takes {tuple(static_hw)}")
+    out = outputs[info.output_name]
+    want_rank = 4 if info.output == "logits" else 3
+    if len(out) != want_rank:
+        raise ScasegError(f"the metadata of {where} says the output is {info.output} but the output has rank {len(out)}")
+    if info.output == "logits" and out[1] not in (None, info.num_classes):
+        raise ScasegError(f"the metadata of {where} says {info.num_classes} classes but the model outputs {out[1]}")
+
+
+def _words(shape: Shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 class Backend(abc.ABC):

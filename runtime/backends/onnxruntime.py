@@ -6,20 +6,16 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from scaseg.runtime.backends.base import Backend, InputMetadata
+from scaseg.runtime.backends.base import Backend, InputMetadata, check_graph, first_line
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo, read_onnx_metadata
+from scaseg.runtime.memory import Memory, apply_process_settings, memory_settings
 
 _TRT_EP = "TensorrtExecutionProvider"
 _CUDA_EP = "CUDAExecutionProvider"
 _CPU_EP = "CPUExecutionProvider"
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300].rstrip(".")
 
 
 def parse_device(device: Optional[str]) -> tuple[str, int]:
@@ -61,9 +57,14 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: str, info: Optional[ModelInfo] = None, *, device: Optional[str] = None,
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, memory: Memory = None) -> None:
+        """``memory``: lean | fast | MemorySettings (scaseg.runtime.memory), None for the default."""
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.memory = memory_settings(memory)
+        opts.enable_cpu_mem_arena = self.memory.cpu_arena
+        opts.enable_mem_pattern = self.memory.mem_pattern
+        apply_process_settings(self.memory)
         if threads is not None:
             if threads < 1:
                 raise ScasegError(f"--threads must be at least 1, got {threads}")
@@ -73,7 +74,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own pybind exception types for every load failure
-            raise ScasegError(f"cannot load the ONNX model {path}: {_first_line(exc)}") from None
+            raise ScasegError(f"cannot load the ONNX model {path}: {first_line(exc)}") from None
         if info is None:
             info = read_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         super().__init__(path, info)
@@ -81,27 +82,12 @@ class OnnxRuntimeBackend(Backend):
 
     def _check_graph(self) -> None:
         """Compare the graph's real inputs and outputs with what the metadata promises."""
-        info, where = self.info, self.path
         inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name: o for o in self.session.get_outputs()}
-        if info.input_name not in inputs:
-            raise ScasegError(f"the metadata of {where} names input {info.input_name!r} but the graph has {sorted(inputs)}")
-        if info.output_name not in outputs:
-            raise ScasegError(f"the metadata of {where} names output {info.output_name!r} but the graph has {sorted(outputs)}")
-        inp = inputs[info.input_name]
-        if len(inp.shape) != 4 or _dim(inp.shape[1]) not in (None, 3):
-            raise ScasegError(f"the input of {where} has shape {inp.shape}; expected (batch, 3, height, width)")
+        check_graph(self.info, self.path, {n: tuple(_dim(d) for d in i.shape) for n, i in inputs.items()},
+                    {o.name: tuple(_dim(d) for d in o.shape) for o in self.session.get_outputs()})
+        inp = inputs[self.info.input_name]
         self._input = InputMetadata(inp.name, np.dtype(np.float16 if inp.type == "tensor(float16)" else np.float32),
                                     tuple(_dim(d) for d in inp.shape))
-        static_hw = self._input.shape[2:]
-        if None not in static_hw and info.input_size is not None and tuple(static_hw) != tuple(info.input_size):
-            raise ScasegError(f"the metadata of {where} says input size {tuple(info.input_size)} but the graph takes {tuple(static_hw)}")
-        out = outputs[info.output_name]
-        want_rank = 4 if info.output == "logits" else 3
-        if len(out.shape) != want_rank:
-            raise ScasegError(f"the metadata of {where} says the output is {info.output} but the output has rank {len(out.shape)}")
-        if info.output == "logits" and _dim(out.shape[1]) not in (None, info.num_classes):
-            raise ScasegError(f"the metadata of {where} says {info.num_classes} classes but the model outputs {out.shape[1]}")
 
     def get_input_metadata(self) -> InputMetadata:
         return self._input
@@ -117,7 +103,7 @@ class OnnxRuntimeBackend(Backend):
             (out,) = self.session.run([self.info.output_name], feed)
         except Exception as exc:
             raise ScasegError(f"ONNX Runtime could not run {self.path} on an input of shape {tuple(batch.shape)}: "
-                              f"{_first_line(exc)}") from None
+                              f"{first_line(exc)}") from None
         if self.info.output == "logits" and out.dtype != np.float32:
             out = out.astype(np.float32)
         return out
