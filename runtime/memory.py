@@ -1,10 +1,12 @@
-"""Memory of a running model: the ``--memory lean|fast`` settings, and the process's peak RSS (VmHWM).
+"""Memory of a running model: the ``--memory fast|lean|minimal`` settings, and the process's peak RSS (VmHWM).
 
 Where the peak of scaseg-t at 1024x2048 on ONNX Runtime CPU comes from (benchmarks/bench_cpu_memory.py measures
 it, docs/runtime.md has the table): not the attention, but the allocators. ONNX Runtime's CPU arena keeps every
 block it ever grew to; its memory pattern plans one buffer for all activations up front; and glibc malloc keeps
-freed large blocks in its heap once its dynamic mmap threshold has grown past them. ``lean`` turns the first two
-off and pins glibc's mmap threshold at 1 MiB, so that large buffers are mapped and handed back on free.
+freed large blocks in its heap once its dynamic mmap threshold has grown past them.
+``lean`` plans no memory pattern (the arena keeps what one run needs and no more); ``minimal`` also turns
+the arena off and pins glibc's mmap threshold at 1 MiB, so that large buffers are mapped and handed back on free
+(the least memory, at the cost of page faults on every run).
 """
 from __future__ import annotations
 
@@ -30,10 +32,12 @@ class MemorySettings:
 
 MEMORY_MODES = {
     "fast": MemorySettings(),
-    "lean": MemorySettings(cpu_arena=False, mem_pattern=False, mmap_threshold=1 << 20),
+    "lean": MemorySettings(mem_pattern=False),
+    "minimal": MemorySettings(cpu_arena=False, mem_pattern=False, mmap_threshold=1 << 20),
 }
-#: chosen by benchmarks/bench_cpu_memory.py: lean peaks at less than half of fast at 1024x2048, at the same speed
-DEFAULT_MEMORY = "lean"
+#: chosen by benchmarks/bench_cpu_memory.py (docs/performance.md, "Memory"): only minimal stays under 1 GiB for
+#: scaseg-t at 1024x2048, and it ran about 0.7x as fast as fast there and at 512x512; speed is the default
+DEFAULT_MEMORY = "fast"
 
 Memory = Union[str, MemorySettings, None]
 

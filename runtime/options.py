@@ -32,9 +32,10 @@ def backend_option(repeat: bool = False) -> Any:
 
 def memory_option() -> Any:
     return typer.Option(MemoryMode(DEFAULT_MEMORY), "--memory",
-                        help="lean: ONNX Runtime's CPU memory arena and memory pattern off, and malloc hands large "
-                        "blocks back to the system (less than half the peak RSS at 1024x2048, same speed; "
-                        "docs/runtime.md); fast: the libraries' own allocators.")
+                        help="How the runtime allocates (ONNX Runtime; OpenVINO takes only minimal's malloc setting). "
+                        "fast: the libraries' defaults; lean: no memory pattern planned up front (ONNX Runtime's arena "
+                        "keeps what a run needs); minimal: also no arena, and malloc hands large blocks back to the "
+                        "system (the least memory, slower: fresh pages every run). Measured: docs/performance.md.")
 
 
 def device_option() -> Any:

@@ -14,7 +14,7 @@ from scaseg.runtime.backends import open_backend
 from scaseg.runtime.bench import main as bench_main
 
 
-@pytest.mark.parametrize("mode, arena, pattern", [("lean", False, False), ("fast", True, True)])
+@pytest.mark.parametrize("mode, arena, pattern", [("fast", True, True), ("lean", True, False), ("minimal", False, False)])
 def test_memory_mode_reaches_the_session_options(tmp_path, mode, arena, pattern):
     be = open_backend(make_onnx(tmp_path / "m.onnx"), memory=mode)
     opts = be.session.get_session_options()
@@ -73,3 +73,21 @@ def test_bench_reports_a_plausible_peak_rss_per_model(tmp_path, capsys, monkeypa
         pytest.skip(f"the peak cannot be reset here: {report['settings']['peak_rss']}")
     # Reset between models: the small model's row does not carry the big one's peak.
     assert peaks[1] < peaks[0] - 100, peaks
+
+
+@pytest.mark.parametrize("mode, arena", [("fast", True), ("minimal", False)])
+def test_the_command_line_option_reaches_the_session(tmp_path, capsys, monkeypatch, mode, arena):
+    import scaseg.runtime.bench as bench
+
+    opened = []
+
+    def spy(*args, **kwargs):
+        be = open_backend(*args, **kwargs)
+        opened.append(be.session.get_session_options().enable_cpu_mem_arena)  # closed (and dropped) after the run
+        return be
+
+    monkeypatch.setattr(bench, "open_backend", spy)
+    code, _, err = run_main(bench_main, [make_onnx(tmp_path / "m.onnx"), "--memory", mode, "--warmup", "0", "-n", "1",
+                                         "-q"], capsys, monkeypatch)
+    assert code == 0, err
+    assert opened == [arena]
