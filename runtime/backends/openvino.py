@@ -18,6 +18,7 @@ from scaseg.metadata import METADATA_KEY, ModelInfo, read_onnx_metadata
 from scaseg.runtime.backends.base import Backend, InputMetadata, Shape, check_graph, first_line
 from scaseg.runtime.backends.onnxruntime import parse_device
 from scaseg.runtime.memory import Memory, apply_process_settings, memory_settings
+from scaseg.suffixes import ONNX_SUFFIXES
 
 #: --backend openvino[:PRECISION] -> OpenVINO's inference precision hint
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
@@ -49,7 +50,7 @@ class OpenVinoBackend(Backend):
 
     def __init__(self, path: str, info: Optional[ModelInfo] = None, *, device: Optional[str] = None,
                  threads: Optional[int] = None, precision: str = "fp32", memory: Memory = None) -> None:
-        if Path(path).suffix.lower() != ".onnx":
+        if Path(path).suffix.lower() not in ONNX_SUFFIXES:
             raise ScasegError(f"--backend openvino runs exported ONNX models (.onnx), and {path} is not one")
         kind, _ = parse_device(device)
         if kind not in ("auto", "cpu"):
