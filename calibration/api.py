@@ -105,10 +105,12 @@ def _fp16(model: onnx.ModelProto, info: ModelInfo, out_path: str, calib_dir: Opt
 
 def _int8(model: onnx.ModelProto, info: ModelInfo, out_path: str, cset: data.CalibrationSet, method: str,
           target: str, max_miou_drop: float, cache_dir: Optional[str], stem: str) -> dict:
-    names = int8.tensors_to_calibrate(model)
+    graph = int8.prepare(model, {}, target)[0]  # calibrated as rewritten for the target, the graph quantize places pairs in
+    names = int8.tensors_to_calibrate(graph)
     if not names:
         raise ScasegError("the model has no Conv, MatMul or Gemm with constant weights to quantize")
-    key = data.cache_key(model.graph.SerializeToString(), info, cset.calib)
+    rewrites = f"|fuse_gelu={int8.PLACEMENTS[target].fuse_gelu}|fold_bn={int8.PLACEMENTS[target].fold_bn}".encode()
+    key = data.cache_key(model.graph.SerializeToString() + rewrites, info, cset.calib)  # the graph calibrated
     # Named after the graph too: scaseg-export calibrates from a temporary "model.fp32.onnx" for every model.
     cache_file = Path(cache_dir).expanduser() / f"{stem}.{key['model'][:12]}.calib.npz" if cache_dir else None
     stats, cache = (data.load_stats(cache_file, key) if cache_file else (None, "off"))
@@ -119,7 +121,7 @@ def _int8(model: onnx.ModelProto, info: ModelInfo, out_path: str, cset: data.Cal
                 for b in batches:
                     yield b
                     bar.update(min(b.shape[0], bar.total - bar.n))
-            stats = collect_stats(runner(model, names), data.batches(cset.calib, info), names, progress)
+            stats = collect_stats(runner(graph, names), data.batches(cset.calib, info), names, progress)
         if cache_file:
             data.save_stats(cache_file, key, stats)
     thresholds = stats.thresholds(method)

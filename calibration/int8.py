@@ -1,6 +1,6 @@
 """Explicit INT8: write QuantizeLinear/DequantizeLinear pairs into an fp32 ONNX graph.
 
-Symmetric int8 everywhere (zero points 0), activations per tensor, weights per output channel.
+Symmetric int8 everywhere (zero points 0), activations per tensor, weights per output channel (7-bit for cpu).
 Where the pairs go is the speed (a Q/DQ pair around an op without an int8 kernel is pure overhead), so it is
 a per-target ``Placement``:
 
@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from scaseg.calibration.rewrite import fuse_gelu
+from scaseg.calibration.rewrite import fold_batchnorm, fuse_gelu
 
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 
@@ -45,6 +45,8 @@ class Placement:
     # Convs/Linears with fewer input features than this (Cin * kh * kw, or K) stay float. 32 keeps the stem's
     # first convolution (3 channels in) in float: int8 there costs accuracy and saves nothing measurable.
     min_features: int = 0
+    # Ops with fewer output channels (Conv) or columns (MatMul/Gemm) than this stay float.
+    min_outputs: int = 0
     # Depthwise kernel sizes quantized (None: all). On ORT CPU an int8 depthwise conv is slower than the float one;
     # it pays only where it keeps a chain in int8 (MLP: 1x1 -> dw 3x3 -> GELU), not for the strip convolutions.
     depthwise_kernels: Optional[tuple[tuple[int, int], ...]] = None
@@ -52,11 +54,17 @@ class Placement:
     fuse_gelu: bool = False
     # Data-movement ops that an input pair is pushed up through (single_use only), with the input's scale.
     int8_movement: tuple[str, ...] = ()
+    # Fold the pre-norm BatchNorms into the 1x1 convs and residuals around them first (rewrite.py, exact).
+    fold_bn: bool = False
+    # Largest |int8 weight|. ORT CPU's u8 x s8 kernels on x86 without VNNI (AVX2) add u8*s8 pairs in int16, which
+    # saturates near +-127 (a per-channel QLinearConv was 0.69 off its own Q/DQ graph); 63 (7 bits) cannot.
+    weight_max: int = 127
 
 
 PLACEMENTS = {
     "cpu": Placement("cpu", depthwise=True, activation_matmul=False, output_qdq=True, int32_bias=True, single_use=True,
-                     min_features=32, depthwise_kernels=((3, 3),), fuse_gelu=True, int8_movement=("Concat",)),
+                     min_features=32, depthwise_kernels=((3, 3),), fuse_gelu=True, int8_movement=("Concat",),
+                     weight_max=63),
     "tensorrt": Placement("tensorrt", depthwise=True, activation_matmul=True, output_qdq=False, int32_bias=False),
 }
 
@@ -124,17 +132,21 @@ def _plan_node(node: onnx.NodeProto, consts: dict[str, np.ndarray], placement: P
             return None
         if group == 1 and int(np.prod(w.shape[1:])) < placement.min_features:
             return None
+        if w.shape[0] < placement.min_outputs:
+            return None
         return _Target(node.name, (0,), 1, 0, node.output[0])
     if node.op_type == "Gemm":
         if int(_attr(node, "transA", 0)) or float(_attr(node, "alpha", 1.0)) != 1.0 or not float_const(1, 2):
             return None
         trans_b = int(_attr(node, "transB", 0))
-        if consts[node.input[1]].shape[1 if trans_b else 0] < placement.min_features:
+        k, n = consts[node.input[1]].shape[::-1] if trans_b else consts[node.input[1]].shape
+        if k < placement.min_features or n < placement.min_outputs:
             return None
         return _Target(node.name, (0,), 1, 0 if trans_b else 1, node.output[0])
     # MatMul: a Linear layer (constant 2-D weight on the right) or two activations.
     if float_const(1, 2):
-        if consts[node.input[1]].shape[0] < placement.min_features:
+        k, n = consts[node.input[1]].shape
+        if k < placement.min_features or n < placement.min_outputs:
             return None
         return _Target(node.name, (0,), 1, 1, node.output[0])
     if node.input[0] in consts or node.input[1] in consts:
@@ -164,17 +176,12 @@ def tensors_to_calibrate(model: onnx.ModelProto) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _weight_scales(w: np.ndarray, axis: int) -> np.ndarray:
-    reduce = tuple(d for d in range(w.ndim) if d != axis)
-    amax = np.abs(w).max(axis=reduce).astype(np.float64)
-    return np.maximum(amax, 1e-12) / 127.0
-
-
-def _quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    scales = _weight_scales(w, axis)
+def _quantize_weight(w: np.ndarray, axis: int, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    amax = np.abs(w).max(axis=tuple(d for d in range(w.ndim) if d != axis)).astype(np.float64)
+    scales = np.maximum(amax, 1e-12) / float(qmax)
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.round(w / scales.reshape(shape)), -127, 127).astype(np.int8)
+    q = np.clip(np.round(w / scales.reshape(shape)), -qmax, qmax).astype(np.int8)
     return q, scales.astype(np.float32)
 
 
@@ -186,11 +193,14 @@ def prepare(model: onnx.ModelProto, thresholds: dict[str, float], target: str
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    if not PLACEMENTS[target].fuse_gelu:
-        return out, thresholds
-    out, renamed = fuse_gelu(out, constants(out))
-    derived = {new: thresholds[old] * factor for new, (old, factor) in renamed.items() if old in thresholds}
-    return out, {**thresholds, **derived}
+    placement = PLACEMENTS[target]
+    if placement.fuse_gelu:
+        out, renamed = fuse_gelu(out, constants(out))
+        derived = {new: thresholds[old] * factor for new, (old, factor) in renamed.items() if old in thresholds}
+        thresholds = {**thresholds, **derived}
+    if placement.fold_bn:
+        out = fold_batchnorm(out, constants(out))
+    return out, thresholds
 
 
 def quantize(
@@ -293,7 +303,7 @@ def quantize(
                 node.input[i] = shared[src]
         if t.weight is not None:
             w = consts[node.input[t.weight]]
-            wq, ws = _quantize_weight(w, t.axis)
+            wq, ws = _quantize_weight(w, t.axis, placement.weight_max)
             base = f"{node.name}_w"
             new_inits += [numpy_helper.from_array(wq, f"{base}_int8"), numpy_helper.from_array(ws, f"{base}_scale"),
                           numpy_helper.from_array(np.zeros(ws.shape, np.int8), f"{base}_zero")]

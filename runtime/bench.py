@@ -21,6 +21,7 @@ from scaseg.runtime.backends import ModelFile, model_file, open_backend
 from scaseg.errors import ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_path, check_output, refuse_overwrite, same_path
 from scaseg.metadata import ModelInfo
+from scaseg.runtime.backends.threads import parse_threads, settle
 from scaseg.runtime.memory import peak_rss_mb, reset_peak_rss
 from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, batch_option, device_option, imgsz_option,
                                     memory_option, threads_option)
@@ -116,7 +117,7 @@ def evaluate(predictor: Predictor, ds: Any, limit: Optional[int] = None, progres
             "class_names": list(ds.classes), "images": total, "dataset": ds.kind, "split": ds.split}
 
 
-def bench_one(model: ModelFile, *, backend: str, device: Optional[str], threads: Optional[int], imgsz: Optional[tuple[int, int]],
+def bench_one(model: ModelFile, *, backend: str, device: Optional[str], threads: Optional[int | str], imgsz: Optional[tuple[int, int]],
               batch: Optional[int], warmup: int, runs: int, data: Optional[str], dataset: str, split: str,
               limit: Optional[int], progress: bool, memory: Optional[str] = None) -> dict[str, Any]:
     """Benchmark one model file on one backend; returns the JSON record (see docs/runtime.md).
@@ -125,17 +126,20 @@ def bench_one(model: ModelFile, *, backend: str, device: Optional[str], threads:
     the high-water mark before (reset_peak_rss); else the process's peak so far.
     """
     path = model.path
-    with open_backend(model, backend, device=device, threads=threads, memory=memory) as be:
+    with open_backend(model, backend, device=device, threads=parse_threads(threads), memory=memory) as be:
         # One --imgsz across a mixed list: it applies to the dynamic models; static ones keep their size.
         predictor = Predictor(be, imgsz, batch, static_wins=True)
         if predictor.imgsz_ignored:
             assert predictor.size is not None
             print(f"scaseg-bench: {os.path.basename(path)} has a fixed {predictor.size[0]}x{predictor.size[1]} input; "
                   "--imgsz ignored for it", file=sys.stderr)
+        chosen = settle(be, predictor.size, predictor.batch)
+        if progress and chosen != "-":
+            print(f"scaseg-bench: {os.path.basename(path)}: threads {chosen}", file=sys.stderr)
         record: dict[str, Any] = {
             "file": os.path.basename(path), "path": os.path.abspath(path), "backend": be.name, "device": be.device,
             "precision": be.precision, "variant": be.info.variant, "output": be.info.output,
-            "size_mb": os.path.getsize(path) / 2**20, "batch": predictor.batch,
+            "size_mb": os.path.getsize(path) / 2**20, "batch": predictor.batch, "threads": getattr(be, "threads", None),
         }
         ds = open_eval_dataset(data, dataset, split, be.info) if data is not None else None
         # End-to-end timing decodes a real image of the dataset when there is one.
@@ -227,7 +231,7 @@ def bench(
     warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed runs first."),
     runs: int = typer.Option(50, "--runs", "-n", min=1, help="Timed runs."),
     batch: Optional[int] = batch_option("Images"),
-    threads: Optional[int] = threads_option(),
+    threads: str = threads_option(),
     device: str = device_option(),
     backend: list[BackendName] = backend_option(repeat=True),  # type: ignore[valid-type]
     memory: MemoryMode = memory_option(),  # type: ignore[valid-type]
@@ -249,6 +253,7 @@ def bench(
     if data is not None and not Path(data).expanduser().is_dir():
         raise ScasegError(f"dataset folder not found: {data}")
     size = parse_size(imgsz)
+    parse_threads(threads)
     writers = {".json": "json", ".csv": "csv"}
     for dest in output:
         if dest.suffix.lower() not in writers:

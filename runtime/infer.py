@@ -17,6 +17,7 @@ from scaseg.cli import make_app, parse_size, quiet_option
 from scaseg.runtime.backends import open_backend
 from scaseg.errors import Interrupted, ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_dir, atomic_path, check_dir_output, check_output, refuse_overwrite, write_bytes
+from scaseg.runtime.backends.threads import parse_threads, settle
 from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, batch_option, device_option, imgsz_option,
                                     memory_option, threads_option)
 from scaseg.runtime.overlay import palette_lut, render_overlay
@@ -95,7 +96,7 @@ def infer(
     save: bool = typer.Option(True, "--save/--no-save", help="Write outputs (--no-save with --show only displays)."),
     backend: BackendName = backend_option(),  # type: ignore[valid-type]
     device: str = device_option(),
-    threads: Optional[int] = threads_option(),
+    threads: str = threads_option(),
     memory: MemoryMode = memory_option(),  # type: ignore[valid-type]
     imgsz: Optional[str] = imgsz_option(),
     resize: Resize = typer.Option("letterbox", "--resize", help="letterbox: keep the source's aspect ratio "
@@ -110,6 +111,7 @@ def infer(
 ) -> None:
     """Segment SOURCE with MODEL and write an overlay video / images or label maps."""
     kind = "labels" if save_labels else fmt
+    parse_threads(threads)
     if not save and not show:
         raise ScasegError("--no-save without --show would do nothing; add --show or drop --no-save")
     if show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -122,10 +124,12 @@ def infer(
         target = _check_output(src, out, kind) if save else "none"
         if target != "none":
             _check_target(out, target, source, model_path)
-        predictor = Predictor(open_backend(model_path, backend.value, device=device, threads=threads,
+        predictor = Predictor(open_backend(model_path, backend.value, device=device, threads=parse_threads(threads),
                                            memory=memory.value), parse_size(imgsz), batch, resize=resize)
+        chosen = settle(predictor.backend, predictor.size, predictor.batch)
         if not quiet:  # once the model and the output are known to be good, so that an error stays one line
-            print(f"scaseg-infer: model {model_path}" + (f" ({origin})" if origin else ""), file=sys.stderr)
+            print(f"scaseg-infer: model {model_path}" + (f" ({origin})" if origin else "")
+                  + ("" if chosen == "-" else f", threads {chosen}"), file=sys.stderr)
         label = os.path.basename(model_path) + ("" if model else ", the shipped default")
         _run(src, predictor, out, target, kind, alpha, legend, show, max_frames, queue_size, quiet, label,
              record={"source": source, "model": model_path, "format": kind})

@@ -8,6 +8,7 @@ import typer
 
 from scaseg.cli import SIZE_METAVAR
 from scaseg.runtime.backends import BACKENDS
+from scaseg.runtime.backends.threads import AUTO, PROBE_MAX_PIXELS
 from scaseg.runtime.memory import DEFAULT_MEMORY, MEMORY_MODES
 
 # An Enum so that --help lists the choices and the parser refuses others; built from the one list of backends.
@@ -45,8 +46,10 @@ def device_option() -> Any:
 
 
 def threads_option() -> Any:
-    return typer.Option(None, "--threads", min=1, help="CPU threads for inference (ONNX Runtime / PyTorch).",
-                        show_default="the runtime's choice, usually one per core")
+    return typer.Option(AUTO, "--threads", metavar="auto|N",
+                        help="CPU threads for inference (ONNX Runtime / PyTorch). auto: for inputs up to "
+                        f"{PROBE_MAX_PIXELS // 1024}K pixels (batch x H x W) 1 thread and every core are timed at "
+                        "load and the faster is kept; larger inputs use every core. The choice is printed.")
 
 
 def imgsz_option() -> Any:

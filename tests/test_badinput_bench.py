@@ -33,6 +33,8 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (["-n", "0", "m.onnx"], "--runs"),
     (["m.onnx", "--batch", "x"], "--batch"),
     (["nope.onnx"], "not found"),
+    (["m.onnx", "--threads", "0"], "--threads must be auto or at least 1"),
+    (["m.onnx", "--threads", "many"], "--threads must be auto or a whole number"),
 ])
 def test_bad_input_is_refused_before_the_benchmark(work: Path, args: list[str], expect: str) -> None:
     refused(PROG, [*args, *FAST] if args and args[0] != "-n" else args, work, expect=expect)

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from scaseg.calibration import int8
-from scaseg.calibration.rewrite import MS_DOMAIN, fuse_gelu
+from scaseg.calibration.rewrite import MS_DOMAIN, fold_batchnorm, fuse_gelu
 from scaseg.calibration.ranges import collect_stats
 from scaseg.calibration.session import first_output, runner
 
@@ -80,3 +80,56 @@ def test_fuse_gelu_leaves_other_patterns_alone():
     model = _gelu_graph(True, sqrt2=2.0)  # x * (1 + erf(x / 2)) is not GELU
     fused, renamed = fuse_gelu(model, int8.constants(model))
     assert [n.op_type for n in fused.graph.node] == [n.op_type for n in model.graph.node] and renamed == {}
+
+
+def _mscan_block(pad_fc1: bool = False):
+    """x -> y = x + ls * (BN1(x) + p2(p1(BN1(x)))) -> z = y + f1(BN2(y)): MSCAN's pre-norm block, shrunk."""
+    rng = np.random.default_rng(3)
+    c = 8
+
+    def bn(tag: str) -> list:
+        return [(f"{tag}_s", rng.uniform(0.5, 2, c)), (f"{tag}_b", rng.standard_normal(c)),
+                (f"{tag}_m", rng.standard_normal(c)), (f"{tag}_v", rng.uniform(0.5, 2, c))]
+
+    inits = dict(bn("n1") + bn("n2"))
+    for k in ("p1", "p2", "f1"):
+        inits[f"{k}_w"] = rng.standard_normal((c, c, 1, 1)) / 3
+        inits[f"{k}_c"] = rng.standard_normal(c)
+    inits["ls"] = rng.uniform(0.1, 1, (c, 1, 1))
+    pads = {"pads": [1, 1, 1, 1], "kernel_shape": [1, 1]} if pad_fc1 else {}
+    nodes = [helper.make_node("BatchNormalization", ["x", "n1_s", "n1_b", "n1_m", "n1_v"], ["n1"], name="/b/norm1"),
+             helper.make_node("Conv", ["n1", "p1_w", "p1_c"], ["p1"], name="/b/p1"),
+             helper.make_node("Conv", ["p1", "p2_w", "p2_c"], ["p2"], name="/b/p2"),
+             helper.make_node("Add", ["n1", "p2"], ["a"], name="/b/attn_add"),
+             helper.make_node("Mul", ["ls", "a"], ["s"], name="/b/ls"),
+             helper.make_node("Add", ["x", "s"], ["y"], name="/b/add"),
+             helper.make_node("BatchNormalization", ["y", "n2_s", "n2_b", "n2_m", "n2_v"], ["n2"], name="/b/norm2"),
+             helper.make_node("Conv", ["n2", "f1_w", "f1_c"], ["f1"], name="/b/fc1", **pads),
+             helper.make_node("Add", ["y", "f1"] if not pad_fc1 else ["f1", "f1"], ["z"], name="/b/add1")]
+    shape = [1, c, 6, 6]
+    out_shape = [1, c, 8, 8] if pad_fc1 else shape
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, out_shape)],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fold_batchnorm_removes_both_norms_exactly():
+    model = _mscan_block()
+    folded = fold_batchnorm(model, int8.constants(model))
+    ops = [n.op_type for n in folded.graph.node]
+    assert "BatchNormalization" not in ops and ops.count("Add") == 2 and ops.count("Mul") == 1, ops
+    x = np.random.default_rng(4).standard_normal((1, 8, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(first_output(folded)(x), first_output(model)(x), rtol=1e-4, atol=1e-4)
+    assert sum(n.op_type == "BatchNormalization" for n in model.graph.node) == 2, "the input model is left as it was"
+    # The convolutions now read the residual stream itself, and a placement with fold_bn quantizes it there.
+    assert {"x", "y"} <= {n.input[0] for n in folded.graph.node if n.op_type == "Conv"}
+
+
+def test_fold_batchnorm_leaves_a_norm_with_a_reader_it_cannot_fold_into():
+    model = _mscan_block(pad_fc1=True)  # a padded 1x1 conv: folding the BN bias into it would be wrong at the border
+    folded = fold_batchnorm(model, int8.constants(model))
+    norms = [n.name for n in folded.graph.node if n.op_type == "BatchNormalization"]
+    assert norms == ["/b/norm2"]
+    x = np.random.default_rng(5).standard_normal((1, 8, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(first_output(folded)(x), first_output(model)(x), rtol=1e-4, atol=1e-4)

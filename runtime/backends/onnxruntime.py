@@ -7,6 +7,7 @@ import numpy as np
 import onnxruntime as ort
 
 from scaseg.runtime.backends.base import Backend, InputMetadata, check_graph, first_line
+from scaseg.runtime.backends.threads import AUTO, auto_threads, parse_threads
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo, read_onnx_metadata
 from scaseg.runtime.memory import Memory, apply_process_settings, memory_settings
@@ -57,28 +58,38 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: str, info: Optional[ModelInfo] = None, *, device: Optional[str] = None,
-                 threads: Optional[int] = None, memory: Memory = None) -> None:
+                 threads: Optional[int | str] = None, memory: Memory = None) -> None:
         """``memory``: lean | fast | MemorySettings (scaseg.runtime.memory), None for the default."""
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        given = parse_threads(threads)  # None: auto, every core until threads.settle measures
         self.memory = memory_settings(memory)
-        opts.enable_cpu_mem_arena = self.memory.cpu_arena
-        opts.enable_mem_pattern = self.memory.mem_pattern
         apply_process_settings(self.memory)
-        if threads is not None:
-            if threads < 1:
-                raise ScasegError(f"--threads must be at least 1, got {threads}")
-            opts.intra_op_num_threads = int(threads)
-        opts.log_severity_level = 3  # errors only: provider fallbacks are reported through .device instead
         providers = choose_providers(device, ort.get_available_providers())
-        try:
-            self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own pybind exception types for every load failure
-            raise ScasegError(f"cannot load the ONNX model {path}: {first_line(exc)}") from None
+        self.threads = given or auto_threads()
+        self._providers = providers
+        self.session = self._open(path, providers, self.threads)
         if info is None:
             info = read_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         super().__init__(path, info)
         self._check_graph()
+        self.threads_chosen = "given" if given else AUTO
+
+    def set_threads(self, count: int) -> None:
+        """Reopen the session with ``count`` intra-op threads (ONNX Runtime fixes them when a session is made)."""
+        if count != self.threads:
+            self.threads = count
+            self.session = self._open(self.path, self._providers, count)
+
+    def _open(self, path: str, providers: list[Any], threads: int) -> ort.InferenceSession:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.enable_cpu_mem_arena = self.memory.cpu_arena
+        opts.enable_mem_pattern = self.memory.mem_pattern
+        opts.intra_op_num_threads = int(threads)
+        opts.log_severity_level = 3  # errors only: provider fallbacks are reported through .device instead
+        try:
+            return ort.InferenceSession(path, sess_options=opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own pybind exception types for every load failure
+            raise ScasegError(f"cannot load the ONNX model {path}: {first_line(exc)}") from None
 
     def _check_graph(self) -> None:
         """Compare the graph's real inputs and outputs with what the metadata promises."""

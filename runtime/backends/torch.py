@@ -7,6 +7,7 @@ import numpy as np
 
 from scaseg.runtime.backends.base import Backend, InputMetadata
 from scaseg.runtime.backends.onnxruntime import parse_device
+from scaseg.runtime.backends.threads import AUTO, auto_threads, parse_threads
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
 
@@ -17,7 +18,7 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, path: str, info: Optional[ModelInfo] = None, *, device: Optional[str] = None,
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int | str] = None) -> None:
         try:
             import torch  # the runtime stays torch-free unless this reference backend is asked for
         except ImportError:
@@ -33,16 +34,23 @@ class TorchBackend(Backend):
         use_cuda = kind == "cuda" or (kind == "auto" and torch.cuda.is_available())
         self._torch = torch
         self._device = torch.device(f"cuda:{index}" if use_cuda else "cpu")
-        if threads is not None:
-            torch.set_num_threads(int(threads))
+        given = parse_threads(threads)
         loaded: Any = load_model(path, map_location="cpu")
         model, ckpt_info = loaded[0], loaded[1]
         super().__init__(path, info or ckpt_info)
+        self.threads_chosen = "given" if given else AUTO
+        self.threads = given or auto_threads()
+        torch.set_num_threads(self.threads)
         self.model = model.eval().to(self._device)
 
     def get_input_metadata(self) -> InputMetadata:
         # Eager mode takes any batch and size.
         return InputMetadata(self.info.input_name, np.dtype(np.float32), (None, 3, None, None))
+
+    def set_threads(self, count: int) -> None:
+        """PyTorch's intra-op threads (process-wide)."""
+        self.threads = count
+        self._torch.set_num_threads(count)
 
     @property
     def device(self) -> str:

@@ -1,0 +1,103 @@
+"""How many CPU threads inference uses: the one rule behind ``--threads auto`` (the default) for every backend.
+
+Measured with ``benchmarks/bench_threads.py`` (docs/runtime.md): on an idle 2-core machine 2 threads beat 1 at
+every size from 128x256 (40.5 vs 49.3 ms) to 512x512; on a loaded one a 2-thread ONNX Runtime pool waits on
+cores other jobs hold (30-44 ms instead of 15 ms with 1 thread at 128x256, as the issue measured). No size
+rule is right in both cases, so for calls small enough to time cheaply (up to ``PROBE_MAX_PIXELS``) ``settle``
+times 1 thread and every core on the real input shape when the model is loaded and keeps the faster; larger
+calls use every core (the faster choice at every such size measured, and the runtimes' own default).
+
+Backends take ``threads=None`` for auto, open with ``auto_threads`` and offer ``set_threads``; scaseg-bench and
+scaseg-infer call ``settle`` with the size and batch a Predictor runs. An explicit count is used as given.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional, Union
+
+import numpy as np
+
+from scaseg.errors import ScasegError
+
+AUTO = "auto"
+#: Calls of at most this many pixels (batch x H x W) are timed with 1 thread and with every core at load under
+#: ``auto`` (about 2 s for scaseg-t at 512x512 on 2 cores); larger calls use every core.
+PROBE_MAX_PIXELS = 512 * 512
+PROBE_RUNS = 3
+
+
+def cpu_cores() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_threads(value: Union[str, int, None], option: str = "--threads") -> Optional[int]:
+    """``"auto"``/None -> None (the rule decides); a positive integer -> itself; anything else: ScasegError."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text == AUTO:
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        raise ScasegError(f"{option} must be auto or a whole number of threads, got {value!r}") from None
+    if count < 1:
+        raise ScasegError(f"{option} must be auto or at least 1, got {count}")
+    return count
+
+
+def auto_threads(pixels: Optional[int] = None, cores: Optional[int] = None) -> int:
+    """The ``auto`` choice without a measurement: every core (the faster count at every size timed on an idle
+    machine, and the runtimes' own default). ``pixels`` is accepted for the rule's callers and not used."""
+    return cpu_cores() if cores is None else max(1, int(cores))
+
+
+def describe(count: int, how: str) -> str:
+    """One phrase for outputs: ``2 (given)``, ``1 (auto: timed 1 vs 2 threads at load: 15.1 vs 38.0 ms)``."""
+    return f"{count} ({how})"
+
+
+def _probe(backend: object, shape: tuple[int, ...], counts: list[int]) -> dict[int, float]:
+    """Median ms of PROBE_RUNS calls (after one warm-up call) per thread count, on a zero input of ``shape``."""
+    x = np.zeros(shape, np.float32)
+    ms: dict[int, float] = {}
+    for count in counts:
+        getattr(backend, "set_threads")(count)
+        infer = getattr(backend, "infer")
+        infer(x)
+        times = []
+        for _ in range(PROBE_RUNS):
+            start = time.perf_counter()
+            infer(x)
+            times.append(time.perf_counter() - start)
+        ms[count] = 1000 * float(np.median(times))
+    return ms
+
+
+def settle(backend: object, size: Optional[tuple[int, int]], batch: int) -> str:
+    """Apply ``auto`` to the calls a Predictor will make (its input size and batch); returns what to print.
+
+    Small calls: 1 thread and every core are timed on the real shape and the faster is kept. Backends without
+    a thread count (TensorRT, GPU providers) answer ``"-"``.
+    """
+    count = getattr(backend, "threads", None)
+    if count is None or getattr(backend, "device", "CPU") != "CPU":
+        return "-"
+    if getattr(backend, "threads_chosen", "given") != AUTO:
+        return describe(count, "given")
+    cores = cpu_cores()
+    pixels = None if size is None else batch * size[0] * size[1]
+    if pixels is None or pixels > PROBE_MAX_PIXELS or cores == 1:
+        getattr(backend, "set_threads")(cores)
+        return describe(cores, "auto: every core" + ("" if pixels is None else f" for {pixels} px per call"))
+    assert size is not None
+    ms = _probe(backend, (batch, 3, size[0], size[1]), sorted({1, cores}))
+    best = min(ms, key=lambda k: ms[k])
+    getattr(backend, "set_threads")(best)
+    timed = " vs ".join(f"{ms[k]:.1f}" for k in sorted(ms))
+    return describe(best, f"auto: timed {' vs '.join(str(k) for k in sorted(ms))} threads at load: {timed} ms")

@@ -1,0 +1,103 @@
+"""runtime/backends/threads.py: the --threads auto rule, explicit counts honoured, bad values refused in one line."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+import pytest
+
+from badinput import refused
+from runtime_models import make_onnx
+from scaseg.errors import ScasegError
+from scaseg.runtime.backends import open_backend
+from scaseg.runtime.backends import threads as T
+from scaseg.runtime.predictor import Predictor
+
+
+def _session_threads(backend) -> int:
+    return backend.session.get_session_options().intra_op_num_threads
+
+
+@pytest.mark.parametrize("value,expect", [(None, None), ("auto", None), ("AUTO", None), ("3", 3), (2, 2)])
+def test_parse_threads_accepts_auto_and_counts(value, expect) -> None:
+    assert T.parse_threads(value) == expect
+
+
+@pytest.mark.parametrize("value,expect", [("0", "at least 1"), (-1, "at least 1"), ("many", "whole number"),
+                                          ("1.5", "whole number")])
+def test_parse_threads_refuses_the_rest(value, expect) -> None:
+    with pytest.raises(ScasegError, match=expect):
+        T.parse_threads(value)
+
+
+def test_auto_without_a_measurement_is_every_core(tmp_path: Path) -> None:
+    assert T.auto_threads(cores=8) == 8 and T.auto_threads(cores=0) == 1
+    assert isinstance(T.auto_threads(), int) and T.auto_threads() == T.cpu_cores()
+    be = open_backend(make_onnx(tmp_path / "s.onnx", size=(32, 48)))
+    assert be.threads == T.cpu_cores() and _session_threads(be) == be.threads and be.threads_chosen == "auto"
+
+
+def test_explicit_counts_reach_the_session_and_stay(tmp_path: Path) -> None:
+    given = open_backend(make_onnx(tmp_path / "g.onnx", size=(32, 48)), threads=1)
+    assert given.threads == 1 and _session_threads(given) == 1 and given.threads_chosen == "given"
+    assert T.settle(given, (32, 48), 1) == "1 (given)" and _session_threads(given) == 1
+
+
+class _Slow:
+    """A CPU backend whose calls take ``ms[threads]`` milliseconds."""
+
+    device = "CPU"
+
+    def __init__(self, ms: dict[int, float]) -> None:
+        self.ms, self.threads, self.threads_chosen, self.shapes = ms, 2, "auto", set()
+
+    def set_threads(self, count: int) -> None:
+        self.threads = count
+
+    def infer(self, x):
+        self.shapes.add(x.shape)
+        time.sleep(self.ms[self.threads] / 1000)
+        return x
+
+
+@pytest.mark.parametrize("ms,faster", [({1: 30.0, 2: 5.0}, 2), ({1: 5.0, 2: 30.0}, 1)])
+def test_settle_times_both_counts_on_the_real_shape_and_keeps_the_faster(monkeypatch, ms, faster) -> None:
+    monkeypatch.setattr(T, "cpu_cores", lambda: 2)
+    be = _Slow(ms)
+    said = T.settle(be, (32, 48), 2)
+    assert be.threads == faster and said.startswith(f"{faster} (auto: timed 1 vs 2 threads at load")
+    assert be.shapes == {(2, 3, 32, 48)}
+
+
+def test_settle_uses_every_core_for_large_or_unknown_sizes(monkeypatch) -> None:
+    monkeypatch.setattr(T, "cpu_cores", lambda: 2)
+    be = _Slow({1: 1.0, 2: 50.0})  # would win with 1 thread, but large calls are not timed
+    big = int(T.PROBE_MAX_PIXELS ** 0.5) + 1
+    assert T.settle(be, (big, big), 1).startswith("2 (auto: every core") and be.shapes == set()
+    assert T.settle(be, None, 1) == "2 (auto: every core)" and be.threads == 2
+
+
+def test_settle_on_a_real_session_reopens_it_with_the_chosen_count(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(T, "cpu_cores", lambda: 2)
+    be = open_backend(make_onnx(tmp_path / "d.onnx", size=None))
+    pred = Predictor(be, (32, 32))
+    said = T.settle(be, pred.size, pred.batch)
+    assert be.threads in (1, 2) and _session_threads(be) == be.threads and said.startswith(f"{be.threads} (auto")
+    assert be.infer(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 3, 32, 32)
+
+
+def test_help_shows_the_default(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from scaseg.runtime.bench import app
+
+    out = CliRunner().invoke(app, ["--help"], terminal_width=200).output
+    assert "auto|N" in out and "[default: auto]" in out
+
+
+def test_infer_refuses_a_bad_count_in_one_line(tmp_path: Path) -> None:
+    make_onnx(tmp_path / "m.onnx")
+    (tmp_path / "a.png").write_bytes(b"")
+    refused("scaseg-infer", ["a.png", "-m", "m.onnx", "--threads", "0", "-q"], tmp_path, expect="--threads must be")
