@@ -23,7 +23,8 @@ import scaseg
 from scaseg.cli import SIZE_METAVAR, size_type
 from scaseg.data.datasets import open_dataset
 from scaseg.train.data import Augment, StreamSampler, TrainSet, collate, unwrap
-from scaseg.train.loop import param_groups, segmentation_loss
+from scaseg.train.loop import param_groups
+from scaseg.train.loss import segmentation_loss
 
 
 def loader_rate(data, aug: Augment, batch: int, workers: int, rounds: int, batches: int) -> float:

@@ -340,7 +340,7 @@ def test_config_refuses_impossible_values(tmp_path):
 
 def test_balanced_class_weights_weigh_rare_classes_up(synth):
     from scaseg.data.datasets import open_dataset
-    from scaseg.train.loop import balanced_class_weights
+    from scaseg.train.loss import balanced_class_weights
 
     data = open_dataset(synth, "cityscapes", "train")
     weight = balanced_class_weights(data, 19).numpy()
@@ -360,3 +360,12 @@ def test_class_weight_option_trains_and_refuses_unknown_values(synth, tmp_path):
     assert trainer.run()["iterations"] == 2
     with pytest.raises(ScasegError, match="--class-weight must be none or balanced"):
         _cfg(synth, tmp_path, class_weight="inverse").checked()
+
+
+def test_ohem_options_train_and_refuse_impossible_values(synth, tmp_path):
+    trainer = Trainer(_cfg(synth, tmp_path / "ohem", ohem_thresh=0.7, ohem_min_kept=256, iters=2), _cpu())
+    assert trainer.run()["iterations"] == 2
+    with pytest.raises(ScasegError, match="--ohem-thresh"):
+        _cfg(synth, tmp_path, ohem_thresh=1.5).checked()
+    with pytest.raises(ScasegError, match="--ohem-min-kept"):
+        _cfg(synth, tmp_path, ohem_thresh=0.7, ohem_min_kept=0).checked()

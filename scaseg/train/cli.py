@@ -54,6 +54,8 @@ def main_command(
     device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda", help="Where to train (auto: CUDA when present)."),
     threads: int = typer.Option(0, "--threads", help="torch threads per process (0: PyTorch's default)."),
     class_weight: str = typer.Option("none", "--class-weight", metavar="none|balanced", help="Loss weight per class: balanced weighs rare classes up (ENet's 1/ln(1.02 + pixel share), from the train labels)."),
+    ohem_thresh: float = typer.Option(0.0, "--ohem-thresh", metavar="P", help="Online hard-example mining: only pixels whose probability of their true class is below P count in the loss (SegNeXt's Cityscapes configs: 0.7); 0: every pixel."),
+    ohem_min_kept: int = typer.Option(100_000, "--ohem-min-kept", metavar="N", help="With --ohem-thresh: keep at least the N hardest pixels of each step's batch."),
     model_opt: List[str] = typer.Option([], "--model-opt", metavar="KEY=VALUE", help="Extra scaseg.build argument, repeatable (e.g. attention=vanilla).", show_default="none"),
     quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-train"),

@@ -41,6 +41,8 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     quiet: bool = False  # no progress output
     class_weight: str = "none"  # none | balanced (balanced_class_weights of the train split)
+    ohem_thresh: float = 0.0  # > 0: online hard-example mining (scaseg.train.loss.segmentation_loss)
+    ohem_min_kept: int = 100_000
 
     def checked(self) -> "TrainConfig":
         """Refuse values that cannot work, each with one sentence."""
@@ -58,6 +60,10 @@ class TrainConfig:
         for flag, value in (("--weight-decay", self.weight_decay), ("--warmup", self.warmup), ("--workers", self.workers)):
             if not value >= 0:
                 raise ScasegError(f"{flag} must be 0 or more, not {value}")
+        if not 0 <= self.ohem_thresh < 1:
+            raise ScasegError(f"--ohem-thresh must be in [0, 1) (0: no OHEM), not {self.ohem_thresh}")
+        if self.ohem_min_kept < 1:
+            raise ScasegError(f"--ohem-min-kept must be at least 1, not {self.ohem_min_kept}")
         if self.class_weight not in ("none", "balanced"):
             raise ScasegError(f"--class-weight must be none or balanced, not {self.class_weight!r}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):

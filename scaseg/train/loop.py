@@ -17,9 +17,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -33,6 +31,7 @@ from scaseg.train import dist as D
 from scaseg.train.config import TrainConfig
 from scaseg.train.data import Augment, StreamSampler, TrainSet, collate, unwrap
 from scaseg.train.evaluate import evaluate
+from scaseg.train.loss import balanced_class_weights, segmentation_loss
 
 STATE_FILE = "train_state.pt"
 STATE_FORMAT = "scaseg-train-state"
@@ -70,31 +69,6 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     if amp == "fp16" and device.type != "cuda":
         raise ScasegError("--amp fp16 needs a CUDA GPU; use --amp bf16 or --amp off on a CPU")
     return torch.float16 if amp == "fp16" else torch.bfloat16
-
-
-def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Pixel-wise cross-entropy, ignore 255, optionally class-weighted; logits are upsampled (bilinear) to the label
-    size first."""
-    if logits.shape[-2:] != label.shape[-2:]:
-        logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
-    return F.cross_entropy(logits.float(), label, weight=weight, ignore_index=IGNORE_INDEX)
-
-
-def balanced_class_weights(data: SegDataset, num_classes: int) -> torch.Tensor:
-    """ENet's weights 1 / ln(1.02 + frequency) from the labels of ``data``, scaled to a pixel-weighted mean of 1.
-
-    A class with 1% of the pixels (a person in a street scene) weighs about 9x one with 30% (the road); a class
-    absent from the labels gets weight 0 (it has no pixel to weigh anyway).
-    """
-    counts = np.zeros(num_classes, dtype=np.float64)
-    for i in range(len(data)):
-        label = data.load_label(i)
-        if label is not None:
-            counts += np.bincount(label.ravel(), minlength=256)[:num_classes]
-    freq = counts / max(counts.sum(), 1.0)
-    weight = np.where(counts > 0, 1.0 / np.log(1.02 + freq), 0.0)
-    weight /= max(float((weight * freq).sum()), 1e-12)
-    return torch.tensor(weight, dtype=torch.float32)
 
 
 OUTPUT_FILES = ("last.pth", "best.pth", STATE_FILE, "metrics.json")
@@ -294,7 +268,8 @@ class Trainer:
         autocast = torch.autocast(self.env.device.type, dtype=self.amp) if self.amp else nullcontext()
         with autocast:
             logits = self.model(image)
-        loss = segmentation_loss(logits, label, self.class_weight)
+        loss = segmentation_loss(logits, label, self.class_weight, ohem_thresh=self.cfg.ohem_thresh,
+                                 ohem_min_kept=self.cfg.ohem_min_kept)
         if not torch.isfinite(loss):
             raise ScasegError(f"the loss is {loss.item()} at iteration {self.iteration}; lower --lr or check the labels")
         self.optimizer.zero_grad(set_to_none=True)
@@ -362,4 +337,4 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         D.teardown()
 
 
-__all__ = ["TrainConfig", "Trainer", "train", "evaluate", "lr_factor", "param_groups", "segmentation_loss", "resolve_amp"]
+__all__ = ["TrainConfig", "Trainer", "train", "evaluate", "lr_factor", "param_groups", "resolve_amp"]
