@@ -28,9 +28,9 @@ def main_command(
     dataset: str = typer.Option("auto", "--dataset", metavar="|".join(KINDS), help="Dataset layout (auto: detected from the folder)."),
     variant: str = typer.Option("scaseg-t", "--variant", help="scaseg-t/s/b/l (MSCAN) or scaseg-b0..b5 (MiT)."),
     iters: int = typer.Option(160_000, "--iters", help="Total optimisation steps. The default is the paper's GPU schedule: "
-                              "on 2 CPU cores scaseg-t takes about 1 s per step of 4 128x256 crops "
-                              "(recipes/cpu_synth.sh, 600 steps in 10 min), so the default 2 crops of 512x512 "
-                              "(4x the pixels) would take about 4 s per step, a week for 160000 steps."),
+                              "on 2 idle CPU cores scaseg-t takes about 1.5 s per step of 4 128x256 crops "
+                              "(recipes/cpu_synth.sh's settings, docs/training.md), so the default 2 crops of 512x512 "
+                              "(4x the pixels) would take about 6 s per step, 11 days for 160000 steps."),
     out: Optional[str] = typer.Option(None, "-o", "--output", metavar="DIR", help="Output folder (checkpoints, training state, metrics).", show_default="required unless --resume"),
     batch: int = typer.Option(2, "--batch", help="Images per process and step."),
     crop: str = typer.Option("512x512", "--crop", metavar=SIZE_METAVAR, help="Training crop: N or HxW."),
