@@ -374,7 +374,7 @@ def test_engine_model_info_records_ranges_and_facts() -> None:
 
 
 def test_engine_side_file_is_what_the_triton_writer_reads(tmp_path: Path) -> None:
-    triton = pytest.importorskip("scaseg.export.triton")
+    triton_signature = pytest.importorskip("scaseg.export.triton_signature")
     info = engine_mod.engine_model_info(_info(input_size=(64, 64)), "fp16",
                                         ((1, 3, 64, 64), (2, 3, 64, 64), (8, 3, 64, 64)),
                                         {**FACTS, "io_dtypes": {"images": "float32", "output": "float32"},
@@ -382,7 +382,7 @@ def test_engine_side_file_is_what_the_triton_writer_reads(tmp_path: Path) -> Non
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
     trt_compat.side_file(engine).write_text(info.to_json(), encoding="utf-8")
-    read, inputs, outputs = triton.engine_signature(engine)
+    read, inputs, outputs = triton_signature.engine_signature(engine)
     assert read.precision == "fp16"
     assert [(s.name, s.shape) for s in inputs] == [("images", (-1, 3, 64, 64))]
     assert [(s.name, s.data_type) for s in outputs] == [("output", "TYPE_FP32")]
