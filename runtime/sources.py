@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -39,8 +40,7 @@ class Frame:
     error: str = ""
 
 
-
-class Source:
+class Source(ABC):
     """An iterable of Frames with what a writer needs to know: kind, fps, frame count, a name for outputs."""
 
     kind = "source"
@@ -49,8 +49,9 @@ class Source:
     frame_count: Optional[int] = None
     skipped = 0  # undecodable frames met so far
 
+    @abstractmethod
     def __iter__(self) -> Iterator[Frame]:
-        raise NotImplementedError
+        """The frames, in order."""
 
     def close(self) -> None:
         """Release the device or file; safe to call twice."""
