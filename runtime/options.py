@@ -47,9 +47,10 @@ def device_option() -> Any:
 
 def threads_option() -> Any:
     return typer.Option(AUTO, "--threads", metavar="auto|N",
-                        help="CPU threads for inference (ONNX Runtime / PyTorch). auto: for inputs up to "
+                        help="CPU threads for inference (ONNX Runtime, PyTorch, OpenVINO). auto: for inputs up to "
                         f"{PROBE_MAX_PIXELS // 1024}K pixels (batch x H x W) 1 thread and every core are timed at "
-                        "load and the faster is kept; larger inputs use every core. The choice is printed.")
+                        "load and the faster is kept; larger inputs use every core. The choice is printed. "
+                        "OpenVINO takes N; with auto it keeps its own thread count.")
 
 
 def imgsz_option() -> Any:

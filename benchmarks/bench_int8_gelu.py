@@ -1,0 +1,98 @@
+"""Can GELU stay in int8 on ONNX Runtime CPU? The float round trip of the cpu placement against a 256-entry table.
+
+In the cpu-placement int8 file each MLP's GELU sits between two int8 convolutions as DequantizeLinear -> Gelu ->
+QuantizeLinear (ONNX Runtime has no int8 GELU kernel). An int8 -> int8 function can instead be a table of 256
+entries read with Gather (Cast to int32/int64 indices first): the same values, no float tensor. This times both
+forms on one tensor, side by side in one run (median of --runs after 3 warm-up runs), and checks they agree.
+
+    python benchmarks/bench_int8_gelu.py [--shape 1 256 128 128] [--threads 2 1] [--runs 15]
+
+The default shape is scaseg-t's first-stage MLP hidden tensor at 512x512 (32 channels x mlp ratio 8, at 1/4 size).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perf_machine import machine_info  # noqa: E402
+
+X_SCALE, X_ZERO, Y_SCALE, Y_ZERO = 0.05, 128, 0.03, 10  # a GELU input range of about -6.4..6.4
+
+
+def _table() -> np.ndarray:
+    """GELU of every uint8 input level, requantized: exactly what DQ -> Gelu -> Q computes level by level."""
+    x = (np.arange(256) - X_ZERO) * X_SCALE
+    gelu = np.array([0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x])
+    return np.clip(np.round(gelu / Y_SCALE) + Y_ZERO, 0, 255).astype(np.uint8)
+
+
+def model(form: str, shape: list[int]) -> bytes:
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, shape)
+    consts = [numpy_helper.from_array(np.array(X_SCALE, np.float32), "xs"),
+              numpy_helper.from_array(np.array(X_ZERO, np.uint8), "xz"),
+              numpy_helper.from_array(np.array(Y_SCALE, np.float32), "ys"),
+              numpy_helper.from_array(np.array(Y_ZERO, np.uint8), "yz")]
+    if form == "float":
+        nodes = [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["f"]),
+                 helper.make_node("Gelu", ["f"], ["g"], domain="com.microsoft"),
+                 helper.make_node("QuantizeLinear", ["g", "ys", "yz"], ["y"])]
+    else:
+        index = {"table, int32": TensorProto.INT32, "table, int64": TensorProto.INT64}[form]
+        consts = [numpy_helper.from_array(_table(), "table")]
+        nodes = [helper.make_node("Cast", ["x"], ["i"], to=index),
+                 helper.make_node("Gather", ["table", "i"], ["y"], axis=0)]
+    graph = helper.make_graph(nodes, "gelu", [x], [y], consts)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    proto.ir_version = 8
+    return proto.SerializeToString()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", type=int, nargs=4, default=[1, 256, 128, 128], metavar=("N", "C", "H", "W"))
+    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    ap.add_argument("--runs", type=int, default=15)
+    args = ap.parse_args(argv)
+    m = machine_info()
+    print(f"# {m['date']} {m['cpu']} ({m['simd']}), {m['cores']} cores, load {m['load_before'][0]:.2f}; "
+          f"python {m['python']}, onnxruntime {m['onnxruntime']}; tensor {'x'.join(map(str, args.shape))} uint8")
+    x = np.random.default_rng(0).integers(0, 256, args.shape, dtype=np.uint8)
+    forms = ("float", "table, int32", "table, int64")
+    for threads in args.threads:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        sessions = {f: ort.InferenceSession(model(f, args.shape), opts, providers=["CPUExecutionProvider"])
+                    for f in forms}
+        outputs = {f: s.run(None, {"x": x})[0] for f, s in sessions.items()}
+        for s in sessions.values():
+            for _ in range(2):
+                s.run(None, {"x": x})
+        times: dict[str, list[float]] = {f: [] for f in forms}
+        for _ in range(args.runs):  # interleaved: the forms see the same machine state
+            for f, s in sessions.items():
+                t = time.perf_counter()
+                s.run(None, {"x": x})
+                times[f].append(time.perf_counter() - t)
+        base = statistics.median(times["float"])
+        print(f"\n{threads} thread(s), median of {args.runs}")
+        print(f"{'form':<34}{'ms':>8}{'x float':>9}{'max level diff':>16}")
+        for f in forms:
+            ms = statistics.median(times[f])
+            diff = int(np.abs(outputs[f].astype(int) - outputs["float"].astype(int)).max())
+            name = "DQ -> Gelu -> Q (float)" if f == "float" else f"Cast -> Gather ({f})"
+            print(f"{name:<34}{1000 * ms:>8.2f}{base / ms:>9.2f}{diff:>16}")
+
+
+if __name__ == "__main__":
+    main()
