@@ -54,12 +54,14 @@ def test_a_full_disk_fails_in_one_sentence_and_leaves_nothing(work: Path) -> Non
     assert set(tree(work)) - set(before) <= {"full"}
 
 
-def test_ctrl_c_says_nothing_was_written(work: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_says_nothing_was_written(work: Path, workers: str) -> None:
     before = tree(work)
 
     def writing() -> bool:
         return any(work.glob(".big.*"))
 
-    done, line = interrupt(PROG, ["big", "--num", "400", "--size", "128x256", "-q"], work, writing, settle=0.2)
+    done, line = interrupt(PROG, ["big", "--num", "400", "--size", "128x256", "-q", "--workers", workers], work,
+                           writing, settle=0.2)
     assert "nothing was written" in line
     assert tree(work) == before

@@ -132,6 +132,18 @@ def test_same_seed_same_bytes(tmp_path):
     assert files(tmp_path / "c")[name] != fa[name]
 
 
+def test_worker_processes_write_the_same_bytes(tmp_path):
+    def files(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    one = write_dataset(tmp_path / "one", 5, seed=2, size=(48, 96), val_fraction=0.4, video_frames=0, progress=False)
+    two = write_dataset(tmp_path / "two", 5, seed=2, size=(48, 96), val_fraction=0.4, video_frames=0, progress=False,
+                        workers=2)
+    fa, fb = files(tmp_path / "one"), files(tmp_path / "two")
+    assert fa == fb and len(fa) == 5 * 3 + 1
+    assert one["class_fraction"] == two["class_fraction"] and (one["num_train"], one["num_val"]) == (3, 2)
+
+
 def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = synth_writer.render_scene
@@ -184,6 +196,7 @@ def test_cli_writes_and_shows_progress(tmp_path, monkeypatch, capsys):
     (["--size", "10"], "between 32x32"),
     (["--val-fraction", "1.0"], "validation fraction"),
     (["--video-frames", "-1"], "video frames"),
+    (["--workers", "0"], "workers must be at least 1"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, args, message):
     code, _, err = _run_cli(monkeypatch, capsys, str(tmp_path / "d"), *args)

@@ -25,6 +25,51 @@ for _train, _id in ((ROAD, 7), (SIDEWALK, 8), (BUILDING, 11), (VEGETATION, 21), 
     _TRAIN_TO_ID[_train] = _id
 
 
+def _scene_seed(seed: int, i: int) -> int:
+    return int(np.random.SeedSequence([seed, 0, i]).generate_state(1)[0])
+
+
+def _write_scene(tmp: Path, seed: int, i: int, split: str, size: tuple[int, int]) -> np.ndarray:
+    """Render scene ``i`` and write its image and both label files under ``tmp``; returns its label histogram."""
+    image, label = render_scene(_scene_seed(seed, i), size)
+    stem = f"{CITY}_{i:06d}_000019"
+    write_image(tmp / "leftImg8bit" / split / CITY / f"{stem}_leftImg8bit.png", image[:, :, ::-1])
+    gt = tmp / "gtFine" / split / CITY
+    write_image(gt / f"{stem}_gtFine_labelTrainIds.png", label)
+    write_image(gt / f"{stem}_gtFine_labelIds.png", _TRAIN_TO_ID[label])
+    return np.bincount(label.ravel(), minlength=256)
+
+
+def _ignore_sigint() -> None:
+    # Worker processes leave Ctrl-C to the parent, which stops the pool and removes the unfinished folder.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _write_scenes(tmp: Path, seed: int, splits: list[str], size: tuple[int, int], workers: int, bar) -> np.ndarray:
+    """Every scene, in ``workers`` processes (1: this one); the files do not depend on the worker count."""
+    counts = np.zeros(256, dtype=np.int64)
+    if workers <= 1:
+        for i, split in enumerate(splits):
+            counts += _write_scene(tmp, seed, i, split, size)
+            bar.update(1)
+        return counts
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint) as pool:
+        jobs = [pool.submit(_write_scene, tmp, seed, i, split, size) for i, split in enumerate(splits)]
+        try:
+            for job in as_completed(jobs):
+                counts += job.result()
+                bar.update(1)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return counts
+
+
 def _is_synth_output(folder: Path) -> bool:
     # Replacing a folder is only safe when it is a previous output of this generator.
     return (folder / "synth.json").is_file()
@@ -39,12 +84,14 @@ def write_dataset(
     video_frames: int = 60,
     fps: float = 10.0,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict:
     """Write ``num`` scenes as a Cityscapes-layout dataset (train/val of city "synth") and a video; returns a summary.
 
     Layout: leftImg8bit/{train,val}/synth/synth_<i>_000019_leftImg8bit.png, gtFine/.../*_gtFine_labelTrainIds.png
     and *_gtFine_labelIds.png, video/synth.mp4 with video/labels/<frame>.png, and synth.json. The same arguments
-    give the same bytes (PNG files; the mp4 depends on the OpenCV build). The folder appears only when complete.
+    give the same bytes (PNG files; the mp4 depends on the OpenCV build), with any number of ``workers`` (processes
+    that render and write the scenes; the video is written by this one). The folder appears only when complete.
     """
     from scaseg.progress import progress as progress_bar
 
@@ -57,6 +104,8 @@ def write_dataset(
         raise ScasegError(f"the number of video frames must be 0 or more, got {video_frames}")
     if not fps > 0:
         raise ScasegError(f"the video frame rate must be positive, got {fps}")
+    if int(workers) < 1:
+        raise ScasegError(f"the number of workers must be at least 1, got {workers}")
     num, video_frames = int(num), int(video_frames)
     num_val = int(round(num * float(val_fraction)))
     if val_fraction > 0 and num >= 2:
@@ -64,19 +113,10 @@ def write_dataset(
     out_dir = Path(out_dir).expanduser()
     check_dir_output(out_dir, owned=_is_synth_output, what="scaseg-synth dataset")
     start = time.perf_counter()
-    counts = np.zeros(256, dtype=np.int64)
     with atomic_dir(out_dir, owned=_is_synth_output, what="scaseg-synth dataset") as tmp, progress_bar(total=num + video_frames, desc="scaseg-synth", unit="img",
                                           disable=not progress, file=sys.stderr) as bar:
-        for i in range(num):
-            split = "train" if i < num - num_val else "val"
-            image, label = render_scene(int(np.random.SeedSequence([seed, 0, i]).generate_state(1)[0]), (h, w))
-            counts += np.bincount(label.ravel(), minlength=256)
-            stem = f"{CITY}_{i:06d}_000019"
-            write_image(tmp / "leftImg8bit" / split / CITY / f"{stem}_leftImg8bit.png", image[:, :, ::-1])
-            gt = tmp / "gtFine" / split / CITY
-            write_image(gt / f"{stem}_gtFine_labelTrainIds.png", label)
-            write_image(gt / f"{stem}_gtFine_labelIds.png", _TRAIN_TO_ID[label])
-            bar.update(1)
+        splits = ["train" if i < num - num_val else "val" for i in range(num)]
+        counts = _write_scenes(tmp, int(seed), splits, (h, w), min(int(workers), num), bar)
         if video_frames:
             video = tmp / "video" / f"{CITY}.mp4"
             video.parent.mkdir(parents=True)
