@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from scaseg.errors import ScasegError
-from scaseg.train.data import Augment, StreamSampler, augment
+from scaseg.train.data import Augment, StreamSampler, augment, unwrap
 from scaseg.train.loop import STATE_FILE, TrainConfig, Trainer, lr_factor
 
 SIZE = (64, 128)
@@ -369,3 +369,20 @@ def test_ohem_options_train_and_refuse_impossible_values(synth, tmp_path):
         _cfg(synth, tmp_path, ohem_thresh=1.5).checked()
     with pytest.raises(ScasegError, match="--ohem-min-kept"):
         _cfg(synth, tmp_path, ohem_thresh=0.7, ohem_min_kept=0).checked()
+
+
+def test_channels_last_keeps_model_and_batches_nhwc_with_the_same_losses(synth, tmp_path):
+    still = {"drop_path_rate": 0.0, "dropout": 0.0}  # no random draws in the forward pass: the two see the same net
+    plain = Trainer(_cfg(synth, tmp_path / "a", iters=2, model_kwargs=still), _cpu())
+    nhwc = Trainer(_cfg(synth, tmp_path / "b", iters=2, channels_last=True, model_kwargs=still), _cpu())
+    kernels = [p for p in nhwc.model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1]
+    assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                           for p in kernels)
+    image, label = unwrap(next(iter(plain._loader())))
+    for tolerance in (1e-5, 1e-3):  # the first step sees identical weights; the second one step of AdamW later
+        assert abs(plain.step(image, label) - nhwc.step(image, label)) < tolerance
+    assert Trainer(_cfg(synth, tmp_path / "c", iters=1, channels_last=True), _cpu()).run()["iterations"] == 1
+    import scaseg
+
+    model, _ = scaseg.load_model(tmp_path / "c" / "last.pth")
+    assert all(p.is_contiguous() for p in model.parameters())  # the checkpoint loads as any other

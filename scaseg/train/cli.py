@@ -28,8 +28,8 @@ def main_command(
     dataset: str = typer.Option("auto", "--dataset", metavar="|".join(KINDS), help="Dataset layout (auto: detected from the folder)."),
     variant: str = typer.Option("scaseg-t", "--variant", help="scaseg-t/s/b/l (MSCAN) or scaseg-b0..b5 (MiT)."),
     iters: int = typer.Option(160_000, "--iters", help="Total optimisation steps. The default is the paper's GPU schedule: "
-                              "on 2 idle CPU cores scaseg-t takes about 1.5 s per step of 4 128x256 crops "
-                              "(recipes/cpu_synth.sh's settings, docs/training.md), so the default 2 crops of 512x512 "
+                              "on 2 idle CPU cores scaseg-t takes about 1.5 s per step of 4 128x256 crops in one process "
+                              "(1.0 s as two torchrun ranks, as recipes/cpu_synth.sh trains; docs/training.md), so the default 2 crops of 512x512 "
                               "(4x the pixels) would take about 6 s per step, 11 days for 160000 steps."),
     out: Optional[str] = typer.Option(None, "-o", "--output", metavar="DIR", help="Output folder (checkpoints, training state, metrics).", show_default="required unless --resume"),
     batch: int = typer.Option(2, "--batch", help="Images per process and step."),
@@ -53,6 +53,7 @@ def main_command(
     seed: int = typer.Option(0, "--seed", help="Random seed of initialisation, data order and augmentation (offset per process)."),
     device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda", help="Where to train (auto: CUDA when present)."),
     threads: int = typer.Option(0, "--threads", help="torch threads per process (0: PyTorch's default)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Keep the model and the batches in channels-last (NHWC) memory format: on a CPU the convolutions run faster (scaseg-t, 2 cores: measured in docs/training.md)."),
     class_weight: str = typer.Option("none", "--class-weight", metavar="none|balanced", help="Loss weight per class: balanced weighs rare classes up (ENet's 1/ln(1.02 + pixel share), from the train labels)."),
     ohem_thresh: float = typer.Option(0.0, "--ohem-thresh", metavar="P", help="Online hard-example mining: only pixels whose probability of their true class is below P count in the loss (SegNeXt's Cityscapes configs: 0.7); 0: every pixel."),
     ohem_min_kept: int = typer.Option(100_000, "--ohem-min-kept", metavar="N", help="With --ohem-thresh: keep at least the N hardest pixels of each step's batch."),

@@ -38,6 +38,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # torch intra-op threads; 0: PyTorch's default
+    channels_last: bool = False  # convolutions on NHWC tensors (model and batches)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     quiet: bool = False  # no progress output
     class_weight: str = "none"  # none | balanced (balanced_class_weights of the train split)

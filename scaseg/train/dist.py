@@ -5,6 +5,7 @@ Without torchrun (no WORLD_SIZE in the environment) everything here degrades to 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,18 +77,22 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def prepare_model(model: nn.Module, env: DistEnv) -> nn.Module:
-    """Move to the device; under DDP wrap in DistributedDataParallel, with BatchNorm made SyncBatchNorm on GPUs.
+def prepare_model(model: nn.Module, env: DistEnv, channels_last: bool = False) -> nn.Module:
+    """Move to the device (in channels-last memory format if asked); under DDP wrap in DistributedDataParallel,
+    with BatchNorm made SyncBatchNorm on GPUs.
 
     PyTorch's SyncBatchNorm runs on CUDA only; CPU (gloo) ranks keep per-rank batch statistics, and DDP
     broadcasts rank 0's running statistics at every forward so the ranks' buffers agree.
     """
-    model = model.to(env.device)
+    model = model.to(env.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if not env.distributed:
         return model
     if env.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [env.device.index] if env.device.type == "cuda" else None
+    # Depthwise kernels (C, 1, k, k) may carry any stride on their size-1 axis; DDP's reducer then warns, once per
+    # rank, that the gradient's strides differ from its bucket's and copies it: a few KiB per step, not an error.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides", category=UserWarning)
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 

@@ -142,7 +142,8 @@ class Trainer:
             report = scaseg.load_backbone(model, cfg.pretrained)
             if env.is_main:  # a result, not progress: printed with -q too
                 print(f"scaseg-train: {report.summary()}", file=sys.stderr, flush=True)
-        self.model = D.prepare_model(model, env)
+        self.model = D.prepare_model(model, env, channels_last=cfg.channels_last)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.amp = resolve_amp(cfg.amp, env.device)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay, cfg.head_lr_mult), lr=cfg.lr,
                                            betas=(0.9, 0.999))
@@ -263,7 +264,7 @@ class Trainer:
                            warmup_ratio=self.cfg.warmup_ratio, power=self.cfg.power)
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * group["lr_mult"] * factor
-        image = image.to(self.env.device, non_blocking=True)
+        image = image.to(self.env.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         label = label.to(self.env.device, non_blocking=True)
         autocast = torch.autocast(self.env.device.type, dtype=self.amp) if self.amp else nullcontext()
         with autocast:
