@@ -3,7 +3,7 @@
 # a benchmark table with mIoU and FPS, and a segmented video.
 #
 #   bash demo.sh            # uses the scaseg-t checkpoint that the repo's CPU recipe produced (scaseg/weights/)
-#   bash demo.sh --train    # trains scaseg-t first with recipes/cpu_synth.sh (about 13 more minutes on 2 cores)
+#   bash demo.sh --train    # trains scaseg-t first with recipes/cpu_synth.sh (about 15 more minutes on 2 cores)
 #
 # Environment: PYTHON (default python3, 3.9+), SCASEG_DEMO_OUT (default ./demo_out), SCASEG_DEMO_VENV
 # (default ./.venv), SCASEG_TORCH_INDEX (a pip index URL for the CPU build of torch, e.g.
@@ -84,15 +84,14 @@ scaseg-export "$out/models/scaseg-t.pth" -o "$out/models/scaseg-t.int8.onnx" --p
   --calib "$out/data" --calib-num 64
 
 step "5/6 benchmark: FPS and mIoU on the synthetic validation split"
-# One inference thread: at this model's 128x256 input, ONNX Runtime ran twice as fast with one thread as with two
-# on the 2-vCPU machine the demo was measured on (the threads spend more time meeting than computing).
-# Try --threads 2 on yours: scaseg-bench prints the difference.
+# Threads: the default, auto, times 1 thread and every core on this model's input when it loads and keeps the
+# faster (scaseg-bench prints which; docs/runtime.md).
 scaseg-bench "$out/models/scaseg-t.onnx" "$out/models/scaseg-t.fp16.onnx" "$out/models/scaseg-t.int8.onnx" \
-  --data "$out/data" --runs 30 --warmup 5 --threads 1 --per-class -o "$out/bench.json" -o "$out/bench.csv"
+  --data "$out/data" --runs 30 --warmup 5 --per-class -o "$out/bench.json" -o "$out/bench.csv"
 
 step "6/6 segment a video"
 scaseg-infer "$out/data/video/synth.mp4" --model "$out/models/scaseg-t.int8.onnx" --legend \
-  -o "$out/synth_overlay.mp4" --threads 1
+  -o "$out/synth_overlay.mp4"
 
 step "done in $(( $(date +%s) - start )) s. Outputs:"
 cat <<EOF

@@ -65,10 +65,13 @@ def package(args: argparse.Namespace) -> dict:
     names = list(data.classes)
 
     out = Path(args.out)
-    scaseg.save_checkpoint(model, out, class_names=info.class_names, palette=info.palette, input_size=info.input_size,
-                           extra={**info.extra, "recipe": args.recipe, "weights_dtype": "float16"}, half=True)
-    shipped, _ = scaseg.load_model(out)
+    # The shipped file's input size is the one it was validated at (the trainer stores the crop): that is the size
+    # the runtime and scaseg-export then use by default.
     val_size = tuple(cfg["val_size"]) if cfg.get("val_size") else None
+    scaseg.save_checkpoint(model, out, class_names=info.class_names, palette=info.palette,
+                           input_size=val_size or info.input_size,
+                           extra={**info.extra, "recipe": args.recipe, "weights_dtype": "float16"}, half=True)
+    shipped, info = scaseg.load_model(out)
     check = evaluate(shipped, data, size=val_size, progress=False)
 
     iou = {names[i]: round(v, 4) for i, v in enumerate(last["iou"]) if v is not None}

@@ -127,7 +127,7 @@ def test_without_model_times_the_shipped_default(capsys, monkeypatch):
     assert code == 0, err
     assert "timing the shipped default" in err and "scaseg-t-synth.int8.onnx" in err
     row = out.splitlines()[1].split()
-    assert row[0] == "scaseg-t-synth.int8.onnx" and row[3] == "int8" and row[5] == "1x128x256"
+    assert row[0] == "scaseg-t-synth.int8.onnx" and row[3] == "int8" and row[5] == "1x192x384"
 
 
 def test_per_class_view_shows_the_weakest_class(tmp_path, capsys, monkeypatch):
