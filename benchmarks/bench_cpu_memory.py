@@ -96,14 +96,9 @@ def run_bench(model: str, mode: str, threads: int, runs: int) -> dict[str, Any]:
 def versions() -> str:
     import onnxruntime
 
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from perf_machine import machine_info
+
+    cpu = machine_info()["cpu"]
     libc = " ".join(platform.libc_ver())
     return (f"{cpu}, {len(os.sched_getaffinity(0))} cores; Linux {platform.release()}, {libc}; Python "
             f"{platform.python_version()}, ONNX Runtime {onnxruntime.__version__}, numpy {np.__version__}")

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -33,6 +31,8 @@ from scaseg.calibration.guard import miou
 from scaseg.calibration.session import make_session
 from scaseg.data.datasets import open_dataset
 from scaseg.data.metrics import label_agreement
+
+from perf_machine import machine_line
 
 #: The placement shipped for ``cpu`` before 7-bit weights (docs/precision.md).
 PREVIOUS = replace(int8.PLACEMENTS["cpu"], target="cpu-previous", weight_max=127)
@@ -124,9 +124,7 @@ def time_all(args: argparse.Namespace) -> None:
     if args.only:
         files = {k: v for k, v in files.items() if k == "fp32" or k in args.only}
     x = np.random.default_rng(0).standard_normal((1, 3, *meta["imgsz"])).astype(np.float32)
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-          f"(affinity {len(os.sched_getaffinity(0))}); python {platform.python_version()}, onnxruntime {ort.__version__}, "
-          f"onnx {onnx.__version__}, numpy {np.__version__}")
+    print(f"# {machine_line()}, onnx {onnx.__version__}")
     print(f"# model {meta['model']} at {meta['imgsz'][0]}x{meta['imgsz'][1]}; data: {meta['data']}; guard on "
           f"(--max-miou-drop {meta['max_miou_drop']}); median of {args.runs} runs per file, interleaved blocks of 3")
     m0 = files["fp32"]["miou"]

@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from perf_machine import machine_info  # noqa: E402
+from perf_machine import machine_line
 
 X_SCALE, X_ZERO, Y_SCALE, Y_ZERO = 0.05, 128, 0.03, 10  # a GELU input range of about -6.4..6.4
 
@@ -63,9 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--runs", type=int, default=15)
     args = ap.parse_args(argv)
-    m = machine_info()
-    print(f"# {m['date']} {m['cpu']} ({m['simd']}), {m['cores']} cores, load {m['load_before'][0]:.2f}; "
-          f"python {m['python']}, onnxruntime {m['onnxruntime']}; tensor {'x'.join(map(str, args.shape))} uint8")
+    print(f"# {machine_line()}; tensor {'x'.join(map(str, args.shape))} uint8")
     x = np.random.default_rng(0).integers(0, 256, args.shape, dtype=np.uint8)
     forms = ("float", "table, int32", "table, int64")
     for threads in args.threads:

@@ -12,10 +12,7 @@ ends with at that size (timed at load, or every core), with the cost of that aga
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,7 @@ from scaseg.runtime.backends import threads as rule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_int8_cpu import timed  # noqa: E402  (the same interleaved timing)
+from perf_machine import machine_line  # noqa: E402
 
 
 def session(path: str, threads: int) -> ort.InferenceSession:
@@ -44,9 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     cores = rule.cpu_cores()
     counts = sorted(set(args.threads or [1, cores]))
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-          f"({cores} usable); python {platform.python_version()}, onnxruntime {ort.__version__}, numpy {np.__version__}; "
-          f"load average {os.getloadavg()[0]:.2f}; median of {args.runs} runs, interleaved blocks of 3")
+    print(f"# {machine_line()}; median of {args.runs} runs, interleaved blocks of 3")
     print(f"# --threads auto: up to {rule.PROBE_MAX_PIXELS} px per call both counts are timed at load and the faster "
           f"kept; above, {rule.auto_threads()} threads")
     print("| model | input | px | " + " | ".join(f"{t} thr ms" for t in counts) + " | faster | auto picks | auto vs faster |")

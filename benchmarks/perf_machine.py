@@ -66,6 +66,13 @@ def machine_info(flops_per_cycle: int = FLOPS_PER_CYCLE) -> dict[str, Any]:
     }
 
 
+def machine_line() -> str:
+    """One line for a benchmark's header: date, CPU and its SIMD, usable cores, load, Python, ONNX Runtime, numpy."""
+    m = machine_info()
+    return (f"{m['date']} {m['cpu']} ({m['simd']}), {m['cores']} cores usable, load {m['load_before'][0]:.2f}; "
+            f"python {m['python']}, onnxruntime {m['onnxruntime']}, numpy {np.__version__}")
+
+
 def matmul_peak(n: int, threads: int, runs: int) -> dict[str, float]:
     """ONNX Runtime CPU GFLOP/s on an n x n by n x n fp32 MatMul (2 n^3 FLOPs), median of ``runs``."""
     import onnxruntime as ort

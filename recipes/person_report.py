@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 
 from scaseg.data.datasets import IGNORE_INDEX, open_dataset
+from scaseg.data.synth.world import PERSON
 from scaseg.errors import ScasegError
 
 BINS = (0, 16, 32, 48, 64, 96, 128, 10_000)
-PERSON = 11  # Cityscapes train id
 
 
 def main() -> None:
@@ -76,19 +76,12 @@ def _predictor(path: str):
     import torch
 
     import scaseg
-    from scaseg.runtime.preprocess import label_dtype, labels_to_source, preprocess
+    from scaseg.train.evaluate import predict_labels
 
     torch.set_num_threads(1)
     model, info = scaseg.load_model(path)
     model.eval()
-
-    def predict(image: np.ndarray) -> np.ndarray:
-        x, geom = preprocess(image, info.input_size, info.mean, info.std, "stretch")
-        with torch.no_grad():
-            logits = model(torch.from_numpy(x)[None])
-        return labels_to_source(logits.argmax(1)[0].numpy().astype(label_dtype(info.num_classes)), geom)
-
-    return predict
+    return lambda image: predict_labels(model, image, info.input_size, info.mean, info.std, num_classes=info.num_classes)
 
 
 if __name__ == "__main__":

@@ -139,7 +139,7 @@ def bench_one(model: ModelFile, *, backend: str, device: Optional[str], threads:
         record: dict[str, Any] = {
             "file": os.path.basename(path), "path": os.path.abspath(path), "backend": be.name, "device": be.device,
             "precision": be.precision, "variant": be.info.variant, "output": be.info.output,
-            "size_mb": os.path.getsize(path) / 2**20, "batch": predictor.batch, "threads": getattr(be, "threads", None),
+            "size_mb": os.path.getsize(path) / 2**20, "batch": predictor.batch, "threads": be.threads,
         }
         ds = open_eval_dataset(data, dataset, split, be.info) if data is not None else None
         # End-to-end timing decodes a real image of the dataset when there is one.

@@ -63,6 +63,11 @@ class Backend(abc.ABC):
 
     #: short name shown in tables: "onnxruntime", "openvino", "tensorrt", "torch"
     name: str = "backend"
+    #: CPU threads the backend runs with, where it has a count of its own (ONNX Runtime and PyTorch always,
+    #: OpenVINO when one was given); None: it has none (TensorRT) or leaves it to the library
+    threads: Optional[int] = None
+    #: "given" (an explicit count, kept) or "auto" (runtime/backends/threads.py may change it with set_threads)
+    threads_chosen: str = "given"
 
     def __init__(self, path: str, info: ModelInfo) -> None:
         self.path = path
@@ -92,6 +97,10 @@ class Backend(abc.ABC):
         """(H, W) the graph insists on, or None when a spatial axis is dynamic."""
         h, w = self.get_input_metadata().shape[-2:]
         return None if h is None or w is None else (h, w)
+
+    def set_threads(self, count: int) -> None:
+        """Run with ``count`` CPU threads from now on; only backends that choose under ``auto`` offer it."""
+        raise ScasegError(f"the {self.name} backend does not change its thread count")
 
     @abc.abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:

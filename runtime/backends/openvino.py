@@ -17,6 +17,7 @@ from scaseg.errors import ScasegError
 from scaseg.metadata import METADATA_KEY, ModelInfo, read_onnx_metadata
 from scaseg.runtime.backends.base import Backend, InputMetadata, Shape, check_graph, first_line
 from scaseg.runtime.backends.onnxruntime import parse_device
+from scaseg.runtime.backends.threads import parse_threads
 from scaseg.runtime.memory import Memory, apply_process_settings, memory_settings
 from scaseg.suffixes import ONNX_SUFFIXES
 
@@ -49,7 +50,7 @@ class OpenVinoBackend(Backend):
     name = "openvino"
 
     def __init__(self, path: str, info: Optional[ModelInfo] = None, *, device: Optional[str] = None,
-                 threads: Optional[int] = None, precision: str = "fp32", memory: Memory = None) -> None:
+                 threads: Optional[int | str] = None, precision: str = "fp32", memory: Memory = None) -> None:
         if Path(path).suffix.lower() not in ONNX_SUFFIXES:
             raise ScasegError(f"--backend openvino runs exported ONNX models (.onnx), and {path} is not one")
         kind, _ = parse_device(device)
@@ -58,8 +59,7 @@ class OpenVinoBackend(Backend):
                               "(use --device cpu or auto)")
         if precision not in PRECISIONS:
             raise ScasegError(f"unknown OpenVINO precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-        if threads is not None and threads < 1:
-            raise ScasegError(f"--threads must be at least 1, got {threads}")
+        self.threads = parse_threads(threads)  # None (auto): OpenVINO's own count
         apply_process_settings(memory_settings(memory))
         ov = import_openvino()
         core = ov.Core()
@@ -83,8 +83,8 @@ class OpenVinoBackend(Backend):
         self._input = InputMetadata(info.input_name, dtype, inputs[info.input_name])
         self._precision = precision
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
-        if threads is not None:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if self.threads is not None:
+            config["INFERENCE_NUM_THREADS"] = self.threads
         try:
             self._compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:

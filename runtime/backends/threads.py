@@ -1,4 +1,5 @@
-"""How many CPU threads inference uses: the one rule behind ``--threads auto`` (the default) for every backend.
+"""How many CPU threads inference uses: the one rule behind ``--threads auto`` (the default) for the ONNX Runtime and
+PyTorch backends (OpenVINO keeps its own count under auto).
 
 Measured with ``benchmarks/bench_threads.py`` (docs/runtime.md): on an idle 2-core machine 2 threads beat 1 at
 every size from 128x256 (40.5 vs 49.3 ms) to 512x512; on a loaded one a 2-thread ONNX Runtime pool waits on
@@ -7,18 +8,21 @@ rule is right in both cases, so for calls small enough to time cheaply (up to ``
 times 1 thread and every core on the real input shape when the model is loaded and keeps the faster; larger
 calls use every core (the faster choice at every such size measured, and the runtimes' own default).
 
-Backends take ``threads=None`` for auto, open with ``auto_threads`` and offer ``set_threads``; scaseg-bench and
-scaseg-infer call ``settle`` with the size and batch a Predictor runs. An explicit count is used as given.
+Backends take ``threads=None`` for auto, open with ``auto_threads`` and offer ``Backend.set_threads``; scaseg-bench
+and scaseg-infer call ``settle`` with the size and batch a Predictor runs. An explicit count is used as given.
 """
 from __future__ import annotations
 
 import os
 import time
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
 from scaseg.errors import ScasegError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from scaseg.runtime.backends.base import Backend
 
 AUTO = "auto"
 #: Calls of at most this many pixels (batch x H x W) are timed with 1 thread and with every core at load under
@@ -51,9 +55,9 @@ def parse_threads(value: Union[str, int, None], option: str = "--threads") -> Op
     return count
 
 
-def auto_threads(pixels: Optional[int] = None, cores: Optional[int] = None) -> int:
+def auto_threads(cores: Optional[int] = None) -> int:
     """The ``auto`` choice without a measurement: every core (the faster count at every size timed on an idle
-    machine, and the runtimes' own default). ``pixels`` is accepted for the rule's callers and not used."""
+    machine, and the runtimes' own default)."""
     return cpu_cores() if cores is None else max(1, int(cores))
 
 
@@ -62,42 +66,41 @@ def describe(count: int, how: str) -> str:
     return f"{count} ({how})"
 
 
-def _probe(backend: object, shape: tuple[int, ...], counts: list[int]) -> dict[int, float]:
+def _probe(backend: "Backend", shape: tuple[int, ...], counts: list[int]) -> dict[int, float]:
     """Median ms of PROBE_RUNS calls (after one warm-up call) per thread count, on a zero input of ``shape``."""
     x = np.zeros(shape, np.float32)
     ms: dict[int, float] = {}
     for count in counts:
-        getattr(backend, "set_threads")(count)
-        infer = getattr(backend, "infer")
-        infer(x)
+        backend.set_threads(count)
+        backend.infer(x)
         times = []
         for _ in range(PROBE_RUNS):
             start = time.perf_counter()
-            infer(x)
+            backend.infer(x)
             times.append(time.perf_counter() - start)
         ms[count] = 1000 * float(np.median(times))
     return ms
 
 
-def settle(backend: object, size: Optional[tuple[int, int]], batch: int) -> str:
+def settle(backend: "Backend", size: Optional[tuple[int, int]], batch: int) -> str:
     """Apply ``auto`` to the calls a Predictor will make (its input size and batch); returns what to print.
 
     Small calls: 1 thread and every core are timed on the real shape and the faster is kept. Backends without
-    a thread count (TensorRT, GPU providers) answer ``"-"``.
+    a thread count (TensorRT, GPU providers, OpenVINO under auto) answer ``"-"``.
     """
-    count = getattr(backend, "threads", None)
-    if count is None or getattr(backend, "device", "CPU") != "CPU":
+    count = backend.threads
+    if count is None or backend.device != "CPU":
         return "-"
-    if getattr(backend, "threads_chosen", "given") != AUTO:
+    if backend.threads_chosen != AUTO:
         return describe(count, "given")
     cores = cpu_cores()
     pixels = None if size is None else batch * size[0] * size[1]
     if pixels is None or pixels > PROBE_MAX_PIXELS or cores == 1:
-        getattr(backend, "set_threads")(cores)
+        backend.set_threads(cores)
         return describe(cores, "auto: every core" + ("" if pixels is None else f" for {pixels} px per call"))
     assert size is not None
     ms = _probe(backend, (batch, 3, size[0], size[1]), sorted({1, cores}))
     best = min(ms, key=lambda k: ms[k])
-    getattr(backend, "set_threads")(best)
+    backend.set_threads(best)
     timed = " vs ".join(f"{ms[k]:.1f}" for k in sorted(ms))
     return describe(best, f"auto: timed {' vs '.join(str(k) for k in sorted(ms))} threads at load: {timed} ms")

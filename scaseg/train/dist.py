@@ -84,7 +84,9 @@ def prepare_model(model: nn.Module, env: DistEnv, channels_last: bool = False) -
     PyTorch's SyncBatchNorm runs on CUDA only; CPU (gloo) ranks keep per-rank batch statistics, and DDP
     broadcasts rank 0's running statistics at every forward so the ranks' buffers agree.
     """
-    model = model.to(env.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model = model.to(env.device)
+    if channels_last:  # Module.to takes memory_format, which torch's type stubs leave out
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if not env.distributed:
         return model
     if env.device.type == "cuda":

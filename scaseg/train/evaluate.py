@@ -9,6 +9,7 @@ import sys
 from contextlib import nullcontext
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +21,19 @@ from scaseg.metadata import IMAGENET_MEAN, IMAGENET_STD
 from scaseg.progress import progress as progress_bar
 from scaseg.runtime.preprocess import label_dtype, labels_to_source, preprocess
 from scaseg.train import dist as D
+
+
+@torch.no_grad()
+def predict_labels(model: nn.Module, image: np.ndarray, size: Optional[tuple[int, int]],
+                   mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD, *, num_classes: int,
+                   device: torch.device = torch.device("cpu"), amp: Optional[torch.dtype] = None) -> np.ndarray:
+    """The label map of one RGB image at its own resolution, as validation scores it (``model`` in eval mode)."""
+    x, geom = preprocess(image, size, mean, std, "stretch")
+    with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+        logits = model(torch.from_numpy(x)[None].to(device))
+    if logits.shape[-2:] != x.shape[-2:]:
+        logits = F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return labels_to_source(logits.argmax(1)[0].cpu().numpy().astype(label_dtype(num_classes)), geom)
 
 
 @torch.no_grad()
@@ -39,21 +53,16 @@ def evaluate(
     model.eval()
     metrics = SegMetrics(data.num_classes, ignore_index=IGNORE_INDEX)
     indices = range(env.rank, len(data), env.world_size)
-    autocast = torch.autocast(env.device.type, dtype=amp) if amp else nullcontext()
     for i in progress_bar(indices, desc="val", unit="img", leave=False, file=sys.stderr, disable=not (progress and env.is_main)):
         sample = data[i]
         if sample.label is None:
             raise ScasegError(f"validation needs labels, but the image {sample.name} has none")
-        x, geom = preprocess(sample.image, size, mean, std, "stretch")
-        with autocast:
-            logits = model(torch.from_numpy(x)[None].to(env.device))
-        if logits.shape[-2:] != x.shape[-2:]:
-            logits = F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        pred = logits.argmax(1)[0].cpu().numpy().astype(label_dtype(data.num_classes))
-        metrics.update(labels_to_source(pred, geom), sample.label)
+        pred = predict_labels(model, sample.image, size, mean, std, num_classes=data.num_classes, device=env.device,
+                              amp=amp)
+        metrics.update(pred, sample.label)
     metrics.confusion = D.all_reduce_sum(metrics.confusion, env)
     model.train(was_training)
     return metrics.compute()
 
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "predict_labels"]
