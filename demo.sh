@@ -3,7 +3,7 @@
 # a benchmark table with mIoU and FPS, and a segmented video.
 #
 #   bash demo.sh            # uses the scaseg-t checkpoint that the repo's CPU recipe produced (scaseg/weights/)
-#   bash demo.sh --train    # trains scaseg-t first with recipes/cpu_synth.sh (about 15 more minutes on 2 cores)
+#   bash demo.sh --train    # trains scaseg-t first with recipes/cpu_synth.sh (9-14 more minutes on 2 cores)
 #
 # Environment: PYTHON (default python3, 3.9+), SCASEG_DEMO_OUT (default ./demo_out), SCASEG_DEMO_VENV
 # (default ./.venv), SCASEG_TORCH_INDEX (a pip index URL for the CPU build of torch, e.g.

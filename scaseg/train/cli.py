@@ -57,6 +57,8 @@ def main_command(
     class_weight: str = typer.Option("none", "--class-weight", metavar="none|balanced", help="Loss weight per class: balanced weighs rare classes up (ENet's 1/ln(1.02 + pixel share), from the train labels)."),
     ohem_thresh: float = typer.Option(0.0, "--ohem-thresh", metavar="P", help="Online hard-example mining: only pixels whose probability of their true class is below P count in the loss (SegNeXt's Cityscapes configs: 0.7); 0: every pixel."),
     ohem_min_kept: int = typer.Option(100_000, "--ohem-min-kept", metavar="N", help="With --ohem-thresh: keep at least the N hardest pixels of each step's batch."),
+    logit_adjust: bool = typer.Option(False, "--logit-adjust", help="With --class-weight balanced: after the last step, subtract alpha x log(class weight) from the classifier's bias, alpha in 0, 0.1 .. 1 chosen for the best mIoU on --logit-adjust-images images of the train split (the weighted loss favours rare classes; docs/training.md)."),
+    logit_adjust_images: int = typer.Option(128, "--logit-adjust-images", metavar="N", help="Train images the logit adjustment is fitted on (spread over the split)."),
     model_opt: List[str] = typer.Option([], "--model-opt", metavar="KEY=VALUE", help="Extra scaseg.build argument, repeatable (e.g. attention=vanilla).", show_default="none"),
     quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-train"),
@@ -92,6 +94,8 @@ def main_command(
         line = f"scaseg-train: {cfg.variant}, {summary['iterations']} iterations, {summary['images_per_s']:.2f} images/s"
         if summary["final_miou"] is not None:
             line += f"; final val mIoU {100 * summary['final_miou']:.2f}% (best {100 * summary['best_miou']:.2f}%)"
+        if summary.get("logit_alpha") is not None:
+            line += f"; logit adjustment alpha {summary['logit_alpha']:.1f}"
         print(f"{line}; checkpoint {summary['last']}", flush=True)
 
 

@@ -44,6 +44,8 @@ class TrainConfig:
     class_weight: str = "none"  # none | balanced (balanced_class_weights of the train split)
     ohem_thresh: float = 0.0  # > 0: online hard-example mining (scaseg.train.loss.segmentation_loss)
     ohem_min_kept: int = 100_000
+    logit_adjust: bool = False  # after the last step: scaseg.train.logit_adjust fitted on the train split
+    logit_adjust_images: int = 128
 
     def checked(self) -> "TrainConfig":
         """Refuse values that cannot work, each with one sentence."""
@@ -67,6 +69,11 @@ class TrainConfig:
             raise ScasegError(f"--ohem-min-kept must be at least 1, not {self.ohem_min_kept}")
         if self.class_weight not in ("none", "balanced"):
             raise ScasegError(f"--class-weight must be none or balanced, not {self.class_weight!r}")
+        if self.logit_adjust and self.class_weight != "balanced":
+            raise ScasegError("--logit-adjust needs --class-weight balanced (it undoes part of that weighting's shift "
+                              "towards rare classes)")
+        if self.logit_adjust_images < 1:
+            raise ScasegError(f"--logit-adjust-images must be at least 1, not {self.logit_adjust_images}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise ScasegError(f"--amp must be auto, off, bf16 or fp16, not {self.amp!r}")
         return self

@@ -24,16 +24,31 @@ from scaseg.train import dist as D
 
 
 @torch.no_grad()
-def predict_labels(model: nn.Module, image: np.ndarray, size: Optional[tuple[int, int]],
-                   mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD, *, num_classes: int,
-                   device: torch.device = torch.device("cpu"), amp: Optional[torch.dtype] = None) -> np.ndarray:
-    """The label map of one RGB image at its own resolution, as validation scores it (``model`` in eval mode)."""
+def predict_logits(model: nn.Module, image: np.ndarray, size: Optional[tuple[int, int]],
+                   mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD, *,
+                   device: torch.device = torch.device("cpu"), amp: Optional[torch.dtype] = None) -> tuple[torch.Tensor, Any]:
+    """``(logits, geometry)`` of one RGB image: float logits (K, h, w) at the network input size, as the runtime's
+    labels head upsamples them, and the preprocessing geometry that ``labels_to_source`` takes back to the image."""
     x, geom = preprocess(image, size, mean, std, "stretch")
     with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
         logits = model(torch.from_numpy(x)[None].to(device))
     if logits.shape[-2:] != x.shape[-2:]:
         logits = F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return labels_to_source(logits.argmax(1)[0].cpu().numpy().astype(label_dtype(num_classes)), geom)
+    return logits[0].float(), geom
+
+
+def labels_of(logits: torch.Tensor, geom: Any, num_classes: int) -> np.ndarray:
+    """The label map at the image's own resolution from ``predict_logits``'s output."""
+    return labels_to_source(logits.argmax(0).cpu().numpy().astype(label_dtype(num_classes)), geom)
+
+
+@torch.no_grad()
+def predict_labels(model: nn.Module, image: np.ndarray, size: Optional[tuple[int, int]],
+                   mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD, *, num_classes: int,
+                   device: torch.device = torch.device("cpu"), amp: Optional[torch.dtype] = None) -> np.ndarray:
+    """The label map of one RGB image at its own resolution, as validation scores it (``model`` in eval mode)."""
+    logits, geom = predict_logits(model, image, size, mean, std, device=device, amp=amp)
+    return labels_of(logits, geom, num_classes)
 
 
 @torch.no_grad()
@@ -65,4 +80,4 @@ def evaluate(
     return metrics.compute()
 
 
-__all__ = ["evaluate", "predict_labels"]
+__all__ = ["evaluate", "labels_of", "predict_labels", "predict_logits"]

@@ -31,6 +31,7 @@ from scaseg.train import dist as D
 from scaseg.train.config import TrainConfig
 from scaseg.train.data import Augment, StreamSampler, TrainSet, collate, unwrap
 from scaseg.train.evaluate import evaluate
+from scaseg.train import logit_adjust
 from scaseg.train.loss import balanced_class_weights, segmentation_loss
 
 STATE_FILE = "train_state.pt"
@@ -152,6 +153,7 @@ class Trainer:
         self.samples = 0  # global count of training samples drawn from the stream, all ranks together
         self.best_miou = -1.0
         self.history: list[dict[str, Any]] = []
+        self.logit_adjustment: Optional[dict[str, Any]] = None  # logit_adjust.fit's result once applied
         if self.state is not None:
             self._restore(self.state)
 
@@ -172,6 +174,7 @@ class Trainer:
         self.samples = int(state["samples"])
         self.best_miou = float(state["best_miou"])
         self.history = list(state["history"])
+        self.logit_adjustment = state.get("logit_adjustment")
         rngs = state["rng"]
         if len(rngs) == self.env.world_size:  # another world size cannot replay the same dropout draws anyway
             torch.set_rng_state(rngs[self.env.rank]["cpu"])
@@ -186,7 +189,7 @@ class Trainer:
         scaseg.save_checkpoint(D.unwrap_model(self.model), path, class_names=list(data.classes),
                                palette=list(data.palette), input_size=tuple(self.cfg.crop),
                                extra={"iteration": self.iteration, "dataset": self.cfg.dataset,
-                                      "best_miou": self.best_miou})
+                                      "best_miou": self.best_miou, "logit_adjustment": self.logit_adjustment})
         return path
 
     def _save_state(self, rngs: list[Any]) -> None:
@@ -195,6 +198,7 @@ class Trainer:
             "config": dataclasses.asdict(self.cfg), "model": D.unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng": rngs, "best_miou": self.best_miou, "history": self.history,
+            "logit_adjustment": self.logit_adjustment,
         }
         with atomic_path(self.out / STATE_FILE) as tmp:
             torch_save(state, tmp, self.out / STATE_FILE)
@@ -224,6 +228,28 @@ class Trainer:
                 self._save_model("best.pth")
             write(f"iter {self.iteration}: val mIoU {100 * miou:.2f}% pixel acc {100 * result['pixel_acc']:.2f}% "
                        f"(best {100 * self.best_miou:.2f}%)", file=sys.stderr)
+        return result
+
+    def adjust_logits(self) -> dict[str, Any]:
+        """Fit the logit adjustment on the train split and fold it into the classifier (every rank alike)."""
+        assert self.class_weight is not None
+        model = D.unwrap_model(self.model)
+        unadjusted = None  # the validation mIoU the shift is removed from, for the record
+        if self.val_data is not None:
+            unadjusted = float(evaluate(model, self.val_data, self.env, size=self.cfg.val_size, amp=self.amp,
+                                        progress=not self.cfg.quiet)["miou"])
+        result = logit_adjust.fit(model, self.train_data, self.class_weight, self.env, images=self.cfg.logit_adjust_images,
+                                  size=self.cfg.val_size, amp=self.amp, progress=not self.cfg.quiet)
+        logit_adjust.apply(model, self.class_weight, result["alpha"])
+        result["iteration"] = self.iteration
+        result["val_miou_unadjusted"] = unadjusted
+        self.logit_adjustment = result
+        if self.env.is_main:
+            scores = dict(zip(result["alphas"], result["miou"]))
+            write(f"iter {self.iteration}: logit adjustment alpha {result['alpha']:.1f} (train mIoU on {result['images']} "
+                  f"images {100 * scores.get(0.0, float('nan')):.2f}% unadjusted, {100 * scores[result['alpha']]:.2f}% "
+                  f"adjusted" + ("" if unadjusted is None else f"; val mIoU unadjusted {100 * unadjusted:.2f}%") + ")",
+                  file=sys.stderr)
         return result
 
     def _kept(self) -> str:
@@ -299,6 +325,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
                 bar.update(1)
                 last = self.iteration == cfg.iters
+                if last and cfg.logit_adjust and self.logit_adjustment is None:
+                    self.adjust_logits()
                 if val_every and (self.iteration % val_every == 0 or last):
                     self.validate()
                 if last or self.iteration == stop or (ckpt_every and self.iteration % ckpt_every == 0):
@@ -320,6 +348,7 @@ class Trainer:
             "best_miou": self.best_miou if self.history else None,
             "last": str(self.out / "last.pth"),
             "best": str(self.out / "best.pth") if self.history else None,
+            "logit_alpha": self.logit_adjustment["alpha"] if self.logit_adjustment else None,
         }
 
 
