@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from typing import Iterator
 
 import pytest
@@ -10,6 +11,13 @@ import pytest
 # cores (measured on this 2-core machine: a training step 4.8 vs 0.5 images/s). Set before torch is imported;
 # on an idle machine passive waiting costs nothing measurable. An explicit setting in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# The Ctrl-C tests need SIGINT to reach Python, in this process (_thread.interrupt_main) and in the commands it
+# starts. A shell that runs pytest in the background (`bash .ci/run &`, nohup) starts it with SIGINT ignored, and
+# an ignored signal stays ignored across fork and exec: every Ctrl-C test would then see a command that runs to
+# its end. Python's own handler here makes the children start with the default disposition again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="module")
