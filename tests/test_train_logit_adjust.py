@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from scaseg.data.datasets import open_dataset
+from scaseg.errors import ScasegError
 from scaseg.metadata import IMAGENET_MEAN, IMAGENET_STD
 from scaseg.train import logit_adjust as LA
 from scaseg.train.evaluate import evaluate
@@ -95,7 +96,7 @@ def test_fit_finds_the_prior_shift_a_model_carries_and_apply_removes_it(data: Pa
 def test_fit_images_spread_over_the_split_and_refuse_zero(data: Path) -> None:
     train = open_dataset(data, "cityscapes", "train")
     assert LA.fit_images(train, 3) == [0, 4, 7] and LA.fit_images(train, 100) == list(range(8))
-    with pytest.raises(Exception, match="at least 1"):
+    with pytest.raises(ScasegError, match="at least 1"):
         LA.fit_images(train, 0)
 
 

@@ -27,11 +27,10 @@ from scaseg.checkpoint import torch_save
 from scaseg.errors import Interrupted, ScasegError
 from scaseg.fileio import atomic_path, check_writable_dir, refuse_overwrite
 from scaseg.progress import progress as progress_bar, write
-from scaseg.train import dist as D
+from scaseg.train import dist as D, logit_adjust
 from scaseg.train.config import TrainConfig
 from scaseg.train.data import Augment, StreamSampler, TrainSet, collate, unwrap
 from scaseg.train.evaluate import evaluate
-from scaseg.train import logit_adjust
 from scaseg.train.loss import balanced_class_weights, segmentation_loss
 
 STATE_FILE = "train_state.pt"
@@ -214,10 +213,13 @@ class Trainer:
             self._save_state(rngs)
         D.barrier(self.env)
 
-    def validate(self) -> dict[str, Any]:
+    def _score_val(self) -> dict[str, Any]:
         assert self.val_data is not None
-        result = evaluate(D.unwrap_model(self.model), self.val_data, self.env, size=self.cfg.val_size, amp=self.amp,
-                          progress=not self.cfg.quiet)
+        return evaluate(D.unwrap_model(self.model), self.val_data, self.env, size=self.cfg.val_size, amp=self.amp,
+                        progress=not self.cfg.quiet)
+
+    def validate(self) -> dict[str, Any]:
+        result = self._score_val()
         miou = float(result["miou"])
         improved = miou > self.best_miou
         self.best_miou = max(self.best_miou, miou)
@@ -234,10 +236,8 @@ class Trainer:
         """Fit the logit adjustment on the train split and fold it into the classifier (every rank alike)."""
         assert self.class_weight is not None
         model = D.unwrap_model(self.model)
-        unadjusted = None  # the validation mIoU the shift is removed from, for the record
-        if self.val_data is not None:
-            unadjusted = float(evaluate(model, self.val_data, self.env, size=self.cfg.val_size, amp=self.amp,
-                                        progress=not self.cfg.quiet)["miou"])
+        # The validation mIoU the shift is removed from, for the record.
+        unadjusted = float(self._score_val()["miou"]) if self.val_data is not None else None
         result = logit_adjust.fit(model, self.train_data, self.class_weight, self.env, images=self.cfg.logit_adjust_images,
                                   size=self.cfg.val_size, amp=self.amp, progress=not self.cfg.quiet)
         logit_adjust.apply(model, self.class_weight, result["alpha"])
