@@ -84,8 +84,15 @@ def gmacs(variant: str, size: tuple[int, int], attention: str = "strip") -> floa
     return measure(variant, size, attention).gflops  # named "gflops" there; the values are GMACs
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], warmup: int, runs: int, desc: str) -> dict[str, list[float]]:
-    """Seconds per call of each function; rounds interleaved so a change of load hits every one alike."""
+def interleaved(fns: dict[str, Callable[[], Any]], warmup: int, runs: int, desc: str,
+                settle: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each function; rounds interleaved so a change of load hits every one alike.
+
+    In each round every function is called ``settle`` times untimed, then once timed: after a run, an ONNX Runtime
+    session's pool threads spin for a while, and a run of another session timed right then shares the cores with
+    them (scaseg-t at 512x512, 2 threads, fp32 and int8 sessions alternating: 147.5 and 101.9 ms per run, against
+    118.7 and 77.5 ms timed after a run of the same session; 2026-12-02, 2-core Xeon).
+    """
     from tqdm import tqdm
 
     for fn in fns.values():
@@ -94,6 +101,8 @@ def interleaved(fns: dict[str, Callable[[], Any]], warmup: int, runs: int, desc:
     laps: dict[str, list[float]] = {k: [] for k in fns}
     for _ in tqdm(range(runs), desc=desc, unit="round", file=sys.stderr, leave=False):
         for key, fn in fns.items():
+            for _ in range(settle):
+                fn()
             t = time.perf_counter()
             fn()
             laps[key].append(time.perf_counter() - t)
