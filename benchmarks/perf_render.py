@@ -171,7 +171,11 @@ def render(report: dict[str, Any], rows: list[Row], plot_link: str, *, full: boo
         "images, accuracy guard <= 1 mIoU point on held-out images); PyTorch eager runs the checkpoint through "
         "`scaseg.runtime.backends.torch` (inference_mode).",
         f"- Timing: every configuration of a table is opened once, warmed up, then timed in interleaved rounds "
-        f"(A, B, C, D, A, B, ...) on the same random input; the median per configuration is reported, "
+        f"(A, B, C, D, A, B, ...) on the same random input, each timed run right after an untimed run of the same "
+        "configuration (an ONNX Runtime session's pool threads spin for a while after its run, and a run of another "
+        "session timed then shares the cores with them: scaseg-t at 512x512, ORT fp32 / int8 sessions alternating, "
+        "147.5 / 101.9 ms per run against 118.7 / 77.5 ms, 2026-12-02; `benchmarks/perf_measure.interleaved`); "
+        "the median per configuration is reported, "
         f"`scaseg.runtime.timing.summarize`. {report['threads']} intra-op threads for ONNX Runtime and PyTorch, "
         "plus 1-thread rows of ONNX Runtime fp32 and PyTorch (PyTorch's thread count is process-wide: it is set "
         "before each of its calls). "

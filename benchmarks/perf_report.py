@@ -188,13 +188,16 @@ def run(args: argparse.Namespace) -> None:
             steps.update()
 
 
-# Sections of docs/performance.md that another script regenerates (between its <!-- NAME:start/end --> markers,
-# with the heading above them): kept as they are when this script rewrites the page.
-OTHER_SECTIONS = ("grid-scaling",)  # benchmarks/bench_grid_scaling.py
+# Sections of docs/performance.md that other scripts regenerate (between their <!-- NAME:start/end --> markers):
+# kept as they are when this script rewrites the page, from the heading above the markers to the next heading
+# (the reading written under a table stays with it).
+OTHER_SECTIONS = ("grid-scaling",  # benchmarks/bench_grid_scaling.py
+                  "cpu-backends",  # benchmarks/bench_cpu_backends.py
+                  "cpu-memory")  # benchmarks/bench_cpu_memory.py
 
 
 def _owned_elsewhere(doc: Path) -> str:
-    """The OTHER_SECTIONS of the current ``doc`` (heading line through end marker), to append to a rewrite."""
+    """The OTHER_SECTIONS of the current ``doc`` (heading line to the next heading), to append to a rewrite."""
     try:
         old = doc.read_text(encoding="utf-8")
     except OSError:
@@ -204,7 +207,8 @@ def _owned_elsewhere(doc: Path) -> str:
         i, j = old.find(f"<!-- {name}:start -->"), old.find(f"<!-- {name}:end -->")
         if 0 <= i < j:
             head = old.rfind("\n## ", 0, i)
-            kept.append(old[head + 1 if head >= 0 else i : j + len(f"<!-- {name}:end -->")])
+            nxt = old.find("\n## ", j)
+            kept.append(old[head + 1 if head >= 0 else i : nxt if nxt >= 0 else len(old)].strip("\n"))
     return "".join("\n" + k + "\n" for k in kept)
 
 
