@@ -34,14 +34,18 @@ from scaseg.data.metrics import label_agreement
 
 from perf_machine import machine_line
 
-#: The placement shipped for ``cpu`` before 7-bit weights (docs/precision.md).
-PREVIOUS = replace(int8.PLACEMENTS["cpu"], target="cpu-previous", weight_max=127)
+#: The placement shipped for ``cpu`` before int8_rewrite.py and the BatchNorm fold (docs/precision.md): GELUs,
+#: residual Adds and BatchNorms float.
+PREVIOUS = replace(int8.PLACEMENTS["cpu"], target="cpu-previous", int8_gelu=False, int8_add=False, fold_bn=False)
 VARIANTS = {
     "cpu-previous": PREVIOUS,
-    "cpu + BatchNorm fold + min_outputs 32": replace(int8.PLACEMENTS["cpu"], fold_bn=True, min_outputs=32),
-    "cpu + BatchNorm fold": replace(int8.PLACEMENTS["cpu"], fold_bn=True),
+    "cpu, float GELU": replace(int8.PLACEMENTS["cpu"], int8_gelu=False),
+    "cpu, float residual Adds": replace(int8.PLACEMENTS["cpu"], int8_add=False),
+    "cpu, no BatchNorm fold": replace(int8.PLACEMENTS["cpu"], fold_bn=False),
+    "cpu, 8-bit weights": replace(int8.PLACEMENTS["cpu"], weight_max=127),
     "cpu, min_outputs 32": replace(int8.PLACEMENTS["cpu"], min_outputs=32),
     "cpu, min_features 64": replace(int8.PLACEMENTS["cpu"], min_features=64),
+    "cpu, every depthwise kernel": replace(int8.PLACEMENTS["cpu"], depthwise_kernels=None),
 }
 
 

@@ -109,7 +109,8 @@ def _int8(model: onnx.ModelProto, info: ModelInfo, out_path: str, cset: data.Cal
     names = int8.tensors_to_calibrate(graph)
     if not names:
         raise ScasegError("the model has no Conv, MatMul or Gemm with constant weights to quantize")
-    rewrites = f"|fuse_gelu={int8.PLACEMENTS[target].fuse_gelu}|fold_bn={int8.PLACEMENTS[target].fold_bn}".encode()
+    rewrites = (f"|fuse_gelu={int8.PLACEMENTS[target].fuse_gelu}|fold_bn={int8.PLACEMENTS[target].fold_bn}|"
+                + ",".join(names)).encode()  # and the tensors calibrated
     key = data.cache_key(model.graph.SerializeToString() + rewrites, info, cset.calib)  # the graph calibrated
     # Named after the graph too: scaseg-export calibrates from a temporary "model.fp32.onnx" for every model.
     cache_file = Path(cache_dir).expanduser() / f"{stem}.{key['model'][:12]}.calib.npz" if cache_dir else None

@@ -1,18 +1,21 @@
 """Explicit INT8: write QuantizeLinear/DequantizeLinear pairs into an fp32 ONNX graph.
 
-Symmetric int8 everywhere (zero points 0), activations per tensor, weights per output channel (7-bit for cpu).
-Where the pairs go is the speed (a Q/DQ pair around an op without an int8 kernel is pure overhead), so it is
-a per-target ``Placement``:
+Symmetric everywhere (int8 zero points 0; an int8 GELU's input is uint8 with zero point 128, the same levels),
+activations per tensor, weights per output channel (7-bit for cpu). Where the pairs go is the speed (a pair
+around an op without an int8 kernel is pure overhead), so it is a per-target ``Placement``:
 
-- ``cpu``: ONNX Runtime fuses DQ -> Conv/MatMul/Gemm -> Q into QLinearConv / QLinearMatMul / QGemm, which run
-  on uint8 in NHWC with transposes at every float/int8 border. So outputs of quantized ops are quantized too (a
-  Conv -> Conv chain stays int8 with one pair between them), int32 biases as QLinearConv wants them, and only ops
-  that keep such chains long are quantized: dense and 1x1 convolutions, Linear layers, 3x3 depthwise convolutions
-  (the MLP chain), with the erf-GELU fused into one node first (rewrite.py). Every choice was measured
-  (docs/precision.md, benchmarks/bench_precision.py). The file is for ONNX Runtime (com.microsoft.Gelu).
+- ``cpu``: ONNX Runtime fuses DQ -> Conv/MatMul/Gemm -> Q into QLinearConv / QLinearMatMul / QGemm (uint8, NHWC,
+  transposes at every float/int8 border). So outputs of quantized ops are quantized too (a Conv -> Conv chain
+  stays int8), biases are int32, and only ops that keep such chains long are quantized: dense and 1x1 and 3x3
+  depthwise convolutions, Linear layers. rewrite.py first fuses the erf-GELU into one node and folds the pre-norm
+  BatchNorms (exact); int8_rewrite.py, once the pairs are placed, runs GELUs and residual Adds in int8 too.
+  Every choice was measured (docs/precision.md, benchmarks/bench_int8_cpu.py). The file is for ONNX Runtime.
 - ``tensorrt``: TensorRT's explicit-quantization rules: Q/DQ on the inputs of Conv/MatMul/Gemm only (TensorRT
   fuses the pair into the op and decides output precision itself), weights per output channel (Conv axis 0),
   biases left float (TensorRT quantizes them itself).
+
+Over 400 lines: the placement rules, the planning and the writing of the pairs share one Placement and one walk
+of the graph; the graph rewrites before and after them live in rewrite.py and int8_rewrite.py.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from scaseg.calibration.int8_rewrite import int8_gelu, int8_residual_add
 from scaseg.calibration.rewrite import fold_batchnorm, fuse_gelu
 
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
@@ -37,21 +41,21 @@ class Placement:
     activation_matmul: bool  # MatMul of two activations (the attention logits and weighted sum)
     output_qdq: bool  # a Q/DQ pair on the outputs of quantized ops as well as their inputs
     int32_bias: bool  # Conv/Gemm bias as int32 + DQ (scale = input scale * weight scale)
-    # ORT CPU runs int8 kernels on uint8 data: it converts a symmetric int8 Q -> DQ pair to uint8 only when the
-    # Q feeds exactly one DQ feeding exactly one node. So: one pair per consumer, and ops whose output fans out
-    # stay float (their QLinear form would need one Q per consumer, which ORT's fusion does not accept). The k-th
-    # pair on a tensor gets its scale k float32 ulps up: ORT merges equal Q nodes, which would give one Q two DQs.
+    # ORT CPU converts a symmetric int8 Q -> DQ pair to its uint8 kernels only when the Q feeds one DQ feeding one
+    # node. So: one pair per consumer, and ops whose output fans out stay float. The k-th pair on a tensor gets its
+    # scale k float32 ulps up: ORT merges equal Q nodes, which would give one Q two DQs.
     single_use: bool = False
-    # Convs/Linears with fewer input features than this (Cin * kh * kw, or K) stay float. 32 keeps the stem's
-    # first convolution (3 channels in) in float: int8 there costs accuracy and saves nothing measurable.
+    # Convs/Linears with fewer input features (Cin * kh * kw, or K) stay float; 32 keeps the 3-channel stem float.
     min_features: int = 0
     # Ops with fewer output channels (Conv) or columns (MatMul/Gemm) than this stay float.
     min_outputs: int = 0
-    # Depthwise kernel sizes quantized (None: all). On ORT CPU an int8 depthwise conv is slower than the float one;
-    # it pays only where it keeps a chain in int8 (MLP: 1x1 -> dw 3x3 -> GELU), not for the strip convolutions.
+    # Depthwise kernel sizes quantized (None: all). On ORT CPU int8 depthwise pays only inside a chain (MLP 3x3).
     depthwise_kernels: Optional[tuple[tuple[int, int], ...]] = None
-    # Rewrite the erf-GELU into one com.microsoft.Gelu node first (rewrite.py): ORT only, so cpu only.
+    # The erf-GELU as one com.microsoft.Gelu (ORT only); once placed, as int8 QLinearSigmoid + QLinearMul; and
+    # residual Adds after an int8 op as QLinearAdd (int8_rewrite.py).
     fuse_gelu: bool = False
+    int8_gelu: bool = False
+    int8_add: bool = False
     # Data-movement ops that an input pair is pushed up through (single_use only), with the input's scale.
     int8_movement: tuple[str, ...] = ()
     # Fold the pre-norm BatchNorms into the 1x1 convs and residuals around them first (rewrite.py, exact).
@@ -63,8 +67,9 @@ class Placement:
 
 PLACEMENTS = {
     "cpu": Placement("cpu", depthwise=True, activation_matmul=False, output_qdq=True, int32_bias=True, single_use=True,
-                     min_features=32, depthwise_kernels=((3, 3),), fuse_gelu=True, int8_movement=("Concat",),
-                     weight_max=63),
+                     min_features=32, depthwise_kernels=((3, 3),), fuse_gelu=True, int8_gelu=True, int8_add=True,
+                     fold_bn=True,
+                     int8_movement=("Concat",), weight_max=63),
     "tensorrt": Placement("tensorrt", depthwise=True, activation_matmul=True, output_qdq=False, int32_bias=False),
 }
 
@@ -162,13 +167,15 @@ def plan(model: onnx.ModelProto, target: str) -> list[_Target]:
 
 
 def tensors_to_calibrate(model: onnx.ModelProto) -> list[str]:
-    """Activation tensors either placement may quantize: inputs and outputs of every weighted op."""
+    """Activation tensors either placement may quantize: inputs and outputs of every weighted op and Add."""
     consts = constants(model)
     widest = Placement("any", depthwise=True, activation_matmul=True, output_qdq=True, int32_bias=False)
     names: list[str] = []
     for node in model.graph.node:
         t = _plan_node(node, consts, widest)
         if t is None:
+            if node.op_type == "Add" and not any(i in consts for i in node.input):
+                names += [*node.input, node.output[0]]
             continue
         for i in t.activations:
             names.append(node.input[i])
@@ -335,6 +342,10 @@ def quantize(
                                    | {i.name for i in new_inits}))
     graph.initializer.extend(new_inits)
     _drop_unused_constants(graph)
+    if placement.int8_add:
+        out, _ = int8_residual_add(out, thresholds)
+    if placement.int8_gelu:
+        out, _ = int8_gelu(out)
     return out
 
 
@@ -387,13 +398,15 @@ def _drop_unused_constants(graph: onnx.GraphProto) -> None:
 
 
 def count_quantized(model: onnx.ModelProto) -> dict[str, int]:
-    """Op type -> how many Conv/MatMul/Gemm nodes are quantized (their weight, or second operand, is dequantized).
-
-    A float op that merely reads the dequantized output of a quantized producer does not count.
-    """
+    """Op type -> how many Conv/MatMul/Gemm nodes have a dequantized weight (or second operand) and input; "Gelu"
+    and "Add" -> how many GELUs (a Sigmoid) and Adds sit between DQs and a Q (int8_rewrite.py)."""
     dq_out = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    q_in = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
     counts: dict[str, int] = {}
     for n in model.graph.node:
         if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[0] in dq_out and n.input[1] in dq_out:
             counts[n.op_type] = counts.get(n.op_type, 0) + 1
+        elif n.op_type in ("Sigmoid", "Add") and all(i in dq_out for i in n.input) and n.output[0] in q_in:
+            key = "Gelu" if n.op_type == "Sigmoid" else "Add"
+            counts[key] = counts.get(key, 0) + 1
     return counts

@@ -6,6 +6,7 @@ and cannot keep an int8 output on ONNX Runtime CPU (see int8.Placement.single_us
 the tensor instead of one. ``fuse_gelu`` replaces the pattern by ONNX Runtime's one-node ``com.microsoft.Gelu``.
 The result runs on ONNX Runtime only, which is what the ``cpu`` placement is for (TensorRT fuses the pattern itself).
 ``fold_batchnorm`` folds MSCAN's pre-norm BatchNorms into the 1x1 convolutions and residuals around them (exact).
+The rewrites of the placed Q/DQ graph are in int8_rewrite.py.
 """
 from __future__ import annotations
 

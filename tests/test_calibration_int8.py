@@ -45,12 +45,19 @@ def test_int8_cpu_placement_fuses_into_ort_int8_kernels(fp32_onnx: Path, image_f
     assert "kept_float_nodes" in cal and summary["kept_float_blocks"] == "none"
     zps, axes = _zero_points_and_axes(q)
     assert {z for z in zps if z[0] == "int8"} == {("int8", 0)}, "activation/weight zero points must be int8 0"
-    assert all(z[1] == 0 for z in zps), "every zero point is 0 (symmetric), int32 biases included"
+    # Symmetric everywhere: the int8 GELU's input (read by two DQs) is uint8 with zero point 128, the same levels as
+    # int8 with zero point 0; its sigmoid is uint8 on [0, 1] with zero point 0.
+    assert {z for z in zps if z[0] != "int8"} == {("int32", 0), ("uint8", 128), ("uint8", 0)}
     assert axes == {0, 1}, "per-channel weights: Conv on axis 0, MatMul (K, N) on axis 1"
-    # Placement: erf-GELU fused; the stem conv (3 channels in) float; of the depthwise convs only the 3x3 ones.
-    assert not [n for n in q.graph.node if n.op_type == "Erf"] and [n for n in q.graph.node if n.op_type == "Gelu"]
+    # Placement: erf-GELU fused, and in int8 wherever its input is quantized (all but the one after the float stem);
+    # BatchNorms folded; the stem conv (3 channels in) float; of the depthwise convs only the 3x3 ones.
     producer = {o: n for n in q.graph.node for o in n.output}
-    reads_int8 = {n.name: n.input[0] in producer and producer[n.input[0]].op_type == "DequantizeLinear"
+    float_gelus = [n for n in q.graph.node if n.op_type == "Gelu"]
+    assert not [n for n in q.graph.node if n.op_type in ("Erf", "BatchNormalization")] and len(float_gelus) == 1
+    assert producer[float_gelus[0].input[0]].op_type == "Conv"
+    assert int8.count_quantized(q)["Gelu"] == len([n for n in q.graph.node if n.op_type == "Sigmoid"]) >= 4
+    # quantized: the weights are dequantized (a float conv may read the dequantized output of an int8 GELU)
+    reads_int8 = {n.name: n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear"
                   for n in q.graph.node if n.op_type == "Conv"}
     stem = next(n for n in q.graph.node if n.op_type == "Conv")
     assert not reads_int8[stem.name]
@@ -64,7 +71,8 @@ def test_int8_cpu_placement_fuses_into_ort_int8_kernels(fp32_onnx: Path, image_f
     assert {kernel(n) for n in dw if reads_int8[n.name]} == {(3, 3)}
     assert {(1, 7), (7, 1), (1, 21)} <= {kernel(n) for n in dw if not reads_int8[n.name]}
     # ORT runs int8 kernels for every placed op: none is left as a float op reading dequantized weights (pure
-    # overhead), the decoder's Concat runs on uint8, and the GELU is one node.
+    # overhead), the decoder's Concat runs on uint8, each int8 GELU is QLinearSigmoid + QLinearMul, and the residual
+    # Adds are QLinearAdd.
     make_session(q, optimized_path=str(tmp_path / "opt.onnx"))
     opt = onnx.load(str(tmp_path / "opt.onnx")).graph
     made = {o: n for n in opt.node for o in n.output}
@@ -76,7 +84,9 @@ def test_int8_cpu_placement_fuses_into_ort_int8_kernels(fp32_onnx: Path, image_f
     ops = [n.op_type for n in opt.node]
     assert ops.count("QLinearConv") == int8.count_quantized(q)["Conv"]
     assert ops.count("QLinearMatMul") == int8.count_quantized(q)["MatMul"] and "QGemm" in ops
-    assert "QLinearConcat" in ops and "Gelu" in ops
+    assert "QLinearConcat" in ops and ops.count("Gelu") == 1 and "Sigmoid" not in ops
+    assert ops.count("QLinearSigmoid") == int8.count_quantized(q)["Gelu"] <= ops.count("QLinearMul")
+    assert ops.count("QLinearAdd") == int8.count_quantized(q)["Add"] > 0, "residual Adds after int8 ops are int8"
     assert _argmax_agreement(onnx.load(str(fp32_onnx)), q) > 0.8
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary file left behind"
     # Weights are 7-bit, so ORT's fused uint8 x int8 kernels cannot saturate on AVX2 machines: the fused graph

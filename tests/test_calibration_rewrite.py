@@ -1,7 +1,9 @@
-"""calibration/rewrite.py: the erf-GELU fused into one Gelu node, exactly, so the convolution before it keeps an int8 output."""
+"""calibration/rewrite.py: the erf-GELU fused into one Gelu node, exactly, so the convolution before it keeps an int8 output;
+the BatchNorm fold."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -133,3 +135,4 @@ def test_fold_batchnorm_leaves_a_norm_with_a_reader_it_cannot_fold_into():
     assert norms == ["/b/norm2"]
     x = np.random.default_rng(5).standard_normal((1, 8, 6, 6)).astype(np.float32)
     np.testing.assert_allclose(first_output(folded)(x), first_output(model)(x), rtol=1e-4, atol=1e-4)
+
