@@ -7,7 +7,7 @@
 size (32 train images calibrate, 16 val images score), and makes each int8 file with make_precision, accuracy
 guard on (--max-miou-drop); it scores every file on the val split as scaseg-bench does (``calibration.guard.miou``
 at each image's source size) and stores files and scores in WORK. ``time`` loads them, times every file with
-each thread count (interleaved blocks of 3 runs per file after one warm-up run, median of --runs), and prints
+each thread count (interleaved blocks of 3 timed runs per file, each after one untimed run, median of --runs), and prints
 one table per thread count: ms, ratio to fp32, mIoU and its drop, argmax agreement with fp32, and the machine
 and versions. Variants (``--variant``) are extra placements one step from the current one, for exploration.
 """
@@ -107,13 +107,15 @@ def prepare(args: argparse.Namespace) -> None:
 
 
 def timed(sessions: dict[str, ort.InferenceSession], x: np.ndarray, runs: int, block: int = 3) -> dict[str, float]:
-    """Median ms per run: one warm-up run each, then blocks of ``block`` runs, blocks interleaved across sessions."""
+    """Median ms per run: one warm-up run each, then blocks of ``block`` timed runs, blocks interleaved across
+    sessions, each block after one untimed run (the previous session's pool threads still spin: perf_measure)."""
     io = {k: (s.get_inputs()[0].name, s.get_outputs()[0].name) for k, s in sessions.items()}
     for k, s in sessions.items():
         s.run([io[k][1]], {io[k][0]: x})
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(-(-runs // block)):
         for k, s in sessions.items():
+            s.run([io[k][1]], {io[k][0]: x})
             for _ in range(block):
                 start = time.perf_counter()
                 s.run([io[k][1]], {io[k][0]: x})
@@ -130,7 +132,7 @@ def time_all(args: argparse.Namespace) -> None:
     x = np.random.default_rng(0).standard_normal((1, 3, *meta["imgsz"])).astype(np.float32)
     print(f"# {machine_line()}, onnx {onnx.__version__}")
     print(f"# model {meta['model']} at {meta['imgsz'][0]}x{meta['imgsz'][1]}; data: {meta['data']}; guard on "
-          f"(--max-miou-drop {meta['max_miou_drop']}); median of {args.runs} runs per file, interleaved blocks of 3")
+          f"(--max-miou-drop {meta['max_miou_drop']}); median of {args.runs} runs per file, interleaved blocks of 3, each after an untimed run")
     m0 = files["fp32"]["miou"]
     for threads in args.threads:
         sessions = {}
