@@ -33,6 +33,7 @@ from scaseg.data.datasets import open_dataset
 from scaseg.data.metrics import label_agreement
 
 from perf_machine import machine_line
+from perf_measure import in_blocks
 
 #: The placement shipped for ``cpu`` before int8_rewrite.py and the BatchNorm fold (docs/precision.md): GELUs,
 #: residual Adds and BatchNorms float.
@@ -106,23 +107,6 @@ def prepare(args: argparse.Namespace) -> None:
     print(json.dumps(meta, indent=2))
 
 
-def timed(sessions: dict[str, ort.InferenceSession], x: np.ndarray, runs: int, block: int = 3) -> dict[str, float]:
-    """Median ms per run: one warm-up run each, then blocks of ``block`` timed runs, blocks interleaved across
-    sessions, each block after one untimed run (the previous session's pool threads still spin: perf_measure)."""
-    io = {k: (s.get_inputs()[0].name, s.get_outputs()[0].name) for k, s in sessions.items()}
-    for k, s in sessions.items():
-        s.run([io[k][1]], {io[k][0]: x})
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(-(-runs // block)):
-        for k, s in sessions.items():
-            s.run([io[k][1]], {io[k][0]: x})
-            for _ in range(block):
-                start = time.perf_counter()
-                s.run([io[k][1]], {io[k][0]: x})
-                times[k].append(time.perf_counter() - start)
-    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
-
-
 def time_all(args: argparse.Namespace) -> None:
     work = Path(args.work)
     meta = json.loads((work / "prepared.json").read_text())
@@ -141,7 +125,7 @@ def time_all(args: argparse.Namespace) -> None:
             opts.intra_op_num_threads = threads
             opts.log_severity_level = 3
             sessions[k] = ort.InferenceSession(v["path"], opts, providers=["CPUExecutionProvider"])
-        ms = timed(sessions, x, args.runs)
+        ms = in_blocks(sessions, x, args.runs)
         del sessions
         print(f"\n## {threads} thread(s)")
         print("| model | ms | vs fp32 | mIoU | drop | argmax = fp32 | quantized ops | kept float |")

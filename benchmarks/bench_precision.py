@@ -50,6 +50,8 @@ from scaseg.data.datasets import open_dataset
 from scaseg.data.metrics import label_agreement
 from scaseg.metadata import ModelInfo, read_onnx_metadata
 
+from perf_measure import in_blocks
+
 
 def fp32_model(spec: str, imgsz: tuple[int, int], work: Path) -> tuple[Path, Optional[tuple[int, int]]]:
     """The fp32 ONNX to measure (given, or exported at ``imgsz``) and the input size its checkpoint stores."""
@@ -83,27 +85,6 @@ def clock(kind: str, threads: int) -> Callable[[], float]:
             raise SystemExit("--clock cpu needs --threads 1 (ONNX Runtime then computes on the calling thread)")
         return time.thread_time
     return time.perf_counter
-
-
-def timed(sessions: dict[str, ort.InferenceSession], x: np.ndarray, runs: int, now: Callable[[], float],
-          block: int = 3) -> dict[str, float]:
-    """Median ms per run of each session: blocks of ``block`` back-to-back runs, blocks interleaved across sessions.
-
-    Interleaving spreads load changes over all sessions alike; blocks keep each measured run behind a run of the
-    same session, as in deployment: right after another multi-threaded session, that session's pool threads
-    still spin and, on 2 cores, slowed the next run by up to 1.3x.
-    """
-    names = {k: (s.get_inputs()[0].name, s.get_outputs()[0].name) for k, s in sessions.items()}
-    for k, s in sessions.items():
-        s.run([names[k][1]], {names[k][0]: x})
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(max(1, -(-runs // block))):
-        for k, s in sessions.items():
-            for _ in range(block):
-                start = now()
-                s.run([names[k][1]], {names[k][0]: x})
-                times[k].append(now() - start)
-    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
 
 
 def predictions(sess: ort.InferenceSession, batches: list[np.ndarray]) -> list[np.ndarray]:
@@ -179,7 +160,7 @@ def placement_tables(args: argparse.Namespace, model: onnx.ModelProto, info: Mod
     models["onnxruntime quantize_static (QDQ s8, per-channel)"] = ort_quantize_static(
         fp32_path, calib_x[:8], info.input_name, fp32_path.with_name("ort_quantize_static.onnx"))
     sessions = {k: make_session(m, threads=args.threads) for k, m in models.items()}
-    ms = timed(sessions, held.batches[0], args.runs, now)
+    ms = in_blocks(sessions, held.batches[0], args.runs, now=now)
     ref = predictions(sessions["fp32 (as exported)"], held.batches)
     base = ms["fp32 (as exported)"]
     print(f"\n## Q/DQ placements, {args.method} thresholds from {len(calib_x)} batches, no guard")
@@ -261,7 +242,7 @@ def main() -> None:
         outs["fp16"] = (out, make_precision(str(fp32_path), str(out), "fp16", calib_dir=root))
         shipped = {"fp32": make_session(model, threads=args.threads)}
         shipped.update({k: make_session(onnx.load(str(p)), threads=args.threads) for k, (p, _) in outs.items()})
-        ms = timed(shipped, held.batches[0], args.runs, now)
+        ms = in_blocks(shipped, held.batches[0], args.runs, now=now)
         preds = {k: predictions(s, held.batches) for k, s in shipped.items()}
         print(f"\n## Shipped models (make_precision, --max-miou-drop {args.max_miou_drop}), mIoU on {len(val_items)} "
               f"labelled val images")

@@ -109,6 +109,25 @@ def interleaved(fns: dict[str, Callable[[], Any]], warmup: int, runs: int, desc:
     return laps
 
 
+def in_blocks(sessions: dict[str, Any], x: np.ndarray, runs: int, block: int = 3,
+              now: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median ms per run of each ONNX Runtime session on ``x``: one warm-up run each, then blocks of ``block`` timed
+    runs, blocks interleaved across sessions, each block after one untimed run (see ``interleaved``: the previous
+    session's pool threads still spin). ``now``: the clock (perf_counter, or a thread's CPU time)."""
+    io = {k: (s.get_inputs()[0].name, s.get_outputs()[0].name) for k, s in sessions.items()}
+    for k, s in sessions.items():
+        s.run([io[k][1]], {io[k][0]: x})
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(max(1, -(-runs // block))):
+        for k, s in sessions.items():
+            s.run([io[k][1]], {io[k][0]: x})
+            for _ in range(block):
+                start = now()
+                s.run([io[k][1]], {io[k][0]: x})
+                times[k].append(now() - start)
+    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
+
+
 def _status_mb(key: str) -> float:
     """A memory line of /proc/self/status in MiB: VmRSS (now) or VmHWM (peak of this process image)."""
     for line in Path("/proc/self/status").read_text().splitlines():
