@@ -22,8 +22,8 @@ from scaseg.cli import parse_size
 from scaseg.runtime.backends import threads as rule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_int8_cpu import timed  # noqa: E402  (the same interleaved timing)
 from perf_machine import machine_line  # noqa: E402
+from perf_measure import in_blocks  # noqa: E402  (the same interleaved timing)
 
 
 def session(path: str, threads: int) -> ort.InferenceSession:
@@ -53,7 +53,7 @@ def main() -> None:
         sizes = [tuple(probe.shape[2:])] if len(static) == 2 else [parse_size(s) for s in args.sizes]
         for h, w in sizes:  # type: ignore[misc]
             x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
-            ms = timed({t: session(path, t) for t in counts}, x, args.runs)  # type: ignore[arg-type]
+            ms = in_blocks({t: session(path, t) for t in counts}, x, args.runs)  # type: ignore[arg-type]
             best = min(ms, key=ms.get)  # type: ignore[arg-type]
             pick = best if h * w <= rule.PROBE_MAX_PIXELS else rule.auto_threads(cores=cores)
             cost = ms[pick] / ms[best] if pick in ms else float("nan")
