@@ -20,7 +20,8 @@ from scaseg.data.datasets import SegDataset, detect_kind, list_images, open_data
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path
 from scaseg.metadata import ModelInfo
-from scaseg.data.images import ImageTooLarge, probe_image, read_image
+from scaseg.data.image_headers import ImageTooLarge, probe_image
+from scaseg.data.images import read_image
 from scaseg.progress import write
 from scaseg.runtime.predictor import output_to_labels
 from scaseg.runtime.preprocess import Geometry, preprocess
@@ -105,8 +106,8 @@ def _decodable(root: Path, items: list[Item], refuse_corrupt: bool = True) -> li
     """
     kept, large, corrupt = [], [], []
     for it in items:
-        paths = [it.path] + ([] if it.dataset is None or it.dataset.label_paths[it.index] is None
-                             else [Path(it.dataset.label_paths[it.index])])  # type: ignore[list-item]
+        label = None if it.dataset is None else it.dataset.label_paths[it.index]
+        paths = [it.path] + ([] if label is None else [Path(label)])
         try:
             for p in paths:
                 probe_image(p)

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from scaseg.data import images
-from scaseg.data.images import (ImageTooLarge, apply_orientation, check_decodable, decode_image, probe_image,
-                                read_header, read_image, read_raw, to_rgb_uint8)
+from scaseg.data import image_headers
+from scaseg.data.image_headers import ImageTooLarge, check_decodable, probe_image, read_header
+from scaseg.data.images import apply_orientation, decode_image, read_image, read_raw, to_rgb_uint8
 from scaseg.errors import ScasegError
 from test_badinput_images import exif_tiff, jpeg_with_orientation, png_of_zeros, png_with_orientation
 
@@ -78,17 +78,17 @@ def test_a_header_is_read_without_reading_the_file(tmp_path):
     path = tmp_path / "big.png"
     path.write_bytes(png_of_zeros(30000, 30000))
     reads = []
-    real = images._Reader.at
+    real = image_headers._Reader.at
 
     def counted(self, offset, n):
         reads.append(n)
         return real(self, offset, n)
 
-    images._Reader.at = counted
+    image_headers._Reader.at = counted
     try:
         header = read_header(path)
     finally:
-        images._Reader.at = real
+        image_headers._Reader.at = real
     assert (header.width, header.height, header.channels) == (30000, 30000, 3) and sum(reads) < 1024
 
 
@@ -123,7 +123,7 @@ def test_the_memory_rule(monkeypatch):
     small = read_header(png_of_zeros(100, 100))
     check_decodable(small, 1000, "the image x")
     with pytest.raises(ImageTooLarge, match="on disk, more than a 100x100 PNG"):
-        check_decodable(small, 2 * small.decoded_bytes + images.FILE_SLACK + 1, "the image x")
+        check_decodable(small, 2 * small.decoded_bytes + image_headers.FILE_SLACK + 1, "the image x")
     monkeypatch.setattr("scaseg.errors.available_memory", lambda: 100_000)  # the shared rule, little memory left
     with pytest.raises(ImageTooLarge, match="decoding the image x \\(100x100 PNG, 3 channel\\(s\\)\\) needs about "
                                             "0.1 MiB of memory, but 0.1 MiB is available; it was not decoded"):
@@ -168,4 +168,4 @@ def test_png_exif_turns_photos_and_never_labels(tmp_path):
     assert read_image(str(path)).shape == (30, 10, 3)
     assert read_header(png_with_orientation(label, 9)).orientation == 1  # out of range: ignored
     body = b"Exif\0\0" + exif_tiff(6, ">")
-    assert images._exif_orientation(body) == 6 and images._exif_orientation(body[:20]) == 1  # cut short: ignored
+    assert image_headers._exif_orientation(body) == 6 and image_headers._exif_orientation(body[:20]) == 1  # cut short: ignored

@@ -18,7 +18,8 @@ import numpy as np
 from scaseg.data import classes as dc
 from scaseg.errors import ScasegError
 from scaseg.metadata import default_palette
-from scaseg.data.images import ORIENTATIONS, probe_image, read_image_header, read_raw
+from scaseg.data.image_headers import ORIENTATIONS, probe_image
+from scaseg.data.images import read_image_header, read_raw
 from scaseg.suffixes import IMAGE_SUFFIXES, LABEL_SUFFIXES
 
 DATASET_KINDS = ("cityscapes", "ade20k", "voc", "cocostuff", "folder")

@@ -5,10 +5,9 @@ Datasets, calibration, the runtime's sources and the benchmark all decode throug
 Every image and video a command writes goes through :func:`write_image` / :class:`VideoFile`, which fail in one
 sentence when the bytes did not arrive (OpenCV's writers report a full disk by returning False, or not at all).
 
-Before anything is decoded, :func:`read_header` reads the size from the file's header (PNG IHDR, JPEG SOF, BMP,
-TIFF IFD0, WebP VP8/VP8L/VP8X; a few KiB, nothing decoded) and :func:`check_decodable` refuses an image of more
-than MAX_IMAGE_PIXELS, one whose decoding would not fit in the memory available (scaseg.errors.check_memory), and
-a file larger than its header's pixels can explain; only then are the file's bytes read (exactly its size, once).
+Before anything is decoded, the file's header is read and the memory rule checked (scaseg.data.image_headers:
+too many pixels, a file larger than its pixels explain, a decode the memory available cannot hold, refused as
+ImageTooLarge); only then are the file's bytes read (exactly its size, once).
 OpenCV's own bound (OPENCV_IO_MAX_IMAGE_PIXELS, 2**30 pixels by default) is not the rule: it lets a 30000x30000
 PNG of 1 MB through to a 6.2 GB decode, knows neither the depth nor the memory left, and fails only inside the
 decoder, after the whole file has been read; it is set to the same bound as a second guard.
@@ -19,345 +18,22 @@ applies a TIFF's own Orientation tag itself. Label maps are decoded raw (:func:`
 """
 from __future__ import annotations
 
-import io
 import os
-import stat
-import struct
 
 import cv2
 import numpy as np
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional, Union
+from typing import Optional, Union
 
-from scaseg.errors import ScasegError, check_memory, format_bytes
+from scaseg.data.image_headers import (EXIF_FORMATS, MAX_IMAGE_PIXELS, ImageHeader, ImageTooLarge, check_decodable,
+                                       open_regular, parse_header, read_header)
+from scaseg.errors import ScasegError
 from scaseg.fileio import write_bytes
 from scaseg.suffixes import VIDEO_FOURCC
 
-#: The most pixels an image may have to be decoded at all: 2**27, e.g. 16384x8192 (a 100-megapixel frame fits).
-MAX_IMAGE_PIXELS = 1 << 27
 # OpenCV reads this when it first decodes: the same bound inside its decoders, should a header lie to ours.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
-#: A file may be at most this much larger than twice its decoded size (EXIF, ICC profiles, embedded previews):
-#: beyond it the bytes are not this image (a sparse or padded file), and reading them would be the allocation.
-FILE_SLACK = 16 << 20
-#: Bytes the header parser may read to find the size (JPEG APP segments before SOF, PNG chunks before IDAT).
-HEADER_READ_LIMIT = 4 << 20
-_MAX_SEGMENTS = 4096  # JPEG markers, PNG or WebP chunks walked before giving up
-_MAX_IFD_ENTRIES = 4096
-#: EXIF orientation -> what it does to the stored pixels, for messages.
-ORIENTATIONS = {1: "upright", 2: "mirrored", 3: "rotated 180 degrees", 4: "flipped upside down",
-                5: "transposed", 6: "rotated 90 degrees", 7: "transversed", 8: "rotated 270 degrees"}
-_EXIF_FORMATS = ("jpeg", "png", "webp")  # where the orientation is ours to apply (TIFF: OpenCV applies it)
-
-
-class ImageTooLarge(ScasegError):
-    """An image whose decoding the memory rule refuses: too many pixels, too little memory, or a file too big for
-    its pixels. Folder readers skip it with a warning; a single image named by the user is refused."""
-
-
-class _Corrupt(Exception):
-    """The header is not one of the formats read here, or is cut short."""
-
-
-@dataclass(frozen=True)
-class ImageHeader:
-    """What an image file's header says, before any decoding."""
-
-    format: str  # png, jpeg, bmp, tiff, webp
-    width: int
-    height: int
-    channels: int  # as OpenCV decodes it with IMREAD_UNCHANGED (an upper bound where it depends on the content)
-    sample_bytes: int = 1  # 2 for 16-bit, 4/8 for float TIFFs
-    orientation: int = 1  # EXIF / TIFF Orientation, 1..8
-    extra_bytes: int = 0  # what the decoder holds besides the image (a progressive JPEG's coefficients)
-
-    @property
-    def pixels(self) -> int:
-        return self.width * self.height
-
-    @property
-    def decoded_bytes(self) -> int:
-        return self.pixels * self.channels * self.sample_bytes
-
-    def peak_bytes(self, file_size: int) -> int:
-        """Memory a read holds at its peak: the file's bytes, the decoded array, its conversion to RGB uint8
-        (deep images pass through a wider temporary) and the rotated copy."""
-        convert = 2 * self.decoded_bytes if self.sample_bytes > 1 else 0
-        return file_size + self.decoded_bytes + self.extra_bytes + convert + 2 * self.pixels * 3
-
-    def describe(self) -> str:
-        depth = f", {8 * self.sample_bytes}-bit" if self.sample_bytes > 1 else ""
-        return f"{self.width}x{self.height} {self.format.upper()}, {self.channels} channel(s){depth}"
-
-
-class _Reader:
-    """Random access to a file or a buffer that reads only the bytes asked for, at most HEADER_READ_LIMIT in all."""
-
-    def __init__(self, f: BinaryIO, size: int) -> None:
-        self.f, self.size, self.read = f, size, 0
-
-    def at(self, offset: int, n: int) -> bytes:
-        if offset < 0 or n < 0 or offset + n > self.size or self.read + n > HEADER_READ_LIMIT:
-            raise _Corrupt
-        self.f.seek(offset)
-        data = self.f.read(n)
-        if len(data) != n:
-            raise _Corrupt
-        self.read += n
-        return data
-
-    def unpack(self, fmt: str, offset: int) -> tuple:
-        return struct.unpack(fmt, self.at(offset, struct.calcsize(fmt)))
-
-
-def _png(r: _Reader) -> ImageHeader:
-    length, kind = r.unpack(">I4s", 8)
-    if kind != b"IHDR" or length != 13:
-        raise _Corrupt
-    width, height, depth, colour = r.unpack(">IIBB", 16)
-    channels = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}.get(colour)  # palette and grey+alpha may come out as BGRA
-    if channels is None:
-        raise _Corrupt
-    orientation, offset = 1, 33
-    try:  # an eXIf chunk comes before the image data
-        for _ in range(_MAX_SEGMENTS):
-            length, kind = r.unpack(">I4s", offset)
-            if kind in (b"IDAT", b"IEND"):
-                break
-            if kind == b"eXIf":
-                orientation = _exif_orientation(r.at(offset + 8, length))
-                break
-            offset += 12 + length
-    except _Corrupt:
-        pass
-    return ImageHeader("png", width, height, channels, 2 if depth == 16 else 1, orientation)
-
-
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
-
-
-def _jpeg(r: _Reader) -> ImageHeader:
-    offset, orientation = 2, 1
-    for _ in range(_MAX_SEGMENTS):
-        mark, code = r.at(offset, 2)
-        if mark != 0xFF:
-            raise _Corrupt
-        if code == 0xFF:  # fill byte
-            offset += 1
-            continue
-        if code == 0x01 or 0xD0 <= code <= 0xD8:  # markers without a length
-            offset += 2
-            continue
-        if code in (0xD9, 0xDA):  # end of image, or the scan, before a frame header
-            raise _Corrupt
-        (length,) = r.unpack(">H", offset + 2)
-        if length < 2:
-            raise _Corrupt
-        if code in _SOF:
-            precision, height, width, components = r.unpack(">BHHB", offset + 4)
-            extra = 2 * width * height * components if code in _PROGRESSIVE else 0  # libjpeg's coefficient buffer
-            return ImageHeader("jpeg", width, height, 1 if components == 1 else 3, 2 if precision > 8 else 1,
-                               orientation, extra)
-        if code == 0xE1 and orientation == 1:
-            body = r.at(offset + 4, length - 2)
-            if body.startswith(b"Exif\0\0"):
-                orientation = _exif_orientation(body[6:])
-        offset += 2 + length
-    raise _Corrupt
-
-
-def _bmp(r: _Reader) -> ImageHeader:
-    (dib,) = r.unpack("<I", 14)
-    if dib == 12:
-        width, height, _, bits = r.unpack("<HHHH", 18)
-    elif dib >= 40:
-        width, height, _, bits = r.unpack("<iiHH", 18)
-    else:
-        raise _Corrupt
-    return ImageHeader("bmp", width, abs(height), 4 if bits == 32 else 3)
-
-
-def _tiff_kind(r: _Reader) -> tuple[str, bool]:
-    """Byte order and BigTIFF-ness of a TIFF structure at offset 0 of ``r``."""
-    head = r.at(0, 4)
-    endian = {b"II": "<", b"MM": ">"}.get(head[:2])
-    if endian is None:
-        raise _Corrupt
-    (version,) = struct.unpack(endian + "H", head[2:])
-    if version not in (42, 43):
-        raise _Corrupt
-    return endian, version == 43
-
-
-def _ifd0(r: _Reader, endian: str, big: bool, tags: set[int]) -> dict[int, int]:
-    """The first value of each of ``tags`` (integer types only) in the first IFD of a TIFF structure."""
-    if big:
-        (offset,) = r.unpack(endian + "Q", 8)
-        (count,) = r.unpack(endian + "Q", offset)
-        start, size, field = offset + 8, 20, 8
-    else:
-        (offset,) = r.unpack(endian + "I", 4)
-        (count,) = r.unpack(endian + "H", offset)
-        start, size, field = offset + 2, 12, 4
-    if count > _MAX_IFD_ENTRIES:
-        raise _Corrupt
-    table = r.at(start, count * size)
-    found: dict[int, int] = {}
-    for i in range(count):
-        entry = table[i * size:(i + 1) * size]
-        tag, kind = struct.unpack(endian + "HH", entry[:4])
-        width = {1: 1, 3: 2, 4: 4, 16: 8}.get(kind)  # BYTE, SHORT, LONG, LONG8
-        if tag not in tags or width is None:
-            continue
-        (n,) = struct.unpack(endian + ("Q" if big else "I"), entry[4:4 + field])
-        value = entry[4 + field:]
-        if n * width > field:  # stored elsewhere: the first value is enough
-            (where,) = struct.unpack(endian + ("Q" if big else "I"), value)
-            value = r.at(where, width)
-        found[tag] = struct.unpack(endian + {1: "B", 2: "H", 4: "I", 8: "Q"}[width], value[:width])[0]
-    return found
-
-
-def _tiff(r: _Reader) -> ImageHeader:
-    endian, big = _tiff_kind(r)
-    tags = _ifd0(r, endian, big, {256, 257, 258, 262, 274, 277})
-    if 256 not in tags or 257 not in tags:
-        raise _Corrupt
-    samples, photometric = tags.get(277, 1), tags.get(262, 1)
-    # Grey stays one channel; anything else may go through libtiff's RGBA path.
-    channels = 1 if samples == 1 and photometric in (0, 1) else max(4, samples)
-    orientation = tags.get(274, 1)
-    return ImageHeader("tiff", tags[256], tags[257], channels, max(1, (tags.get(258, 1) + 7) // 8),
-                       orientation if 1 <= orientation <= 8 else 1)
-
-
-def _webp(r: _Reader) -> ImageHeader:
-    if r.at(8, 4) != b"WEBP":
-        raise _Corrupt
-    kind, length = r.unpack("<4sI", 12)
-    if kind == b"VP8 ":
-        if r.at(23, 3) != b"\x9d\x01\x2a":
-            raise _Corrupt
-        width, height = r.unpack("<HH", 26)
-        return ImageHeader("webp", width & 0x3FFF, height & 0x3FFF, 3)
-    if kind == b"VP8L":
-        if r.at(20, 1) != b"\x2f":
-            raise _Corrupt
-        (bits,) = r.unpack("<I", 21)
-        return ImageHeader("webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, 4)
-    if kind != b"VP8X":
-        raise _Corrupt
-    flags = r.at(20, 1)[0]
-    width = 1 + int.from_bytes(r.at(24, 3), "little")
-    height = 1 + int.from_bytes(r.at(27, 3), "little")
-    orientation, offset = 1, 20 + length + (length & 1)
-    try:
-        for _ in range(_MAX_SEGMENTS if flags & 0x08 else 0):  # the EXIF flag
-            kind, length = r.unpack("<4sI", offset)
-            if kind == b"EXIF":
-                orientation = _exif_orientation(r.at(offset + 8, length))
-                break
-            offset += 8 + length + (length & 1)
-    except _Corrupt:
-        pass
-    return ImageHeader("webp", width, height, 4 if flags & 0x10 else 3, 1, orientation)
-
-
-def _exif_orientation(payload: bytes) -> int:
-    """The Orientation (tag 274) of an EXIF block (a TIFF structure, maybe after ``Exif\\0\\0``); 1 if absent."""
-    if payload.startswith(b"Exif\0\0"):
-        payload = payload[6:]
-    try:
-        r = _Reader(io.BytesIO(payload), len(payload))
-        value = _ifd0(r, *_tiff_kind(r), {274}).get(274, 1)
-    except (_Corrupt, struct.error):
-        return 1
-    return value if 1 <= value <= 8 else 1
-
-
-_FORMATS = ((b"\x89PNG\r\n\x1a\n", _png), (b"\xff\xd8", _jpeg), (b"BM", _bmp), (b"II", _tiff), (b"MM", _tiff),
-            (b"RIFF", _webp))
-
-
-def _parse(f: BinaryIO, size: int, what: str) -> ImageHeader:
-    r = _Reader(f, size)
-    try:
-        start = r.at(0, min(size, 8))
-        for magic, parse in _FORMATS:
-            if start.startswith(magic):
-                header = parse(r)
-                break
-        else:
-            raise _Corrupt
-    except (_Corrupt, struct.error):
-        raise ScasegError(f"cannot decode {what} (not an image, or corrupt: not a PNG, JPEG, BMP, TIFF or WebP "
-                          "header)") from None
-    if header.width <= 0 or header.height <= 0:
-        raise ScasegError(f"cannot decode {what} (not an image, or corrupt: its header says "
-                          f"{header.width}x{header.height} pixels)")
-    return header
-
-
-def read_header(source: Union[str, os.PathLike, bytes], what: Optional[str] = None) -> ImageHeader:
-    """The header of an image file (or of encoded bytes), read without decoding; ScasegError if it is none."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return _parse(io.BytesIO(bytes(source)), len(source), what or "the image")
-    with _open(source, what or f"the image {source}") as (f, size):
-        return _parse(f, size, what or f"the image {source}")
-
-
-def check_decodable(header: ImageHeader, file_size: int, what: str) -> None:
-    """The memory rule, before decoding: refuse (ImageTooLarge) too many pixels, a file too big for its pixels,
-    and a decode the memory available now cannot hold."""
-    if header.pixels > MAX_IMAGE_PIXELS:
-        raise ImageTooLarge(f"{what} is {header.width}x{header.height} ({header.pixels / 1e6:.0f} megapixels), more "
-                            f"than the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels an image may have; it was not decoded "
-                            "(downscale or tile it)")
-    most = 2 * header.decoded_bytes + FILE_SLACK
-    if file_size > most:
-        raise ImageTooLarge(f"{what} is {format_bytes(file_size)} on disk, more than a {header.describe()} image "
-                            f"can take ({format_bytes(most)} at most); it was not read (a padded or sparse file?)")
-    check_memory(header.peak_bytes(file_size), f"decoding {what} ({header.describe()})",
-                 "; it was not decoded", error=ImageTooLarge)
-
-
-class _open:
-    """``with _open(path, what) as (file, size)``: a regular file opened for reading, or one sentence why not."""
-
-    def __init__(self, path: Union[str, os.PathLike], what: str) -> None:
-        self.path, self.what = path, what
-        self.f: Optional[BinaryIO] = None
-
-    def __enter__(self) -> tuple[BinaryIO, int]:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise ScasegError(f"image not found: {self.path}") from None
-        except OSError as exc:
-            raise ScasegError(f"cannot read {self.what}: {exc.strerror or exc}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise ScasegError(f"image not found: {self.path} (not a regular file)")
-        try:
-            self.f = open(self.path, "rb")
-        except OSError as exc:
-            raise ScasegError(f"cannot read {self.what}: {exc.strerror or exc}") from None
-        return self.f, os.fstat(self.f.fileno()).st_size
-
-    def __exit__(self, *exc: object) -> None:
-        if self.f is not None:
-            self.f.close()
-
-
-def probe_image(path: Union[str, os.PathLike], what: Optional[str] = None) -> ImageHeader:
-    """Header and memory rule of an image file, nothing decoded: what folder readers check before they list it."""
-    what = what or f"the image {path}"
-    with _open(path, what) as (f, size):
-        header = _parse(f, size, what)
-    check_decodable(header, size, what)
-    return header
 
 
 def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
@@ -418,7 +94,7 @@ def _decode(data: bytes, header: ImageHeader, what: str) -> np.ndarray:
 
 def _to_picture(image: np.ndarray, header: ImageHeader) -> np.ndarray:
     rgb = to_rgb_uint8(image, bgr=True)
-    return apply_orientation(rgb, header.orientation) if header.format in _EXIF_FORMATS else rgb
+    return apply_orientation(rgb, header.orientation) if header.format in EXIF_FORMATS else rgb
 
 
 def decode_image(data: bytes, what: str = "the image") -> np.ndarray:
@@ -431,8 +107,8 @@ def decode_image(data: bytes, what: str = "the image") -> np.ndarray:
 
 def _read(path: Union[str, os.PathLike], what: str) -> tuple[np.ndarray, ImageHeader]:
     """The file's header, the memory rule, then its bytes (exactly its size, read once) decoded IMREAD_UNCHANGED."""
-    with _open(path, what) as (f, size):
-        header = _parse(f, size, what)
+    with open_regular(path, what) as (f, size):
+        header = parse_header(f, size, what)
         check_decodable(header, size, what)
         f.seek(0)
         try:
