@@ -26,7 +26,7 @@ from scaseg.runtime.memory import peak_rss_mb, reset_peak_rss
 from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, batch_option, device_option, imgsz_option,
                                     memory_option, threads_option)
 from scaseg.runtime.predictor import Predictor
-from scaseg.data.images import decode_image
+from scaseg.data.images import decode_image, read_encoded
 from scaseg.runtime.preprocess import resize_label
 from scaseg.runtime.timing import summarize
 
@@ -153,7 +153,7 @@ def bench_one(model: ModelFile, *, backend: str, device: Optional[str], threads:
         }
         ds = open_eval_dataset(data, dataset, split, be.info) if data is not None else None
         # End-to-end timing decodes a real image of the dataset when there is one.
-        image_bytes = Path(ds.image_paths[0]).read_bytes() if ds is not None else sample_jpeg()
+        image_bytes = read_encoded(ds.image_paths[0]) if ds is not None else sample_jpeg()
         record.update(time_model(predictor, image_bytes, warmup, runs, progress))
         if ds is not None:
             record.update(evaluate(predictor, ds, limit, progress))

@@ -253,3 +253,19 @@ def test_a_dataset_calibrates_without_the_pairs_too_large_to_decode(tmp_path: Pa
     err = capsys.readouterr().err
     assert "warning: skipped 1 of the 6 images" in err and "big.png" in err and "30000x30000" in err
     assert "20000x20000" in err
+
+
+@pytest.mark.parametrize("name,expect", [("padded.png", "64.0 GiB on disk"), ("huge.png", "megapixels")])
+def test_scaseg_bench_refuses_a_dataset_image_too_large_to_decode(work: Path, tmp_path: Path, name: str,
+                                                                   expect: str) -> None:
+    """Its first image is the one timed (read whole before, a 64 GB allocation), and every image is scored."""
+    data = _labelled_folder(tmp_path / "ds", cv2.imencode(".png", bgr())[1].tobytes(), ".png")
+    target = data / "images" / "0.png"
+    target.unlink()
+    if name == "padded.png":
+        sparse(target, cv2.imencode(".png", bgr())[1].tobytes())
+    else:
+        target.write_bytes((work / name).read_bytes())
+    line = refused(BENCH, [str(work / "m.onnx"), "--data", str(data), "--warmup", "0", "-n", "1", "-q"], tmp_path,
+                   expect=expect, timeout=60)
+    assert "0.png" in line

@@ -105,16 +105,25 @@ def decode_image(data: bytes, what: str = "the image") -> np.ndarray:
     return _to_picture(_decode(data, header, what), header)
 
 
-def _read(path: Union[str, os.PathLike], what: str) -> tuple[np.ndarray, ImageHeader]:
-    """The file's header, the memory rule, then its bytes (exactly its size, read once) decoded IMREAD_UNCHANGED."""
+def _read_checked(path: Union[str, os.PathLike], what: str) -> tuple[bytes, ImageHeader]:
+    """The file's header, the memory rule, then its bytes: exactly its size, read once."""
     with open_regular(path, what) as (f, size):
         header = parse_header(f, size, what)
         check_decodable(header, size, what)
         f.seek(0)
         try:
-            data = f.read(size)
+            return f.read(size), header
         except OSError as exc:
             raise ScasegError(f"cannot read {what}: {exc.strerror or exc}") from None
+
+
+def read_encoded(path: Union[str, os.PathLike]) -> bytes:
+    """An image file's encoded bytes, read under the memory rule (for :func:`decode_image` later, e.g. timed)."""
+    return _read_checked(path, f"the image {path}")[0]
+
+
+def _read(path: Union[str, os.PathLike], what: str) -> tuple[np.ndarray, ImageHeader]:
+    data, header = _read_checked(path, what)
     return _decode(data, header, what), header
 
 
