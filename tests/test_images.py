@@ -109,6 +109,15 @@ def test_what_is_not_a_header_of_ours_is_one_sentence(data):
         decode_image(data)
 
 
+def test_stray_bytes_between_jpeg_segments_are_skipped_as_libjpeg_does():
+    data = _encoded(".jpg", np.zeros((23, 41, 3), np.uint8))
+    cut = 2 + 2 + struct.unpack(">H", data[4:6])[0]  # after APP0
+    junk = data[:cut] + b"\x00junk" + data[cut:]
+    assert cv2.imdecode(np.frombuffer(junk, np.uint8), cv2.IMREAD_UNCHANGED).shape == (23, 41, 3)
+    assert (read_header(junk).height, read_header(junk).width) == (23, 41)
+    assert decode_image(junk).shape == (23, 41, 3)
+
+
 def test_a_header_of_zero_pixels_is_refused():
     header = png_of_zeros(4, 4)
     data = header[:16] + struct.pack(">II", 0, 4) + header[24:]

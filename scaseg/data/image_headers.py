@@ -130,8 +130,10 @@ def _jpeg(r: _Reader) -> ImageHeader:
     offset, orientation = 2, 1
     for _ in range(_MAX_SEGMENTS):
         mark, code = r.at(offset, 2)
-        if mark != 0xFF:
-            raise _Corrupt
+        if mark != 0xFF:  # stray bytes before a marker: libjpeg warns and skips them, and so does this
+            window = r.at(offset, min(1 << 16, r.size - offset))
+            offset += window.index(b"\xff") if b"\xff" in window else len(window)
+            continue
         if code == 0xFF:  # fill byte
             offset += 1
             continue
