@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-import cv2
 import numpy as np
 
 from scaseg.calibration.ranges import BINS, TensorStats
@@ -20,7 +20,9 @@ from scaseg.data.datasets import SegDataset, detect_kind, list_images, open_data
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path
 from scaseg.metadata import ModelInfo
+from scaseg.data.image_headers import ImageTooLarge, probe_image
 from scaseg.data.images import read_image
+from scaseg.progress import write
 from scaseg.runtime.predictor import output_to_labels
 from scaseg.runtime.preprocess import Geometry, preprocess
 from scaseg.suffixes import IMAGE_SUFFIXES
@@ -93,14 +95,43 @@ def _open_source(source: str) -> tuple[Path, str, Optional[list[Item]]]:
     return root, kind, None
 
 
-def _refuse_undecodable(root: Path, paths: Sequence[Path]) -> None:
-    """Name the files no decoder recognises (by their first bytes, nothing is decoded) before any work."""
-    bad = [p for p in paths if not cv2.haveImageReader(str(p))]
-    if bad:
-        names = ", ".join(p.name for p in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        count = "all" if len(bad) == len(paths) else str(len(bad))
-        raise ScasegError(f"{count} of the {len(paths)} images in the calibration folder {root} are corrupt or not "
+_warned: set[tuple[str, tuple[str, ...]]] = set()  # scaseg-export opens the set twice (check, then calibration)
+
+
+def _decodable(root: Path, items: list[Item], refuse_corrupt: bool = True) -> list[Item]:
+    """The items whose image (and label) the memory rule lets decode, by their headers (nothing is decoded).
+
+    An image too large to decode here is skipped with one warning line for the folder. Files that are not images
+    (or whose header is corrupt) are named and refused before any work, as a wrong calibration folder would be.
+    """
+    kept, large, corrupt = [], [], []
+    for it in items:
+        label = None if it.dataset is None else it.dataset.label_paths[it.index]
+        paths = [it.path] + ([] if label is None else [Path(label)])
+        try:
+            for p in paths:
+                probe_image(p)
+        except ImageTooLarge as exc:
+            large.append((it.path.name, str(exc)))
+            continue
+        except ScasegError:
+            if not refuse_corrupt:
+                raise
+            corrupt.append(it.path)
+            continue
+        kept.append(it)
+    if corrupt:
+        names = ", ".join(p.name for p in corrupt[:3]) + (f" and {len(corrupt) - 3} more" if len(corrupt) > 3 else "")
+        count = "all" if len(corrupt) == len(items) else str(len(corrupt))
+        raise ScasegError(f"{count} of the {len(items)} images in the calibration folder {root} are corrupt or not "
                           f"images ({names}); remove or replace them")
+    key = (str(root), tuple(name for name, _ in large))
+    if large and key not in _warned:
+        _warned.add(key)
+        more = f" (and {len(large) - 1} more: {', '.join(n for n, _ in large[1:4])}{' ...' if len(large) > 4 else ''})"
+        write(f"warning: skipped {len(large)} of the {len(items)} images in the calibration folder {root}: "
+              f"{large[0][1]}{more if len(large) > 1 else ''}", file=sys.stderr)
+    return kept
 
 
 def open_calibration(source: str, calib_num: int) -> CalibrationSet:
@@ -112,7 +143,7 @@ def open_calibration(source: str, calib_num: int) -> CalibrationSet:
         need = MIN_CALIB_IMAGES + MIN_HELDOUT_IMAGES
         if not items:
             raise ScasegError(f"the calibration folder {root} holds no images (expected {', '.join(IMAGE_SUFFIXES)} files)")
-        _refuse_undecodable(root, [it.path for it in items])
+        items = _decodable(root, items)
         if len(items) < need:
             raise ScasegError(f"the calibration folder {root} holds {len(items)} images; at least {need} are needed "
                               f"({MIN_CALIB_IMAGES} to calibrate, {MIN_HELDOUT_IMAGES} held out to check accuracy)")
@@ -132,6 +163,11 @@ def open_calibration(source: str, calib_num: int) -> CalibrationSet:
             raise ScasegError(f"the {kind} dataset at {root} has {len(val)} val images and no usable train split; "
                               f"at least {MIN_CALIB_IMAGES + MIN_HELDOUT_IMAGES} images are needed")
         calib, heldout = _split(_items(val), calib_num)
+    calib, heldout = _decodable(root, calib, False), _decodable(root, heldout, False)
+    if len(calib) < MIN_CALIB_IMAGES or len(heldout) < MIN_HELDOUT_IMAGES:
+        raise ScasegError(f"the {kind} dataset at {root} leaves {len(calib)} calibration and {len(heldout)} held-out "
+                          f"images that can be decoded here; at least {MIN_CALIB_IMAGES} and {MIN_HELDOUT_IMAGES} "
+                          "are needed")
     return CalibrationSet(f"{kind} dataset", calib, heldout, labelled=val.has_labels)
 
 
@@ -254,4 +290,7 @@ def sample_items(source: str, count: int) -> list[Item]:
     if not items:
         raise ScasegError(f"the calibration folder {root} holds no images")
     step = max(1, len(items) // count)
-    return items[::step][:count]
+    items = _decodable(root, items[::step][:count], refuse_corrupt=False)
+    if not items:
+        raise ScasegError(f"the calibration folder {root} holds no image that can be decoded here")
+    return items

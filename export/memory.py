@@ -17,17 +17,16 @@ measured with ``python benchmarks/bench_export_memory_estimate.py`` (table in do
 """
 from __future__ import annotations
 
-import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
-from scaseg.errors import ScasegError
+from scaseg.errors import MEMORY_MARGIN, GiB, ScasegError
+from scaseg.errors import available_memory as available_bytes  # the one home of the memory rule
 
-GiB = 2**30
 BASE = 0.42 * GiB  # Python with torch, onnx, onnxsim and onnxruntime imported (measured: 0.55 GiB at 128x128)
 PARAM_COPIES = 6.0  # the model, the ONNX proto, its serialised bytes, the simplifier's copy, the session's
 ACTIVATION_COPIES = 2.5  # fitted (docs/export.md)
 ATTENTION_COPIES = 1.0  # fitted (docs/export.md)
-MARGIN = 1.10  # refuse above available / MARGIN: the estimate is a fit, not a bound
+MARGIN = MEMORY_MARGIN  # refuse above available / MARGIN: the estimate is a fit, not a bound
 PROBE = (64, 64)
 
 
@@ -74,36 +73,6 @@ def estimate_export_bytes(spec: Mapping[str, Any], num_classes: int, params: int
     attention = 4.0 * attention_at_probe * scale * scale * b
     return int(BASE + PARAM_COPIES * 4 * params + ACTIVATION_COPIES * h * w * b * bytes_per_pixel(spec, num_classes)
                + ATTENTION_COPIES * attention)
-
-
-def available_bytes() -> Optional[int]:
-    """Memory this process can still take: MemAvailable, capped by a cgroup limit; None where neither is known."""
-    found: list[int] = []
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
-                    break
-    except OSError:
-        pass
-    try:  # a container's limit (cgroup v2) can be far below the machine's free memory
-        with open("/sys/fs/cgroup/memory.max") as f:
-            limit = f.read().strip()
-        with open("/sys/fs/cgroup/memory.current") as f:
-            used = int(f.read().strip())
-        if limit != "max":
-            found.append(max(0, int(limit) - used))
-    except (OSError, ValueError):
-        pass
-    if not found:
-        try:
-            import psutil  # type: ignore[import-not-found]
-
-            found.append(int(psutil.virtual_memory().available))
-        except ImportError:
-            pass
-    return min(found) if found else None
 
 
 def estimate_for_model(model: Any, spec: Mapping[str, Any], num_classes: int, imgsz: Sequence[int], batch: int) -> int:

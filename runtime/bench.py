@@ -18,7 +18,7 @@ import typer
 from scaseg import DEFAULT_MODEL_FILE, default_model
 from scaseg.cli import make_app, parse_size, quiet_option
 from scaseg.runtime.backends import ModelFile, model_file, open_backend
-from scaseg.errors import ScasegError, run_cli, version_option
+from scaseg.errors import ScasegError, check_memory, run_cli, version_option
 from scaseg.fileio import atomic_path, check_output, refuse_overwrite, same_path
 from scaseg.metadata import ModelInfo
 from scaseg.runtime.backends.threads import parse_threads, settle
@@ -26,7 +26,7 @@ from scaseg.runtime.memory import peak_rss_mb, reset_peak_rss
 from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, batch_option, device_option, imgsz_option,
                                     memory_option, threads_option)
 from scaseg.runtime.predictor import Predictor
-from scaseg.data.images import decode_image
+from scaseg.data.images import decode_image, read_encoded
 from scaseg.runtime.preprocess import resize_label
 from scaseg.runtime.timing import summarize
 
@@ -56,6 +56,15 @@ def _timed(fn: Any, warmup: int, runs: int, desc: str, progress: bool) -> list[f
         fn()
         laps.append(time.perf_counter() - t0)
     return laps
+
+
+def check_batch_memory(predictor: Predictor) -> None:
+    """Refuse, before the first run, a --batch whose input and output batches alone cannot fit in memory."""
+    h, w = predictor.size or SAMPLE_HW  # a model that runs at the image's own size times the 720p sample
+    n, info = predictor.batch, predictor.info
+    out = 4 * max(1, info.num_classes) if info.output == "logits" else 8  # float32 logits (C, H, W), or int64 labels
+    check_memory(n * h * w * (4 * 3 + out), f"--batch {n} at {h}x{w} (float32 input and {info.output} output)",
+                 "; use a smaller --batch (or --imgsz)")
 
 
 def time_model(predictor: Predictor, image_bytes: bytes, warmup: int, runs: int, progress: bool = True) -> dict[str, Any]:
@@ -133,6 +142,7 @@ def bench_one(model: ModelFile, *, backend: str, device: Optional[str], threads:
             assert predictor.size is not None
             print(f"scaseg-bench: {os.path.basename(path)} has a fixed {predictor.size[0]}x{predictor.size[1]} input; "
                   "--imgsz ignored for it", file=sys.stderr)
+        check_batch_memory(predictor)
         chosen = settle(be, predictor.size, predictor.batch)
         if progress and chosen != "-":
             print(f"scaseg-bench: {os.path.basename(path)}: threads {chosen}", file=sys.stderr)
@@ -143,7 +153,7 @@ def bench_one(model: ModelFile, *, backend: str, device: Optional[str], threads:
         }
         ds = open_eval_dataset(data, dataset, split, be.info) if data is not None else None
         # End-to-end timing decodes a real image of the dataset when there is one.
-        image_bytes = Path(ds.image_paths[0]).read_bytes() if ds is not None else sample_jpeg()
+        image_bytes = read_encoded(ds.image_paths[0]) if ds is not None else sample_jpeg()
         record.update(time_model(predictor, image_bytes, warmup, runs, progress))
         if ds is not None:
             record.update(evaluate(predictor, ds, limit, progress))

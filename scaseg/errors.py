@@ -1,4 +1,6 @@
-"""User-facing errors and the command-line wrapper that turns them into one sentence and an exit code."""
+"""User-facing errors, the command-line wrapper that turns them into one sentence and an exit code, and the one
+check that an allocation fits in the memory available before it is made (images before decoding, scaseg-bench's
+batch, scaseg-export's estimate)."""
 from __future__ import annotations
 
 import functools
@@ -142,3 +144,52 @@ def version_option(prog: str) -> Any:
             raise typer.Exit()
 
     return typer.Option(False, "--version", callback=show, is_eager=True, help="Print the version and exit.")
+
+
+GiB = 2**30
+#: refuse an allocation above available / MEMORY_MARGIN: the sizes checked are estimates, and the process needs room
+MEMORY_MARGIN = 1.10
+
+
+def available_memory() -> Optional[int]:
+    """Memory this process can still take, in bytes: MemAvailable, capped by a cgroup v2 limit; None where neither
+    is known (then no allocation is refused for want of memory)."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # a container's limit (cgroup v2) can be far below the machine's free memory
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            found.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    if not found:
+        try:
+            import psutil  # type: ignore[import-not-found]
+
+            found.append(int(psutil.virtual_memory().available))
+        except ImportError:
+            pass
+    return min(found) if found else None
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 GiB``, ``12.0 MiB``: sizes in the memory sentences."""
+    return f"{n / GiB:.1f} GiB" if n >= GiB / 10 else f"{n / 2**20:.1f} MiB"
+
+
+def check_memory(nbytes: float, what: str, hint: str = "", error: type[ScasegError] = ScasegError) -> None:
+    """Refuse, in one sentence and before it is made, an allocation of about ``nbytes`` that the memory available
+    now cannot hold: ``<what> needs about X GiB of memory, but Y GiB is available<hint>``."""
+    have = available_memory()
+    if have is not None and nbytes * MEMORY_MARGIN > have:
+        raise error(f"{what} needs about {format_bytes(nbytes)} of memory, but {format_bytes(have)} is available{hint}")

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import cv2
 import numpy as np
 
 from scaseg.data import classes as dc
 from scaseg.errors import ScasegError
 from scaseg.metadata import default_palette
-from scaseg.data.images import read_image
+from scaseg.data.image_headers import ORIENTATIONS, probe_image
+from scaseg.data.images import read_image_header, read_raw
 from scaseg.suffixes import IMAGE_SUFFIXES, LABEL_SUFFIXES
 
 DATASET_KINDS = ("cityscapes", "ade20k", "voc", "cocostuff", "folder")
@@ -76,8 +76,10 @@ class SegDataset:
     def __getitem__(self, i: int) -> Sample:
         if not -len(self) <= i < len(self):
             raise IndexError(f"sample {i} out of range for {len(self)} samples")
-        image = self.load_image(i)
+        image, header = read_image_header(self.image_paths[i])
         label = self.load_label(i)
+        if label is not None:
+            self._check_orientation(i, header.orientation)
         if label is not None and label.shape != image.shape[:2]:
             raise ScasegError(
                 f"the label {self.label_paths[i]} is {label.shape[0]}x{label.shape[1]} but its image "
@@ -85,9 +87,23 @@ class SegDataset:
             )
         return Sample(image=image, label=label, name=self.names[i])
 
+    def _check_orientation(self, i: int, orientation: int) -> None:
+        """A photo turned by its EXIF orientation and a label map that is not (labels are never turned): refused,
+        since nothing says whether the label was drawn on the stored pixels or on the turned picture."""
+        if orientation == 1:
+            return
+        path = self.label_paths[i]
+        assert path is not None
+        if probe_image(path, f"the label {path}").orientation == orientation:  # a TIFF label turned alike
+            return
+        raise ScasegError(
+            f"the image {self.image_paths[i]} is {ORIENTATIONS[orientation]} by its EXIF orientation ({orientation}) "
+            f"but its label {path} is not, so the pair cannot be aligned for sure; remove the tag if the label "
+            f"matches the stored pixels (exiftool -Orientation= FILE), or save the image upright")
+
     def load_image(self, i: int) -> np.ndarray:
-        """The RGB uint8 image of sample ``i`` (no label read)."""
-        return read_image(str(self.image_paths[i]))
+        """The RGB uint8 image of sample ``i``, upright (no label read)."""
+        return read_image_header(self.image_paths[i])[0]
 
     def load_label(self, i: int) -> Optional[np.ndarray]:
         """The uint8 train-id label of sample ``i``, checked against the class range; None if unlabelled."""
@@ -113,11 +129,7 @@ _VOC_ORDER = np.argsort(_VOC_KEYS)
 def _read_raw_label(path: Path) -> np.ndarray:
     if not path.is_file():
         raise ScasegError(f"label file not found: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if raw is None:
-        raise ScasegError(f"cannot decode the label {path} (not an image, or corrupt)")
-    return raw
+    return read_raw(path, f"the label {path}")[0]  # the memory rule of every image; never turned by EXIF
 
 
 def _single_channel(raw: np.ndarray, path: Path) -> np.ndarray:

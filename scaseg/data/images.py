@@ -4,6 +4,17 @@ Datasets, calibration, the runtime's sources and the benchmark all decode throug
 (IMREAD_UNCHANGED, then :func:`to_rgb_uint8`), so 16-bit, grayscale and RGBA files mean the same everywhere.
 Every image and video a command writes goes through :func:`write_image` / :class:`VideoFile`, which fail in one
 sentence when the bytes did not arrive (OpenCV's writers report a full disk by returning False, or not at all).
+
+Before anything is decoded, the file's header is read and the memory rule checked (scaseg.data.image_headers:
+too many pixels, a file larger than its pixels explain, a decode the memory available cannot hold, refused as
+ImageTooLarge); only then are the file's bytes read (exactly its size, once).
+OpenCV's own bound (OPENCV_IO_MAX_IMAGE_PIXELS, 2**30 pixels by default) is not the rule: it lets a 30000x30000
+PNG of 1 MB through to a 6.2 GB decode, knows neither the depth nor the memory left, and fails only inside the
+decoder, after the whole file has been read; it is set to the same bound as a second guard.
+
+Photos are returned as they are meant to be seen: the EXIF orientation of a JPEG (APP1), PNG (eXIf) or WebP (EXIF)
+is applied here (IMREAD_UNCHANGED ignores it, IMREAD_COLOR would apply it but drop depth); OpenCV's TIFF decoder
+applies a TIFF's own Orientation tag itself. Label maps are decoded raw (:func:`read_raw`): never rotated by EXIF.
 """
 from __future__ import annotations
 
@@ -13,11 +24,29 @@ import cv2
 import numpy as np
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
+from scaseg.data.image_headers import (EXIF_FORMATS, MAX_IMAGE_PIXELS, ImageHeader, ImageTooLarge, check_decodable,
+                                       open_regular, parse_header, read_header)
 from scaseg.errors import ScasegError
 from scaseg.fileio import write_bytes
 from scaseg.suffixes import VIDEO_FOURCC
+
+# OpenCV reads this when it first decodes: the same bound inside its decoders, should a header lie to ours.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
+
+
+def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels (H, W[, C]) into the picture an EXIF ``orientation`` (1..8) says, as OpenCV's IMREAD_COLOR
+    does: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 270."""
+    if orientation in (5, 6, 7, 8):
+        image = image.swapaxes(0, 1)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    if flip in (1, -1):
+        image = image[:, ::-1]
+    if flip in (0, -1):
+        image = image[::-1]
+    return np.ascontiguousarray(image) if orientation != 1 else image
 
 
 def to_rgb_uint8(image: np.ndarray, *, bgr: bool = False) -> np.ndarray:
@@ -48,20 +77,72 @@ def to_rgb_uint8(image: np.ndarray, *, bgr: bool = False) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr else np.ascontiguousarray(image)
 
 
-def decode_image(data: bytes, what: str = "the image") -> np.ndarray:
-    """Decode encoded image bytes (PNG, JPEG, ...) to RGB uint8; undecodable bytes raise ScasegError naming ``what``."""
-    buf = np.frombuffer(data, np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+def _decode(data: bytes, header: ImageHeader, what: str) -> np.ndarray:
+    """imdecode with IMREAD_UNCHANGED; an allocation that fails after all is the memory sentence, not a traceback."""
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    except MemoryError:
+        raise ImageTooLarge(f"not enough memory to decode {what} ({header.describe()})") from None
+    except cv2.error as exc:
+        if "memory" in str(exc).lower() or "allocate" in str(exc).lower():
+            raise ImageTooLarge(f"not enough memory to decode {what} ({header.describe()})") from None
+        image = None
     if image is None:
         raise ScasegError(f"cannot decode {what} (not an image, or corrupt)")
-    return to_rgb_uint8(image, bgr=True)
+    return image
 
 
-def read_image(path: str) -> np.ndarray:
-    """Read an image file as RGB uint8; unreadable files raise ScasegError naming the path."""
-    if not os.path.isfile(path):
-        raise ScasegError(f"image not found: {path}")
-    return decode_image(np.fromfile(path, dtype=np.uint8).tobytes(), f"the image {path}")
+def _to_picture(image: np.ndarray, header: ImageHeader) -> np.ndarray:
+    rgb = to_rgb_uint8(image, bgr=True)
+    return apply_orientation(rgb, header.orientation) if header.format in EXIF_FORMATS else rgb
+
+
+def decode_image(data: bytes, what: str = "the image") -> np.ndarray:
+    """Decode encoded image bytes (PNG, JPEG, ...) to RGB uint8, upright; the memory rule first; undecodable bytes
+    raise ScasegError naming ``what``."""
+    header = read_header(data, what)
+    check_decodable(header, len(data), what)
+    return _to_picture(_decode(data, header, what), header)
+
+
+def _read_checked(path: Union[str, os.PathLike], what: str) -> tuple[bytes, ImageHeader]:
+    """The file's header, the memory rule, then its bytes: exactly its size, read once."""
+    with open_regular(path, what) as (f, size):
+        header = parse_header(f, size, what)
+        check_decodable(header, size, what)
+        f.seek(0)
+        try:
+            return f.read(size), header
+        except OSError as exc:
+            raise ScasegError(f"cannot read {what}: {exc.strerror or exc}") from None
+
+
+def read_encoded(path: Union[str, os.PathLike]) -> bytes:
+    """An image file's encoded bytes, read under the memory rule (for :func:`decode_image` later, e.g. timed)."""
+    return _read_checked(path, f"the image {path}")[0]
+
+
+def _read(path: Union[str, os.PathLike], what: str) -> tuple[np.ndarray, ImageHeader]:
+    data, header = _read_checked(path, what)
+    return _decode(data, header, what), header
+
+
+def read_image_header(path: Union[str, os.PathLike], what: Optional[str] = None) -> tuple[np.ndarray, ImageHeader]:
+    """:func:`read_image` and the file's header (its orientation says whether the pixels were turned)."""
+    image, header = _read(path, what or f"the image {path}")
+    return _to_picture(image, header), header
+
+
+def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
+    """Read an image file as RGB uint8, upright (EXIF orientation applied); unreadable files raise ScasegError
+    naming the path, images the memory rule refuses ImageTooLarge."""
+    return read_image_header(path)[0]
+
+
+def read_raw(path: Union[str, os.PathLike], what: str) -> tuple[np.ndarray, ImageHeader]:
+    """A file as OpenCV decodes it with IMREAD_UNCHANGED (label maps: class ids, never turned by EXIF), under the
+    same memory rule."""
+    return _read(path, what)
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
