@@ -17,7 +17,7 @@ from typing import Any, Iterator, List, Literal, Optional
 import typer
 
 from scaseg.cli import SIZE_METAVAR, make_app, parse_size, quiet_option
-from scaseg.errors import ScasegError, run_cli, version_option
+from scaseg.errors import EXTRAS, ScasegError, missing_package, run_cli, version_option
 from scaseg.fileio import atomic_path, check_output, created_folders, refuse_overwrite, remove_stale, temp_token
 from scaseg.progress import progress, write
 from scaseg.suffixes import ENGINE_SUFFIX, ONNX_SUFFIX, ONNX_SUFFIXES
@@ -37,10 +37,12 @@ WORK_PREFIX = ".scaseg-export-"
 
 
 def _need(module: str, what: str) -> Any:
-    """Import a module another part of the toolkit provides, or say in one sentence that it is missing."""
+    """Import a module another part of the toolkit provides, or say in one sentence that it (or a package) is missing."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in EXTRAS:
+            raise missing_package(exc.name or "", what) from None  # an optional package: name the extra
         raise ScasegError(f"{what} needs {module}, which cannot be imported here ({exc})") from None
 
 
@@ -206,6 +208,7 @@ def _check_inputs(o: Args) -> Plan:
     if o.tolerance < 0:
         raise ScasegError(f"--tolerance must be >= 0, got {o.tolerance}")
     prec, form = o.precision, o.fmt
+    assert prec is not None  # export() settled it: fp32 unless asked
     target = o.int8_target if o.int8_target is not None else ("tensorrt" if form == "engine" else "cpu")
     if form == "engine" and prec == "int8" and target == "cpu":
         # The cpu placement fuses GELU into com.microsoft.Gelu, an ONNX Runtime op TensorRT's parser rejects.
@@ -276,7 +279,7 @@ def _load(o: Args, plan: Plan, steps: Any) -> tuple[Any, Any]:
 def _precision(o: Args, plan: Plan, onnx_dest: Path, work: str) -> Path:
     """The fp16 / int8 ONNX made from the verified fp32 one (scaseg.calibration.api); returns the ONNX to go on with."""
     prec = o.precision
-    if prec == "fp32":
+    if prec is None or prec == "fp32":
         return onnx_dest
     api = _need("scaseg.calibration.api", f"--precision {prec}")
     final_onnx = plan.dest if o.fmt == "onnx" else Path(work) / f"model.{prec}.onnx"
