@@ -8,6 +8,9 @@ Sensitivity of a block = the output noise (squared logit error relative to the f
 images) when that block alone is quantized. Blocks are the model's modules as their ONNX node names show them
 (``/model/backbone/block1.0/...`` -> ``/model/backbone/block1.0``, see block_of); nodes without a scoped name are
 blocks of their own.
+
+When blocks stay float, ``float_cost`` says how much of the compute they keep in float and, for the cpu placement,
+what that costs in ONNX Runtime CPU time against the fully quantized file: the export prints it and stores it.
 """
 from __future__ import annotations
 
@@ -77,7 +80,7 @@ class GuardResult:
             f"{kept['blocks_float']} of {kept['blocks']} blocks kept float: {100 * kept['macs_float']:.1f}% of the "
             f"conv/GEMM multiply-accumulates run in float ({100 * kept['macs_float_all_quantized']:.1f}% with every "
             "block quantized)")}
-        if kept.get("ms") is not None:
+        if kept.get("ms") and kept.get("ms_all_quantized"):
             lines["float_cost"] = (
                 f"{kept['ms']:.1f} ms per batch vs {kept['ms_all_quantized']:.1f} ms with every block quantized "
                 f"({kept['ms'] / kept['ms_all_quantized']:.2f}x; ONNX Runtime CPU on a calibration batch, median of "

@@ -180,6 +180,7 @@ def kept_float(info: ModelInfo) -> Optional[dict[str, Any]]:
     kept = calibration.get("kept_float") if isinstance(calibration, dict) else None
     if not isinstance(kept, dict):
         return None
+
     def number(value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 

@@ -69,8 +69,9 @@ def run_cli(app: Callable[..., object], prog: Optional[str] = None, interrupted:
     """Run a Typer app (or any callable) as a console command, with the project's error contract.
 
     ScasegError and usage errors (a bad option value, a missing argument) -> ``PROG: error: ...`` on one line,
-    exit 2; Ctrl-C -> ``PROG: interrupted<what was kept>``, exit 130, where ``interrupted`` is the default
-    account of what a run leaves behind and a command that knows better raises Interrupted(account).
+    exit 2, and so is an optional package (``EXTRAS``) that is not installed, naming the extra that installs it;
+    Ctrl-C -> ``PROG: interrupted<what was kept>``, exit 130, where ``interrupted`` is the default account of what
+    a run leaves behind and a command that knows better raises Interrupted(account).
     ``--help`` and ``--version`` work as usual. Set SCASEG_DEBUG=1 to see the traceback instead.
     """
     name = prog or os.path.basename(sys.argv[0]) or "scaseg"

@@ -30,7 +30,7 @@ from scaseg.fileio import atomic_path
 from scaseg.metadata import ModelInfo
 from scaseg.runtime.backends.base import Backend, InputMetadata
 from scaseg.runtime.tensorrt import compat
-from scaseg.runtime.tensorrt.cuda import CudaRuntime, Handle, open_device
+from scaseg.runtime.tensorrt.cuda import NO_GPU, CudaRuntime, Handle, open_device
 
 _LOGGERS: dict[str, Any] = {}
 
@@ -123,8 +123,9 @@ class TensorRTBackend(Backend):
         try:
             self.cuda = cuda = open_device(self.device_index)
         except ScasegError as exc:
-            raise ScasegError(f"cannot run the engine {path}: {exc}; a TensorRT engine runs only on an NVIDIA GPU "
-                              "(run the model's ONNX file on the CPU instead)") from None
+            hint = ("; a TensorRT engine runs only on an NVIDIA GPU (run the model's ONNX file on the CPU instead)"
+                    if str(exc).startswith(NO_GPU) else "")
+            raise ScasegError(f"cannot run the engine {path}: {exc}{hint}") from None
         self.gpu_name = cuda.device_name(self.device_index)
         self.compute_capability = cuda.compute_capability(self.device_index)
         if side is not None:
