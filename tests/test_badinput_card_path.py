@@ -105,6 +105,18 @@ def test_verbose_prints_tensorrt_own_log(tiny: Path, tmp_path: Path) -> None:
 
 
 @needs_rtx
+def test_a_parser_rejection_is_one_line_without_tensorrt_own_log(tiny: Path, tmp_path: Path) -> None:
+    """A graph TensorRT's parser refuses (NonMaxSuppression on 4-D boxes): its own log lines stay behind --verbose."""
+    model = onnx.load(str(tiny / "tiny.onnx"))
+    model.graph.node.append(onnx.helper.make_node("NonMaxSuppression", ["logits", "logits"], ["selected"]))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("selected", onnx.TensorProto.INT64, None))
+    onnx.save(model, str(tmp_path / "nms.onnx"))
+    line = refused("scaseg-export", ["nms.onnx", "--format", "engine", *CC, "-o", "out/nms.engine"], tmp_path,
+                   expect="TensorRT's ONNX parser rejected nms.onnx: node")
+    assert "NonMaxSuppression" in line
+
+
+@needs_rtx
 @pytest.mark.slow
 def test_cpu_placed_int8_is_refused_with_the_command_that_works(card: Path) -> None:
     """The default int8 file (cpu placement) beside its float ONNX: one sentence naming the command, which works."""
