@@ -140,13 +140,14 @@ def _int8(model: onnx.ModelProto, info: ModelInfo, out_path: str, cset: data.Cal
         "miou_int8": round(result.miou_int8, 2),
         "miou_drop": round(result.drop, 2) + 0.0,  # + 0.0: no "-0.0" when int8 scores a hair above fp32
         "kept_float_blocks": ", ".join(result.kept_float_blocks) or "none",
+        **result.float_summary(),  # how much compute those blocks keep in float, and its cost
     }
     if result.drop > max_miou_drop:
         summary["warning"] = f"the drop stays above {max_miou_drop} points even with every block in float"
     extra = dict(info.extra, calibration={
         **summary, "reference": result.reference, "max_miou_drop": max_miou_drop,
         "kept_float_nodes": result.kept_float_nodes, "num_calib_images": len(cset.calib),
-        "num_heldout_images": len(cset.heldout),
+        "num_heldout_images": len(cset.heldout), **({"kept_float": result.kept_float} if result.kept_float else {}),
     })
     _write(result.model, info.replace(precision="int8", extra=extra), out_path)
     return summary

@@ -8,12 +8,16 @@ Sensitivity of a block = the output noise (squared logit error relative to the f
 images) when that block alone is quantized. Blocks are the model's modules as their ONNX node names show them
 (``/model/backbone/block1.0/...`` -> ``/model/backbone/block1.0``, see block_of); nodes without a scoped name are
 blocks of their own.
+
+When blocks stay float, ``float_cost`` says how much of the compute they keep in float and, for the cpu placement,
+what that costs in ONNX Runtime CPU time against the fully quantized file: the export prints it and stores it.
 """
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -60,10 +64,28 @@ class GuardResult:
     kept_float_blocks: list[str] = field(default_factory=list)
     kept_float_nodes: list[str] = field(default_factory=list)
     ranking: list[tuple[str, float]] = field(default_factory=list)  # (block, sensitivity), most sensitive first
+    # When blocks were kept float: what stays float and what it costs (see float_cost); None otherwise.
+    kept_float: Optional[dict[str, Any]] = None
 
     @property
     def drop(self) -> float:
         return self.miou_fp32 - self.miou_int8
+
+    def float_summary(self) -> dict[str, str]:
+        """The export report's lines about the blocks kept float (empty when none were)."""
+        kept = self.kept_float
+        if not kept:
+            return {}
+        lines = {"float_compute": (
+            f"{kept['blocks_float']} of {kept['blocks']} blocks kept float: {100 * kept['macs_float']:.1f}% of the "
+            f"conv/GEMM multiply-accumulates run in float ({100 * kept['macs_float_all_quantized']:.1f}% with every "
+            "block quantized)")}
+        if kept.get("ms") and kept.get("ms_all_quantized"):
+            lines["float_cost"] = (
+                f"{kept['ms']:.1f} ms per batch vs {kept['ms_all_quantized']:.1f} ms with every block quantized "
+                f"({kept['ms'] / kept['ms_all_quantized']:.2f}x; ONNX Runtime CPU on a calibration batch, median of "
+                f"{kept['runs']} runs)")
+        return lines
 
 
 def run_guard(
@@ -95,7 +117,7 @@ def run_guard(
     def score(model: onnx.ModelProto) -> float:
         return miou(heldout.to_source(outputs(model), num_classes), truth, num_classes, ignore)
 
-    model = int8.quantize(fp32, thresholds, target)
+    model = all_quantized = int8.quantize(fp32, thresholds, target)
     miou_all = score(model)
     result = GuardResult(model, reference, miou_fp32, miou_all, miou_all)
     if miou_fp32 - miou_all <= max_miou_drop:
@@ -133,4 +155,38 @@ def run_guard(
             if miou_fp32 - result.miou_int8 <= max_miou_drop:
                 break
     result.kept_float_nodes = keep
+    result.kept_float = float_cost(fp32, all_quantized, result.model, target, heldout.batches[0], threads=threads)
+    result.kept_float.update(blocks_float=len(result.kept_float_blocks), blocks=len(blocks))
     return result
+
+
+#: Timed runs of each file in float_cost: enough for a median at export, short next to the guard's own runs.
+COST_RUNS = 5
+
+
+def float_cost(fp32: onnx.ModelProto, all_quantized: onnx.ModelProto, mixed: onnx.ModelProto, target: str,
+               batch: np.ndarray, *, threads: Optional[int] = None) -> dict[str, Any]:
+    """How much of the compute ``mixed`` runs in float, against ``all_quantized``, and (cpu) what it costs in time.
+
+    macs_float / macs_float_all_quantized: shares (0..1) of the conv/GEMM multiply-accumulates of ``fp32`` (one
+    run on ``batch``) left in float. ms / ms_all_quantized: median ONNX Runtime CPU time of one run on ``batch``,
+    the two files interleaved after one untimed run each; only for the cpu placement (the tensorrt one runs in
+    TensorRT, timed by scaseg-bench on the engine), else None.
+    """
+    macs = int8.weighted_macs(fp32, tuple(batch.shape))
+    cost: dict[str, Any] = {"macs_float": round(int8.float_share(macs, mixed), 4),
+                            "macs_float_all_quantized": round(int8.float_share(macs, all_quantized), 4),
+                            "ms": None, "ms_all_quantized": None, "runs": COST_RUNS}
+    if target != "cpu":
+        return cost
+    runs = [first_output(m, threads=threads) for m in (mixed, all_quantized)]
+    laps: list[list[float]] = [[], []]
+    for run in runs:
+        run(batch)
+    for _ in range(COST_RUNS):
+        for run, lap in zip(runs, laps):
+            start = time.perf_counter()
+            run(batch)
+            lap.append(1000 * (time.perf_counter() - start))
+    cost["ms"], cost["ms_all_quantized"] = (round(float(np.median(lap)), 2) for lap in laps)
+    return cost

@@ -397,16 +397,77 @@ def _drop_unused_constants(graph: onnx.GraphProto) -> None:
     graph.node.extend(nodes)
 
 
+def _dequantized_outputs(model: onnx.ModelProto) -> set[str]:
+    return {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+
+
+def quantized_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the Conv/MatMul/Gemm nodes that run in int8: their data and weight (or second operand) dequantized."""
+    dq_out = _dequantized_outputs(model)
+    return {n.name for n in model.graph.node
+            if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[0] in dq_out and n.input[1] in dq_out}
+
+
 def count_quantized(model: onnx.ModelProto) -> dict[str, int]:
     """Op type -> how many Conv/MatMul/Gemm nodes have a dequantized weight (or second operand) and input; "Gelu"
     and "Add" -> how many GELUs (a Sigmoid) and Adds sit between DQs and a Q (int8_rewrite.py)."""
-    dq_out = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    dq_out = _dequantized_outputs(model)
     q_in = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    quantized = quantized_nodes(model)
     counts: dict[str, int] = {}
     for n in model.graph.node:
-        if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[0] in dq_out and n.input[1] in dq_out:
+        if n.name in quantized:
             counts[n.op_type] = counts.get(n.op_type, 0) + 1
         elif n.op_type in ("Sigmoid", "Add") and all(i in dq_out for i in n.input) and n.output[0] in q_in:
             key = "Gelu" if n.op_type == "Sigmoid" else "Add"
             counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def weighted_macs(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Node name -> multiply-accumulates of each Conv/MatMul/Gemm for one run on an input of ``input_shape``.
+
+    Shapes come from ONNX shape inference with the graph input fixed to ``input_shape``; a node whose shapes it
+    cannot tell counts 0. (scaseg.stats counts the PyTorch model; this counts the graph the guard quantizes.)
+    """
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    inits = {t.name for t in work.graph.initializer}
+    data_input = next(v for v in work.graph.input if v.name not in inits)
+    dims = data_input.type.tensor_type.shape.dim
+    for dim, size in zip(dims, input_shape):
+        dim.Clear()
+        dim.dim_value = int(size)
+    del work.graph.value_info[:]
+    try:
+        work = onnx.shape_inference.infer_shapes(work)
+    except Exception:  # a graph inference cannot follow: every node counts 0
+        return {n.name: 0 for n in work.graph.node if n.op_type in WEIGHTED_OPS}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for v in list(work.graph.value_info) + list(work.graph.input) + list(work.graph.output):
+        d = v.type.tensor_type.shape.dim
+        if d and all(x.HasField("dim_value") for x in d):
+            shapes[v.name] = tuple(int(x.dim_value) for x in d)
+    consts = constants(work)
+    shapes.update({name: tuple(value.shape) for name, value in consts.items()})
+    macs = {}
+    for node in work.graph.node:
+        if node.op_type not in WEIGHTED_OPS:
+            continue
+        out, a, b = (shapes.get(node.output[0]), shapes.get(node.input[0]), shapes.get(node.input[1]))
+        if out is None or a is None or b is None:
+            macs[node.name] = 0
+        elif node.op_type == "Conv":
+            macs[node.name] = int(np.prod(out)) * int(np.prod(b[1:]))
+        elif node.op_type == "Gemm":
+            macs[node.name] = int(np.prod(out)) * int(a[0] if _attr(node, "transA", 0) else a[-1])
+        else:
+            macs[node.name] = int(np.prod(out)) * int(a[-1])
+    return macs
+
+
+def float_share(macs: dict[str, int], model: onnx.ModelProto) -> float:
+    """The share (0..1) of ``macs`` that ``model`` runs in float (its Conv/MatMul/Gemm nodes without int8 inputs)."""
+    total = sum(macs.values())
+    quantized = quantized_nodes(model)
+    return sum(v for name, v in macs.items() if name not in quantized) / total if total else 0.0

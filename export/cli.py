@@ -17,7 +17,7 @@ from typing import Any, Iterator, List, Literal, Optional
 import typer
 
 from scaseg.cli import SIZE_METAVAR, make_app, parse_size, quiet_option
-from scaseg.errors import ScasegError, run_cli, version_option
+from scaseg.errors import EXTRAS, ScasegError, missing_package, run_cli, version_option
 from scaseg.fileio import atomic_path, check_output, created_folders, refuse_overwrite, remove_stale, temp_token
 from scaseg.progress import progress, write
 from scaseg.suffixes import ENGINE_SUFFIX, ONNX_SUFFIX, ONNX_SUFFIXES
@@ -37,10 +37,12 @@ WORK_PREFIX = ".scaseg-export-"
 
 
 def _need(module: str, what: str) -> Any:
-    """Import a module another part of the toolkit provides, or say in one sentence that it is missing."""
+    """Import a module another part of the toolkit provides, or say in one sentence that it (or a package) is missing."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in EXTRAS:
+            raise missing_package(exc.name or "", what) from None  # an optional package: name the extra
         raise ScasegError(f"{what} needs {module}, which cannot be imported here ({exc})") from None
 
 
@@ -75,7 +77,7 @@ def export(
     tolerance: float = typer.Option(1e-3, "--tolerance", help="Max |logit diff| ONNX Runtime vs PyTorch before the export fails."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Refuse the checkpoint unless it is this variant.", show_default="any"),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Export a checkpoint that lacks tensors of the model or holds extra ones (missing ones stay random); refused by default."),
-    precision: Precision = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (calibrated Q/DQ)."),
+    precision: Optional[Precision] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (calibrated Q/DQ).", show_default="fp32; from an ONNX, the ONNX's own"),
     calib: Optional[Path] = typer.Option(None, "--calib", metavar="DIR", help="int8 calibration images: an image folder or a dataset root (train split calibrates, val split checks).", show_default="needed for int8"),
     calib_num: int = typer.Option(200, "--calib-num", min=1, help="Calibration images to use."),
     calib_method: CalibMethod = typer.Option("percentile", "--calib-method", help="How activation ranges are picked (docs/precision.md compares them)."),
@@ -89,6 +91,7 @@ def export(
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="engine/triton: largest batch of a dynamic-batch model."),
     tensorrt: str = typer.Option("auto", "--tensorrt", metavar="auto|standard|rtx", help="engine: which TensorRT builds it: standard (tensorrt) or rtx (tensorrt_rtx).", show_default="the one installed, standard if both"),
     compute_capability: Optional[List[str]] = typer.Option(None, "--compute-capability", metavar="CC", help="engine, TensorRT-RTX: GPU compute capability to build for, e.g. 8.6; repeat for several.", show_default="8.0 8.6 8.9 12.0"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="engine: print TensorRT's own log (its warnings and errors are otherwise summed up in one line)."),
     quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-export"),
 ) -> None:
@@ -97,6 +100,7 @@ def export(
     if o.checkpoint.suffix.lower() in ONNX_SUFFIXES:  # an exported ONNX -> engine: no torch, no re-export
         _engine_from_onnx(o)
         return
+    o.precision = o.precision or "fp32"
     plan = _check_inputs(o)
     bar = "{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
     # A context manager so that an error closes the bar first and prints on a line of its own.
@@ -133,7 +137,7 @@ class Args:
     tolerance: float
     variant: Optional[str]
     allow_partial: bool
-    precision: str
+    precision: Optional[str]  # None: fp32 from a checkpoint, the file's own from an ONNX
     calib: Optional[Path]
     calib_num: int
     calib_method: str
@@ -147,6 +151,7 @@ class Args:
     max_batch: int
     tensorrt: str
     compute_capability: Optional[List[str]]
+    verbose: bool
 
 
 @dataclass
@@ -177,17 +182,13 @@ def _engine_from_onnx(o: Args) -> None:
                           "(--format engine); export a checkpoint for --format onnx or triton")
     from scaseg.export.from_onnx import build_from_onnx
 
-    source = o.checkpoint.expanduser()
-    named = source.stem.endswith(f".{o.precision}")  # model.fp16.onnx -> model.fp16.engine
-    dest = o.output.expanduser() if o.output else (source.with_suffix(ENGINE_SUFFIX) if named else
-                                                   default_output(source, "engine", o.precision))
-    summary = build_from_onnx(
-        source, dest, precision=o.precision, tensorrt=o.tensorrt, compute_capabilities=o.compute_capability,
-        calib=o.calib, calib_num=o.calib_num, calib_method=o.calib_method, calib_cache=o.calib_cache,
-        max_miou_drop=o.max_miou_drop, workspace_gib=o.workspace, timing_cache=o.timing_cache, dla_core=o.dla_core,
-        say=_say)
+    dest, precision, summary = build_from_onnx(
+        o.checkpoint.expanduser(), o.output.expanduser() if o.output else None, precision=o.precision,
+        tensorrt=o.tensorrt, compute_capabilities=o.compute_capability, calib=o.calib, calib_num=o.calib_num,
+        calib_method=o.calib_method, calib_cache=o.calib_cache, max_miou_drop=o.max_miou_drop,
+        workspace_gib=o.workspace, timing_cache=o.timing_cache, dla_core=o.dla_core, verbose=o.verbose, say=_say)
     _report("engine", summary)
-    _wrote(dest, o.precision)
+    _wrote(dest, precision)
 
 
 def _check_inputs(o: Args) -> Plan:
@@ -207,6 +208,7 @@ def _check_inputs(o: Args) -> Plan:
     if o.tolerance < 0:
         raise ScasegError(f"--tolerance must be >= 0, got {o.tolerance}")
     prec, form = o.precision, o.fmt
+    assert prec is not None  # export() settled it: fp32 unless asked
     target = o.int8_target if o.int8_target is not None else ("tensorrt" if form == "engine" else "cpu")
     if form == "engine" and prec == "int8" and target == "cpu":
         # The cpu placement fuses GELU into com.microsoft.Gelu, an ONNX Runtime op TensorRT's parser rejects.
@@ -277,7 +279,7 @@ def _load(o: Args, plan: Plan, steps: Any) -> tuple[Any, Any]:
 def _precision(o: Args, plan: Plan, onnx_dest: Path, work: str) -> Path:
     """The fp16 / int8 ONNX made from the verified fp32 one (scaseg.calibration.api); returns the ONNX to go on with."""
     prec = o.precision
-    if prec == "fp32":
+    if prec is None or prec == "fp32":
         return onnx_dest
     api = _need("scaseg.calibration.api", f"--precision {prec}")
     final_onnx = plan.dest if o.fmt == "onnx" else Path(work) / f"model.{prec}.onnx"
@@ -301,7 +303,7 @@ def _engine(o: Args, plan: Plan, final_onnx: Path) -> None:
         shape_kw = {"min_shape": (1, 3, h, w), "opt_shape": (opts.batch, 3, h, w), "max_shape": (max(o.max_batch, opts.batch), 3, h, w)}
     result = engine.build_engine(
         str(final_onnx), str(plan.dest), precision=o.precision, workspace_gib=o.workspace, tensorrt=o.tensorrt,
-        compute_capabilities=o.compute_capability, report=_say,
+        compute_capabilities=o.compute_capability, report=_say, verbose=o.verbose,
         timing_cache=str(o.timing_cache) if o.timing_cache else None, dla_core=o.dla_core, **shape_kw,
     )
     _report("engine", result)

@@ -150,6 +150,7 @@ def bench_one(model: ModelFile, *, backend: str, device: Optional[str], threads:
             "file": os.path.basename(path), "path": os.path.abspath(path), "backend": be.name, "device": be.device,
             "precision": be.precision, "variant": be.info.variant, "output": be.info.output,
             "size_mb": os.path.getsize(path) / 2**20, "batch": predictor.batch, "threads": be.threads,
+            "kept_float": kept_float(be.info),
         }
         ds = open_eval_dataset(data, dataset, split, be.info) if data is not None else None
         # End-to-end timing decodes a real image of the dataset when there is one.
@@ -179,7 +180,33 @@ def format_table(records: list[dict[str, Any]]) -> str:
             f"{r['latency_ms']['mean'] / r['batch']:.2f}", f"{r['fps']:.1f}",
             f"{e2e['latency_ms']['mean'] / r['batch']:.2f}", f"{e2e['fps']:.1f}", _fmt(r.get("peak_rss_mb"), ".0f"),
         ])
-    return _align(head, rows)
+    return "\n".join([_align(head, rows), *(_kept_float_note(r) for r in records if r.get("kept_float"))])
+
+
+def kept_float(info: ModelInfo) -> Optional[dict[str, Any]]:
+    """What the int8 accuracy guard kept float (scaseg-export's ``calibration.kept_float``), or None: none, or
+    figures that are not numbers (the metadata is the file's word, not ours)."""
+    calibration = info.extra.get("calibration") if isinstance(info.extra, dict) else None
+    kept = calibration.get("kept_float") if isinstance(calibration, dict) else None
+    if not isinstance(kept, dict):
+        return None
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+    needed, timed = ("blocks_float", "blocks", "macs_float"), ("ms", "ms_all_quantized")  # timed: cpu placement only
+    if not all(number(kept.get(k)) for k in needed) or not all(kept.get(k) is None or number(kept.get(k)) for k in timed):
+        return None
+    return {k: kept.get(k) for k in needed + timed}
+
+
+def _kept_float_note(record: dict[str, Any]) -> str:
+    """``model.int8.onnx: int8 with 20/44 blocks float (41% of MACs in float; 1.38x ...)``: under the table."""
+    kept = record["kept_float"]
+    cost = (f"; {kept['ms'] / kept['ms_all_quantized']:.2f}x the time of every block quantized, at export"
+            if kept.get("ms") and kept.get("ms_all_quantized") else "")
+    return (f"{record['file']}: {record['precision']} with {kept['blocks_float']}/{kept['blocks']} blocks float "
+            f"(the accuracy guard's choice: {100 * kept['macs_float']:.1f}% of MACs in float{cost})")
 
 
 def _align(head: list[str], rows: list[list[Any]]) -> str:

@@ -4,6 +4,7 @@ batch, scaseg-export's estimate)."""
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import sys
 from typing import Any, Callable, Optional
@@ -28,6 +29,26 @@ class Interrupted(Exception):
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
+#: Optional packages -> the pyproject extra that installs them (tests/test_badinput_card_path.py checks the names).
+EXTRAS = {"torch": "export", "onnx": "export", "onnxsim": "export", "onnxscript": "export", "safetensors": "export",
+          "tensorrt": "tensorrt", "tensorrt_rtx": "tensorrt-rtx", "tritonclient": "triton", "openvino": "openvino"}
+
+
+def missing_package(module: str, purpose: str = "this", extra: Optional[str] = None) -> ScasegError:
+    """The one sentence for an optional package that is not installed, naming the extra that installs it."""
+    top = module.split(".")[0]
+    extra = extra or EXTRAS.get(top, "dev")
+    return ScasegError(f"{purpose} needs the {top} package, which is not installed: pip install \".[{extra}]\" in "
+                       "the scaseg checkout")
+
+
+def require_package(module: str, purpose: str, extra: Optional[str] = None) -> Any:
+    """Import an optional package, or raise :func:`missing_package`'s sentence."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise missing_package(module, purpose, extra) from None
+
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
@@ -50,16 +71,21 @@ def run_cli(app: Callable[..., object], prog: Optional[str] = None, interrupted:
     """Run a Typer app (or any callable) as a console command, with the project's error contract.
 
     ScasegError and usage errors (a bad option value, a missing argument) -> ``PROG: error: ...`` on one line,
-    exit 2; Ctrl-C -> ``PROG: interrupted<what was kept>``, exit 130, where ``interrupted`` is the default
-    account of what a run leaves behind and a command that knows better raises Interrupted(account).
+    exit 2, and so is an optional package (``EXTRAS``) that is not installed, naming the extra that installs it;
+    Ctrl-C -> ``PROG: interrupted<what was kept>``, exit 130, where ``interrupted`` is the default account of what
+    a run leaves behind and a command that knows better raises Interrupted(account).
     ``--help`` and ``--version`` work as usual. Set SCASEG_DEBUG=1 to see the traceback instead.
     """
     name = prog or os.path.basename(sys.argv[0]) or "scaseg"
     try:
         code = _invoke(app, name)
-    except ScasegError as exc:
+    except (ScasegError, ModuleNotFoundError) as exc:
         if os.environ.get("SCASEG_DEBUG"):
             raise
+        if isinstance(exc, ModuleNotFoundError):  # an optional package imported where no one checked for it
+            if (exc.name or "").split(".")[0] not in EXTRAS:
+                raise
+            exc = missing_package(exc.name or "", name)
         print(f"{name}: error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except (KeyboardInterrupt, Interrupted) as exc:

@@ -37,13 +37,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _logger(trt_module: Any, verbose: bool) -> Any:
-    """An ILogger that keeps the builder's "Layers:" report and prints warnings/errors (everything with verbose)."""
+    """An ILogger that keeps the builder's "Layers:" report, its errors and warnings; prints all of it only if verbose.
+
+    Without verbose, TensorRT's own lines never reach the terminal: a refusal is one sentence (the parser's or the
+    builder's last error) and a build that warned says so in one line (see ``_warned``).
+    """
 
     class Logger(trt_module.ILogger):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
             trt_module.ILogger.__init__(self)
             self.layer_report = ""
             self.errors: list[str] = []
+            self.warnings: list[str] = []
 
         def log(self, severity: Any, msg: str) -> None:
             if msg.startswith("Layers:"):
@@ -51,10 +56,20 @@ def _logger(trt_module: Any, verbose: bool) -> Any:
             sev = trt_module.ILogger.Severity
             if severity in (sev.INTERNAL_ERROR, sev.ERROR):
                 self.errors.append(msg)
-            if verbose or severity in (sev.INTERNAL_ERROR, sev.ERROR, sev.WARNING):
+            elif severity == sev.WARNING:
+                self.warnings.append(msg)
+            if verbose:
                 print(f"[TensorRT] {msg}", file=sys.stderr)
 
     return Logger()
+
+
+def _warned(logger: Any, verbose: bool) -> Optional[str]:
+    """One line for the warnings and errors TensorRT logged during a build that succeeded, or None."""
+    count = len(logger.warnings) + len(logger.errors)
+    if not count or verbose:
+        return None
+    return f"TensorRT logged {count} warning(s) or error(s) during the build; --verbose prints them"
 
 
 def _quiet_logger(trt_module: Any) -> Any:
@@ -147,10 +162,9 @@ def _parse(trt_module: Any, network: Any, logger: Any, model: onnx.ModelProto, o
 
 
 def _gpu_facts(device: int = 0) -> tuple[str, tuple[int, int]]:
-    from scaseg.runtime.tensorrt.cuda import load_cuda, require_device
+    from scaseg.runtime.tensorrt.cuda import open_device
 
-    cuda = load_cuda()
-    require_device(cuda, device)
+    cuda = open_device(device)
     return cuda.device_name(device), cuda.compute_capability(device)
 
 
@@ -288,6 +302,9 @@ def build_engine(onnx_path: str, engine_path: str, *, precision: str = "fp32",  
     counts = layer_precisions(layers)
     for line in precision_summary(counts, wider_than_asked(layers, requested_precisions(model))):
         say(line)
+    warned = _warned(logger, verbose)
+    if warned:
+        say(warned)
 
     target: dict[str, Any] = ({"compute_capabilities": ccs} if ccs is not None else
                               {"gpu": gpu[0] if gpu else None, "compute_capability": list(gpu[1]) if gpu else None})

@@ -35,10 +35,12 @@ FLAVORS = ("standard", "rtx")
 MODULES = {"standard": "tensorrt", "rtx": "tensorrt_rtx"}
 #: flavor -> how people call it
 LABELS = {"standard": "TensorRT", "rtx": "TensorRT-RTX"}
+#: flavor -> the pyproject extra that installs it (with onnx, which an engine build from an ONNX file reads it with)
+EXTRAS = {"standard": "tensorrt", "rtx": "tensorrt-rtx"}
 INSTALL_HINT = {
-    "standard": "pip install \".[tensorrt]\" in the scaseg checkout on a desktop GPU, or JetPack's python3-libnvinfer "
-                "on a Jetson",
-    "rtx": "pip install \".[tensorrt-rtx]\" in the scaseg checkout",
+    "standard": f"pip install \".[{EXTRAS['standard']}]\" in the scaseg checkout on a desktop GPU, or JetPack's "
+                "python3-libnvinfer on a Jetson",
+    "rtx": f"pip install \".[{EXTRAS['rtx']}]\" in the scaseg checkout",
 }
 GENERATIONS = ("8.5", "10.x", "11.x", "rtx")
 #: ``tensorrt.plugin`` landed in 10.6; the ONNX parser maps a node carrying ``plugin_namespace`` onto a Python

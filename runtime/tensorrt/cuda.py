@@ -30,6 +30,11 @@ MEMCPY_DEVICE_TO_HOST = 2
 CAPTURE_MODE_THREAD_LOCAL = 1  # capture only this thread's work: scaseg-infer decodes frames on other threads
 ATTR_CC_MAJOR = 75  # cudaDevAttrComputeCapabilityMajor
 ATTR_CC_MINOR = 76  # cudaDevAttrComputeCapabilityMinor
+ERROR_INSUFFICIENT_DRIVER = 35  # cudaErrorInsufficientDriver: also what the runtime says where no driver is installed
+ERROR_NO_DEVICE = 100  # cudaErrorNoDevice
+# The NVIDIA driver's user-space library: libcudart loads it by this name, so where it does not load there is no GPU.
+LIBCUDA_NAMES: Sequence[str] = ("libcuda.so.1", "libcuda.so")
+NO_GPU = "no CUDA GPU is present"
 
 # Shared-library names tried, newest first; SCASEG_LIBCUDART overrides.
 LIBCUDART_NAMES: Sequence[str] = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0")
@@ -83,8 +88,12 @@ class CudaRuntime:
         return int(out.value or 0)
 
     def device_count(self) -> int:
+        """CUDA devices here; 0 where the driver sees none or where no NVIDIA driver is installed at all."""
         count = ctypes.c_int(0)
-        self._check(self.lib.cudaGetDeviceCount(ctypes.byref(count)), "cudaGetDeviceCount")
+        err = self.lib.cudaGetDeviceCount(ctypes.byref(count))
+        if err == ERROR_NO_DEVICE or (err == ERROR_INSUFFICIENT_DRIVER and not driver_present()):
+            return 0
+        self._check(err, "cudaGetDeviceCount")
         return int(count.value)
 
     def set_device(self, device: int) -> None:
@@ -198,12 +207,38 @@ def load_cuda(candidates: Optional[Sequence[str]] = None) -> CudaRuntime:
     )
 
 
+def driver_present(names: Sequence[str] = LIBCUDA_NAMES) -> bool:
+    """Whether the NVIDIA driver's library (libcuda) loads here."""
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def require_device(cuda: CudaRuntime, device: int) -> None:
-    """Select ``device`` or raise one sentence when it does not exist."""
+    """Select ``device`` or raise one sentence when it does not exist (NO_GPU where there is none at all)."""
     try:
         count = cuda.device_count()
     except ScasegError as exc:
         raise ScasegError(f"no usable CUDA device: {exc}") from None
+    if count == 0:
+        why = "the NVIDIA driver sees no GPU" if driver_present() else "no NVIDIA driver is installed"
+        raise ScasegError(f"{NO_GPU} on this machine ({why})")
     if not 0 <= int(device) < count:
         raise ScasegError(f"CUDA device {device} does not exist: this machine has {count} CUDA device(s)")
     cuda.set_device(int(device))
+
+
+def open_device(device: int = 0) -> CudaRuntime:
+    """The CUDA runtime with ``device`` selected; one sentence where there is no GPU, no runtime or no such device.
+
+    No NVIDIA driver means no GPU, whatever the CUDA runtime would say about it ("driver version is insufficient").
+    """
+    if not driver_present():
+        raise ScasegError(f"{NO_GPU} on this machine (no NVIDIA driver is installed)")
+    cuda = load_cuda()
+    require_device(cuda, device)
+    return cuda

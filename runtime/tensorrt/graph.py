@@ -54,6 +54,27 @@ def graph_precision(model: onnx.ModelProto) -> str:
     return compat.onnx_precision(ops, half)
 
 
+def onnx_runtime_only(model: onnx.ModelProto) -> list[str]:
+    """What in this graph only ONNX Runtime runs (the int8 ``cpu`` placement writes all three); empty when none.
+
+    TensorRT's parser takes symmetric int8 Q/DQ with float biases and standard ops only: it refuses int32 bias
+    DequantizeLinear, uint8 Q/DQ and ``com.microsoft`` ops.
+    """
+    import onnx
+
+    found = []
+    custom = sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx", SCA_DOMAIN)})
+    if custom:
+        found.append(", ".join(custom))
+    dtypes = {t.name: t.data_type for t in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if any(n.op_type == "DequantizeLinear" and dtypes.get(n.input[0]) == onnx.TensorProto.INT32 for n in qdq):
+        found.append("int32 biases")
+    if any(len(n.input) > 2 and dtypes.get(n.input[2]) == onnx.TensorProto.UINT8 for n in qdq):
+        found.append("uint8 activations")
+    return found
+
+
 def strip_attention_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The scaseg::StripCrossAttention call nodes of the main graph."""
     return [n for n in model.graph.node if n.domain == SCA_DOMAIN and n.op_type == SCA_OP]

@@ -30,7 +30,7 @@ from scaseg.fileio import atomic_path
 from scaseg.metadata import ModelInfo
 from scaseg.runtime.backends.base import Backend, InputMetadata
 from scaseg.runtime.tensorrt import compat
-from scaseg.runtime.tensorrt.cuda import CudaRuntime, Handle, load_cuda, require_device
+from scaseg.runtime.tensorrt.cuda import NO_GPU, CudaRuntime, Handle, open_device
 
 _LOGGERS: dict[str, Any] = {}
 
@@ -120,8 +120,12 @@ class TensorRTBackend(Backend):
             import tensorrt as trt
         else:
             trt = self.trt.module
-        self.cuda = cuda = load_cuda()
-        require_device(cuda, self.device_index)
+        try:
+            self.cuda = cuda = open_device(self.device_index)
+        except ScasegError as exc:
+            hint = ("; a TensorRT engine runs only on an NVIDIA GPU (run the model's ONNX file on the CPU instead)"
+                    if str(exc).startswith(NO_GPU) else "")
+            raise ScasegError(f"cannot run the engine {path}: {exc}{hint}") from None
         self.gpu_name = cuda.device_name(self.device_index)
         self.compute_capability = cuda.compute_capability(self.device_index)
         if side is not None:
