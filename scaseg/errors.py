@@ -39,17 +39,21 @@ def _one_line(text: str) -> str:
 
 
 class _Stop:
-    """The first stop signal this command received (None: none yet)."""
+    """The first stop signal this command received (None: none yet), and how many came."""
 
     signum: Optional[int] = None
+    count = 0
 
 
 def _on_stop_signal(signum: int, frame: Any) -> None:
-    if _Stop.signum is not None:
-        # A second signal while the first one unwinds: raising again would cut a cleanup short and leave its
-        # temporary behind. The cleanup finishes; SIGKILL still ends the process.
+    _Stop.count += 1
+    if _Stop.count == 2:
+        # A second signal while the first one unwinds (an impatient double Ctrl-C): raising again would cut a
+        # cleanup short and leave its temporary behind, so the cleanup finishes. A third one is insistence: it
+        # unwinds again (a cleanup stuck on a stalled stream can be left; a later run removes what it leaves).
         return
-    _Stop.signum = signum
+    if _Stop.signum is None:
+        _Stop.signum = signum
     raise KeyboardInterrupt
 
 
@@ -75,13 +79,13 @@ def _stop_signals() -> Iterator[type[_Stop]]:
             if handler != signal.SIG_IGN:
                 previous[signum] = handler
                 signal.signal(signum, _on_stop_signal)
-    _Stop.signum = None
+    _Stop.signum, _Stop.count = None, 0
     try:
         yield _Stop
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        _Stop.signum = None
+        _Stop.signum, _Stop.count = None, 0
 
 
 @contextlib.contextmanager
