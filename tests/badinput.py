@@ -85,20 +85,48 @@ def refused(prog: str, args: Sequence[object], cwd: Path, *, expect: str = "", a
 
 
 def interrupt(prog: str, args: Sequence[object], cwd: Path, when: Callable[[], bool], *, timeout: float = 240,
-              settle: float = 0.0) -> tuple[subprocess.CompletedProcess, str]:
-    """Start the command, send SIGINT once ``when()`` is true, return (process result, its one interrupted line)."""
+              settle: float = 0.0, sig: int = signal.SIGINT, group: bool = False) -> tuple[subprocess.CompletedProcess, str]:
+    """Start the command, send ``sig`` (SIGINT: Ctrl-C) once ``when()`` is true, return (process result, its one
+    interrupted line). ``group``: to the whole process group, as a terminal sends Ctrl-C or a hang-up. Checked: the
+    exit code (128 + the signal's number) and that no process the command started outlives it."""
     proc = subprocess.Popen(command(prog, args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env())
+                            env=env(), start_new_session=True)  # its own session: what it starts is findable
     deadline = time.monotonic() + timeout
     while not when() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, f"the command ended before the interrupt: {proc.communicate()}"
     time.sleep(settle)
-    proc.send_signal(signal.SIGINT)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     out, err = proc.communicate(timeout=timeout)
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    assert done.returncode == 130, (done.returncode, err)
+    assert done.returncode == 128 + sig, (done.returncode, err)
+    left = session_processes(proc.pid, wait=10)
+    assert not left, f"processes of {prog} still run after it ended: {left}"
     return done, one_line(done, prog, "interrupted")
+
+
+def session_processes(sid: int, wait: float = 0.0) -> list[str]:
+    """The live processes of session ``sid`` (pid and command line; zombies awaiting their reaper are not counted),
+    after waiting up to ``wait`` seconds for them to end. Read from /proc (Linux)."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if fields[0] != "Z" and int(fields[3]) == sid:
+                    cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    found.append(f"{entry} {cmdline[:120]}")
+            except (OSError, IndexError, ValueError):
+                continue  # ended while we looked
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.1)
 
 
 _TMPFS: Optional[str] = None

@@ -44,3 +44,61 @@ def test_ci_never_removes_a_folder_of_the_callers(tmp_path, keep):
     mine = tmp_path / "my-venv"
     done, _ = _run_ci(tmp_path, SCASEG_CI_VENV=str(mine), SCASEG_CI_KEEP_VENV=keep)
     assert done.returncode == 3 and (mine / "marker").is_file()
+
+
+def _run_ci_to_the_tests(tmp_path: Path, pytest_rc: int = 0, **env_extra: str) -> tuple[subprocess.CompletedProcess, Path, str]:
+    """Run .ci/run with a python3 whose "venv" installs nothing and whose pytest, as the real suite does, fills
+    TMPDIR (pytest-of-* included) and its --basetemp; returns (result, the caller's TMPDIR, what pytest was given)."""
+    template = tmp_path / "template" / "bin"
+    template.mkdir(parents=True)
+    (template / "activate").write_text('PATH="$(dirname "${BASH_SOURCE[0]}"):$PATH"\n')
+    (template / "python").write_text("#!/bin/sh\nexit 0\n")
+    record = tmp_path / "pytest-args"
+    (template / "pytest").write_text(
+        "#!/bin/sh\n"
+        f'echo "TMPDIR=$TMPDIR $*" > "{record}"\n'
+        'mkdir -p "$TMPDIR/pytest-of-me/pytest-0/t0" && echo big > "$TMPDIR/pytest-of-me/pytest-0/t0/f"\n'
+        'for a in "$@"; do case "$a" in --basetemp=*) d="${a#--basetemp=}"; mkdir -p "$d/t1" && echo big > "$d/t1/f";; esac; done\n'
+        f"exit {pytest_rc}\n")
+    for name in ("python", "pytest"):
+        (template / name).chmod(0o755)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "python3"
+    stub.write_text(f'#!/bin/sh\nmkdir -p "$3" && cp -r "{template.parent}/." "$3" && touch "$3/marker"\n')
+    stub.chmod(0o755)
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(tmpdir)}
+    env.pop("SCASEG_CI_VENV", None)
+    env.pop("SCASEG_CI_KEEP_VENV", None)
+    env.update(env_extra)
+    done = subprocess.run(["bash", str(ROOT / ".ci" / "run")], capture_output=True, text=True, env=env, timeout=60)
+    return done, tmpdir, record.read_text() if record.exists() else ""
+
+
+@pytest.mark.parametrize("pytest_rc", [0, 1])
+def test_the_suites_temporary_folders_go_with_the_run(tmp_path, pytest_rc):
+    done, tmpdir, given = _run_ci_to_the_tests(tmp_path, pytest_rc)
+    assert done.returncode == pytest_rc, done.stderr
+    (folder,) = [line for line in given.split() if line.startswith("TMPDIR=")]
+    (base,) = [arg for arg in given.split() if arg.startswith("--basetemp=")]
+    for path in (folder.split("=", 1)[1], base.split("=", 1)[1]):  # inside the run's own temporary folder
+        assert Path(path).parent.parent.parent == tmpdir, given
+    assert list(tmpdir.iterdir()) == [], "left behind: " + ", ".join(str(p) for p in tmpdir.rglob("*"))
+
+
+def test_keeping_the_environment_does_not_keep_the_suites_folders(tmp_path):
+    done, tmpdir, given = _run_ci_to_the_tests(tmp_path, SCASEG_CI_KEEP_VENV="1")
+    assert done.returncode == 0, done.stderr
+    (kept,) = tmpdir.glob("*/venv/marker")
+    assert f"kept the virtual environment {kept.parent}" in done.stderr
+    assert [p.name for p in tmpdir.glob("*/*")] == ["venv"]
+
+
+def test_a_callers_environment_still_gets_the_suites_folders_removed(tmp_path):
+    mine = tmp_path / "my-venv"
+    done, tmpdir, given = _run_ci_to_the_tests(tmp_path, SCASEG_CI_VENV=str(mine))
+    assert done.returncode == 0, done.stderr
+    assert (mine / "marker").is_file() and "--basetemp=" in given
+    assert list(tmpdir.iterdir()) == []

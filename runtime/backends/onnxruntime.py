@@ -85,7 +85,9 @@ class OnnxRuntimeBackend(Backend):
         opts.enable_cpu_mem_arena = self.memory.cpu_arena
         opts.enable_mem_pattern = self.memory.mem_pattern
         opts.intra_op_num_threads = int(threads)
-        opts.log_severity_level = 3  # errors only: provider fallbacks are reported through .device instead
+        # Fatal only: a failed run raises an exception that says the same thing (the command prints it as one
+        # sentence), and provider fallbacks are reported through .device instead.
+        opts.log_severity_level = 4
         try:
             return ort.InferenceSession(path, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own pybind exception types for every load failure

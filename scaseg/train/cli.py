@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import signal
 import sys
 from typing import Any, List, Optional, Tuple
 
@@ -14,11 +13,6 @@ from scaseg.errors import ScasegError, run_cli, version_option
 app = make_app("Train SCASeg. Under torchrun every process runs this same command (DDP with SyncBN).")
 
 KINDS = ("auto", "cityscapes", "ade20k", "voc", "cocostuff", "folder")
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    # torchrun and job schedulers stop workers with SIGTERM: unwind like Ctrl-C so temporary files are removed.
-    raise KeyboardInterrupt
 
 
 @app.command()
@@ -88,7 +82,6 @@ def main_command(
         raise ScasegError(f"unknown --dataset {cfg_dict['dataset']!r} (expected one of {', '.join(KINDS)})")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg_dict.items() if k in fields})
-    signal.signal(signal.SIGTERM, _on_sigterm)
     summary = train(cfg)
     if summary.get("is_main", True):
         line = f"scaseg-train: {cfg.variant}, {summary['iterations']} iterations, {summary['images_per_s']:.2f} images/s"

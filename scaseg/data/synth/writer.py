@@ -11,7 +11,7 @@ import numpy as np
 
 from scaseg.data.synth.render import check_size, render_scene, render_video
 from scaseg.data.synth.world import BUILDING, CAR, EGO, PERSON, ROAD, SIDEWALK, SKY, SYNTH_CLASSES, VEGETATION
-from scaseg.errors import ScasegError
+from scaseg.errors import ScasegError, starting_workers, worker_init
 from scaseg.data.images import VideoFile, write_image
 from scaseg.fileio import atomic_dir, check_dir_output, write_bytes
 
@@ -40,13 +40,6 @@ def _write_scene(tmp: Path, seed: int, i: int, split: str, size: tuple[int, int]
     return np.bincount(label.ravel(), minlength=256)
 
 
-def _ignore_sigint() -> None:
-    # Worker processes leave Ctrl-C to the parent, which stops the pool and removes the unfinished folder.
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _write_scenes(tmp: Path, seed: int, splits: list[str], size: tuple[int, int], workers: int, bar) -> np.ndarray:
     """Every scene, in ``workers`` processes (1: this one); the files do not depend on the worker count."""
     counts = np.zeros(256, dtype=np.int64)
@@ -56,10 +49,17 @@ def _write_scenes(tmp: Path, seed: int, splits: list[str], size: tuple[int, int]
             bar.update(1)
         return counts
     import multiprocessing
+    import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint) as pool:
-        jobs = [pool.submit(_write_scene, tmp, seed, i, split, size) for i, split in enumerate(splits)]
+    # Workers leave Ctrl-C, SIGTERM and SIGHUP to this process, which stops the pool (waiting for its workers, so
+    # that none outlives the command) and removes the unfinished folder; they exit on their own if it is killed.
+    with starting_workers():  # the pool starts the resource tracker (it ignores SIGINT and SIGTERM, not SIGHUP)
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init,
+                                   initargs=(os.getpid(),))
+    with pool:
+        with starting_workers():  # the workers start on the first submits
+            jobs = [pool.submit(_write_scene, tmp, seed, i, split, size) for i, split in enumerate(splits)]
         try:
             for job in as_completed(jobs):
                 counts += job.result()
