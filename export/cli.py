@@ -16,7 +16,7 @@ from typing import Any, Iterator, List, Literal, Optional
 
 import typer
 
-from scaseg.cli import SIZE_METAVAR, make_app, parse_size, quiet_option
+from scaseg.cli import SIZE_METAVAR, make_app, parse_imgsz, quiet_option
 from scaseg.errors import ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_path, check_output, created_folders, refuse_overwrite, remove_stale, temp_token
 from scaseg.progress import progress, write
@@ -195,7 +195,7 @@ def _check_inputs(o: Args) -> Plan:
     from scaseg.export.onnx_export import ExportOptions, parse_dynamic, parse_query_chunk
 
     dyn_batch, dyn_spatial = parse_dynamic(o.dynamic)
-    input_hw = parse_size(o.imgsz)
+    input_hw = parse_imgsz(o.imgsz)
     opts = ExportOptions(
         imgsz=input_hw or (512, 512), batch=o.batch, dynamic_batch=dyn_batch, dynamic_spatial=dyn_spatial,
         opset=o.opset, sca_op=o.sca_op, output=o.head, simplify=o.simplify,
@@ -204,8 +204,8 @@ def _check_inputs(o: Args) -> Plan:
     opts.validate()
     if o.parity_images < 1:
         raise ScasegError(f"--parity-images must be at least 1, got {o.parity_images}")
-    if o.tolerance < 0:
-        raise ScasegError(f"--tolerance must be >= 0, got {o.tolerance}")
+    if not 0 <= o.tolerance < float("inf"):  # nan too: it passed "< 0" and then failed every parity comparison
+        raise ScasegError(f"--tolerance must be a finite number >= 0 (the largest |logit diff| accepted), got {o.tolerance}")
     prec, form = o.precision, o.fmt
     target = o.int8_target if o.int8_target is not None else ("tensorrt" if form == "engine" else "cpu")
     if form == "engine" and prec == "int8" and target == "cpu":

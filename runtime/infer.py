@@ -13,7 +13,7 @@ import numpy as np
 import typer
 
 from scaseg import DEFAULT_MODEL_FILE, default_model, progress
-from scaseg.cli import make_app, parse_size, quiet_option
+from scaseg.cli import make_app, parse_imgsz, quiet_option
 from scaseg.runtime.backends import open_backend
 from scaseg.errors import Interrupted, ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_dir, atomic_path, check_dir_output, check_output, refuse_overwrite, write_bytes
@@ -112,6 +112,7 @@ def infer(
     """Segment SOURCE with MODEL and write an overlay video / images or label maps."""
     kind = "labels" if save_labels else fmt
     parse_threads(threads)
+    size = parse_imgsz(imgsz)
     if not save and not show:
         raise ScasegError("--no-save without --show would do nothing; add --show or drop --no-save")
     if show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -125,7 +126,7 @@ def infer(
         if target != "none":
             _check_target(out, target, source, model_path)
         predictor = Predictor(open_backend(model_path, backend.value, device=device, threads=parse_threads(threads),
-                                           memory=memory.value), parse_size(imgsz), batch, resize=resize)
+                                           memory=memory.value), size, batch, resize=resize)
         chosen = settle(predictor.backend, predictor.size, predictor.batch)
         if not quiet:  # once the model and the output are known to be good, so that an error stays one line
             print(f"scaseg-infer: model {model_path}" + (f" ({origin})" if origin else "")

@@ -2,7 +2,8 @@
 
 The conventions (README, "The commands"):
 - ``-o/--output`` is where the command writes; ``-q/--quiet`` drops progress; ``-h/--help`` and ``--version``.
-- A size (``--imgsz``, ``--crop``, ``--val-size``, ``--size``) is ``N`` (square) or ``HxW``: :func:`parse_size`.
+- A size (``--imgsz``, ``--crop``, ``--val-size``, ``--size``) is ``N`` (square) or ``HxW``: :func:`parse_size`;
+  a network input size (``--imgsz`` of scaseg-export, scaseg-infer and scaseg-bench) is at least ``MIN_IMGSZ``.
 - ``--help`` lists every option with its default, flags as flags and choices as ``a|b|c``.
 """
 from __future__ import annotations
@@ -13,6 +14,9 @@ from scaseg.errors import ScasegError
 
 SIZE_METAVAR = "N|HxW"
 SIZE_SYNTAX = "N (square) or HxW in pixels, e.g. 512 or 512x1024"
+# Below one stride-32 cell SCASeg's last encoder stage has nothing to pool; from 32 up any H, W works (ceil pooling,
+# no multiple-of-32 rule). One minimum for every command that sets a network input size.
+MIN_IMGSZ = 32
 
 
 def make_app(help: Optional[str]) -> Any:
@@ -43,6 +47,11 @@ def parse_size(text: Optional[str], option: str = "--imgsz", minimum: int = 1) -
     if min(dims) < minimum:
         raise ScasegError(f"{option} {text!r} is too small: at least {minimum} pixels per side")
     return dims[0], dims[1]
+
+
+def parse_imgsz(text: Optional[str], option: str = "--imgsz") -> Optional[tuple[int, int]]:
+    """A network input size: :func:`parse_size` with SCASeg's smallest side, for export, infer and bench alike."""
+    return parse_size(text, option, minimum=MIN_IMGSZ)
 
 
 def size_type(text: str) -> tuple[int, int]:
