@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -20,7 +21,7 @@ from scaseg.data.datasets import SegDataset, detect_kind, list_images, open_data
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path
 from scaseg.metadata import ModelInfo
-from scaseg.data.images import read_image
+from scaseg.data.images import native_path, read_image
 from scaseg.runtime.predictor import output_to_labels
 from scaseg.runtime.preprocess import Geometry, preprocess
 from scaseg.suffixes import IMAGE_SUFFIXES
@@ -93,9 +94,16 @@ def _open_source(source: str) -> tuple[Path, str, Optional[list[Item]]]:
     return root, kind, None
 
 
+def _have_reader(path: Path) -> bool:
+    if not path.is_file():  # a FIFO would block the header read forever
+        return False
+    with native_path(path) as name:
+        return cv2.haveImageReader(name)
+
+
 def _refuse_undecodable(root: Path, paths: Sequence[Path]) -> None:
     """Name the files no decoder recognises (by their first bytes, nothing is decoded) before any work."""
-    bad = [p for p in paths if not cv2.haveImageReader(str(p))]
+    bad = [p for p in paths if not _have_reader(p)]
     if bad:
         names = ", ".join(p.name for p in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         count = "all" if len(bad) == len(paths) else str(len(bad))
@@ -199,9 +207,9 @@ def cache_key(graph_bytes: bytes, info: ModelInfo, items: Sequence[Item]) -> dic
     for it in items:
         try:
             st = it.path.stat()
-            files.update(f"{it.path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            files.update(os.fsencode(f"{it.path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n"))
         except OSError:
-            files.update(f"{it.path}|missing\n".encode())
+            files.update(os.fsencode(f"{it.path}|missing\n"))
     return {
         "version": CACHE_VERSION,
         "model": hashlib.sha256(graph_bytes).hexdigest(),

@@ -16,7 +16,7 @@ from typing import Any, Iterator, List, Literal, Optional
 
 import typer
 
-from scaseg.cli import SIZE_METAVAR, make_app, parse_imgsz, quiet_option
+from scaseg.cli import SIZE_METAVAR, make_app, parse_imgsz, quiet_option, require_utf8
 from scaseg.errors import ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_path, check_output, created_folders, refuse_overwrite, remove_stale, temp_token
 from scaseg.progress import progress, write
@@ -181,6 +181,8 @@ def _engine_from_onnx(o: Args) -> None:
     named = source.stem.endswith(f".{o.precision}")  # model.fp16.onnx -> model.fp16.engine
     dest = o.output.expanduser() if o.output else (source.with_suffix(ENGINE_SUFFIX) if named else
                                                    default_output(source, "engine", o.precision))
+    require_utf8(source, "the ONNX model")
+    require_utf8(dest, "the output")
     summary = build_from_onnx(
         source, dest, precision=o.precision, tensorrt=o.tensorrt, compute_capabilities=o.compute_capability,
         calib=o.calib, calib_num=o.calib_num, calib_method=o.calib_method, calib_cache=o.calib_cache,
@@ -234,6 +236,7 @@ def _check_inputs(o: Args) -> Plan:
                 raise ScasegError("--precision int8 needs --calib DIR, a folder of calibration images")
             api.data.open_calibration(str(o.calib.expanduser()), o.calib_num)  # lists and checks the images, reads none
     dest = (o.output.expanduser() if o.output else default_output(checkpoint, form, prec))
+    require_utf8(dest, "the output")
     if form == "triton":  # a model repository: other models in it stay, ours is replaced as a whole
         check_output(dest, folder=True)
     else:

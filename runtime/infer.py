@@ -25,7 +25,7 @@ from scaseg.runtime.predictor import Predictor
 from scaseg.suffixes import IMAGE_SUFFIXES, LABEL_OUTPUT_SUFFIXES, VIDEO_OUTPUT_SUFFIXES, VIDEO_SUFFIXES
 from scaseg.runtime.pipeline import StopPipeline, run_pipeline
 from scaseg.runtime.sinks import ImageSink, VideoSink
-from scaseg.runtime.sources import Frame, Source, open_source
+from scaseg.runtime.sources import Frame, Source, camera_index, is_url, open_source
 
 app = make_app(__doc__)
 
@@ -75,7 +75,7 @@ def _check_output(source: Source, out: Path, fmt: str) -> str:
 
 def _check_target(out: Path, target: str, source: str, model: str) -> None:
     """Before any work: the output can be written, replaces no input and no folder of the user's."""
-    local = [] if "://" in source or source.strip().isdigit() else [source]
+    local = [] if is_url(source.strip()) or camera_index(source.strip()) is not None else [source]
     refuse_overwrite([out], local + [model])
     if target == "folder":
         check_dir_output(out, owned=_is_infer_output, what="scaseg-infer output (it has no " + RECORD + ")")

@@ -4,17 +4,22 @@ Datasets, calibration, the runtime's sources and the benchmark all decode throug
 (IMREAD_UNCHANGED, then :func:`to_rgb_uint8`), so 16-bit, grayscale and RGBA files mean the same everywhere.
 Every image and video a command writes goes through :func:`write_image` / :class:`VideoFile`, which fail in one
 sentence when the bytes did not arrive (OpenCV's writers report a full disk by returning False, or not at all).
+Every file name handed to OpenCV goes through :func:`native_path` (OpenCV crashed on names that are not UTF-8).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 
 import cv2
 import numpy as np
 
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
+from scaseg.cli import is_utf8, special_file
 from scaseg.errors import ScasegError
 from scaseg.fileio import write_bytes
 from scaseg.suffixes import VIDEO_FOURCC
@@ -59,8 +64,9 @@ def decode_image(data: bytes, what: str = "the image") -> np.ndarray:
 
 def read_image(path: str) -> np.ndarray:
     """Read an image file as RGB uint8; unreadable files raise ScasegError naming the path."""
-    if not os.path.isfile(path):
-        raise ScasegError(f"image not found: {path}")
+    if not os.path.isfile(path):  # a FIFO would block the read below forever
+        special = special_file(path)
+        raise ScasegError(f"the image {path} is {special}, not a file" if special else f"image not found: {path}")
     return decode_image(np.fromfile(path, dtype=np.uint8).tobytes(), f"the image {path}")
 
 
@@ -71,6 +77,36 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     if not ok:
         raise ScasegError(f"OpenCV cannot encode a {image.dtype} image of shape {tuple(image.shape)} as {p.suffix or '.png'}")
     write_bytes(p, data.tobytes())
+
+
+@contextlib.contextmanager
+def native_path(path: str | os.PathLike) -> Iterator[str]:
+    """``path`` as text OpenCV can take: itself when it is valid UTF-8, else a link with an ASCII name to it.
+
+    The link lives in a private temporary folder, removed on exit: open the file (cv2.VideoCapture, cv2.VideoWriter)
+    inside the ``with``; the open file stays usable after the link is gone.
+    """
+    text = os.fspath(path)
+    if is_utf8(text):
+        yield text
+        return
+    suffix = os.path.splitext(text)[1]
+    folder = ""
+    try:
+        folder = tempfile.mkdtemp(prefix="scaseg-name-")
+        link = os.path.join(folder, "file" + (suffix if suffix.isascii() else ""))
+        if not is_utf8(link):
+            raise OSError("the temporary folder is not named in UTF-8")
+        os.symlink(os.path.abspath(text), link)
+    except OSError as exc:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise ScasegError(f"cannot open {text}: OpenCV takes only UTF-8 file names and no link to it could be "
+                          f"made ({exc.strerror or exc}); rename it") from None
+    try:
+        yield link
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class VideoFile:
@@ -93,7 +129,8 @@ class VideoFile:
         """Append one frame (BGR or grayscale uint8); a frame of another size is resized to the first one's."""
         if self.writer is None:
             self.size = (bgr.shape[1], bgr.shape[0])
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*self.fourcc), self.fps, self.size)
+            with native_path(self.path) as target:  # FFmpeg opens the file here and keeps it open
+                self.writer = cv2.VideoWriter(target, cv2.VideoWriter.fourcc(*self.fourcc), self.fps, self.size)
             if not self.writer.isOpened():
                 raise ScasegError(f"OpenCV cannot write a {self.fourcc} video of {self.size[0]}x{self.size[1]} to "
                                   f"{self.name}")
@@ -119,7 +156,10 @@ def check_video(path: str | os.PathLike, frames: int, name: Optional[str] = None
     """Raise ScasegError unless ``path`` opens as a video of ``frames`` (+- ``slack``) frames."""
     shown = name or str(path)
     size = os.path.getsize(path) if os.path.isfile(path) else 0
-    cap = cv2.VideoCapture(str(path)) if size else None
+    cap = None
+    if size:
+        with native_path(path) as target:
+            cap = cv2.VideoCapture(target)
     try:
         if cap is None or not cap.isOpened():
             raise ScasegError(f"cannot write {shown}: the video file is incomplete ({size} bytes; disk full?); "
