@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,11 @@ import numpy as np
 
 from scaseg.calibration.ranges import BINS, TensorStats
 from scaseg.data.datasets import SegDataset, detect_kind, list_images, open_dataset
+from scaseg.data.image_headers import ImageTooLarge, probe_image
+from scaseg.data.images import read_image
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path
 from scaseg.metadata import ModelInfo
-from scaseg.data.image_headers import ImageTooLarge, probe_image
-from scaseg.data.images import read_image
 from scaseg.progress import write
 from scaseg.runtime.predictor import output_to_labels
 from scaseg.runtime.preprocess import Geometry, preprocess
@@ -235,9 +236,9 @@ def cache_key(graph_bytes: bytes, info: ModelInfo, items: Sequence[Item]) -> dic
     for it in items:
         try:
             st = it.path.stat()
-            files.update(f"{it.path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            files.update(os.fsencode(f"{it.path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n"))
         except OSError:
-            files.update(f"{it.path}|missing\n".encode())
+            files.update(os.fsencode(f"{it.path}|missing\n"))
     return {
         "version": CACHE_VERSION,
         "model": hashlib.sha256(graph_bytes).hexdigest(),

@@ -16,7 +16,7 @@ from typing import Any, Iterator, List, Literal, Optional
 
 import typer
 
-from scaseg.cli import SIZE_METAVAR, make_app, parse_size, quiet_option
+from scaseg.cli import SIZE_METAVAR, make_app, parse_imgsz, quiet_option, require_utf8
 from scaseg.errors import EXTRAS, ScasegError, missing_package, run_cli, version_option
 from scaseg.fileio import atomic_path, check_output, created_folders, refuse_overwrite, remove_stale, temp_token
 from scaseg.progress import progress, write
@@ -182,8 +182,12 @@ def _engine_from_onnx(o: Args) -> None:
                           "(--format engine); export a checkpoint for --format onnx or triton")
     from scaseg.export.from_onnx import build_from_onnx
 
+    source = o.checkpoint.expanduser()
+    require_utf8(source, "the ONNX model")
+    if o.output:  # the default output is the source's name with another suffix
+        require_utf8(o.output.expanduser(), "the output")
     dest, precision, summary = build_from_onnx(
-        o.checkpoint.expanduser(), o.output.expanduser() if o.output else None, precision=o.precision,
+        source, o.output.expanduser() if o.output else None, precision=o.precision,
         tensorrt=o.tensorrt, compute_capabilities=o.compute_capability, calib=o.calib, calib_num=o.calib_num,
         calib_method=o.calib_method, calib_cache=o.calib_cache, max_miou_drop=o.max_miou_drop,
         workspace_gib=o.workspace, timing_cache=o.timing_cache, dla_core=o.dla_core, verbose=o.verbose, say=_say)
@@ -196,7 +200,7 @@ def _check_inputs(o: Args) -> Plan:
     from scaseg.export.onnx_export import ExportOptions, parse_dynamic, parse_query_chunk
 
     dyn_batch, dyn_spatial = parse_dynamic(o.dynamic)
-    input_hw = parse_size(o.imgsz)
+    input_hw = parse_imgsz(o.imgsz)
     opts = ExportOptions(
         imgsz=input_hw or (512, 512), batch=o.batch, dynamic_batch=dyn_batch, dynamic_spatial=dyn_spatial,
         opset=o.opset, sca_op=o.sca_op, output=o.head, simplify=o.simplify,
@@ -205,8 +209,8 @@ def _check_inputs(o: Args) -> Plan:
     opts.validate()
     if o.parity_images < 1:
         raise ScasegError(f"--parity-images must be at least 1, got {o.parity_images}")
-    if o.tolerance < 0:
-        raise ScasegError(f"--tolerance must be >= 0, got {o.tolerance}")
+    if not 0 <= o.tolerance < float("inf"):  # nan too: it passed "< 0" and then failed every parity comparison
+        raise ScasegError(f"--tolerance must be a finite number >= 0 (the largest |logit diff| accepted), got {o.tolerance}")
     prec, form = o.precision, o.fmt
     assert prec is not None  # export() settled it: fp32 unless asked
     target = o.int8_target if o.int8_target is not None else ("tensorrt" if form == "engine" else "cpu")
@@ -236,6 +240,7 @@ def _check_inputs(o: Args) -> Plan:
                 raise ScasegError("--precision int8 needs --calib DIR, a folder of calibration images")
             api.data.open_calibration(str(o.calib.expanduser()), o.calib_num)  # lists and checks the images, reads none
     dest = (o.output.expanduser() if o.output else default_output(checkpoint, form, prec))
+    require_utf8(dest, "the output")
     if form == "triton":  # a model repository: other models in it stay, ours is replaced as a whole
         check_output(dest, folder=True)
     else:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from scaseg.export.simplify import decompose_layer_norm, simplify
 from scaseg.export.sca import (MAX_GRID_POINTS, SCA_MODES, QueryChunk, attach_function, export_attention,
                                rows_per_tile)
+from scaseg.cli import MIN_IMGSZ
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo, write_onnx_metadata
 from scaseg.models.decoder import StripCrossAttention
@@ -29,9 +30,9 @@ from scaseg.models.decoder import StripCrossAttention
 # The TorchScript exporter writes opsets up to 20; 17 is the floor (LayerNormalization-era ops, TensorRT 8.5's maximum).
 MIN_OPSET, MAX_OPSET = 17, 20
 DEFAULT_OPSET = 17
-# Below one stride-32 cell the encoder's last stage has nothing to pool; any size from here up works (ceil pooling),
-# so a static graph takes any H, W >= 32 as is: no padding, no multiple-of-32 rule.
-MIN_SIDE = 32
+# A static graph takes any H, W from scaseg.cli's MIN_IMGSZ (one stride-32 cell) up as is: no padding, no multiple-of-32
+# rule; the same minimum holds for scaseg-infer's and scaseg-bench's --imgsz.
+MIN_SIDE = MIN_IMGSZ
 OUTPUT_KINDS = ("logits", "labels")
 
 

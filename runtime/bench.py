@@ -16,7 +16,7 @@ import numpy as np
 import typer
 
 from scaseg import DEFAULT_MODEL_FILE, default_model
-from scaseg.cli import make_app, parse_size, quiet_option
+from scaseg.cli import make_app, parse_imgsz, quiet_option
 from scaseg.runtime.backends import ModelFile, model_file, open_backend
 from scaseg.errors import ScasegError, check_memory, run_cli, version_option
 from scaseg.fileio import atomic_path, check_output, refuse_overwrite, same_path
@@ -289,7 +289,7 @@ def bench(
     files = [model_file(path) for path in models]  # fail on a typo before spending minutes on the models before it
     if data is not None and not Path(data).expanduser().is_dir():
         raise ScasegError(f"dataset folder not found: {data}")
-    size = parse_size(imgsz)
+    size = parse_imgsz(imgsz)
     parse_threads(threads)
     writers = {".json": "json", ".csv": "csv"}
     for dest in output:

@@ -13,7 +13,7 @@ import numpy as np
 import typer
 
 from scaseg import DEFAULT_MODEL_FILE, default_model, progress
-from scaseg.cli import make_app, parse_size, quiet_option
+from scaseg.cli import make_app, parse_imgsz, quiet_option
 from scaseg.runtime.backends import open_backend
 from scaseg.errors import Interrupted, ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_dir, atomic_path, check_dir_output, check_output, refuse_overwrite, write_bytes
@@ -25,7 +25,7 @@ from scaseg.runtime.predictor import Predictor
 from scaseg.suffixes import IMAGE_SUFFIXES, LABEL_OUTPUT_SUFFIXES, VIDEO_OUTPUT_SUFFIXES, VIDEO_SUFFIXES
 from scaseg.runtime.pipeline import StopPipeline, run_pipeline
 from scaseg.runtime.sinks import ImageSink, VideoSink
-from scaseg.runtime.sources import Frame, Source, open_source
+from scaseg.runtime.sources import Frame, Source, camera_index, is_url, open_source
 
 app = make_app(__doc__)
 
@@ -75,7 +75,7 @@ def _check_output(source: Source, out: Path, fmt: str) -> str:
 
 def _check_target(out: Path, target: str, source: str, model: str) -> None:
     """Before any work: the output can be written, replaces no input and no folder of the user's."""
-    local = [] if "://" in source or source.strip().isdigit() else [source]
+    local = [] if is_url(source.strip()) or camera_index(source.strip()) is not None else [source]
     refuse_overwrite([out], local + [model])
     if target == "folder":
         check_dir_output(out, owned=_is_infer_output, what="scaseg-infer output (it has no " + RECORD + ")")
@@ -112,6 +112,7 @@ def infer(
     """Segment SOURCE with MODEL and write an overlay video / images or label maps."""
     kind = "labels" if save_labels else fmt
     parse_threads(threads)
+    size = parse_imgsz(imgsz)
     if not save and not show:
         raise ScasegError("--no-save without --show would do nothing; add --show or drop --no-save")
     if show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -125,7 +126,7 @@ def infer(
         if target != "none":
             _check_target(out, target, source, model_path)
         predictor = Predictor(open_backend(model_path, backend.value, device=device, threads=parse_threads(threads),
-                                           memory=memory.value), parse_size(imgsz), batch, resize=resize)
+                                           memory=memory.value), size, batch, resize=resize)
         chosen = settle(predictor.backend, predictor.size, predictor.batch)
         if not quiet:  # once the model and the output are known to be good, so that an error stays one line
             print(f"scaseg-infer: model {model_path}" + (f" ({origin})" if origin else "")

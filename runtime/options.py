@@ -8,7 +8,7 @@ import typer
 
 from scaseg.cli import SIZE_METAVAR
 from scaseg.runtime.backends import BACKENDS
-from scaseg.runtime.backends.threads import AUTO, PROBE_MAX_PIXELS
+from scaseg.runtime.backends.threads import AUTO, MAX_THREADS_PER_CPU, PROBE_MAX_PIXELS
 from scaseg.runtime.memory import DEFAULT_MEMORY, MEMORY_MODES
 
 # An Enum so that --help lists the choices and the parser refuses others; built from the one list of backends.
@@ -50,7 +50,8 @@ def threads_option() -> Any:
                         help="CPU threads for inference (ONNX Runtime, PyTorch, OpenVINO). auto: for inputs up to "
                         f"{PROBE_MAX_PIXELS // 1024}K pixels (batch x H x W) 1 thread and every core are timed at "
                         "load and the faster is kept; larger inputs use every core. The choice is printed. "
-                        "OpenVINO takes N; with auto it keeps its own thread count.")
+                        "OpenVINO takes N; with auto it keeps its own thread count. N: 1 to "
+                        f"{MAX_THREADS_PER_CPU} per CPU.")
 
 
 def imgsz_option() -> Any:

@@ -1,8 +1,14 @@
-"""Frame sources for scaseg-infer: a video file, a camera, a network stream, one image or a folder of images."""
+"""Frame sources for scaseg-infer: a video file, a camera, a network stream, one image or a folder of images.
+
+What may be a source (:func:`open_source`, the one rule): a regular file (video or image), a folder of images, a
+camera the user named (an index of ASCII digits, or a ``/dev/video*`` device), or a URL. Any other special file (a
+FIFO, a socket, another device) is refused at once: reading one can block forever or never end.
+"""
 from __future__ import annotations
 
 import math
 import os
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +17,9 @@ from typing import Iterator, Optional
 import cv2
 import numpy as np
 
+from scaseg.cli import is_utf8, special_file
 from scaseg.errors import ScasegError
-from scaseg.data.images import read_image, to_rgb_uint8
+from scaseg.data.images import native_path, read_image, to_rgb_uint8
 from scaseg.suffixes import IMAGE_SUFFIXES
 
 # FFmpeg's own log lines ("Truncating packet...", "EBML header parsing failed") would bury the one-sentence
@@ -28,6 +35,11 @@ except (ImportError, AttributeError):  # older OpenCV builds without the logging
 # Consecutive undecodable frames tolerated inside a video before the rest is treated as unreadable.
 MAX_BAD_FRAMES = 30
 FALLBACK_FPS = 30.0
+# A camera index: up to 4 ASCII digits, as OpenCV reads them (a device number, or a backend's CAP_* base plus one,
+# e.g. 200 for V4L2's camera 0). Anything else (a Unicode digit such as "²", 23 digits) is a path.
+CAMERA_INDEX = re.compile(r"[0-9]{1,4}")
+# V4L2 cameras (Linux), also when reached through a /dev/v4l/by-id/... link.
+VIDEO_DEVICE = re.compile(r"/dev/video[0-9]+")
 
 
 @dataclass
@@ -62,7 +74,11 @@ class CaptureSource(Source):
 
     def __init__(self, target: str | int, kind: str, name: str) -> None:
         self.kind, self.name, self.target = kind, name, target
-        self.cap = cv2.VideoCapture(target)
+        if isinstance(target, int):
+            self.cap = cv2.VideoCapture(target)
+        else:
+            with native_path(target) as opened:  # FFmpeg opens the file here and keeps it open
+                self.cap = cv2.VideoCapture(opened)
         if not self.cap.isOpened():
             self.cap.release()
             raise ScasegError({
@@ -133,18 +149,36 @@ class ImageSource(Source):
             yield Frame(index, self._name(path), image)
 
 
+def camera_index(spec: str) -> Optional[int]:
+    """The camera index ``spec`` names (see CAMERA_INDEX), else None: then it is a URL or a path."""
+    return int(spec) if CAMERA_INDEX.fullmatch(spec) else None
+
+
+def is_url(spec: str) -> bool:
+    return "://" in spec
+
+
 def open_source(spec: str) -> Source:
-    """A camera index ("0"), a URL (rtsp://, http://...), an image, a folder of images, or a video file."""
+    """A camera index ("0") or device (/dev/video0), a URL (rtsp://, http://...), an image, a folder of images, or a
+    video file; anything else is refused in one sentence before a byte is read."""
     spec = str(spec).strip()
-    if spec.isdigit():
-        return CaptureSource(int(spec), "camera", f"camera{spec}")
-    if "://" in spec:
+    index = camera_index(spec)
+    if index is not None:
+        return CaptureSource(index, "camera", f"camera{spec}")
+    if is_url(spec):
+        if not is_utf8(spec):
+            raise ScasegError(f"the URL {spec} is not valid UTF-8; percent-encode its bytes (%FF)")
         stem = Path(spec.split("?")[0].rstrip("/")).stem or "stream"
         return CaptureSource(spec, "stream", stem)
     path = Path(spec).expanduser()
+    expected = "expected a video, an image, a folder of images, a camera index or a stream URL"
     if not path.exists():
-        raise ScasegError(f"source not found: {spec} (expected a video, an image, a folder of images, "
-                          "a camera index or a stream URL)")
+        raise ScasegError(f"source not found: {spec} ({expected})")
+    special = special_file(path)
+    if special is not None:
+        if VIDEO_DEVICE.fullmatch(os.path.realpath(path)):
+            return CaptureSource(str(path), "camera", path.name)
+        raise ScasegError(f"the source {spec} is {special}, not a file: {expected}")
     from scaseg.data.datasets import list_images
 
     if path.is_dir():

@@ -1,18 +1,30 @@
-"""What every scaseg-* command shares: one way to build the app, one size syntax, -o/--output and -q/--quiet.
+"""What every scaseg-* command shares: one way to build the app, one size syntax, -o/--output and -q/--quiet, and
+what a typed path may be.
 
 The conventions (README, "The commands"):
 - ``-o/--output`` is where the command writes; ``-q/--quiet`` drops progress; ``-h/--help`` and ``--version``.
-- A size (``--imgsz``, ``--crop``, ``--val-size``, ``--size``) is ``N`` (square) or ``HxW``: :func:`parse_size`.
+- A size (``--imgsz``, ``--crop``, ``--val-size``, ``--size``) is ``N`` (square) or ``HxW``: :func:`parse_size`;
+  a network input size (``--imgsz`` of scaseg-export, scaseg-infer and scaseg-bench) is at least ``MIN_IMGSZ``.
 - ``--help`` lists every option with its default, flags as flags and choices as ``a|b|c``.
+- File names that are not valid UTF-8 (a byte such as 0xFF, as a Latin-1 system names files): Python holds them as
+  text with surrogates, which C++ libraries cannot take (OpenCV crashed on them). OpenCV gets them through
+  ``scaseg.data.images.native_path``; files ONNX Runtime and TensorRT write or read by name are refused up front
+  (:func:`require_utf8`). Messages show such a name with ``\\udcff`` escapes (errors.run_cli's streams). A source or
+  input that is a FIFO, a socket or a device (:func:`special_file`) is refused: reading it can block forever.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import os
+import stat
+from typing import Any, Optional, Union
 
 from scaseg.errors import ScasegError
 
 SIZE_METAVAR = "N|HxW"
 SIZE_SYNTAX = "N (square) or HxW in pixels, e.g. 512 or 512x1024"
+# Below one stride-32 cell SCASeg's last encoder stage has nothing to pool; from 32 up any H, W works (ceil pooling,
+# no multiple-of-32 rule). One minimum for every command that sets a network input size.
+MIN_IMGSZ = 32
 
 
 def make_app(help: Optional[str]) -> Any:
@@ -45,6 +57,11 @@ def parse_size(text: Optional[str], option: str = "--imgsz", minimum: int = 1) -
     return dims[0], dims[1]
 
 
+def parse_imgsz(text: Optional[str], option: str = "--imgsz") -> Optional[tuple[int, int]]:
+    """A network input size: :func:`parse_size` with SCASeg's smallest side, for export, infer and bench alike."""
+    return parse_size(text, option, minimum=MIN_IMGSZ)
+
+
 def size_type(text: str) -> tuple[int, int]:
     """:func:`parse_size` as an argparse ``type=`` (the benchmarks/ scripts): a bad size is argparse's usage error."""
     import argparse
@@ -75,3 +92,35 @@ def quiet_option() -> Any:
 
     return typer.Option(False, "-q", "--quiet", callback=apply,
                         help="No progress output (results, warnings and errors still print).")
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` (a path or URL as Python holds it) encodes as UTF-8, i.e. has no surrogate escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def require_utf8(path: Union[str, "os.PathLike[str]"], what: str) -> None:
+    """Refuse, before any work, a file name ONNX Runtime or TensorRT would be handed and cannot take."""
+    if not is_utf8(os.fspath(path)):
+        raise ScasegError(f"file names must be valid UTF-8 (ONNX Runtime and TensorRT take no other): {what} "
+                          f"{path} is not")
+
+
+def special_file(path: Union[str, "os.PathLike[str]"]) -> Optional[str]:
+    """What ``path`` is when it exists and is neither a regular file nor a folder ("a FIFO", "a socket", "a
+    device"), else None. Reading such a file can block forever (a FIFO waits for a writer) or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file"

@@ -183,6 +183,9 @@ def run_cli(app: Callable[..., object], prog: Optional[str] = None, interrupted:
     ``--help`` and ``--version`` work as usual. Set SCASEG_DEBUG=1 to see the traceback instead.
     """
     name = prog or os.path.basename(sys.argv[0]) or "scaseg"
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 (surrogates) prints as \udcff, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     with _stop_signals() as stop:
         try:
             code = _invoke(app, name)

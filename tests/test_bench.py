@@ -40,13 +40,13 @@ def test_two_models_table_json_csv(tmp_path, capsys, monkeypatch):
         return real_decode(data)
 
     monkeypatch.setattr(bench, "decode_image", slow_decode)
-    code, out, err = run_main(main, [a, b, "--imgsz", "24x40", "--batch", "1", "-o", tmp_path / "r.json",
+    code, out, err = run_main(main, [a, b, "--imgsz", "40x56", "--batch", "1", "-o", tmp_path / "r.json",
                                      "--output", tmp_path / "r.csv"] + FAST, capsys, monkeypatch)
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0].split()[:3] == ["Model", "Backend", "Device"] and len(lines) == 3
     assert "static.onnx" in lines[1] and "1x32x48" in lines[1]  # a static model keeps its size
-    assert "dynamic_labels.onnx" in lines[2] and "1x24x40" in lines[2]
+    assert "dynamic_labels.onnx" in lines[2] and "1x40x56" in lines[2]
     report = json.loads((tmp_path / "r.json").read_text())
     assert [m["file"] for m in report["models"]] == ["static.onnx", "dynamic_labels.onnx"]
     for m in report["models"]:

@@ -9,7 +9,8 @@ times 1 thread and every core on the real input shape when the model is loaded a
 calls use every core (the faster choice at every such size measured, and the runtimes' own default).
 
 Backends take ``threads=None`` for auto, open with ``auto_threads`` and offer ``Backend.set_threads``; scaseg-bench
-and scaseg-infer call ``settle`` with the size and batch a Predictor runs. An explicit count is used as given.
+and scaseg-infer call ``settle`` with the size and batch a Predictor runs. An explicit count is used as given, up to
+``MAX_THREADS_PER_CPU`` per CPU (``check_thread_count``, also scaseg-train's bound).
 """
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ AUTO = "auto"
 #: ``auto`` (about 2 s for scaseg-t at 512x512 on 2 cores); larger calls use every core.
 PROBE_MAX_PIXELS = 512 * 512
 PROBE_RUNS = 3
+#: The bound of an explicit count. More threads than CPUs only time-slice the same CPUs (ONNX Runtime's pool threads
+#: spin while they wait), so a count past the CPUs is only ever an experiment on that cost; a few per CPU still
+#: measures it, thousands never finish starting (--threads 10000 hung infer, bench and train).
+MAX_THREADS_PER_CPU = 4
 
 
 def cpu_cores() -> int:
@@ -39,8 +44,25 @@ def cpu_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def max_threads() -> int:
+    """The most threads a command takes: MAX_THREADS_PER_CPU x the machine's logical CPUs."""
+    return MAX_THREADS_PER_CPU * max(cpu_cores(), os.cpu_count() or 1)
+
+
+def check_thread_count(count: int, option: str = "--threads", zero: Optional[str] = None) -> int:
+    """A thread count typed by a user, checked against 1..max_threads(); ``zero`` names what 0 means where it is
+    allowed (scaseg-train: "PyTorch's default"). The one bound of every command's --threads."""
+    limit = max_threads()
+    if (zero is not None and count == 0) or 1 <= count <= limit:
+        return count
+    if count > limit:
+        raise ScasegError(f"{option} {count} is more than {MAX_THREADS_PER_CPU} per CPU of this machine "
+                          f"({limit // MAX_THREADS_PER_CPU} CPUs): at most {limit}")
+    raise ScasegError(f"{option} must be {f'0 ({zero})' if zero is not None else 'auto'} or at least 1, got {count}")
+
+
 def parse_threads(value: Union[str, int, None], option: str = "--threads") -> Optional[int]:
-    """``"auto"``/None -> None (the rule decides); a positive integer -> itself; anything else: ScasegError."""
+    """``"auto"``/None -> None (the rule decides); 1..max_threads() -> itself; anything else: ScasegError."""
     if value is None:
         return None
     text = str(value).strip().lower()
@@ -50,9 +72,7 @@ def parse_threads(value: Union[str, int, None], option: str = "--threads") -> Op
         count = int(text)
     except ValueError:
         raise ScasegError(f"{option} must be auto or a whole number of threads, got {value!r}") from None
-    if count < 1:
-        raise ScasegError(f"{option} must be auto or at least 1, got {count}")
-    return count
+    return check_thread_count(count, option)
 
 
 def auto_threads(cores: Optional[int] = None) -> int:

@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Optional, Union
 
+from scaseg.cli import special_file
 from scaseg.errors import ScasegError, check_memory, format_bytes
 
 #: The most pixels an image may have to be decoded at all: 2**27, e.g. 16384x8192 (a 100-megapixel frame fits).
@@ -321,7 +322,7 @@ def open_regular(path: Union[str, os.PathLike], what: str) -> Iterator[tuple[Bin
     (a FIFO or a device is refused before it is opened: opening one could block)."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
-            raise ScasegError(f"image not found: {path} (not a regular file)")
+            raise ScasegError(f"{what} is {special_file(path) or 'a folder'}, not a file")
         f = open(path, "rb")
     except FileNotFoundError:
         raise ScasegError(f"image not found: {path}") from None

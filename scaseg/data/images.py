@@ -15,17 +15,21 @@ decoder, after the whole file has been read; it is set to the same bound as a se
 Photos are returned as they are meant to be seen: the EXIF orientation of a JPEG (APP1), PNG (eXIf) or WebP (EXIF)
 is applied here (IMREAD_UNCHANGED ignores it, IMREAD_COLOR would apply it but drop depth); OpenCV's TIFF decoder
 applies a TIFF's own Orientation tag itself. Label maps are decoded raw (:func:`read_raw`): never rotated by EXIF.
+Every file name handed to OpenCV goes through :func:`native_path` (OpenCV crashed on names that are not UTF-8).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional, Union
 
 import cv2
 import numpy as np
 
-from pathlib import Path
-from typing import Optional, Union
-
+from scaseg.cli import is_utf8
 from scaseg.data.image_headers import (EXIF_FORMATS, MAX_IMAGE_PIXELS, ImageHeader, ImageTooLarge, check_decodable,
                                        open_regular, parse_header, read_header)
 from scaseg.errors import ScasegError
@@ -154,6 +158,36 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     write_bytes(p, data.tobytes())
 
 
+@contextlib.contextmanager
+def native_path(path: str | os.PathLike) -> Iterator[str]:
+    """``path`` as text OpenCV can take: itself when it is valid UTF-8, else a link with an ASCII name to it.
+
+    The link lives in a private temporary folder, removed on exit: open the file (cv2.VideoCapture, cv2.VideoWriter)
+    inside the ``with``; the open file stays usable after the link is gone.
+    """
+    text = os.fspath(path)
+    if is_utf8(text):
+        yield text
+        return
+    suffix = os.path.splitext(text)[1]
+    folder = ""
+    try:
+        folder = tempfile.mkdtemp(prefix="scaseg-name-")
+        link = os.path.join(folder, "file" + (suffix if suffix.isascii() else ""))
+        if not is_utf8(link):
+            raise OSError("the temporary folder is not named in UTF-8")
+        os.symlink(os.path.abspath(text), link)
+    except OSError as exc:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise ScasegError(f"cannot open {text}: OpenCV takes only UTF-8 file names and no link to it could be "
+                          f"made ({exc.strerror or exc}); rename it") from None
+    try:
+        yield link
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class VideoFile:
     """cv2.VideoWriter that opens at the first frame's size and, on close, checks that the file plays.
 
@@ -174,7 +208,8 @@ class VideoFile:
         """Append one frame (BGR or grayscale uint8); a frame of another size is resized to the first one's."""
         if self.writer is None:
             self.size = (bgr.shape[1], bgr.shape[0])
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*self.fourcc), self.fps, self.size)
+            with native_path(self.path) as target:  # FFmpeg opens the file here and keeps it open
+                self.writer = cv2.VideoWriter(target, cv2.VideoWriter.fourcc(*self.fourcc), self.fps, self.size)
             if not self.writer.isOpened():
                 raise ScasegError(f"OpenCV cannot write a {self.fourcc} video of {self.size[0]}x{self.size[1]} to "
                                   f"{self.name}")
@@ -200,7 +235,10 @@ def check_video(path: str | os.PathLike, frames: int, name: Optional[str] = None
     """Raise ScasegError unless ``path`` opens as a video of ``frames`` (+- ``slack``) frames."""
     shown = name or str(path)
     size = os.path.getsize(path) if os.path.isfile(path) else 0
-    cap = cv2.VideoCapture(str(path)) if size else None
+    cap = None
+    if size:
+        with native_path(path) as target:
+            cap = cv2.VideoCapture(target)
     try:
         if cap is None or not cap.isOpened():
             raise ScasegError(f"cannot write {shown}: the video file is incomplete ({size} bytes; disk full?); "

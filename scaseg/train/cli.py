@@ -15,6 +15,13 @@ app = make_app("Train SCASeg. Under torchrun every process runs this same comman
 KINDS = ("auto", "cityscapes", "ade20k", "voc", "cocostuff", "folder")
 
 
+def _check_threads(count: int) -> int:
+    """--threads at the edge, with the bound every command's thread count has (runtime/backends/threads.py)."""
+    from scaseg.runtime.backends.threads import check_thread_count
+
+    return check_thread_count(count, "--threads", zero="PyTorch's default")
+
+
 @app.command()
 def main_command(
     ctx: typer.Context,
@@ -46,7 +53,7 @@ def main_command(
     resume: Optional[str] = typer.Option(None, "--resume", metavar="DIR", help="Continue the run in this output folder (options given here override).", show_default="a new run"),
     seed: int = typer.Option(0, "--seed", help="Random seed of initialisation, data order and augmentation (offset per process)."),
     device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda", help="Where to train (auto: CUDA when present)."),
-    threads: int = typer.Option(0, "--threads", help="torch threads per process (0: PyTorch's default)."),
+    threads: int = typer.Option(0, "--threads", callback=_check_threads, help="torch threads per process (0: PyTorch's default; at most 4 per CPU)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Keep the model and the batches in channels-last (NHWC) memory format: on a CPU the convolutions run faster (scaseg-t, 2 cores: measured in docs/training.md)."),
     class_weight: str = typer.Option("none", "--class-weight", metavar="none|balanced", help="Loss weight per class: balanced weighs rare classes up (ENet's 1/ln(1.02 + pixel share), from the train labels)."),
     ohem_thresh: float = typer.Option(0.0, "--ohem-thresh", metavar="P", help="Online hard-example mining: only pixels whose probability of their true class is below P count in the loss (SegNeXt's Cityscapes configs: 0.7); 0: every pixel."),
