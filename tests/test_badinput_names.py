@@ -178,3 +178,22 @@ def test_an_int8_export_calibrated_on_images_named_in_bytes_that_are_not_utf8(wo
     assert proc.returncode == 0, proc.stderr
     assert (work / "q8.onnx").stat().st_size > 0
     (work / "q8.onnx").unlink()
+
+
+@pytest.mark.parametrize("prog,args", [
+    ("scaseg-infer", ["i.png", "-m", "m~.onnx", "-o", "out.png"]),
+    ("scaseg-bench", ["m~.onnx", "--runs", "1"]),
+])
+def test_a_model_named_in_bytes_that_are_not_utf8_is_refused_by_name(work: Path, prog: str, args: list[str]) -> None:
+    # ONNX Runtime's constructor took the name and answered "incompatible constructor arguments".
+    line = refused(prog, [name(a) for a in args] + ["-q"], work, expect="must be valid UTF-8", timeout=120)
+    assert "the model" in line and "\\udcff" in line, line
+
+
+def test_a_checkpoint_named_in_bytes_that_are_not_utf8_runs(work: Path, tmp_path: Path) -> None:
+    # PyTorch reads the checkpoint through a Python file object: its name is no obstacle.
+    out = tmp_path / "out.png"
+    proc = subprocess.run(command("scaseg-infer", ["i.png", "-m", name("ck~.pth"), "-o", str(out), "-q"]),
+                          cwd=work, capture_output=True, text=True, env=env(), timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert cv2.imread(str(out)) is not None

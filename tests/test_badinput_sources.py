@@ -153,3 +153,16 @@ def test_a_tolerance_that_is_not_a_finite_non_negative_number_is_refused_before_
     line = refused(EXPORT, ["ck.pth", "-o", "t.onnx", f"--tolerance={tolerance}", "-q"], work,
                    expect="--tolerance must be a finite number", timeout=QUICK)
     assert tolerance in line
+
+
+@pytest.mark.parametrize("prog,args", [
+    (INFER, ["images", "-m", "pipe.onnx", "-o", "seg"]),
+    ("scaseg-bench", ["pipe.onnx", "--runs", "1"]),
+])
+def test_a_model_path_that_is_a_fifo_is_named_as_one(work: Path, prog: str, args: list[str]) -> None:
+    os.mkfifo(work / "pipe.onnx")
+    try:
+        line = refused(prog, args + ["-q"], work, expect="is a FIFO", timeout=QUICK)
+    finally:
+        (work / "pipe.onnx").unlink()
+    assert "expected a model file" in line, line

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from scaseg.runtime.backends.base import Backend, InputMetadata
+from scaseg.cli import require_utf8, special_file
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
-from scaseg.suffixes import CHECKPOINT_SUFFIXES as TORCH_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
+from scaseg.runtime.backends.base import Backend, InputMetadata
 from scaseg.runtime.memory import Memory
+from scaseg.suffixes import CHECKPOINT_SUFFIXES as TORCH_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "openvino:bf16", "tensorrt", "torch")
 
@@ -47,7 +48,7 @@ def model_file(path: str | os.PathLike) -> ModelFile:
     if not os.path.exists(path):
         raise ScasegError(f"model not found: {path}")
     if not os.path.isfile(path):
-        raise ScasegError(f"the model path {path} is a folder; expected a model file")
+        raise ScasegError(f"the model path {path} is {special_file(path) or 'a folder'}; expected a model file")
     if not os.access(path, os.R_OK):
         raise ScasegError(f"the model file {path} is not readable")
     return ModelFile(path)
@@ -72,6 +73,8 @@ def open_backend(
         raise ScasegError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     path = (model if isinstance(model, ModelFile) else model_file(model)).path
     kind = backend_for(path) if backend == "auto" else backend
+    if kind != "torch":  # ONNX Runtime, OpenVINO and TensorRT open the file by name (PyTorch reads a Python file)
+        require_utf8(path, "the model")
     if kind == "onnxruntime":
         from scaseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
