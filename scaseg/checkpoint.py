@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from scaseg.models.model import VARIANTS, SCASeg, build, from_config
-from scaseg.models.pretrained import NAMINGS, check_complete, find_encoder, hf_folder_files
+from scaseg.models.pretrained import NAMINGS, Encoder, check_complete, find_encoder, hf_folder_files
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path, write_error
 from scaseg.metadata import ModelInfo
@@ -273,22 +273,22 @@ def load_backbone(model: nn.Module, path: str | os.PathLike, *, map_location: An
     Accepted: the original SegNeXt / SegFormer releases, mmsegmentation (MSCAN, MixVisionTransformer) and Hugging
     Face SegFormer names (scaseg.models.pretrained), encoder-only or inside a whole model (``backbone.`` /
     ``segformer.``), whose other parts are returned as ``ignored``. Every encoder tensor must be there with its
-    shape, and finite (check_weights): anything less, or an encoder of another variant, is refused with one sentence.
+    shape, and usable (check_weights): anything less, or an encoder of another variant, is refused in one sentence.
     """
     path = Path(path).expanduser()
     obj, _ = _read(path, map_location)
     state = _tensors(obj, path)
-    check_weights(state, path)
-    return _load_encoder(model, state, path)
-
-
-def _load_encoder(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> LoadReport:
-    """The encoder part of a read (and checked) state dict into ``model.backbone``: load_backbone's rules."""
-    model = getattr(model, "module", model)
     encoder = find_encoder(state)
     if encoder is None:
         raise ScasegError(f"{path} holds no MSCAN or MiT encoder weights: its keys (first: {next(iter(state))}) follow "
                           f"none of the accepted namings ({', '.join(n.name for n in NAMINGS)})")
+    check_weights(encoder.state, path)  # what is loaded; the parts of a whole model that are ignored may be anything
+    return _load_encoder(model, encoder, path)
+
+
+def _load_encoder(model: nn.Module, encoder: Encoder, path: Path) -> LoadReport:
+    """Encoder weights (read and checked) into ``model.backbone``, after checking they are its variant's, whole."""
+    model = getattr(model, "module", model)
     backbone = cast(nn.Module, model.backbone)
     want = getattr(model, "config", {}).get("variant")
     found = infer_variant(encoder.state)
@@ -389,7 +389,8 @@ def load_model(
             raise ScasegError(_partial_message(LoadReport(str(path), kind, missing=sorted(own - given),
                                                           unexpected=sorted(given - own))))
     if kind == "encoder":
-        report = _load_encoder(model, state, path)
+        assert encoder is not None  # an encoder-only file names its variant through its encoder (above)
+        report = _load_encoder(model, encoder, path)
         # The decoder stays randomly initialised: say so in the report rather than pass silently.
         report.missing += [f"decode_head.{k}" for k in model.decode_head.state_dict()]
         logger.warning(report.summary())

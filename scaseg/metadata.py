@@ -110,7 +110,7 @@ def _class_problem(num_classes: Any, class_names: Any, palette: Any) -> Optional
         return f"palette must hold a colour for each of the {num_classes} classes, got {_shown(palette)}"
     bad = next((c for c in palette if not _ints_within(c, 3, 0, 255)), None)
     if bad is not None:
-        return f"each palette colour must be 3 whole numbers from 0 to 255, got {_shown(bad)}"
+        return f"palette colours must each be 3 whole numbers from 0 to 255, got {_shown(bad)}"
     return None
 
 
