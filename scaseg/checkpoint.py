@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from scaseg.models.model import VARIANTS, SCASeg, build, from_config
-from scaseg.models.pretrained import NAMINGS, check_complete, find_encoder, hf_folder_files
+from scaseg.models.pretrained import NAMINGS, Encoder, check_complete, find_encoder, hf_folder_files
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path, write_error
 from scaseg.metadata import ModelInfo
@@ -191,7 +191,11 @@ def _read(path: Path, map_location: Any) -> tuple[Mapping[str, Any], dict[str, A
                 "data) that safe loading refuses to run; checkpoints are untrusted and loaded with weights_only=True"
             ) from None
         raise ScasegError(f"cannot read {path}: not a PyTorch checkpoint, or the file is corrupt") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError):
+    except MemoryError:
+        raise
+    except Exception:
+        # Bytes that are no checkpoint make the unpickler fail in any way it can: IndexError (random bytes),
+        # KeyError (text), struct.error, UnicodeDecodeError, RuntimeError (a broken zip)... all mean the same.
         raise ScasegError(f"cannot read {path}: not a PyTorch checkpoint, or the file is corrupt") from None
     if not isinstance(obj, Mapping):
         raise ScasegError(f"{path} is not a model checkpoint: it holds a {type(obj).__name__}, not a dict of weights")
@@ -269,9 +273,8 @@ def load_backbone(model: nn.Module, path: str | os.PathLike, *, map_location: An
     Accepted: the original SegNeXt / SegFormer releases, mmsegmentation (MSCAN, MixVisionTransformer) and Hugging
     Face SegFormer names (scaseg.models.pretrained), encoder-only or inside a whole model (``backbone.`` /
     ``segformer.``), whose other parts are returned as ``ignored``. Every encoder tensor must be there with its
-    shape: anything less, or an encoder of another variant, is refused with one sentence.
+    shape, and usable (check_weights): anything less, or an encoder of another variant, is refused in one sentence.
     """
-    model = getattr(model, "module", model)
     path = Path(path).expanduser()
     obj, _ = _read(path, map_location)
     state = _tensors(obj, path)
@@ -279,6 +282,13 @@ def load_backbone(model: nn.Module, path: str | os.PathLike, *, map_location: An
     if encoder is None:
         raise ScasegError(f"{path} holds no MSCAN or MiT encoder weights: its keys (first: {next(iter(state))}) follow "
                           f"none of the accepted namings ({', '.join(n.name for n in NAMINGS)})")
+    check_weights(encoder.state, path)  # what is loaded; the parts of a whole model that are ignored may be anything
+    return _load_encoder(model, encoder, path)
+
+
+def _load_encoder(model: nn.Module, encoder: Encoder, path: Path) -> LoadReport:
+    """Encoder weights (read and checked) into ``model.backbone``, after checking they are its variant's, whole."""
+    model = getattr(model, "module", model)
     backbone = cast(nn.Module, model.backbone)
     want = getattr(model, "config", {}).get("variant")
     found = infer_variant(encoder.state)
@@ -329,22 +339,17 @@ def load_model(
     ``variant`` / ``num_classes`` are inferred from the file; when given they must agree with it.
     ``strict``: refuse a file that lacks tensors of the model or holds tensors it has not (naming the first few),
     an encoder-only file included; ``strict=False`` loads what fits and reports the rest. ``allow_nonfinite``:
-    accept NaN/Inf weights (refused by default: such a model outputs garbage that no later check is sure to catch).
+    accept weights check_weights refuses (NaN/Inf values, negative BatchNorm variances: refused by default, as
+    such a model outputs garbage that no later check is sure to catch).
     ``build_kwargs`` (attention, lpm, dropout...) apply to files that carry no config.
     """
     path = Path(path).expanduser()
     obj, meta = _read(path, map_location)
-    if meta.get("format") == FORMAT or obj.get("format") == FORMAT:
-        kind = FORMAT
-        try:
-            config = json.loads(meta["config"]) if meta else dict(obj["config"])
-        except (KeyError, TypeError, ValueError):
-            raise ScasegError(f"{path} says it is a scaseg checkpoint but its config is missing or unreadable") from None
-    else:
-        kind, config = "", {}
+    config = _scaseg_config(obj, meta, path)
+    kind = FORMAT if config else ""
     state = _tensors(obj, path)
     if not allow_nonfinite:
-        _refuse_nonfinite(state, path)
+        check_weights(state, path)
     encoder = find_encoder(state)
     # A decode head is ours only beside an encoder in our names; another project's model brings only its encoder.
     has_head = any(k.startswith("decode_head.") for k in state) and encoder is not None and encoder.naming.native
@@ -370,12 +375,13 @@ def load_model(
     classes = int(found_classes or num_classes or 19)
 
     if kind == FORMAT:
+        info = ModelInfo.from_dict({**config, "variant": found, "num_classes": classes}, path)
         model = from_config({**config, "num_classes": classes})
-        info = ModelInfo.from_dict({**config, "variant": found, "num_classes": classes})
     else:
-        model = build(found, classes, **build_kwargs)
         names, palette = _mmseg_classes(obj.get("meta"), classes)
-        info = ModelInfo(variant=found, num_classes=classes, class_names=names, palette=palette)
+        info = ModelInfo.from_dict({"variant": found, "num_classes": classes, "class_names": names,
+                                    "palette": palette}, path)
+        model = build(found, classes, **build_kwargs)
     if strict:  # before loading, which logs the mismatch as a warning
         own = set(model.state_dict())
         given = set(state) - {k for k in state if k.startswith("auxiliary_head.")}
@@ -383,7 +389,8 @@ def load_model(
             raise ScasegError(_partial_message(LoadReport(str(path), kind, missing=sorted(own - given),
                                                           unexpected=sorted(given - own))))
     if kind == "encoder":
-        report = load_backbone(model, path, map_location=map_location)
+        assert encoder is not None  # an encoder-only file names its variant through its encoder (above)
+        report = _load_encoder(model, encoder, path)
         # The decoder stays randomly initialised: say so in the report rather than pass silently.
         report.missing += [f"decode_head.{k}" for k in model.decode_head.state_dict()]
         logger.warning(report.summary())
@@ -393,6 +400,37 @@ def load_model(
         report = _load_into(model, state, LoadReport(str(path), kind, ignored=ignored))
     model.load_report = report  # type: ignore[assignment]
     return model.eval(), info
+
+
+def _scaseg_config(obj: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The embedded config of a checkpoint in our format, checked (ModelInfo fields, model options); {} for others."""
+    if meta.get("format") != FORMAT and obj.get("format") != FORMAT:
+        return {}
+    try:
+        config = json.loads(meta["config"]) if meta else dict(obj["config"])
+    except (KeyError, TypeError, ValueError, RecursionError):
+        config = None
+    if not isinstance(config, dict) or "variant" not in config or "num_classes" not in config:
+        raise ScasegError(f"{path} says it is a scaseg checkpoint but its config is missing or unreadable")
+    ModelInfo.from_dict(config, path)
+    why = _model_options_problem(config)
+    if why:
+        raise ScasegError(f"the model config of {path} is invalid: {why}")
+    return config
+
+
+def _model_options_problem(config: Mapping[str, Any]) -> Optional[str]:
+    """Why the model options of a config (what from_config builds with) cannot build a model, or None."""
+    if not isinstance(config.get("attention", "strip"), str):
+        return f"attention must be a string, got {config['attention']!r}"
+    if not isinstance(config.get("lpm", True), bool):
+        return f"lpm must be true or false, got {config['lpm']!r}"
+    for name in ("drop_path_rate", "dropout", "attn_drop"):
+        value = config.get(name)
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                      and 0 <= value <= 1):
+            return f"{name} must be a number from 0 to 1, got {value!r}"
+    return None
 
 
 def _partial_message(report: LoadReport) -> str:
@@ -408,8 +446,22 @@ def _partial_message(report: LoadReport) -> str:
             + "; load it anyway with strict=False (scaseg-export --allow-partial)")
 
 
-def _refuse_nonfinite(state: Mapping[str, Tensor], path: Path) -> None:
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+def check_weights(state: Mapping[str, Tensor], path: Path) -> None:
+    """Refuse, naming the first bad tensor, weights that make a model output garbage: NaN or infinite values, or a
+    BatchNorm ``running_var`` with negative entries (its square root at eval is NaN, and argmax of NaN is class 0).
+
+    One pass over the state dict; integer buffers (``num_batches_tracked``) are skipped.
+    """
+    bad: list[tuple[str, str]] = []
+    for key, value in state.items():
+        if not value.is_floating_point():
+            continue
+        if not bool(torch.isfinite(value).all()):
+            bad.append((key, "holds NaN or infinite values"))
+        elif key.endswith("running_var") and bool((value < 0).any()):
+            bad.append((key, "is a BatchNorm variance with negative entries"))
     if bad:
-        raise ScasegError(f"the checkpoint {path} holds NaN or infinite weights in {len(bad)} tensor(s) "
-                          f"({_preview(bad)}); a model with them outputs garbage")
+        key, why = bad[0]
+        more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        raise ScasegError(f"the checkpoint {path} is unusable: its tensor {key} {why}{more}; "
+                          "a model with such weights outputs garbage")

@@ -5,11 +5,16 @@ One JSON document travels with every artefact:
   ``write_onnx_metadata`` only (neither imports ``onnx``: the runtime reads it through ONNX Runtime);
 - TensorRT engine: a side file ``<engine>.json`` (a plan file has no place for user metadata);
 - PyTorch checkpoint: the ``config`` entry of the checkpoint.
+
+All three are untrusted: every ModelInfo, read or built, passes ``metadata_problem`` (types, ranges and
+vocabularies of every field a runtime uses), and a reader names its file in the one sentence of a refusal.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -21,6 +26,25 @@ SCHEMA_VERSION = 1
 # ImageNet statistics on the 0..255 scale, RGB order (the paper's encoders are ImageNet-pretrained).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+
+# The words each field may hold. The exporter, calibration and the TensorRT builder write them; the runtime reads them.
+OUTPUTS = ("logits", "labels")
+RESIZES = ("stretch", "letterbox")
+LAYOUTS = ("NCHW", "NHWC")  # calibration feeds both (calibration/data.py); the runtime checks that a graph takes NCHW
+COLORS = ("RGB",)  # the one channel order the runtime and calibration feed
+PRECISIONS = ("fp32", "fp16", "int8")  # what scaseg-export writes (runtime/tensorrt/compat.py builds engines of these)
+SCA_OPS = ("decomposed", "function", "grid")  # how strip attention is in the graph (export/sca.py)
+
+# Bounds on numbers a runtime allocates by: beyond them a value is a lie, not a model.
+MAX_CLASSES = 65536  # a predicted label map is uint16 at the widest (runtime/preprocess.label_dtype)
+# 8192 per side holds an 8K frame (4320x7680) and the largest scene scaseg-synth renders (4096x8192); a float32
+# input of 8192x8192 is already 768 MiB per image before the model's activations, so a larger size in metadata
+# would only turn into an allocation no edge device survives.
+MAX_SIDE = 8192
+MAX_BATCH = 1024  # far above any batch a segmentation graph is exported or profiled at; calibration allocates it
+# mean and std are statistics of 0..255 pixels: a mean lies in 0..255 and a std in (0, 255]. The floor keeps a std
+# that float32 rounds to 0 (or nearly) out: (x - mean) / std would be infinite and every pixel class 0.
+MIN_STD = 1e-3
 
 
 def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
@@ -36,6 +60,104 @@ def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
             c >>= 3
         palette.append((r, g, b))
     return palette
+
+
+class InvalidMetadata(ScasegError):
+    """ModelInfo fields no runtime can use; ``why`` names the field, readers add the file."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the model metadata is invalid: {why}")
+        self.why = why
+
+
+def _shown(value: Any) -> str:
+    """A field's value as the metadata spells it (JSON), cut short."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def _ints_within(value: Any, count: int, low: int, high: int) -> bool:
+    return _is_list(value) and len(value) == count and all(_is_int(v) and low <= v <= high for v in value)
+
+
+def _numbers_within(value: Any, count: int, low: float, high: float) -> bool:
+    return _is_list(value) and len(value) == count and all(_is_number(v) and low <= v <= high for v in value)
+
+
+def _class_problem(num_classes: Any, class_names: Any, palette: Any) -> Optional[str]:
+    if not _is_int(num_classes) or not 1 <= num_classes <= MAX_CLASSES:
+        return f"num_classes must be a whole number from 1 to {MAX_CLASSES}, got {_shown(num_classes)}"
+    # Empty names or palette: the defaults are generated.
+    if not _is_list(class_names) or (class_names and (len(class_names) != num_classes
+                                                      or not all(isinstance(n, str) for n in class_names))):
+        return f"class_names must be {num_classes} strings (one per class), got {_shown(class_names)}"
+    if not _is_list(palette) or (palette and len(palette) < num_classes):
+        return f"palette must hold a colour for each of the {num_classes} classes, got {_shown(palette)}"
+    bad = next((c for c in palette if not _ints_within(c, 3, 0, 255)), None)
+    if bad is not None:
+        return f"palette colours must each be 3 whole numbers from 0 to 255, got {_shown(bad)}"
+    return None
+
+
+def _words_problem(fields: Mapping[str, Any]) -> Optional[str]:
+    for name in ("variant", "input_name", "output_name"):
+        if not isinstance(fields[name], str) or not fields[name]:
+            return f"{name} must be a non-empty string, got {_shown(fields[name])}"
+    vocabularies = (("output", OUTPUTS), ("resize", RESIZES), ("layout", LAYOUTS), ("color", COLORS),
+                    ("precision", PRECISIONS), ("sca_op", SCA_OPS))
+    for name, words in vocabularies:
+        if not isinstance(fields[name], str) or fields[name] not in words:
+            return f"{name} must be one of {', '.join(words)}, got {_shown(fields[name])}"
+    return None
+
+
+def _shape_problem(fields: Mapping[str, Any]) -> Optional[str]:
+    size = fields["input_size"]
+    if size is not None and not _ints_within(size, 2, 1, MAX_SIDE):
+        return f"input_size must be null or [height, width], each from 1 to {MAX_SIDE} pixels, got {_shown(size)}"
+    if not _is_int(fields["batch"]) or not 1 <= fields["batch"] <= MAX_BATCH:
+        return f"batch must be a whole number from 1 to {MAX_BATCH}, got {_shown(fields['batch'])}"
+    for name in ("dynamic_batch", "dynamic_spatial"):
+        if not isinstance(fields[name], bool):
+            return f"{name} must be true or false, got {_shown(fields[name])}"
+    return None
+
+
+def _normalisation_problem(mean: Any, std: Any) -> Optional[str]:
+    if not _numbers_within(mean, 3, 0, 255):
+        return f"mean must be 3 finite numbers from 0 to 255 (RGB, on the 0..255 scale), got {_shown(mean)}"
+    if not _numbers_within(std, 3, MIN_STD, 255):
+        return f"std must be 3 finite numbers from {MIN_STD:g} to 255 (RGB, on the 0..255 scale), got {_shown(std)}"
+    return None
+
+
+def metadata_problem(fields: Mapping[str, Any]) -> Optional[str]:
+    """Why these ModelInfo field values cannot describe a model a runtime can feed (one clause naming the field), or None."""
+    why = (_class_problem(fields["num_classes"], fields["class_names"], fields["palette"])
+           or _words_problem(fields) or _shape_problem(fields)
+           or _normalisation_problem(fields["mean"], fields["std"]))
+    if why:
+        return why
+    if not isinstance(fields["extra"], dict):
+        return f"extra must be a JSON object, got {_shown(fields['extra'])}"
+    if not _is_int(fields["schema"]) or fields["schema"] < 1:
+        return f"schema must be a positive whole number, got {_shown(fields['schema'])}"
+    return None
 
 
 @dataclass
@@ -68,24 +190,20 @@ class ModelInfo:
     schema: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        why = metadata_problem({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        if why:
+            raise InvalidMetadata(why)
         if not self.class_names:
             self.class_names = [f"class_{i}" for i in range(self.num_classes)]
         if not self.palette:
             self.palette = default_palette(self.num_classes)
+        self.class_names = list(self.class_names)
         self.palette = [tuple(int(v) for v in c) for c in self.palette]  # type: ignore[misc]
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
         if self.input_size is not None:
             self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
-        if len(self.class_names) != self.num_classes or len(self.palette) < self.num_classes:
-            raise ScasegError(
-                f"model metadata is inconsistent: {self.num_classes} classes but "
-                f"{len(self.class_names)} names and {len(self.palette)} palette colours"
-            )
-        if self.output not in ("logits", "labels"):
-            raise ScasegError(f"model metadata names an unknown output kind {self.output!r} (expected logits or labels)")
-        if self.resize not in ("stretch", "letterbox"):
-            raise ScasegError(f"model metadata names an unknown resize policy {self.resize!r}")
+        self.num_classes, self.batch = int(self.num_classes), int(self.batch)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -97,25 +215,30 @@ class ModelInfo:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelInfo":
-        known = {f.name for f in dataclasses.fields(cls)}
+    def from_dict(cls, d: Any, source: Any = None) -> "ModelInfo":
+        """Read the fields of ``d``, refusing in one sentence what no runtime can use; ``source`` names the file."""
+        where = f"the model metadata of {source}" if source is not None else "the model metadata"
+        if not isinstance(d, Mapping):
+            raise ScasegError(f"{where} is not a JSON object")
         missing = [k for k in ("variant", "num_classes") if k not in d]
         if missing:
-            raise ScasegError(f"model metadata lacks {', '.join(missing)}; was the model exported by scaseg-export?")
-        kwargs = {k: v for k, v in d.items() if k in known}
-        if kwargs.get("input_size") is not None:
-            kwargs["input_size"] = tuple(kwargs["input_size"])
-        return cls(**kwargs)
+            raise ScasegError(f"{where} lacks {', '.join(missing)}; was the model exported by scaseg-export?")
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except InvalidMetadata as exc:
+            raise ScasegError(f"{where} is invalid: {exc.why}") from None
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelInfo":
+    def from_json(cls, text: str, source: Any = None) -> "ModelInfo":
+        where = f"the model metadata of {source}" if source is not None else "the model metadata"
         try:
             d = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ScasegError(f"model metadata is not valid JSON ({exc.msg})") from None
-        if not isinstance(d, dict):
-            raise ScasegError("model metadata is not a JSON object")
-        return cls.from_dict(d)
+            raise ScasegError(f"{where} is not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise ScasegError(f"{where} is not valid JSON (nested too deeply)") from None
+        return cls.from_dict(d, source)
 
     def replace(self, **changes: Any) -> "ModelInfo":
         return dataclasses.replace(self, **changes)
@@ -130,7 +253,7 @@ def read_onnx_metadata(entries: Any, path: Any) -> ModelInfo:
     props = dict(entries) if isinstance(entries, Mapping) else {p.key: p.value for p in entries}
     if METADATA_KEY not in props:
         raise ScasegError(f"the ONNX model {path} has no scaseg metadata; export it with scaseg-export")
-    return ModelInfo.from_json(props[METADATA_KEY])
+    return ModelInfo.from_json(props[METADATA_KEY], path)
 
 
 def write_onnx_metadata(model: Any, info: ModelInfo) -> None:

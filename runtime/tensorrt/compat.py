@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from scaseg.errors import ScasegError
+# The engine precisions are the metadata's (the ONNX and engine say theirs in the same words).
+from scaseg.metadata import PRECISIONS as PRECISIONS
 from scaseg.metadata import ModelInfo
 
 FLAVORS = ("standard", "rtx")
@@ -46,7 +49,6 @@ GENERATIONS = ("8.5", "10.x", "11.x", "rtx")
 #: ``tensorrt.plugin`` landed in 10.6; the ONNX parser maps a node carrying ``plugin_namespace`` onto a Python
 #: (quickly deployable) plugin reliably from 10.7 on, so the strip-attention plugin is used from there.
 PYTHON_PLUGIN_MIN = (10, 7)
-PRECISIONS = ("fp32", "fp16", "int8")
 #: Key of the TensorRT facts inside ``ModelInfo.extra`` of an engine's side file.
 FACTS_KEY = "tensorrt"
 #: What TensorRT-RTX builds for when no --compute-capability is given (its documented default set, written out so
@@ -302,7 +304,43 @@ def read_engine_info(engine_path: str | Path) -> ModelInfo:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ScasegError(f"cannot read the engine side file {path}: {exc}") from None
-    return ModelInfo.from_json(text)
+    info = ModelInfo.from_json(text, path)  # the fields every model has, checked there
+    why = facts_problem(info.extra.get(FACTS_KEY, {}))
+    if why:
+        raise ScasegError(f"the model metadata of {path} is invalid: {why}")
+    return info
+
+
+# The TensorRT facts the runtime and the Triton writer read, and the JSON type each must have where present (an
+# absent one is engine_mismatch's to judge: it says what an engine that does not record it needs). Values come from
+# JSON, so a whole number is exactly an int (``type(v) is int`` leaves out true and false).
+_FACT_TYPES: dict[str, tuple[Any, str]] = {
+    "trt_flavor": (lambda v: v in FLAVORS, f"one of {', '.join(FLAVORS)}"),
+    "trt_version": (lambda v: isinstance(v, str), "a version string"),
+    "gpu": (lambda v: isinstance(v, str), "a GPU name"),
+    "compute_capability": (lambda v: isinstance(v, list) and len(v) == 2 and all(type(c) is int for c in v),
+                           "[major, minor]"),
+    "compute_capabilities": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
+                             "a list of strings such as \"8.6\""),
+    "plugin": (lambda v: isinstance(v, bool), "true or false"),
+    "max_batch": (lambda v: type(v) is int and v >= 1, "a positive whole number"),
+    "input_shapes": (lambda v: isinstance(v, dict) and all(
+        isinstance(v.get(k), list) and len(v[k]) == 4 and all(type(d) is int and d >= 1 for d in v[k])
+        for k in ("min", "opt", "max")), "{min, opt, max} shapes of 4 positive whole numbers"),
+    "io_dtypes": (lambda v: isinstance(v, dict) and all(isinstance(d, str) for d in v.values()),
+                  "an object of tensor name -> dtype name"),
+}
+
+
+def facts_problem(facts: Any) -> Optional[str]:
+    """Why an engine side file's TensorRT facts (``extra["tensorrt"]``) cannot be read, as one clause, or None."""
+    if not isinstance(facts, dict):
+        return f"extra.{FACTS_KEY} must be a JSON object, got {type(facts).__name__}"
+    for name, (fits, expected) in _FACT_TYPES.items():
+        value = facts.get(name)
+        if value is not None and not fits(value):
+            return f"extra.{FACTS_KEY}.{name} must be {expected}, got {json.dumps(value)[:60]}"
+    return None
 
 
 def engine_facts(info: ModelInfo) -> dict[str, Any]:
