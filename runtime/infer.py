@@ -192,8 +192,9 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, kind: str, a
           file=sys.stderr)
     if stats.skipped:
         names = ", ".join(stats.skipped_names[:5]) + (" ..." if len(stats.skipped_names) > 5 else "")
-        print(f"scaseg-infer: warning: skipped {stats.skipped} unreadable frame(s)" + (f": {names}" if names else ""),
-              file=sys.stderr)
+        why = f" (the first: {stats.skip_reason})" if stats.skip_reason else ""
+        print(f"scaseg-infer: warning: skipped {stats.skipped} unreadable frame(s)" + (f": {names}" if names else "")
+              + why, file=sys.stderr)
 
 
 def _stretch_note(hw: tuple[int, ...], predictor: Predictor) -> Optional[str]:

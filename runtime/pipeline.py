@@ -37,6 +37,7 @@ class PipelineStats:
     interrupted: bool = False
     stopped: bool = False
     skipped_names: list[str] = field(default_factory=list)
+    skip_reason: str = ""  # why the first skipped frame could not be read (the image reader's sentence)
 
     @property
     def fps(self) -> float:
@@ -164,6 +165,7 @@ def run_pipeline(
             if output is None or geom is None:
                 stats.skipped += 1
                 stats.skipped_names.append(frame.name)
+                stats.skip_reason = stats.skip_reason or frame.error
             else:
                 consume(frame, predictor.finish(output, geom))
                 stats.frames += 1

@@ -125,6 +125,7 @@ def test_inside_a_folder_they_are_skipped_with_a_warning_and_the_rest_is_done(wo
     warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "skipped 4" in warnings[0], proc.stderr
     assert all(n in warnings[0] for n in ("huge", "sparse", "padded")), warnings[0]
+    assert "(the first: " in warnings[0] and "megapixels" in warnings[0], warnings[0]  # why, not only which
     assert sorted(p.name for p in (work / "seg").iterdir()) == ["ok0.png", "ok1.png", "scaseg-infer.json"]
     assert tree(work / "pics") == before
 
