@@ -211,29 +211,36 @@ def _reshape_moment(state: dict) -> None:
     moments["exp_avg"] = torch.zeros(3)
 
 
-TAMPER: dict[str, Callable[[dict], Any]] = {
-    "iteration is text": lambda s: s.update(iteration="many"),
-    "iters is text": lambda s: s["config"].update(iters="x"),
-    "no data in config": lambda s: s["config"].pop("data"),
-    "history holds a tensor": lambda s: s.update(history=[{"iteration": 1, "miou": torch.ones(1)}]),
-    "a weight is reshaped": lambda s: s["model"].update({next(iter(s["model"])): torch.zeros(2, 2)}),
-    "NaN weights": lambda s: [t.fill_(float("nan")) for t in s["model"].values() if t.is_floating_point()],
-    "optimizer moment reshaped": _reshape_moment,
-    "betas is text": lambda s: s["optimizer"]["param_groups"][0].update(betas="fast"),
-    "rng is bytes of another size": lambda s: s.update(rng=[{"cpu": torch.zeros(7, dtype=torch.uint8), "cuda": None}]),
-    "model_kwargs holds a list": lambda s: s["config"].update(model_kwargs={"dropout": [0.1]}),
-    "version 99": lambda s: s.update(version=99),
-    "seed out of range": lambda s: s["config"].update(seed=2**70),
+TAMPER: dict[str, tuple[Callable[[dict], Any], str]] = {  # name: (the change, what the one line says)
+    "iteration is text": (lambda s: s.update(iteration="many"), "its 'iteration' is 'many'"),
+    "iters is text": (lambda s: s["config"].update(iters="x"), "its config's 'iters' is 'x'"),
+    "no data in config": (lambda s: s["config"].pop("data"), "its config lacks 'data'"),
+    "history holds a tensor": (lambda s: s.update(history=[{"iteration": 1, "miou": torch.ones(1)}]),
+                               "its 'history' is damaged"),
+    "a weight is reshaped": (lambda s: s["model"].update({next(iter(s["model"])): torch.zeros(2, 2)}),
+                             "its model weights do not fit scaseg-b0"),
+    "NaN weights": (lambda s: [t.fill_(float("nan")) for t in s["model"].values() if t.is_floating_point()],
+                    "holds NaN or infinite weights"),
+    "optimizer moment reshaped": (_reshape_moment, "its optimizer state does not fit this model"),
+    "betas is text": (lambda s: s["optimizer"]["param_groups"][0].update(betas="fast"),
+                      "its optimizer state does not fit this model"),
+    "rng is bytes of another size": (lambda s: s.update(rng=[{"cpu": torch.zeros(7, dtype=torch.uint8), "cuda": None}]),
+                                     "its 'rng' is damaged"),
+    "model_kwargs holds a list": (lambda s: s["config"].update(model_kwargs={"dropout": [0.1]}),
+                                  "its config's 'model_kwargs'"),
+    "version 99": (lambda s: s.update(version=99), "state version 99"),
+    "seed out of range": (lambda s: s["config"].update(seed=2**70), "--seed must be in"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(TAMPER))
 def test_a_tampered_state_is_one_line_and_nothing_changes(work: Path, copy: Path, name: str) -> None:
+    change, expect = TAMPER[name]
     state = torch.load(copy / STATE, map_location="cpu", weights_only=True)
-    TAMPER[name](state)
+    change(state)
     torch.save(state, copy / STATE)
     sums = _sums(copy)
-    refused(PROG, ["--resume", copy, "--iters", "3"], copy.parent)
+    refused(PROG, ["--resume", copy, "--iters", "3"], copy.parent, expect=expect)
     assert _sums(copy) == sums
 
 

@@ -6,8 +6,6 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from scaseg.errors import ScasegError
 
-OptionValue = Union[bool, int, float, str]  # what --model-opt KEY=VALUE parses to
-
 
 @dataclass
 class TrainConfig:
@@ -41,7 +39,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0  # torch intra-op threads; 0: PyTorch's default
     channels_last: bool = False  # convolutions on NHWC tensors (model and batches)
-    model_kwargs: dict[str, OptionValue] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # --model-opt: bool, int, float or str values
     quiet: bool = False  # no progress output
     class_weight: str = "none"  # none | balanced (balanced_class_weights of the train split)
     ohem_thresh: float = 0.0  # > 0: online hard-example mining (scaseg.train.loss.segmentation_loss)
@@ -99,6 +97,8 @@ def config_problem(values: Any) -> Optional[str]:
     for name, hint in get_type_hints(TrainConfig).items():
         if name in values and not _fits(values[name], hint):
             return f"its config's {name!r} is {_short(values[name])}, of the wrong type"
+    if not all(isinstance(v, (bool, int, float, str)) for v in values.get("model_kwargs", {}).values()):
+        return f"its config's 'model_kwargs' is {_short(values['model_kwargs'])}, of the wrong type"
     return None
 
 
@@ -111,6 +111,8 @@ def _fits(value: Any, hint: Any) -> bool:
                 and all(_fits(v, a) for v, a in zip(value, args)))
     if origin is dict:
         return isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+    if hint is Any:
+        return True
     if hint is type(None):
         return value is None
     if hint is float:

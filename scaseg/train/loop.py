@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 import scaseg
 from scaseg.data.datasets import IGNORE_INDEX, SegDataset, open_dataset
-from scaseg.checkpoint import _refuse_nonfinite, torch_save
+from scaseg.checkpoint import torch_save
 from scaseg.errors import Interrupted, ScasegError
 from scaseg.fileio import atomic_path, created_folders, refuse_overwrite
 from scaseg.progress import progress as progress_bar, write
@@ -33,8 +33,9 @@ from scaseg.train.config import TrainConfig
 from scaseg.train.data import Augment, StreamSampler, TrainSet, collate, unwrap
 from scaseg.train.evaluate import evaluate
 from scaseg.train.loss import balanced_class_weights, segmentation_loss
-from scaseg.train.state import (OUTPUT_FILES, STATE_FILE, STATE_FORMAT, STATE_VERSION, FolderLock,
-                                check_new_output, check_resume_output, load_state, run_folder)
+from scaseg.train.state import (OUTPUT_FILES, STATE_FILE, STATE_FORMAT, STATE_VERSION, FolderLock, check_classes,
+                                check_new_output, check_resume_output, check_same_run, load_state, restore_model,
+                                restore_optimizer, run_folder)
 
 
 def lr_factor(it: int, *, total: int, warmup: int, warmup_ratio: float = 1e-6, power: float = 1.0) -> float:
@@ -108,7 +109,7 @@ class Trainer:
             check_resume_output(self.out, cfg.out)
             self._hold_folder()  # before reading: a state another writer is replacing would be stale
             self.state = load_state(self.out)
-            self._check_settings(self.state["config"])
+            check_same_run(self.state["config"], self.cfg)
         else:
             self.out = Path(cfg.out).expanduser()
         # Inputs first, then the output: a run refused for its data leaves no folder behind. A new run's folder
@@ -160,27 +161,12 @@ class Trainer:
 
     # -- resume ---------------------------------------------------------------------------------------------
 
-    def _check_settings(self, saved: dict[str, Any]) -> None:
-        """Settings a run cannot change midway (the model it builds, the labels it reads), before any data is read."""
-        for key in ("variant", "dataset"):
-            if saved.get(key) != getattr(self.cfg, key):
-                raise ScasegError(f"cannot resume: the run used --{key} {saved.get(key)}, not {getattr(self.cfg, key)}")
-        if saved.get("model_kwargs", {}) != self.cfg.model_kwargs:
-            raise ScasegError(f"cannot resume: the run used --model-opt {_model_opts(saved.get('model_kwargs', {}))}, "
-                              f"not {_model_opts(self.cfg.model_kwargs)}")
-
     def _restore(self, state: dict[str, Any]) -> None:
         """Continue from a checked state (scaseg.train.state.load_state); what does not fit this run is one sentence."""
         source = self.out / STATE_FILE
-        if state["num_classes"] != self.num_classes:
-            raise ScasegError(f"cannot resume: the run had {state['num_classes']} classes, this data has {self.num_classes}")
-        classes = list(self.train_data.classes)
-        if "classes" in state and state["classes"] != classes:
-            i = next(i for i, (a, b) in enumerate(zip(state["classes"], classes)) if a != b)
-            raise ScasegError(f"cannot resume: the run was trained on other classes than those of {self.cfg.data} "
-                              f"(class {i} is {state['classes'][i]!r} in the run, {classes[i]!r} here)")
-        self._restore_model(state["model"], source)
-        self._restore_optimizer(state["optimizer"], source)
+        check_classes(state, list(self.train_data.classes), self.cfg.data)
+        restore_model(D.unwrap_model(self.model), state["model"], source, self.cfg.variant)
+        restore_optimizer(self.optimizer, state["optimizer"], source)
         if state["scaler"] and self.scaler.is_enabled():
             if not all(isinstance(v, (int, float)) for v in state["scaler"].values()):
                 raise ScasegError(f"cannot resume from {source}: its 'scaler' is damaged")
@@ -198,36 +184,6 @@ class Trainer:
                     torch.cuda.set_rng_state(rngs[self.env.rank]["cuda"])
                 except RuntimeError:  # another GPU model's generator: its draws cannot be replayed here
                     pass
-
-    def _restore_model(self, weights: dict[str, torch.Tensor], source: Path) -> None:
-        model = D.unwrap_model(self.model)
-        own = model.state_dict()
-        wrong = sorted(set(own) ^ set(weights)) or [k for k in own if own[k].shape != weights[k].shape]
-        if wrong:
-            raise ScasegError(f"cannot resume from {source}: its model weights do not fit {self.cfg.variant} "
-                              f"({len(wrong)} tensor(s) missing, extra or of another shape, first: {wrong[0]})")
-        _refuse_nonfinite(weights, source)
-        model.load_state_dict(weights)
-
-    def _restore_optimizer(self, saved: dict[str, Any], source: Path) -> None:
-        """AdamW's state, checked against this model: a damaged one would fail at the first step, not here."""
-        fresh = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
-        damaged = f"cannot resume from {source}: its optimizer state does not fit this model"
-        try:
-            self.optimizer.load_state_dict(saved)
-        except (ValueError, KeyError, TypeError, IndexError, RuntimeError):
-            raise ScasegError(damaged) from None
-        for group, before in zip(self.optimizer.param_groups, fresh):
-            # Keys another PyTorch version adds or drops are its own business; those this loop reads must be there.
-            needed = {"lr", "lr_mult", "betas", "eps", "weight_decay"}
-            if not needed <= set(group) or not all(_same_kind(group[k], v) for k, v in before.items() if k in group):
-                raise ScasegError(damaged)
-            for p in group["params"]:
-                moments = self.optimizer.state.get(p, {})
-                for name, value in moments.items():
-                    shaped = name == "step" or (isinstance(value, torch.Tensor) and value.shape == p.shape)
-                    if not isinstance(value, torch.Tensor) or not shaped or (name == "step" and value.numel() != 1):
-                        raise ScasegError(damaged)
 
     # -- checkpoints ----------------------------------------------------------------------------------------
 
@@ -420,21 +376,6 @@ class Trainer:
             raise Interrupted(self._kept()) from None
         finally:
             bar.close()
-
-
-def _model_opts(kwargs: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in sorted(kwargs.items())) or "(none)"
-
-
-def _same_kind(value: Any, like: Any) -> bool:
-    """Whether an optimizer setting read back has the kind of the fresh one (a number, a flag, a pair...)."""
-    if like is None or isinstance(like, bool):
-        return value is None or isinstance(value, bool)
-    if isinstance(like, (int, float)):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(like, (tuple, list)):
-        return isinstance(value, (tuple, list)) and len(value) == len(like) and all(map(_same_kind, value, like))
-    return isinstance(value, type(like))
 
 
 def _worker_init(_: int) -> None:

@@ -1,4 +1,5 @@
-"""A run's folder and its training state: what --resume accepts, which folders -o may be, one writer per folder.
+"""A run's folder and its training state: what --resume accepts, which folders -o may be, how a state is checked
+and read back into a run, one writer per folder.
 
 A run folder is the folder holding a ``train_state.pt`` of this schema; that file is what marks a folder as a
 scaseg-train run, and a run writes it before any other file. ``--resume`` takes a run folder (or the
@@ -14,11 +15,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from scaseg.checkpoint import _refuse_nonfinite
 from scaseg.errors import ScasegError
 from scaseg.fileio import check_dir_output, check_writable_dir, same_path
-from scaseg.train.config import config_problem
+from scaseg.train.config import TrainConfig, config_problem
 
 STATE_FILE = "train_state.pt"
 STATE_FORMAT = "scaseg-train-state"
@@ -154,6 +156,74 @@ def _rng_fits(rng: Any) -> bool:
 
     return (isinstance(rng, dict) and byte_state(rng.get("cpu")) and rng["cpu"].numel() == size
             and (rng.get("cuda") is None or byte_state(rng.get("cuda"))))
+
+
+# -- reading it back into a run -----------------------------------------------------------------------------
+
+def check_same_run(saved: dict[str, Any], cfg: TrainConfig) -> None:
+    """Settings a run cannot change midway (the model it builds, the labels it reads), before any data is read."""
+    for key in ("variant", "dataset"):
+        if saved.get(key) != getattr(cfg, key):
+            raise ScasegError(f"cannot resume: the run used --{key} {saved.get(key)}, not {getattr(cfg, key)}")
+    if saved.get("model_kwargs", {}) != cfg.model_kwargs:
+        raise ScasegError(f"cannot resume: the run used --model-opt {_model_opts(saved.get('model_kwargs', {}))}, "
+                          f"not {_model_opts(cfg.model_kwargs)}")
+
+
+def _model_opts(kwargs: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(kwargs.items())) or "(none)"
+
+
+def check_classes(state: dict[str, Any], classes: list[str], data: str) -> None:
+    """The run's classes (count, and names in order where the state has them) are those of the data it continues on."""
+    if state["num_classes"] != len(classes):
+        raise ScasegError(f"cannot resume: the run had {state['num_classes']} classes, this data has {len(classes)}")
+    if "classes" in state and state["classes"] != classes:
+        i = next(i for i, (a, b) in enumerate(zip(state["classes"], classes)) if a != b)
+        raise ScasegError(f"cannot resume: the run was trained on other classes than those of {data} "
+                          f"(class {i} is {state['classes'][i]!r} in the run, {classes[i]!r} here)")
+
+
+def restore_model(model: nn.Module, weights: dict[str, Tensor], source: Path, variant: str) -> None:
+    """Load a state's weights: every tensor of this model, of its shape, finite; else one sentence."""
+    own = model.state_dict()
+    wrong = sorted(set(own) ^ set(weights)) or [k for k in own if own[k].shape != weights[k].shape]
+    if wrong:
+        raise ScasegError(f"cannot resume from {source}: its model weights do not fit {variant} "
+                          f"({len(wrong)} tensor(s) missing, extra or of another shape, first: {wrong[0]})")
+    _refuse_nonfinite(weights, source)
+    model.load_state_dict(weights)
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any], source: Path) -> None:
+    """Load AdamW's state, checked against the model's parameters: a damaged one would fail at the first step."""
+    fresh = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    damaged = f"cannot resume from {source}: its optimizer state does not fit this model"
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError):
+        raise ScasegError(damaged) from None
+    # Keys another PyTorch version adds or drops are its own business; those the loop reads must be there.
+    needed = {"lr", "lr_mult", "betas", "eps", "weight_decay"}
+    for group, before in zip(optimizer.param_groups, fresh):
+        if not needed <= set(group) or not all(_same_kind(group[k], v) for k, v in before.items() if k in group):
+            raise ScasegError(damaged)
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                fits = isinstance(value, Tensor) and (value.numel() == 1 if name == "step" else value.shape == p.shape)
+                if not fits:
+                    raise ScasegError(damaged)
+
+
+def _same_kind(value: Any, like: Any) -> bool:
+    """Whether an optimizer setting read back has the kind of the fresh one (a number, a flag, a pair...)."""
+    if like is None or isinstance(like, bool):
+        return value is None or isinstance(value, bool)
+    if isinstance(like, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(like, (tuple, list)):
+        return isinstance(value, (tuple, list)) and len(value) == len(like) and all(map(_same_kind, value, like))
+    return isinstance(value, type(like))
 
 
 # -- one writer per folder --------------------------------------------------------------------------------------
