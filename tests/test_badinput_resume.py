@@ -220,7 +220,7 @@ TAMPER: dict[str, tuple[Callable[[dict], Any], str]] = {  # name: (the change, w
     "a weight is reshaped": (lambda s: s["model"].update({next(iter(s["model"])): torch.zeros(2, 2)}),
                              "its model weights do not fit scaseg-b0"),
     "NaN weights": (lambda s: [t.fill_(float("nan")) for t in s["model"].values() if t.is_floating_point()],
-                    "holds NaN or infinite weights"),
+                    "NaN or infinite"),
     "optimizer moment reshaped": (_reshape_moment, "its optimizer state does not fit this model"),
     "betas is text": (lambda s: s["optimizer"]["param_groups"][0].update(betas="fast"),
                       "its optimizer state does not fit this model"),

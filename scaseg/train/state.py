@@ -236,6 +236,7 @@ class FolderLock:
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.fd = folder, -1
+        self._close = os.close  # __del__ may run at interpreter exit, after the os module is torn down
 
     def acquire(self) -> None:
         if self.fd >= 0:
@@ -260,7 +261,7 @@ class FolderLock:
 
     def release(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            self._close(self.fd)
             self.fd = -1
 
     def __del__(self) -> None:
