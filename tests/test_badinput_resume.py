@@ -229,6 +229,7 @@ TAMPER: dict[str, tuple[Callable[[dict], Any], str]] = {  # name: (the change, w
     "model_kwargs holds a list": (lambda s: s["config"].update(model_kwargs={"dropout": [0.1]}),
                                   "its config's 'model_kwargs'"),
     "version 99": (lambda s: s.update(version=99), "state version 99"),
+    "scaler holds text": (lambda s: s.update(scaler={"scale": "big"}), "its 'scaler' is damaged"),
     "seed out of range": (lambda s: s["config"].update(seed=2**70), "--seed must be in"),
 }
 

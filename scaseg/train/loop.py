@@ -167,9 +167,7 @@ class Trainer:
         check_classes(state, list(self.train_data.classes), self.cfg.data)
         restore_model(D.unwrap_model(self.model), state["model"], source, self.cfg.variant)
         restore_optimizer(self.optimizer, state["optimizer"], source)
-        if state["scaler"] and self.scaler.is_enabled():
-            if not all(isinstance(v, (int, float)) for v in state["scaler"].values()):
-                raise ScasegError(f"cannot resume from {source}: its 'scaler' is damaged")
+        if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.samples = int(state["samples"])

@@ -115,7 +115,7 @@ def state_problem(state: Any) -> Optional[str]:
                                                                     for k, t in v.items())),
         ("optimizer", lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
          and isinstance(v.get("param_groups"), list)),
-        ("scaler", lambda v: isinstance(v, dict)),
+        ("scaler", lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values())),
         ("rng", lambda v: isinstance(v, list) and bool(v) and all(_rng_fits(r) for r in v)),
         ("best_miou", _is_number),
         ("history", lambda v: isinstance(v, list) and all(_record_fits(r) for r in v)),
