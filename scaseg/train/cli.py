@@ -50,7 +50,7 @@ def main_command(
     workers: int = typer.Option(2, "--workers", help="DataLoader worker processes per training process."),
     amp: str = typer.Option("auto", "--amp", metavar="auto|off|bf16|fp16", help="Mixed precision: auto is fp16 on CUDA, fp32 on CPU."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", metavar="PATH", help="Encoder weights: a .pth/.bin/.safetensors file or a Hugging Face model folder (SegNeXt, SegFormer, mmsegmentation or Hugging Face names; see docs/model.md).", show_default="random initialisation"),
-    resume: Optional[str] = typer.Option(None, "--resume", metavar="DIR", help="Continue the run in this output folder (options given here override).", show_default="a new run"),
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="DIR", help="Continue the run in this folder, writing only there (a scaseg-train run folder, or its train_state.pt; options typed here override).", show_default="a new run"),
     seed: int = typer.Option(0, "--seed", help="Random seed of initialisation, data order and augmentation (offset per process)."),
     device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda", help="Where to train (auto: CUDA when present)."),
     threads: int = typer.Option(0, "--threads", callback=_check_threads, help="torch threads per process (0: PyTorch's default; at most 4 per CPU)."),
@@ -65,22 +65,16 @@ def main_command(
     version: bool = version_option("scaseg-train"),
 ) -> None:
     """Train SCASeg; prints the final validation line."""
-    from scaseg.train.loop import TrainConfig, _load_state, train
+    from scaseg.train.loop import TrainConfig, train
+    from scaseg.train.state import resumed_settings
 
     given = {k: v for k, v in ctx.params.items() if k not in ("model_opt",)}
     given["crop"] = parse_size(crop, "--crop")
     given["val_size"] = parse_size(val_size, "--val-size")
     given["model_kwargs"] = dict(_parse_opt(o) for o in model_opt)
     if resume:
-        # The saved run's settings, overridden by the options typed on this command line.
-        saved = _load_state(resume)["config"]
         typed = {k for k in given if (src := ctx.get_parameter_source(k)) is not None and src.name == "COMMANDLINE"}
-        merged = {**saved, **{k: given[k] for k in typed}, "resume": resume}
-        if not model_opt:
-            merged["model_kwargs"] = saved.get("model_kwargs", {})
-        if "out" not in typed:
-            merged["out"] = saved["out"]
-        cfg_dict = merged
+        cfg_dict = resumed_settings(resume, given, typed | ({"model_kwargs"} if model_opt else set()))
     else:
         if not data or not out:
             raise ScasegError("scaseg-train needs --data DIR and -o/--output DIR (or --resume OUT_DIR)")

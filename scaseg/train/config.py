@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from scaseg.errors import ScasegError
 
@@ -39,7 +39,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0  # torch intra-op threads; 0: PyTorch's default
     channels_last: bool = False  # convolutions on NHWC tensors (model and batches)
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # --model-opt: bool, int, float or str values
     quiet: bool = False  # no progress output
     class_weight: str = "none"  # none | balanced (balanced_class_weights of the train split)
     ohem_thresh: float = 0.0  # > 0: online hard-example mining (scaseg.train.loss.segmentation_loss)
@@ -76,4 +76,52 @@ class TrainConfig:
             raise ScasegError(f"--logit-adjust-images must be at least 1, not {self.logit_adjust_images}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise ScasegError(f"--amp must be auto, off, bf16 or fp16, not {self.amp!r}")
+        if not 0 <= self.seed < 2**63:
+            raise ScasegError(f"--seed must be in [0, 2^63), not {self.seed}")
         return self
+
+
+REQUIRED = ("data", "variant", "dataset")  # what a saved configuration must hold; the rest have defaults
+
+
+def config_problem(values: Any) -> Optional[str]:
+    """Why ``values`` (a configuration read back from a training state) cannot be TrainConfig fields, or None.
+
+    Unknown keys are allowed (a newer scaseg's settings) and missing ones take their defaults, except REQUIRED.
+    """
+    if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+        return "its config is not a table of settings"
+    for name in REQUIRED:
+        if name not in values:
+            return f"its config lacks {name!r}"
+    for name, hint in get_type_hints(TrainConfig).items():
+        if name in values and not _fits(values[name], hint):
+            return f"its config's {name!r} is {_short(values[name])}, of the wrong type"
+    if not all(isinstance(v, (bool, int, float, str)) for v in values.get("model_kwargs", {}).values()):
+        return f"its config's 'model_kwargs' is {_short(values['model_kwargs'])}, of the wrong type"
+    return None
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Union:
+        return any(_fits(value, a) for a in args)
+    if origin is tuple:
+        return (isinstance(value, (tuple, list)) and len(value) == len(args)
+                and all(_fits(v, a) for v, a in zip(value, args)))
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -4,7 +4,8 @@ Output folder:
 - ``last.pth`` / ``best.pth``: model checkpoints (fp32 state dict + embedded config, scaseg.save_checkpoint);
 - ``train_state.pt``: everything ``--resume`` needs (model, optimizer, grad scaler, iteration, RNG states);
 - ``metrics.json``: the validation history.
-Every file is written under a temporary name and renamed, so a killed run never leaves a corrupt one.
+Every file is written under a temporary name and renamed, so a killed run never leaves a corrupt one. Which
+folder a run may write, and how a state is read back, is scaseg.train.state's.
 """
 from __future__ import annotations
 
@@ -25,16 +26,16 @@ import scaseg
 from scaseg.data.datasets import IGNORE_INDEX, SegDataset, open_dataset
 from scaseg.checkpoint import torch_save
 from scaseg.errors import Interrupted, ScasegError
-from scaseg.fileio import atomic_path, check_writable_dir, refuse_overwrite
+from scaseg.fileio import atomic_path, created_folders, refuse_overwrite
 from scaseg.progress import progress as progress_bar, write
 from scaseg.train import dist as D, logit_adjust
 from scaseg.train.config import TrainConfig
 from scaseg.train.data import Augment, StreamSampler, TrainSet, collate, unwrap
 from scaseg.train.evaluate import evaluate
 from scaseg.train.loss import balanced_class_weights, segmentation_loss
-
-STATE_FILE = "train_state.pt"
-STATE_FORMAT = "scaseg-train-state"
+from scaseg.train.state import (OUTPUT_FILES, STATE_FILE, STATE_FORMAT, STATE_VERSION, FolderLock, check_classes,
+                                check_new_output, check_resume_output, check_same_run, load_state, restore_model,
+                                restore_optimizer, run_folder)
 
 
 def lr_factor(it: int, *, total: int, warmup: int, warmup_ratio: float = 1e-6, power: float = 1.0) -> float:
@@ -71,9 +72,6 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     return torch.float16 if amp == "fp16" else torch.bfloat16
 
 
-OUTPUT_FILES = ("last.pth", "best.pth", STATE_FILE, "metrics.json")
-
-
 def _open_labelled(data: str, kind: str, split: str) -> SegDataset:
     """A dataset split training can use: labelled, with at least one class; else one sentence naming the problem."""
     ds = open_dataset(data, kind, split)
@@ -85,21 +83,6 @@ def _open_labelled(data: str, kind: str, split: str) -> SegDataset:
     if ds.num_classes < 1:
         raise ScasegError(f"the {ds.kind} dataset at {data} names no classes (an empty classes.txt?)")
     return ds
-
-
-def _load_state(path: str) -> dict[str, Any]:
-    p = Path(path).expanduser()
-    if p.is_dir():
-        p = p / STATE_FILE
-    if not p.is_file():
-        raise ScasegError(f"cannot resume: {p} does not exist (pass a training output folder or its {STATE_FILE})")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: any unpickling error means "not our state"
-        raise ScasegError(f"cannot resume from {p}: not a readable training state ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ScasegError(f"cannot resume from {p}: it is not a scaseg-train state file")
-    return state
 
 
 def _rng_state(env: D.DistEnv) -> list[Any]:
@@ -117,20 +100,27 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, env: D.DistEnv) -> None:
         self.cfg, self.env = cfg.checked(), env
-        self.out = Path(cfg.out).expanduser()
-        self.state = _load_state(cfg.resume) if cfg.resume else None
-        # Inputs first, then the output: a run refused for its data leaves no folder behind. The folder itself
-        # appears with the first checkpoint (atomic_path creates it), and temporaries of a killed run go then.
+        self.lock: Optional[FolderLock] = None
+        self.state: Optional[dict[str, Any]] = None
+        if cfg.resume:
+            # The run continues in the folder it was given, never in the one its state recorded: a copied or moved
+            # run must not write into the original.
+            self.out = run_folder(cfg.resume)
+            check_resume_output(self.out, cfg.out)
+            self._hold_folder()  # before reading: a state another writer is replacing would be stale
+            self.state = load_state(self.out)
+            check_same_run(self.state["config"], self.cfg)
+        else:
+            self.out = Path(cfg.out).expanduser()
+        # Inputs first, then the output: a run refused for its data leaves no folder behind. A new run's folder
+        # appears when training starts and goes again if the run ends before its first checkpoint.
         self.train_data = _open_labelled(cfg.data, cfg.dataset, cfg.train_split)
         self.val_data = _open_labelled(cfg.data, cfg.dataset, cfg.val_split) if cfg.val_interval else None
         self.num_classes = self.train_data.num_classes
         if cfg.pretrained:
             refuse_overwrite([self.out / n for n in OUTPUT_FILES], [cfg.pretrained])
-        if self.out.exists() and not self.out.is_dir():
-            raise ScasegError(f"the output {self.out} exists and is not a folder")
-        if self.state is None and (self.out / STATE_FILE).exists():
-            raise ScasegError(f"{self.out} already holds a training run; pass --resume {self.out} or choose another -o/--output")
-        check_writable_dir(self.out / STATE_FILE)
+        if self.state is None:
+            check_new_output(self.out)
         torch.manual_seed(cfg.seed + env.rank)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -156,17 +146,27 @@ class Trainer:
         if self.state is not None:
             self._restore(self.state)
 
+    # -- the output folder ----------------------------------------------------------------------------------
+
+    def _hold_folder(self) -> None:
+        """Rank 0 holds the run folder's lock while it writes there: a second run into it is refused."""
+        if self.env.is_main:
+            if self.lock is None:
+                self.lock = FolderLock(self.out)
+            self.lock.acquire()
+
+    def _release_folder(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
     # -- resume ---------------------------------------------------------------------------------------------
 
     def _restore(self, state: dict[str, Any]) -> None:
-        saved = state["config"]
-        for key in ("variant", "dataset"):
-            if saved.get(key) != getattr(self.cfg, key):
-                raise ScasegError(f"cannot resume: the run used --{key} {saved.get(key)}, not {getattr(self.cfg, key)}")
-        if state["num_classes"] != self.num_classes:
-            raise ScasegError(f"cannot resume: the run had {state['num_classes']} classes, this data has {self.num_classes}")
-        D.unwrap_model(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Continue from a checked state (scaseg.train.state.load_state); what does not fit this run is one sentence."""
+        source = self.out / STATE_FILE
+        check_classes(state, list(self.train_data.classes), self.cfg.data)
+        restore_model(D.unwrap_model(self.model), state["model"], source, self.cfg.variant)
+        restore_optimizer(self.optimizer, state["optimizer"], source)
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
@@ -178,7 +178,10 @@ class Trainer:
         if len(rngs) == self.env.world_size:  # another world size cannot replay the same dropout draws anyway
             torch.set_rng_state(rngs[self.env.rank]["cpu"])
             if self.env.device.type == "cuda" and rngs[self.env.rank]["cuda"] is not None:
-                torch.cuda.set_rng_state(rngs[self.env.rank]["cuda"])
+                try:
+                    torch.cuda.set_rng_state(rngs[self.env.rank]["cuda"])
+                except RuntimeError:  # another GPU model's generator: its draws cannot be replayed here
+                    pass
 
     # -- checkpoints ----------------------------------------------------------------------------------------
 
@@ -192,9 +195,14 @@ class Trainer:
         return path
 
     def _save_state(self, rngs: list[Any]) -> None:
+        # Absolute paths, so that a resume from another directory finds the data; the output folder is a note
+        # only (a resume writes where it is pointed).
+        config = {**dataclasses.asdict(self.cfg), "data": str(Path(self.cfg.data).expanduser().absolute()),
+                  "out": str(self.out.absolute())}
         state = {
-            "format": STATE_FORMAT, "version": 1, "iteration": self.iteration, "samples": self.samples, "num_classes": self.num_classes,
-            "config": dataclasses.asdict(self.cfg), "model": D.unwrap_model(self.model).state_dict(),
+            "format": STATE_FORMAT, "version": STATE_VERSION, "iteration": self.iteration, "samples": self.samples,
+            "num_classes": self.num_classes, "classes": list(self.train_data.classes),
+            "config": config, "model": D.unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng": rngs, "best_miou": self.best_miou, "history": self.history,
             "logit_adjustment": self.logit_adjustment,
@@ -205,13 +213,13 @@ class Trainer:
         self._save_model("last.pth")
         with atomic_path(self.out / "metrics.json") as tmp:
             tmp.write_text(json.dumps(self.history, indent=1))
-        self.saved_iteration = self.iteration
 
     def checkpoint(self) -> None:
         rngs = _rng_state(self.env)  # a collective: every rank takes part
         if self.env.is_main:
             self._save_state(rngs)
         D.barrier(self.env)
+        self.saved_iteration = self.iteration
 
     def _score_val(self) -> dict[str, Any]:
         assert self.val_data is not None
@@ -225,6 +233,9 @@ class Trainer:
         self.best_miou = max(self.best_miou, miou)
         self.history.append({"iteration": self.iteration, "miou": miou, "pixel_acc": float(result["pixel_acc"]),
                              "iou": [None if math.isnan(v) else float(v) for v in result["iou"]]})
+        if improved and self.saved_iteration is None and self.state is None:
+            # A new run's first file is its state (what marks the folder as a scaseg-train run), so best.pth waits.
+            self.checkpoint()
         if self.env.is_main:
             if improved:
                 self._save_model("best.pth")
@@ -314,28 +325,16 @@ class Trainer:
         val_every = cfg.val_interval
         ckpt_every = cfg.ckpt_interval or val_every
         self.model.train()
-        batches = iter(self._loader())
-        bar = progress_bar(total=cfg.iters, initial=self.iteration, desc="train", unit="it", file=sys.stderr,
-                   dynamic_ncols=True, disable=not env.is_main or cfg.quiet)
         start, start_it = time.perf_counter(), self.iteration
-        try:
-            while self.iteration < stop:
-                image, label = unwrap(next(batches))
-                loss = self.step(image, label)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
-                bar.update(1)
-                last = self.iteration == cfg.iters
-                if last and cfg.logit_adjust and self.logit_adjustment is None:
-                    self.adjust_logits()
-                if val_every and (self.iteration % val_every == 0 or last):
-                    self.validate()
-                if last or self.iteration == stop or (ckpt_every and self.iteration % ckpt_every == 0):
-                    self.checkpoint()
-        except KeyboardInterrupt:
-            bar.close()
-            raise Interrupted(self._kept()) from None
-        finally:
-            bar.close()
+        # A new folder that the run leaves empty (refused, failed or interrupted before its first checkpoint) goes.
+        with created_folders(self.out):
+            self._hold_folder()
+            if self.env.is_main and self.state is None and self.saved_iteration is None:
+                check_new_output(self.out)  # again, under the lock: another run may have claimed it meanwhile
+            try:
+                self._train_until(stop, val_every, ckpt_every)
+            finally:
+                self._release_folder()
         elapsed = time.perf_counter() - start
         done = self.iteration - start_it
         final = self.history[-1] if self.history and self.history[-1]["iteration"] == self.iteration else None
@@ -350,6 +349,31 @@ class Trainer:
             "best": str(self.out / "best.pth") if self.history else None,
             "logit_alpha": self.logit_adjustment["alpha"] if self.logit_adjustment else None,
         }
+
+    def _train_until(self, stop: int, val_every: int, ckpt_every: int) -> None:
+        cfg = self.cfg
+        batches = iter(self._loader())
+        bar = progress_bar(total=cfg.iters, initial=self.iteration, desc="train", unit="it", file=sys.stderr,
+                           dynamic_ncols=True, disable=not self.env.is_main or cfg.quiet)
+        try:
+            while self.iteration < stop:
+                image, label = unwrap(next(batches))
+                loss = self.step(image, label)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+                bar.update(1)
+                last = self.iteration == cfg.iters
+                if last and cfg.logit_adjust and self.logit_adjustment is None:
+                    self.adjust_logits()
+                if val_every and (self.iteration % val_every == 0 or last):
+                    self.validate()
+                due = last or self.iteration == stop or (ckpt_every and self.iteration % ckpt_every == 0)
+                if due and self.saved_iteration != self.iteration:  # validate() may have saved it already
+                    self.checkpoint()
+        except KeyboardInterrupt:
+            bar.close()
+            raise Interrupted(self._kept()) from None
+        finally:
+            bar.close()
 
 
 def _worker_init(_: int) -> None:
