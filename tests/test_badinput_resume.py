@@ -231,6 +231,8 @@ TAMPER: dict[str, tuple[Callable[[dict], Any], str]] = {  # name: (the change, w
     "version 99": (lambda s: s.update(version=99), "state version 99"),
     "scaler holds text": (lambda s: s.update(scaler={"scale": "big"}), "its 'scaler' is damaged"),
     "seed out of range": (lambda s: s["config"].update(seed=2**70), "--seed must be in"),
+    "threads 10000": (lambda s: s["config"].update(threads=10000), "recorded thread count"),
+    "threads -1": (lambda s: s["config"].update(threads=-1), "recorded thread count"),
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from scaseg.checkpoint import _refuse_nonfinite
+from scaseg.checkpoint import check_weights
 from scaseg.errors import ScasegError
 from scaseg.fileio import check_dir_output, check_writable_dir, same_path
 from scaseg.train.config import TrainConfig, config_problem
@@ -63,6 +63,13 @@ def resumed_settings(resume: str, given: dict[str, Any], typed: set[str]) -> dic
     if "data" not in typed and not Path(saved["data"]).expanduser().exists():
         raise ScasegError(f"cannot resume: the run's dataset {saved['data']} (as its state records it) is not there; "
                           "pass --data DIR")
+    if "threads" not in typed and isinstance(saved.get("threads"), int):  # typed ones were checked at the edge
+        from scaseg.runtime.backends.threads import check_thread_count
+
+        try:
+            check_thread_count(saved["threads"], "--threads", zero="PyTorch's default")
+        except ScasegError as exc:
+            raise ScasegError(f"cannot resume with the run's recorded thread count: {exc}; pass --threads N") from None
     return {**saved, **{k: given[k] for k in typed}, "resume": str(folder),
             "out": given["out"] if "out" in typed else str(folder)}
 
@@ -191,7 +198,7 @@ def restore_model(model: nn.Module, weights: dict[str, Tensor], source: Path, va
     if wrong:
         raise ScasegError(f"cannot resume from {source}: its model weights do not fit {variant} "
                           f"({len(wrong)} tensor(s) missing, extra or of another shape, first: {wrong[0]})")
-    _refuse_nonfinite(weights, source)
+    check_weights(weights, source)
     model.load_state_dict(weights)
 
 
