@@ -2,6 +2,9 @@
 
 Every export prints a TensorRT compatibility lint and a parity report against PyTorch; a parity failure exits
 non-zero and leaves no output behind.
+
+Over 400 lines: the command's 30-odd options and the steps they drive (check, load, export, precision, engine,
+Triton) read top to bottom here; parsing them into one typed request the steps take is the next split.
 """
 from __future__ import annotations
 

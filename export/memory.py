@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from scaseg.errors import MEMORY_MARGIN, GiB, ScasegError
-from scaseg.errors import available_memory as available_bytes  # the one home of the memory rule
+from scaseg.errors import ScasegError
+from scaseg.memory import MEMORY_MARGIN, GiB
+from scaseg.memory import available_memory as available_bytes  # the one home of the memory rule
 
 BASE = 0.42 * GiB  # Python with torch, onnx, onnxsim and onnxruntime imported (measured: 0.55 GiB at 128x128)
 PARAM_COPIES = 6.0  # the model, the ONNX proto, its serialised bytes, the simplifier's copy, the session's

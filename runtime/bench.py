@@ -18,7 +18,8 @@ import typer
 from scaseg import DEFAULT_MODEL_FILE, default_model
 from scaseg.cli import make_app, parse_imgsz, quiet_option
 from scaseg.runtime.backends import ModelFile, model_file, open_backend
-from scaseg.errors import ScasegError, check_memory, run_cli, version_option
+from scaseg.errors import ScasegError, run_cli, version_option
+from scaseg.memory import check_memory
 from scaseg.fileio import atomic_path, check_output, refuse_overwrite, same_path
 from scaseg.metadata import ModelInfo
 from scaseg.runtime.backends.threads import parse_threads, settle

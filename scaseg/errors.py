@@ -1,16 +1,14 @@
-"""User-facing errors, the command-line wrapper that turns them into one sentence and an exit code, and the one
-check that an allocation fits in the memory available before it is made (images before decoding, scaseg-bench's
-batch, scaseg-export's estimate)."""
+"""User-facing errors and the command-line wrapper that turns them into one sentence and an exit code.
+
+Its helpers live beside it: scaseg/signals.py (SIGTERM and SIGHUP unwind like Ctrl-C) and scaseg/memory.py (an
+allocation checked before it is made; a failed one named in the sentence)."""
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import os
-import re
 import sys
-import threading
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 
 class ScasegError(Exception):
@@ -31,10 +29,6 @@ class Interrupted(Exception):
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM and SIGHUP give 128 + their number (run_cli)
-
-# The signals that stop a command. Each one unwinds like Ctrl-C (a KeyboardInterrupt in the main thread), so every
-# `finally` and `except BaseException` on the way out runs: temporaries go, worker processes are stopped.
-STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 #: Optional packages -> the pyproject extra that installs them (tests/test_badinput_card_path.py checks the names).
 EXTRAS = {"torch": "export", "onnx": "export", "onnxsim": "export", "onnxscript": "export", "safetensors": "export",
@@ -59,100 +53,6 @@ def require_package(module: str, purpose: str, extra: Optional[str] = None) -> A
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
-
-
-class _Stop:
-    """The first stop signal this command received (None: none yet), and how many came."""
-
-    signum: Optional[int] = None
-    count = 0
-
-
-def _on_stop_signal(signum: int, frame: Any) -> None:
-    _Stop.count += 1
-    if _Stop.count == 2:
-        # A second signal while the first one unwinds (an impatient double Ctrl-C): raising again would cut a
-        # cleanup short and leave its temporary behind, so the cleanup finishes. A third one is insistence: it
-        # unwinds again (a cleanup stuck on a stalled stream can be left; a later run removes what it leaves).
-        return
-    if _Stop.signum is None:
-        _Stop.signum = signum
-    raise KeyboardInterrupt
-
-
-def _stop_signal_numbers() -> list[int]:
-    import signal
-
-    return [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]  # no SIGHUP on Windows
-
-
-@contextlib.contextmanager
-def _stop_signals() -> Iterator[type[_Stop]]:
-    """Make SIGINT, SIGTERM and SIGHUP unwind like Ctrl-C while the block runs; restore the handlers after it.
-
-    A signal the caller ignores (``nohup`` ignores SIGHUP, a shell's background job SIGINT) stays ignored.
-    Outside the main thread (where Python cannot set handlers) nothing changes.
-    """
-    import signal
-
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in _stop_signal_numbers():
-            handler = signal.getsignal(signum)
-            if handler != signal.SIG_IGN:
-                previous[signum] = handler
-                signal.signal(signum, _on_stop_signal)
-    _Stop.signum, _Stop.count = None, 0
-    try:
-        yield _Stop
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        _Stop.signum, _Stop.count = None, 0
-
-
-@contextlib.contextmanager
-def starting_workers() -> Iterator[None]:
-    """Block the stop signals while a command starts worker processes (the mask is inherited, also through exec).
-
-    A worker thus never runs with the default action (death, before its initializer could ignore the signal);
-    a signal that arrives meanwhile reaches this process when the block ends.
-    """
-    import signal
-
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _stop_signal_numbers())
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def worker_init(parent: int) -> None:
-    """Initializer of a command's worker processes (``parent``: the command's pid).
-
-    Stop signals are the parent's to act on: it stops the pool, waits for its workers and removes the temporaries
-    (a signal to the whole process group, as a terminal's Ctrl-C or hang-up sends, reaches the workers too; they
-    ignore it). Should the parent die without doing so (SIGKILL, the kernel's OOM killer), the worker exits
-    within a second instead of waiting for work forever.
-    """
-    import signal
-
-    for signum in _stop_signal_numbers():
-        signal.signal(signum, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _stop_signal_numbers())  # blocked by starting_workers
-
-    def watch() -> None:
-        import time
-
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="scaseg-parent-watch", daemon=True).start()
 
 
 def _interrupt_guard(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -186,17 +86,20 @@ def run_cli(app: Callable[..., object], prog: Optional[str] = None, interrupted:
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 (surrogates) prints as \udcff, not a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    with _stop_signals() as stop:
+    from scaseg.memory import allocation_failure
+    from scaseg.signals import SIGINT, signal_name, stop_signals
+
+    with stop_signals() as stop:
         try:
             code = _invoke(app, name)
         except (KeyboardInterrupt, Interrupted) as exc:
             what = str(exc) if isinstance(exc, Interrupted) and str(exc) else interrupted
-            signum = stop.signum or _SIGINT
-            by = "" if signum == _SIGINT else f" by {_signal_name(signum)}"
+            signum = stop.signum or SIGINT
+            by = "" if signum == SIGINT else f" by {signal_name(signum)}"
             _say(f"{name}: interrupted{by}{_one_line(what) if what[:1] in ',;:' else ' ' + _one_line(what)}")
             sys.exit(128 + signum)
         except Exception as exc:
-            memory = _allocation_failure(exc)
+            memory = allocation_failure(exc)
             if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in EXTRAS:
                 exc = missing_package(exc.name or "", name)  # an optional package imported where no one checked
             if os.environ.get("SCASEG_DEBUG") or (memory is None and not isinstance(exc, ScasegError)):
@@ -214,88 +117,12 @@ def run_cli(app: Callable[..., object], prog: Optional[str] = None, interrupted:
     sys.exit(code)  # as click's standalone mode does, also on success
 
 
-_SIGINT = 2  # signal.SIGINT on every platform Python supports
-
-
-def _signal_name(signum: int) -> str:
-    import signal
-
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
 def _say(line: str) -> None:
     # After SIGHUP the terminal may be gone: a failed write must not turn the sentence into a traceback.
     try:
         print(line, file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
-
-
-# What allocators say when they fail. Matched on the exception's class and module and on its message, never by
-# importing the library (this module stays light): numpy's _ArrayMemoryError is a MemoryError; PyTorch raises a
-# RuntimeError ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory"), OpenCV a cv2.error
-# ("Insufficient memory", "Failed to allocate"), ONNX Runtime its own classes ("Failed to allocate memory",
-# "bad allocation", "std::bad_alloc"); a shared library that cannot be mapped is an ImportError or OSError.
-_ALLOCATOR_MESSAGE = re.compile(r"can't allocate memory|cannot allocate memory|failed to allocate|insufficient memory|"
-                                r"out of memory|bad[_ ]alloc|failed to map segment", re.IGNORECASE)
-_SIZE_IN_BYTES = re.compile(r"(?:allocate|size of|buffer of size)\s+(\d+)(?:\s*bytes)?", re.IGNORECASE)
-_SIZE_WITH_UNIT = re.compile(r"allocate\s+([\d.]+)\s*([KMGTPE]?i?B)\b")
-_LIBRARY = re.compile(r"([\w.+-]+\.(?:so|dylib|dll)[\w.]*)")
-_LIBRARIES = (("torch", "PyTorch"), ("cv2", "OpenCV"), ("onnxruntime", "ONNX Runtime"), ("numpy", "numpy"),
-              ("tensorrt", "TensorRT"))
-
-
-def _allocation_failure(exc: BaseException) -> Optional[str]:
-    """For an allocation failure in ``exc`` or its causes: what was being done ("allocating 4 GiB in PyTorch")."""
-    seen: set[int] = set()
-    current: Optional[BaseException] = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if not isinstance(current, ScasegError):  # our own sentences may speak of memory; they are not failures
-            what = _describe_allocation(current)
-            if what is not None:
-                return what
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _describe_allocation(exc: BaseException) -> Optional[str]:
-    text = str(exc)
-    module = type(exc).__module__ or ""
-    where = next((label for prefix, label in _LIBRARIES if module.split(".")[0] == prefix), "")
-    if isinstance(exc, (ImportError, OSError)):
-        if "failed to map segment" not in text and getattr(exc, "errno", None) != 12:  # ENOMEM
-            return None
-        library = _LIBRARY.search(text)
-        return f"loading {library.group(1)}" if library else "loading a shared library"
-    if not isinstance(exc, MemoryError):
-        if not _ALLOCATOR_MESSAGE.search(text):
-            return None
-        if not where and not isinstance(exc, RuntimeError):
-            return None  # an unknown library's exception that happens to mention memory
-        if not where:
-            where = "PyTorch" if "Allocator" in text or "CUDA out of memory" in text else ""
-    elif not where:
-        where = "numpy" if type(exc).__name__ == "_ArrayMemoryError" else "Python"
-    size = _allocation_size(text)
-    return f"allocating {size + ' ' if size else ''}in {where or 'a library'}"
-
-
-def _allocation_size(text: str) -> str:
-    with_unit = _SIZE_WITH_UNIT.search(text)
-    if with_unit:
-        return f"{float(with_unit.group(1)):g} {with_unit.group(2)}"
-    in_bytes = _SIZE_IN_BYTES.search(text)
-    if in_bytes:
-        n = float(in_bytes.group(1))
-        for unit in ("bytes", "KiB", "MiB", "GiB"):
-            if n < 1024 or unit == "GiB":
-                return f"{n:.3g} {unit}" if unit != "bytes" else f"{int(n)} bytes"
-            n /= 1024
-    return ""
 
 
 def _invoke(app: Callable[..., object], name: str) -> int:
@@ -369,52 +196,3 @@ def version_option(prog: str) -> Any:
             raise typer.Exit()
 
     return typer.Option(False, "--version", callback=show, is_eager=True, help="Print the version and exit.")
-
-
-GiB = 2**30
-#: refuse an allocation above available / MEMORY_MARGIN: the sizes checked are estimates, and the process needs room
-MEMORY_MARGIN = 1.10
-
-
-def available_memory() -> Optional[int]:
-    """Memory this process can still take, in bytes: MemAvailable, capped by a cgroup v2 limit; None where neither
-    is known (then no allocation is refused for want of memory)."""
-    found: list[int] = []
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
-    try:  # a container's limit (cgroup v2) can be far below the machine's free memory
-        with open("/sys/fs/cgroup/memory.max") as f:
-            limit = f.read().strip()
-        with open("/sys/fs/cgroup/memory.current") as f:
-            used = int(f.read().strip())
-        if limit != "max":
-            found.append(max(0, int(limit) - used))
-    except (OSError, ValueError):
-        pass
-    if not found:
-        try:
-            import psutil  # type: ignore[import-not-found]
-
-            found.append(int(psutil.virtual_memory().available))
-        except ImportError:
-            pass
-    return min(found) if found else None
-
-
-def format_bytes(n: float) -> str:
-    """``1.5 GiB``, ``12.0 MiB``: sizes in the memory sentences."""
-    return f"{n / GiB:.1f} GiB" if n >= GiB / 10 else f"{n / 2**20:.1f} MiB"
-
-
-def check_memory(nbytes: float, what: str, hint: str = "", error: type[ScasegError] = ScasegError) -> None:
-    """Refuse, in one sentence and before it is made, an allocation of about ``nbytes`` that the memory available
-    now cannot hold: ``<what> needs about X GiB of memory, but Y GiB is available<hint>``."""
-    have = available_memory()
-    if have is not None and nbytes * MEMORY_MARGIN > have:
-        raise error(f"{what} needs about {format_bytes(nbytes)} of memory, but {format_bytes(have)} is available{hint}")

@@ -1,6 +1,6 @@
 """Images that lie about their size, files that are not images, batches that cannot fit, and EXIF orientation,
 through the public commands: one sentence (exit 2) for a single image, a warning and the rest of the folder done for
-a folder, nothing decoded or read whole that the memory rule refuses (scaseg.data.images, scaseg.errors.check_memory).
+a folder, nothing decoded or read whole that the memory rule refuses (scaseg.data.images, scaseg.memory.check_memory).
 """
 from __future__ import annotations
 

@@ -133,7 +133,7 @@ def test_the_memory_rule(monkeypatch):
     check_decodable(small, 1000, "the image x")
     with pytest.raises(ImageTooLarge, match="on disk, more than a 100x100 PNG"):
         check_decodable(small, 2 * small.decoded_bytes + image_headers.FILE_SLACK + 1, "the image x")
-    monkeypatch.setattr("scaseg.errors.available_memory", lambda: 1 << 30)  # the shared rule, 1 GiB left
+    monkeypatch.setattr("scaseg.memory.available_memory", lambda: 1 << 30)  # the shared rule, 1 GiB left
     check_decodable(small, 1000, "the image x")
     mid = read_header(png_of_zeros(16000, 8000))  # 384 MB decoded, 1.1 GB at the peak
     with pytest.raises(ImageTooLarge, match="decoding the image x \\(16000x8000 PNG, 3 channel\\(s\\)\\) needs about "

@@ -6,7 +6,7 @@ its first bytes (PNG IHDR, JPEG SOF, BMP DIB header, TIFF IFD0, WebP VP8/VP8L/VP
 at most HEADER_READ_LIMIT, with the EXIF orientation on the way (JPEG APP1, PNG eXIf, WebP EXIF, a TIFF's tag 274).
 :func:`check_decodable` refuses (ImageTooLarge) more than MAX_IMAGE_PIXELS, a file larger than its pixels can explain
 (a sparse or padded file: reading it would be the allocation), and a decode the memory available now cannot hold
-(scaseg.errors.check_memory). No cv2 here: nothing is decoded.
+(scaseg.memory.check_memory). No cv2 here: nothing is decoded.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Optional, Union
 
 from scaseg.cli import special_file
-from scaseg.errors import ScasegError, check_memory, format_bytes
+from scaseg.errors import ScasegError
+from scaseg.memory import check_memory, format_bytes
 
 #: The most pixels an image may have to be decoded at all: 2**27, e.g. 16384x8192 (a 100-megapixel frame fits).
 MAX_IMAGE_PIXELS = 1 << 27

@@ -11,7 +11,8 @@ import numpy as np
 
 from scaseg.data.synth.render import check_size, render_scene, render_video
 from scaseg.data.synth.world import BUILDING, CAR, EGO, PERSON, ROAD, SIDEWALK, SKY, SYNTH_CLASSES, VEGETATION
-from scaseg.errors import ScasegError, starting_workers, worker_init
+from scaseg.errors import ScasegError
+from scaseg.signals import starting_workers, worker_init
 from scaseg.data.images import VideoFile, write_image
 from scaseg.fileio import atomic_dir, check_dir_output, write_bytes
 
