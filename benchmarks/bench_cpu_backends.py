@@ -12,7 +12,7 @@ cannot compile gets a row with the reason.
 
 The files (in --work): ``scaseg-export scaseg/weights/scaseg-t-synth.pth --imgsz 512x512``, the same with
 ``--precision int8 --calib data --calib-num 32 --int8-target cpu`` and ``--int8-target tensorrt``, and
-``scaseg-synth data -n 200 --seed 1 --size 256x512 --video-frames 0`` (its val split: 40 scenes).
+``scaseg-synth data --num 200 --seed 1 --size 256x512 --video-frames 0`` (its val split: 40 scenes).
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def prepare(work: Path, calib_num: int) -> None:
     work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
     if not data.is_dir():
-        _cli(["scaseg-synth", str(data), "-n", "200", "--seed", "1", "--size", "256x512", "--video-frames", "0", "-q"])
+        _cli(["scaseg-synth", str(data), "--num", "200", "--seed", "1", "--size", "256x512", "--video-frames", "0", "-q"])
     if not (work / FILES["fp32"]).is_file():
         _cli(["scaseg-export", str(CHECKPOINT), "--imgsz", "512x512", "-o", str(work / FILES["fp32"]), "-q"])
     for target in ("cpu", "tensorrt"):
@@ -154,7 +154,7 @@ def render(result: dict[str, Any], command: str) -> str:
         "",
         f"scaseg-t (shipped scaseg-t-synth) at 512x512, batch 1, {result['threads']} threads, CPU. Median of "
         f"{result['runs']} interleaved rounds (after {result['warmup']} warm-up); speed-up = ORT fp32 median / "
-        f"median. mIoU (%) on the {result['images']} val scenes of `scaseg-synth -n 200 --seed 1 --size 256x512` "
+        f"median. mIoU (%) on the {result['images']} val scenes of `scaseg-synth --num 200 --seed 1 --size 256x512` "
         "(stretched to 512x512 and back, as scaseg-bench scores); agreement: pixels with the label ORT fp32 gives.",
         "",
         "| configuration | file | median ms | p90 ms | speed-up | mIoU | vs ORT fp32 (points) | label agreement |",

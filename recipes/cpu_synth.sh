@@ -64,7 +64,7 @@ T1="$(now)"
 TRAIN_CMD=(torchrun --standalone --nproc-per-node 2 -m scaseg.train.cli
            --data "$DATA" --dataset cityscapes --variant scaseg-t -o "$RUN" --device cpu --threads 1
            --iters 800 --batch 2 --crop 128x256 --scale-range 0.4 0.75 --val-size 192x384 --class-weight balanced
-           --lr 4e-3 --head-lr-mult 1 --warmup 50 --val-interval 400 --workers 1 --seed "$SEED" --channels-last
+           --lr 4e-3 --head-lr-mult 1 --warmup-iters 50 --val-interval 400 --workers 1 --seed "$SEED" --channels-last
            --logit-adjust --model-opt drop_path_rate=0 --model-opt dropout=0)
 # scaseg-train refuses a folder that already holds a run: remove ours (and only a training output) first.
 if [ -e "$RUN/train_state.pt" ]; then rm -rf "$RUN"; fi

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,12 +18,12 @@ import typer
 
 from scaseg import DEFAULT_MODEL_FILE, default_model
 from scaseg.cli import make_app, parse_imgsz, quiet_option
-from scaseg.runtime.backends import ModelFile, model_file, open_backend
+from scaseg.runtime.backends import ModelFile, RunSettings, model_file, open_backend
 from scaseg.errors import ScasegError, run_cli, version_option
 from scaseg.memory import check_memory
 from scaseg.fileio import atomic_path, check_output, refuse_overwrite, same_path
 from scaseg.metadata import ModelInfo
-from scaseg.runtime.backends.threads import parse_threads, settle
+from scaseg.runtime.backends.threads import apply_auto_threads
 from scaseg.runtime.memory import peak_rss_mb, reset_peak_rss
 from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, batch_option, device_option, imgsz_option,
                                     memory_option, threads_option)
@@ -127,24 +128,38 @@ def evaluate(predictor: Predictor, ds: Any, limit: Optional[int] = None, progres
             "class_names": list(ds.classes), "images": total, "dataset": ds.kind, "split": ds.split}
 
 
-def bench_one(model: ModelFile, *, backend: str, device: Optional[str], threads: Optional[int | str], imgsz: Optional[tuple[int, int]],
-              batch: Optional[int], warmup: int, runs: int, data: Optional[str], dataset: str, split: str,
-              limit: Optional[int], progress: bool, memory: Optional[str] = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BenchRequest:
+    """What scaseg-bench was asked, parsed and checked once at its edge; bench_one trusts it."""
+
+    settings: RunSettings  # device, threads (None: auto) and memory
+    imgsz: Optional[tuple[int, int]]
+    batch: Optional[int]
+    warmup: int
+    runs: int
+    data: Optional[str]
+    dataset: str
+    split: str
+    limit: Optional[int]
+    progress: bool
+
+
+def bench_one(model: ModelFile, backend: str, request: BenchRequest) -> dict[str, Any]:
     """Benchmark one model file on one backend; returns the JSON record (see docs/runtime.md).
 
     ``peak_rss_mb`` is the process's peak RSS while this model was loaded, timed and scored, when the caller reset
     the high-water mark before (reset_peak_rss); else the process's peak so far.
     """
-    path = model.path
-    with open_backend(model, backend, device=device, threads=parse_threads(threads), memory=memory) as be:
+    path, progress, data = model.path, request.progress, request.data
+    with open_backend(model, backend, settings=request.settings) as be:
         # One --imgsz across a mixed list: it applies to the dynamic models; static ones keep their size.
-        predictor = Predictor(be, imgsz, batch, static_wins=True)
+        predictor = Predictor(be, request.imgsz, request.batch, keep_static_size=True)
         if predictor.imgsz_ignored:
             assert predictor.size is not None
             print(f"scaseg-bench: {os.path.basename(path)} has a fixed {predictor.size[0]}x{predictor.size[1]} input; "
                   "--imgsz ignored for it", file=sys.stderr)
         check_batch_memory(predictor)
-        chosen = settle(be, predictor.size, predictor.batch)
+        chosen = apply_auto_threads(be, predictor.size, predictor.batch)
         if progress and chosen != "-":
             print(f"scaseg-bench: {os.path.basename(path)}: threads {chosen}", file=sys.stderr)
         record: dict[str, Any] = {
@@ -153,12 +168,12 @@ def bench_one(model: ModelFile, *, backend: str, device: Optional[str], threads:
             "size_mb": os.path.getsize(path) / 2**20, "batch": predictor.batch, "threads": be.threads,
             "kept_float": kept_float(be.info),
         }
-        ds = open_eval_dataset(data, dataset, split, be.info) if data is not None else None
+        ds = open_eval_dataset(data, request.dataset, request.split, be.info) if data is not None else None
         # End-to-end timing decodes a real image of the dataset when there is one.
         image_bytes = read_encoded(ds.image_paths[0]) if ds is not None else sample_jpeg()
-        record.update(time_model(predictor, image_bytes, warmup, runs, progress))
+        record.update(time_model(predictor, image_bytes, request.warmup, request.runs, progress))
         if ds is not None:
-            record.update(evaluate(predictor, ds, limit, progress))
+            record.update(evaluate(predictor, ds, request.limit, progress))
         record["peak_rss_mb"] = peak_rss_mb()
     return record
 
@@ -290,8 +305,8 @@ def bench(
     files = [model_file(path) for path in models]  # fail on a typo before spending minutes on the models before it
     if data is not None and not Path(data).expanduser().is_dir():
         raise ScasegError(f"dataset folder not found: {data}")
-    size = parse_imgsz(imgsz)
-    parse_threads(threads)
+    request = BenchRequest(RunSettings.parse(device, threads, memory.value), parse_imgsz(imgsz), batch, warmup, runs,
+                           data, dataset, split, limit, progress=not quiet)
     writers = {".json": "json", ".csv": "csv"}
     for dest in output:
         if dest.suffix.lower() not in writers:
@@ -310,9 +325,7 @@ def bench(
             if not quiet:
                 print(f"scaseg-bench: {mf.path}" + ("" if name == "auto" else f" ({name})"), file=sys.stderr)
             no_reset = reset_peak_rss()  # peak_rss_mb per model, not the peak of all the models before it
-            records.append(bench_one(mf, backend=name, device=device, threads=threads, imgsz=size, batch=batch,
-                                     warmup=warmup, runs=runs, data=data, dataset=dataset, split=split, limit=limit,
-                                     progress=not quiet, memory=memory.value))
+            records.append(bench_one(mf, name, request))
     print(format_table(records))
     if no_reset is not None and len(records) > 1:
         print(f"scaseg-bench: the peak RSS cannot be reset between models here ({no_reset}): each row's "
@@ -325,7 +338,7 @@ def bench(
     settings = {"warmup": warmup, "runs": runs, "batch": batch, "threads": threads, "device": device,
                 "backends": backends, "memory": memory.value,
                 "peak_rss": "per model" if no_reset is None else f"since the process started ({no_reset})",
-                "imgsz": size, "data": data, "dataset": dataset, "split": split, "limit": limit,
+                "imgsz": request.imgsz, "data": data, "dataset": dataset, "split": split, "limit": limit,
                 "sample": "dataset image" if data else f"synthetic {SAMPLE_HW[0]}x{SAMPLE_HW[1]} JPEG"}
     for dest in output:
         if writers[dest.suffix.lower()] == "json":

@@ -13,11 +13,11 @@ import numpy as np
 import typer
 
 from scaseg import DEFAULT_MODEL_FILE, default_model, progress
-from scaseg.cli import make_app, parse_imgsz, quiet_option
-from scaseg.runtime.backends import open_backend
+from scaseg.cli import make_app, parse_imgsz, quiet_option, renamed_option
+from scaseg.runtime.backends import RunSettings, open_backend
 from scaseg.errors import Interrupted, ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_dir, atomic_path, check_dir_output, check_output, refuse_overwrite, write_bytes
-from scaseg.runtime.backends.threads import parse_threads, settle
+from scaseg.runtime.backends.threads import apply_auto_threads
 from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, batch_option, device_option, imgsz_option,
                                     memory_option, threads_option)
 from scaseg.runtime.overlay import palette_lut, render_overlay
@@ -88,8 +88,9 @@ def infer(
     source: str = typer.Argument(..., metavar="SOURCE", help="Video file, image, image folder, camera index (0) or rtsp:// / http:// URL."),
     model: Optional[str] = typer.Option(None, "--model", "-m", metavar="PATH", help="Model: .onnx, .trt/.engine/.plan, or .pth checkpoint.", show_default=f"the shipped {DEFAULT_MODEL_FILE} (synthetic street scenes only)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output video, image or folder.", show_default="<source>_seg.mp4 / .png / folder beside the source"),
-    fmt: OutputFormat = typer.Option("overlay", "--format", help="overlay: colour mask over the image; labels: raw label PNGs."),
-    save_labels: bool = typer.Option(False, "--save-labels", help="Shorthand for --format labels."),
+    fmt: OutputFormat = typer.Option("overlay", "--output-kind", help="overlay: colour mask over the image; labels: raw label PNGs."),
+    _format: Optional[str] = renamed_option("--format", "--output-kind"),  # --format is scaseg-export's onnx|engine|triton
+    save_labels: bool = typer.Option(False, "--save-labels", help="Shorthand for --output-kind labels."),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Weight of the colour mask in the overlay."),
     legend: bool = typer.Option(False, "--legend", help="Draw the names of the classes present in each frame."),
     show: bool = typer.Option(False, "--show", help="Display the result in a window (q or Esc stops)."),
@@ -111,7 +112,7 @@ def infer(
 ) -> None:
     """Segment SOURCE with MODEL and write an overlay video / images or label maps."""
     kind = "labels" if save_labels else fmt
-    parse_threads(threads)
+    settings = RunSettings.parse(device, threads, memory.value)
     size = parse_imgsz(imgsz)
     if not save and not show:
         raise ScasegError("--no-save without --show would do nothing; add --show or drop --no-save")
@@ -125,9 +126,8 @@ def infer(
         target = _check_output(src, out, kind) if save else "none"
         if target != "none":
             _check_target(out, target, source, model_path)
-        predictor = Predictor(open_backend(model_path, backend.value, device=device, threads=parse_threads(threads),
-                                           memory=memory.value), size, batch, resize=resize)
-        chosen = settle(predictor.backend, predictor.size, predictor.batch)
+        predictor = Predictor(open_backend(model_path, backend.value, settings=settings), size, batch, resize=resize)
+        chosen = apply_auto_threads(predictor.backend, predictor.size, predictor.batch)
         if not quiet:  # once the model and the output are known to be good, so that an error stays one line
             print(f"scaseg-infer: model {model_path}" + (f" ({origin})" if origin else "")
                   + ("" if chosen == "-" else f", threads {chosen}"), file=sys.stderr)

@@ -12,15 +12,15 @@ from scaseg.runtime.preprocess import (Geometry, label_dtype, labels_to_source, 
 
 
 def input_size_for(backend: Backend, imgsz: Optional[Sequence[int]] = None,
-                   static_wins: bool = False) -> Optional[tuple[int, int]]:
+                   keep_static_size: bool = False) -> Optional[tuple[int, int]]:
     """The (H, W) images are resized to: the graph's static size, else --imgsz, else the trained size, else native.
 
-    An ``imgsz`` that differs from a static size is refused, unless ``static_wins`` (scaseg-bench, where one
+    An ``imgsz`` that differs from a static size is refused, unless ``keep_static_size`` (scaseg-bench, where one
     --imgsz applies to a mixed list): then the static size is kept and the caller says so.
     """
     fixed = backend.fixed_size
     if fixed is not None:
-        if imgsz is not None and tuple(imgsz) != fixed and not static_wins:
+        if imgsz is not None and tuple(imgsz) != fixed and not keep_static_size:
             raise ScasegError(f"{backend.path} takes a fixed input of {fixed[0]}x{fixed[1]}; "
                               f"--imgsz {imgsz[0]}x{imgsz[1]} needs a model exported with dynamic spatial axes")
         return fixed
@@ -44,15 +44,15 @@ class Predictor:
     """Preprocess -> backend -> postprocess, with the size and batch rules of one model."""
 
     def __init__(self, backend: Backend, imgsz: Optional[Sequence[int]] = None, batch: Optional[int] = None,
-                 resize: Optional[str] = None, static_wins: bool = False) -> None:
+                 resize: Optional[str] = None, keep_static_size: bool = False) -> None:
         """``resize``: "letterbox" or "stretch" instead of the model's own policy (``info.resize``).
 
-        ``static_wins``: a static graph keeps its size over a differing ``imgsz`` (``imgsz_ignored`` says so).
+        ``keep_static_size``: a static graph keeps its size over a differing ``imgsz`` (``imgsz_ignored`` says so).
         """
         self.backend = backend
         self.info = backend.info
         self.resize = resize or self.info.resize
-        self.size = input_size_for(backend, imgsz, static_wins)
+        self.size = input_size_for(backend, imgsz, keep_static_size)
         self.imgsz_ignored = imgsz is not None and self.size != tuple(imgsz)
         self.fixed_batch = backend.fixed_batch
         if batch is not None and batch < 1:

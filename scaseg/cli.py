@@ -6,6 +6,8 @@ The conventions (README, "The commands"):
 - A size (``--imgsz``, ``--crop``, ``--val-size``, ``--size``) is ``N`` (square) or ``HxW``: :func:`parse_size`;
   a network input size (``--imgsz`` of scaseg-export, scaseg-infer and scaseg-bench) is at least ``MIN_IMGSZ``.
 - ``--help`` lists every option with its default, flags as flags and choices as ``a|b|c``.
+- A flag name means one thing across the five commands; a renamed flag stays for one release as a hidden
+  :func:`renamed_option` that refuses in one line naming the new flag. ``auto`` or a count: :func:`parse_auto_or_count`.
 - File names that are not valid UTF-8 (a byte such as 0xFF, as a Latin-1 system names files): Python holds them as
   text with surrogates, which C++ libraries cannot take (OpenCV crashed on them). OpenCV gets them through
   ``scaseg.data.images.native_path``; files ONNX Runtime and TensorRT write or read by name are refused up front
@@ -73,6 +75,41 @@ def size_type(text: str) -> tuple[int, int]:
     if size is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size: expected {SIZE_SYNTAX}")
     return size
+
+
+AUTO = "auto"
+
+
+def parse_auto_or_count(value: Union[str, int, None], option: str, noun: str, off: tuple[str, ...] = ()
+                        ) -> Union[str, int, None]:
+    """The one parser of an ``auto|N`` option: None or "auto" -> "auto"; a word of ``off`` -> None; else the whole
+    number typed (bounds are the caller's). ``noun`` names what N counts, for the one-sentence refusal."""
+    if value is None:
+        return AUTO
+    text = str(value).strip().lower()
+    if text == AUTO:
+        return AUTO
+    if text in off:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ScasegError(f"{option} must be auto{', ' + '/'.join(off) if off else ''} or a whole number of {noun}, "
+                          f"got {value!r}") from None
+
+
+def renamed_option(old: str, new: str) -> Any:
+    """A flag renamed in this release, kept one release as a hidden option that stops the command with one line
+    (``--format was renamed --output-kind: use --output-kind labels``) instead of "no such option" or another
+    command's meaning. The parameter it declares receives nothing (``expose_value=False``)."""
+    import typer
+
+    def refuse(value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            raise ScasegError(f"{old} was renamed {new}: use {new} {value}")
+        return value
+
+    return typer.Option(None, old, hidden=True, expose_value=False, callback=refuse)
 
 
 def format_size(size: Optional[tuple[int, int]]) -> Optional[str]:

@@ -137,7 +137,7 @@ def test_the_interface_declares_what_callers_need(tmp_path):
 
     be = Fixed("m.onnx", ModelInfo("t", 3, input_size=(99, 99)))  # the graph wins over the metadata
     assert be.fixed_batch == 4 and be.fixed_size == (8, 16) and be.precision == "fp32"
-    pred = Predictor(be, imgsz=(32, 32), static_wins=True)
+    pred = Predictor(be, imgsz=(32, 32), keep_static_size=True)
     assert pred.size == (8, 16) and pred.imgsz_ignored and pred.batch == 4
     assert not Predictor(be, imgsz=(8, 16)).imgsz_ignored
 

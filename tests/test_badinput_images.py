@@ -119,7 +119,7 @@ def test_a_sparse_64g_file_named_png_is_refused_without_reading_it(work: Path, n
 
 def test_inside_a_folder_they_are_skipped_with_a_warning_and_the_rest_is_done(work: Path) -> None:
     before = tree(work / "pics")
-    proc = run(INFER, ["pics", "-m", "m.onnx", "--format", "labels", "-o", "seg", "-q"], work, timeout=120)
+    proc = run(INFER, ["pics", "-m", "m.onnx", "--output-kind", "labels", "-o", "seg", "-q"], work, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
@@ -140,7 +140,7 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_before_it_is_allocated(wor
 
 def _labels_of(work: Path, name: str, model: str = "m.onnx") -> np.ndarray:
     out = work / f"{name}.labels.png"
-    proc = run(INFER, [name, "-m", model, "--format", "labels", "-o", out.name, "-q"], work)
+    proc = run(INFER, [name, "-m", model, "--output-kind", "labels", "-o", out.name, "-q"], work)
     assert proc.returncode == 0, proc.stderr
     labels = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
     out.unlink()

@@ -117,7 +117,7 @@ def test_a_video_named_in_bytes_that_are_not_utf8_is_read_and_written(work: Path
 @pytest.mark.parametrize("source,args,written,files", [
     ("i~.png", [], "i~_seg.png", None),
     ("d~", [], "d~_seg", [name("a~.png"), "b.png", "scaseg-infer.json"]),
-    ("v~^.mp4", ["--format", "labels", "-o", name("lab~")], "lab~",
+    ("v~^.mp4", ["--output-kind", "labels", "-o", name("lab~")], "lab~",
      [f"v{FF}{FE}_{i:06d}.png" for i in range(6)] + ["scaseg-infer.json"]),
 ])
 def test_images_named_in_bytes_that_are_not_utf8_are_read_and_written(work: Path, tmp_path: Path, source: str,
@@ -136,7 +136,7 @@ def test_images_named_in_bytes_that_are_not_utf8_are_read_and_written(work: Path
 
 
 def test_a_dataset_named_in_bytes_that_are_not_utf8_is_the_same_dataset(work: Path, tmp_path: Path) -> None:
-    args = ["-n", "4", "--size", "64x128", "--video-frames", "4", "-q"]
+    args = ["--num", "4", "--size", "64x128", "--video-frames", "4", "-q"]
     proc = run_strict("scaseg-synth", ["-o", name("s~"), *args], work, tmp_path / "t")
     assert "\\udcff" in proc.stdout, proc.stdout  # printed on a strict UTF-8 stdout, not a crash after the work
     run_strict("scaseg-synth", ["-o", "s_ascii", *args], work, tmp_path / "t")

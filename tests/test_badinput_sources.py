@@ -88,7 +88,7 @@ def test_an_ascii_index_is_still_a_camera(work: Path) -> None:
 def test_a_file_named_like_a_unicode_digit_is_a_file(work: Path) -> None:
     shutil.copy(work / "src.mp4", work / "²")
     try:
-        refused(INFER, ["²", "-m", "m.onnx", "--format", "labels", "-o", "²", "-q"], work, expect="is the input",
+        refused(INFER, ["²", "-m", "m.onnx", "--output-kind", "labels", "-o", "²", "-q"], work, expect="is the input",
                 timeout=QUICK)
         proc = run(INFER, ["²", "-m", "m.onnx", "-q"], work, timeout=QUICK)
         assert proc.returncode == 0, proc.stderr

@@ -74,7 +74,7 @@ def test_folder_with_bad_and_odd_images(tmp_path, model, capsys, monkeypatch):
     cv2.imwrite(str(src / "c_rgba.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA))
     cv2.imwrite(str(src / "d_16bit.png"), (cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257))
     (src / "e_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
-    code, _, err = run_main(main, [src, "-m", model, "--format", "labels", "-q"], capsys, monkeypatch)
+    code, _, err = run_main(main, [src, "-m", model, "--output-kind", "labels", "-q"], capsys, monkeypatch)
     assert code == 0, err
     out = tmp_path / "pics_seg"
     assert sorted(p.name for p in out.iterdir()) == ["a_color.png", "b_gray.png", "c_rgba.png", "d_16bit.png",
@@ -237,7 +237,7 @@ def test_without_model_runs_the_shipped_default_and_says_so(tmp_path, capsys, mo
         image, label = render_scene(seed, (256, 512))
         cv2.imwrite(str(folder / f"s{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         labels[f"s{i}.png"] = label
-    code, _, err = run_main(main, [folder, "--format", "labels"], capsys, monkeypatch)
+    code, _, err = run_main(main, [folder, "--output-kind", "labels"], capsys, monkeypatch)
     assert code == 0, err
     assert f"model {scaseg.default_model()} (the shipped default" in err
     assert "(scaseg-t-synth.int8.onnx, the shipped default; onnxruntime" in err
@@ -254,13 +254,13 @@ def test_a_4_3_source_keeps_its_aspect_ratio_by_default(tmp_path, capsys, monkey
     with open_backend(model) as be:
         _, geom = Predictor(be, resize="letterbox").prepare(halves(60, 80))
     assert geom.dst_hw == (32, 64) and geom.content_hw == (32, 43)  # scaled to fit, ratio kept, padded on the right
-    code, _, err = run_main(main, [image, "-m", model, "--format", "labels", "-q"], capsys, monkeypatch)
+    code, _, err = run_main(main, [image, "-m", model, "--output-kind", "labels", "-q"], capsys, monkeypatch)
     assert code == 0, err
     labels = cv2.imread(str(tmp_path / "cam_seg.png"), cv2.IMREAD_UNCHANGED)
     truth = halves_labels(60, 80)
     # Cropped back before resizing to the source: the padding would otherwise smear over the right half.
     assert labels.shape == (60, 80) and np.mean(labels != truth) < 0.03
     assert "stretched" not in err
-    code, _, err = run_main(main, [image, "-m", model, "--format", "labels", "--resize", "stretch",
+    code, _, err = run_main(main, [image, "-m", model, "--output-kind", "labels", "--resize", "stretch",
                                    "-o", tmp_path / "s.png"], capsys, monkeypatch)
     assert code == 0 and "60x80 frames are stretched to the model's 32x64 input (aspect ratio changed" in err

@@ -44,7 +44,7 @@ from scaseg.runtime.backends import open_backend
 from scaseg.runtime.predictor import Predictor
 out = {}
 for path in PATHS:
-    ort, ov = (Predictor(open_backend(path, name, device="cpu", threads=1), IMGSZ, static_wins=True)
+    ort, ov = (Predictor(open_backend(path, name, device="cpu", threads=1), IMGSZ, keep_static_size=True)
                for name in ("onnxruntime", "openvino"))
     images = [halves(37, 53), render_scene(3, (70, 110))[0]]
     equal = [float((ort(im) == ov(im)).mean()) for im in images]

@@ -36,13 +36,13 @@ def test_auto_without_a_measurement_is_every_core(tmp_path: Path) -> None:
     assert T.auto_threads(cores=8) == 8 and T.auto_threads(cores=0) == 1
     assert isinstance(T.auto_threads(), int) and T.auto_threads() == T.cpu_cores()
     be = open_backend(make_onnx(tmp_path / "s.onnx", size=(32, 48)))
-    assert be.threads == T.cpu_cores() and _session_threads(be) == be.threads and be.threads_chosen == "auto"
+    assert be.threads == T.cpu_cores() and _session_threads(be) == be.threads and be.requested_threads is None
 
 
 def test_explicit_counts_reach_the_session_and_stay(tmp_path: Path) -> None:
     given = open_backend(make_onnx(tmp_path / "g.onnx", size=(32, 48)), threads=1)
-    assert given.threads == 1 and _session_threads(given) == 1 and given.threads_chosen == "given"
-    assert T.settle(given, (32, 48), 1) == "1 (given)" and _session_threads(given) == 1
+    assert given.threads == 1 and _session_threads(given) == 1 and given.requested_threads == 1
+    assert T.apply_auto_threads(given, (32, 48), 1) == "1 (given)" and _session_threads(given) == 1
 
 
 class _Slow:
@@ -51,7 +51,7 @@ class _Slow:
     device = "CPU"
 
     def __init__(self, ms: dict[int, float]) -> None:
-        self.ms, self.threads, self.threads_chosen, self.shapes = ms, 2, "auto", set()
+        self.ms, self.threads, self.requested_threads, self.shapes = ms, 2, None, set()
 
     def set_threads(self, count: int) -> None:
         self.threads = count
@@ -63,27 +63,27 @@ class _Slow:
 
 
 @pytest.mark.parametrize("ms,faster", [({1: 30.0, 2: 5.0}, 2), ({1: 5.0, 2: 30.0}, 1)])
-def test_settle_times_both_counts_on_the_real_shape_and_keeps_the_faster(monkeypatch, ms, faster) -> None:
+def test_apply_auto_threads_times_both_counts_on_the_real_shape_and_keeps_the_faster(monkeypatch, ms, faster) -> None:
     monkeypatch.setattr(T, "cpu_cores", lambda: 2)
     be = _Slow(ms)
-    said = T.settle(be, (32, 48), 2)
+    said = T.apply_auto_threads(be, (32, 48), 2)
     assert be.threads == faster and said.startswith(f"{faster} (auto: timed 1 vs 2 threads at load")
     assert be.shapes == {(2, 3, 32, 48)}
 
 
-def test_settle_uses_every_core_for_large_or_unknown_sizes(monkeypatch) -> None:
+def test_apply_auto_threads_uses_every_core_for_large_or_unknown_sizes(monkeypatch) -> None:
     monkeypatch.setattr(T, "cpu_cores", lambda: 2)
     be = _Slow({1: 1.0, 2: 50.0})  # would win with 1 thread, but large calls are not timed
     big = int(T.PROBE_MAX_PIXELS ** 0.5) + 1
-    assert T.settle(be, (big, big), 1).startswith("2 (auto: every core") and be.shapes == set()
-    assert T.settle(be, None, 1) == "2 (auto: every core)" and be.threads == 2
+    assert T.apply_auto_threads(be, (big, big), 1).startswith("2 (auto: every core") and be.shapes == set()
+    assert T.apply_auto_threads(be, None, 1) == "2 (auto: every core)" and be.threads == 2
 
 
-def test_settle_on_a_real_session_reopens_it_with_the_chosen_count(tmp_path: Path, monkeypatch) -> None:
+def test_apply_auto_threads_on_a_real_session_reopens_it_with_the_chosen_count(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(T, "cpu_cores", lambda: 2)
     be = open_backend(make_onnx(tmp_path / "d.onnx", size=None))
     pred = Predictor(be, (32, 32))
-    said = T.settle(be, pred.size, pred.batch)
+    said = T.apply_auto_threads(be, pred.size, pred.batch)
     assert be.threads in (1, 2) and _session_threads(be) == be.threads and said.startswith(f"{be.threads} (auto")
     assert be.infer(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 3, 32, 32)
 

@@ -13,13 +13,14 @@ from typing import Optional
 from scaseg.cli import require_utf8, special_file
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
-from scaseg.runtime.backends.base import Backend, InputMetadata
+from scaseg.runtime.backends.base import Backend, InputMetadata, RunSettings, parse_device
 from scaseg.runtime.memory import Memory
 from scaseg.suffixes import CHECKPOINT_SUFFIXES as TORCH_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "openvino:bf16", "tensorrt", "torch")
 
-__all__ = ["Backend", "BACKENDS", "InputMetadata", "ModelFile", "model_file", "open_backend", "backend_for"]
+__all__ = ["Backend", "BACKENDS", "InputMetadata", "ModelFile", "RunSettings", "model_file", "open_backend",
+           "backend_for"]
 
 
 def backend_for(path: str) -> str:
@@ -59,16 +60,23 @@ def open_backend(
     backend: str = "auto",
     *,
     device: Optional[str] = None,
-    threads: Optional[int] = None,
+    threads: Optional[int | str] = None,
     info: Optional[ModelInfo] = None,
     memory: Memory = None,
+    settings: Optional[RunSettings] = None,
 ) -> Backend:
     """Load a model with the right backend: .onnx -> ONNX Runtime, .trt/.engine/.plan -> TensorRT, .pth/.pt -> PyTorch.
 
     ``model``: a path (checked here) or a ModelFile the caller checked already. ``backend``: one of BACKENDS
-    (``openvino`` only when asked for). ``device``: auto | cpu | cuda[:N] | tensorrt. ``info`` overrides (or
-    stands in for missing) model metadata. ``memory``: lean | fast (scaseg.runtime.memory; None: the default).
+    (``openvino`` only when asked for). ``info`` overrides (or stands in for missing) model metadata.
+    ``settings``: device, threads and memory as a command checked them at its edge; a library caller may pass
+    ``device`` (auto | cpu | cuda[:N] | tensorrt), ``threads`` (auto or a count) and ``memory`` (lean | fast |
+    minimal | MemorySettings) instead, checked here the same way (RunSettings.parse), never both.
     """
+    if settings is None:
+        settings = RunSettings.parse(device, threads, memory)
+    else:
+        assert device is None and threads is None and memory is None, "pass settings or its parts, not both"
     if backend not in BACKENDS:
         raise ScasegError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     path = (model if isinstance(model, ModelFile) else model_file(model)).path
@@ -78,22 +86,20 @@ def open_backend(
     if kind == "onnxruntime":
         from scaseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, info, device=device, threads=threads, memory=memory)
+        return OnnxRuntimeBackend(path, info, settings)
     if kind.startswith("openvino"):
         from scaseg.runtime.backends.openvino import OpenVinoBackend
 
         precision = kind.partition(":")[2] or "fp32"
-        return OpenVinoBackend(path, info, device=device, threads=threads, precision=precision, memory=memory)
+        return OpenVinoBackend(path, info, settings, precision=precision)
     if kind == "torch":
         from scaseg.runtime.backends.torch import TorchBackend
 
-        return TorchBackend(path, info, device=device, threads=threads)
-    return _open_tensorrt(path, info, device)
+        return TorchBackend(path, info, settings)
+    return _open_tensorrt(path, info, settings.device)
 
 
-def _open_tensorrt(path: str, info: Optional[ModelInfo], device: Optional[str]) -> Backend:
-    from scaseg.runtime.backends.onnxruntime import parse_device
-
+def _open_tensorrt(path: str, info: Optional[ModelInfo], device: str) -> Backend:
     dev_kind, index = parse_device(device)
     if Path(path).suffix.lower() not in ENGINE_SUFFIXES:
         raise ScasegError(f"--backend tensorrt runs TensorRT engines ({', '.join(ENGINE_SUFFIXES)}), and {path} is not one: "

@@ -1,14 +1,17 @@
-"""The one small interface every backend implements (ONNX Runtime, OpenVINO, TensorRT, PyTorch)."""
+"""The one small interface every backend implements (ONNX Runtime, OpenVINO, TensorRT, PyTorch), and the settings
+it opens with (``RunSettings``: device, threads, memory, checked once)."""
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
-from typing import Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Union
 
 import numpy as np
 
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
+from scaseg.runtime.backends.threads import parse_threads
+from scaseg.runtime.memory import Memory, MemorySettings, memory_settings
 
 Shape = tuple[Optional[int], ...]
 
@@ -20,6 +23,41 @@ class InputMetadata:
     name: str
     dtype: np.dtype
     shape: Shape
+
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+
+
+def parse_device(device: Optional[str]) -> tuple[str, int]:
+    """"cuda:1" -> ("cuda", 1); None -> ("auto", 0). Unknown names raise ScasegError."""
+    kind, _, index = (device or "auto").strip().lower().partition(":")
+    if kind not in DEVICES or (index and not index.isdigit()):
+        raise ScasegError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)} (optionally cuda:N)")
+    return kind, int(index or 0)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Where and how a backend runs, checked once (``RunSettings.parse``, at the edge); the backends trust it.
+
+    ``device``: auto | cpu | cuda[:N] | tensorrt. ``threads``: a count, or None for auto (the one encoding of
+    auto below the command line; runtime/backends/threads.py chooses). ``memory``: the allocation settings.
+    """
+
+    device: str = "auto"
+    threads: Optional[int] = None
+    memory: MemorySettings = field(default_factory=lambda: memory_settings(None))
+
+    def __post_init__(self) -> None:
+        assert self.threads is None or (isinstance(self.threads, int) and self.threads >= 1), self.threads
+        assert isinstance(self.memory, MemorySettings), self.memory
+
+    @classmethod
+    def parse(cls, device: Optional[str] = None, threads: Union[str, int, None] = None,
+              memory: Memory = None) -> "RunSettings":
+        """The one check of --device, --threads (auto|N) and --memory, as typed or as a library caller passes them."""
+        parse_device(device)
+        return cls((device or "auto").strip().lower(), parse_threads(threads), memory_settings(memory))
 
 
 def first_line(exc: BaseException) -> str:
@@ -66,8 +104,8 @@ class Backend(abc.ABC):
     #: CPU threads the backend runs with, where it has a count of its own (ONNX Runtime and PyTorch always,
     #: OpenVINO when one was given); None: it has none (TensorRT) or leaves it to the library
     threads: Optional[int] = None
-    #: "given" (an explicit count, kept) or "auto" (runtime/backends/threads.py may change it with set_threads)
-    threads_chosen: str = "given"
+    #: the count asked for (kept), or None: --threads auto, so runtime/backends/threads.py may change ``threads``
+    requested_threads: Optional[int] = None
 
     def __init__(self, path: str, info: ModelInfo) -> None:
         self.path = path

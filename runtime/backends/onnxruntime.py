@@ -1,30 +1,59 @@
-"""ONNX Runtime backend: TensorRT, CUDA or CPU execution providers, metadata read from the model itself."""
+"""ONNX Runtime backend: TensorRT, CUDA or CPU execution providers, metadata read from the model itself; and
+``make_session``, the one place an ONNX Runtime session is set up (the runtime, calibration, export parity and the
+benchmarks)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import os
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import onnxruntime as ort
 
-from scaseg.runtime.backends.base import Backend, InputMetadata, check_graph, first_line
-from scaseg.runtime.backends.threads import AUTO, auto_threads, parse_threads
+from scaseg.runtime.backends.base import (DEVICES, Backend, InputMetadata, RunSettings, check_graph, first_line,
+                                          parse_device)
+from scaseg.runtime.backends.threads import auto_threads
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo, read_onnx_metadata
-from scaseg.runtime.memory import Memory, apply_process_settings, memory_settings
+from scaseg.runtime.memory import MemorySettings, apply_process_settings
 
 _TRT_EP = "TensorrtExecutionProvider"
 _CUDA_EP = "CUDAExecutionProvider"
 _CPU_EP = "CPUExecutionProvider"
 
-DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+__all__ = ["DEVICES", "OnnxRuntimeBackend", "choose_providers", "make_session", "parse_device"]
 
 
-def parse_device(device: Optional[str]) -> tuple[str, int]:
-    """"cuda:1" -> ("cuda", 1); None -> ("auto", 0). Unknown names raise ScasegError."""
-    kind, _, index = (device or "auto").strip().lower().partition(":")
-    if kind not in DEVICES or (index and not index.isdigit()):
-        raise ScasegError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)} (optionally cuda:N)")
-    return kind, int(index or 0)
+def make_session(model: Union[str, bytes, "os.PathLike[str]"], *, threads: Optional[int] = None,
+                 providers: Sequence[Any] = (_CPU_EP,), memory: Optional[MemorySettings] = None,
+                 log_level: int = 3, optimized_path: Optional[str] = None, profile_prefix: Optional[str] = None,
+                 what: Optional[str] = None) -> ort.InferenceSession:
+    """An ONNX Runtime session (CPU unless ``providers`` say otherwise), with every graph optimisation.
+
+    ``model``: a path or serialized bytes. ``threads``: intra-op threads (None: ONNX Runtime's default).
+    ``memory``: arena and memory-pattern settings (None: the library's). ``log_level``: 3 drops ORT's warnings
+    (it warns about every unused Constant a rewrite leaves), 4 keeps only fatal ones. ``optimized_path`` saves the
+    graph ORT actually runs; ``profile_prefix`` turns on ORT's profiler. A graph ORT refuses -> one sentence
+    naming ``what`` (default: the path, or "the model" for bytes).
+    """
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = log_level
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    if memory is not None:
+        opts.enable_cpu_mem_arena = memory.cpu_arena
+        opts.enable_mem_pattern = memory.mem_pattern
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    try:
+        return ort.InferenceSession(source, sess_options=opts, providers=list(providers))
+    except Exception as exc:  # onnxruntime raises its own pybind exception types for every load failure
+        name = what or ("the model" if isinstance(model, bytes) else f"the ONNX model {source}")
+        raise ScasegError(f"ONNX Runtime cannot load {name}: {first_line(exc)}") from None
 
 
 def choose_providers(device: Optional[str], available: Sequence[str]) -> list[Any]:
@@ -57,21 +86,19 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, path: str, info: Optional[ModelInfo] = None, *, device: Optional[str] = None,
-                 threads: Optional[int | str] = None, memory: Memory = None) -> None:
-        """``memory``: lean | fast | MemorySettings (scaseg.runtime.memory), None for the default."""
-        given = parse_threads(threads)  # None: auto, every core until threads.settle measures
-        self.memory = memory_settings(memory)
+    def __init__(self, path: str, info: Optional[ModelInfo] = None, settings: RunSettings = RunSettings()) -> None:
+        self.memory = settings.memory
         apply_process_settings(self.memory)
-        providers = choose_providers(device, ort.get_available_providers())
-        self.threads = given or auto_threads()
+        providers = choose_providers(settings.device, ort.get_available_providers())
+        # auto: every core until threads.apply_auto_threads measures
+        self.threads = settings.threads or auto_threads()
         self._providers = providers
         self.session = self._open(path, providers, self.threads)
         if info is None:
             info = read_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         super().__init__(path, info)
         self._check_graph()
-        self.threads_chosen = "given" if given else AUTO
+        self.requested_threads = settings.threads
 
     def set_threads(self, count: int) -> None:
         """Reopen the session with ``count`` intra-op threads (ONNX Runtime fixes them when a session is made)."""
@@ -80,18 +107,9 @@ class OnnxRuntimeBackend(Backend):
             self.session = self._open(self.path, self._providers, count)
 
     def _open(self, path: str, providers: list[Any], threads: int) -> ort.InferenceSession:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.enable_cpu_mem_arena = self.memory.cpu_arena
-        opts.enable_mem_pattern = self.memory.mem_pattern
-        opts.intra_op_num_threads = int(threads)
         # Fatal only: a failed run raises an exception that says the same thing (the command prints it as one
         # sentence), and provider fallbacks are reported through .device instead.
-        opts.log_severity_level = 4
-        try:
-            return ort.InferenceSession(path, sess_options=opts, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own pybind exception types for every load failure
-            raise ScasegError(f"cannot load the ONNX model {path}: {first_line(exc)}") from None
+        return make_session(path, threads=threads, providers=providers, memory=self.memory, log_level=4)
 
     def _check_graph(self) -> None:
         """Compare the graph's real inputs and outputs with what the metadata promises."""

@@ -15,10 +15,8 @@ import numpy as np
 
 from scaseg.errors import ScasegError
 from scaseg.metadata import METADATA_KEY, ModelInfo, read_onnx_metadata
-from scaseg.runtime.backends.base import Backend, InputMetadata, Shape, check_graph, first_line
-from scaseg.runtime.backends.onnxruntime import parse_device
-from scaseg.runtime.backends.threads import parse_threads
-from scaseg.runtime.memory import Memory, apply_process_settings, memory_settings
+from scaseg.runtime.backends.base import Backend, InputMetadata, RunSettings, Shape, check_graph, first_line, parse_device
+from scaseg.runtime.memory import apply_process_settings
 from scaseg.suffixes import ONNX_SUFFIXES
 
 #: --backend openvino[:PRECISION] -> OpenVINO's inference precision hint
@@ -49,18 +47,18 @@ class OpenVinoBackend(Backend):
 
     name = "openvino"
 
-    def __init__(self, path: str, info: Optional[ModelInfo] = None, *, device: Optional[str] = None,
-                 threads: Optional[int | str] = None, precision: str = "fp32", memory: Memory = None) -> None:
+    def __init__(self, path: str, info: Optional[ModelInfo] = None, settings: RunSettings = RunSettings(), *,
+                 precision: str = "fp32") -> None:
         if Path(path).suffix.lower() not in ONNX_SUFFIXES:
             raise ScasegError(f"--backend openvino runs exported ONNX models (.onnx), and {path} is not one")
-        kind, _ = parse_device(device)
+        kind, _ = parse_device(settings.device)
         if kind not in ("auto", "cpu"):
-            raise ScasegError(f"--backend openvino runs on the CPU; --device {device} is ONNX Runtime's or TensorRT's "
+            raise ScasegError(f"--backend openvino runs on the CPU; --device {settings.device} is ONNX Runtime's or TensorRT's "
                               "(use --device cpu or auto)")
         if precision not in PRECISIONS:
             raise ScasegError(f"unknown OpenVINO precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-        self.threads = parse_threads(threads)  # None (auto): OpenVINO's own count
-        apply_process_settings(memory_settings(memory))
+        self.threads = self.requested_threads = settings.threads  # None (auto): OpenVINO's own count
+        apply_process_settings(settings.memory)
         ov = import_openvino()
         core = ov.Core()
         if precision == "bf16" and not cpu_has_bf16(core):

@@ -4,12 +4,14 @@ PyTorch backends (OpenVINO keeps its own count under auto).
 Measured with ``benchmarks/bench_threads.py`` (docs/runtime.md): on an idle 2-core machine 2 threads beat 1 at
 every size from 128x256 (40.5 vs 49.3 ms) to 512x512; on a loaded one a 2-thread ONNX Runtime pool waits on
 cores other jobs hold (30-44 ms instead of 15 ms with 1 thread at 128x256, as the issue measured). No size
-rule is right in both cases, so for calls small enough to time cheaply (up to ``PROBE_MAX_PIXELS``) ``settle``
+rule is right in both cases, so for calls small enough to time cheaply (up to ``PROBE_MAX_PIXELS``) ``apply_auto_threads``
 times 1 thread and every core on the real input shape when the model is loaded and keeps the faster; larger
 calls use every core (the faster choice at every such size measured, and the runtimes' own default).
 
-Backends take ``threads=None`` for auto, open with ``auto_threads`` and offer ``Backend.set_threads``; scaseg-bench
-and scaseg-infer call ``settle`` with the size and batch a Predictor runs. An explicit count is used as given, up to
+``--threads`` is parsed once, at the edge (``parse_threads``, into ``RunSettings.threads``): a count, or None for
+auto, the one encoding of auto below the command line. Backends keep it as ``requested_threads``, open with
+``auto_threads`` under auto and offer ``Backend.set_threads``; scaseg-bench and scaseg-infer call
+``apply_auto_threads`` with the size and batch a Predictor runs. An explicit count is used as given, up to
 ``MAX_THREADS_PER_CPU`` per CPU (``check_thread_count``, also scaseg-train's bound).
 """
 from __future__ import annotations
@@ -20,12 +22,12 @@ from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
+from scaseg.cli import AUTO, parse_auto_or_count
 from scaseg.errors import ScasegError
 
 if TYPE_CHECKING:  # pragma: no cover
     from scaseg.runtime.backends.base import Backend
 
-AUTO = "auto"
 #: Calls of at most this many pixels (batch x H x W) are timed with 1 thread and with every core at load under
 #: ``auto`` (about 2 s for scaseg-t at 512x512 on 2 cores); larger calls use every core.
 PROBE_MAX_PIXELS = 512 * 512
@@ -63,16 +65,8 @@ def check_thread_count(count: int, option: str = "--threads", zero: Optional[str
 
 def parse_threads(value: Union[str, int, None], option: str = "--threads") -> Optional[int]:
     """``"auto"``/None -> None (the rule decides); 1..max_threads() -> itself; anything else: ScasegError."""
-    if value is None:
-        return None
-    text = str(value).strip().lower()
-    if text == AUTO:
-        return None
-    try:
-        count = int(text)
-    except ValueError:
-        raise ScasegError(f"{option} must be auto or a whole number of threads, got {value!r}") from None
-    return check_thread_count(count, option)
+    count = parse_auto_or_count(value, option, "threads")
+    return None if count == AUTO else check_thread_count(int(count), option)  # type: ignore[arg-type]
 
 
 def auto_threads(cores: Optional[int] = None) -> int:
@@ -102,7 +96,7 @@ def _probe(backend: "Backend", shape: tuple[int, ...], counts: list[int]) -> dic
     return ms
 
 
-def settle(backend: "Backend", size: Optional[tuple[int, int]], batch: int) -> str:
+def apply_auto_threads(backend: "Backend", size: Optional[tuple[int, int]], batch: int) -> str:
     """Apply ``auto`` to the calls a Predictor will make (its input size and batch); returns what to print.
 
     Small calls: 1 thread and every core are timed on the real shape and the faster is kept. Backends without
@@ -111,7 +105,7 @@ def settle(backend: "Backend", size: Optional[tuple[int, int]], batch: int) -> s
     count = backend.threads
     if count is None or backend.device != "CPU":
         return "-"
-    if backend.threads_chosen != AUTO:
+    if backend.requested_threads is not None:
         return describe(count, "given")
     cores = cpu_cores()
     pixels = None if size is None else batch * size[0] * size[1]

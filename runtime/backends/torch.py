@@ -5,9 +5,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from scaseg.runtime.backends.base import Backend, InputMetadata
-from scaseg.runtime.backends.onnxruntime import parse_device
-from scaseg.runtime.backends.threads import AUTO, auto_threads, parse_threads
+from scaseg.runtime.backends.base import Backend, InputMetadata, RunSettings, parse_device
+from scaseg.runtime.backends.threads import auto_threads
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
 
@@ -17,8 +16,7 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self, path: str, info: Optional[ModelInfo] = None, *, device: Optional[str] = None,
-                 threads: Optional[int | str] = None) -> None:
+    def __init__(self, path: str, info: Optional[ModelInfo] = None, settings: RunSettings = RunSettings()) -> None:
         try:
             import torch  # the runtime stays torch-free unless this reference backend is asked for
         except ImportError:
@@ -26,7 +24,7 @@ class TorchBackend(Backend):
                               "(pip install \".[export]\" in the scaseg checkout, or export it to ONNX elsewhere)") from None
         from scaseg.checkpoint import load_model
 
-        kind, index = parse_device(device)
+        kind, index = parse_device(settings.device)
         if kind == "tensorrt":
             raise ScasegError("a PyTorch checkpoint cannot run on --device tensorrt; export it to ONNX or an engine first")
         if kind == "cuda" and not torch.cuda.is_available():
@@ -34,12 +32,11 @@ class TorchBackend(Backend):
         use_cuda = kind == "cuda" or (kind == "auto" and torch.cuda.is_available())
         self._torch = torch
         self._device = torch.device(f"cuda:{index}" if use_cuda else "cpu")
-        given = parse_threads(threads)
         loaded: Any = load_model(path, map_location="cpu")
         model, ckpt_info = loaded[0], loaded[1]
         super().__init__(path, info or ckpt_info)
-        self.threads_chosen = "given" if given else AUTO
-        self.threads = given or auto_threads()
+        self.requested_threads = settings.threads
+        self.threads = settings.threads or auto_threads()
         torch.set_num_threads(self.threads)
         self.model = model.eval().to(self._device)
 

@@ -7,7 +7,7 @@ from typing import Any, List, Optional, Tuple
 
 import typer
 
-from scaseg.cli import SIZE_METAVAR, make_app, parse_size, quiet_option
+from scaseg.cli import SIZE_METAVAR, make_app, parse_size, quiet_option, renamed_option
 from scaseg.errors import ScasegError, run_cli, version_option
 
 app = make_app("Train SCASeg. Under torchrun every process runs this same command (DDP with SyncBN).")
@@ -15,11 +15,14 @@ app = make_app("Train SCASeg. Under torchrun every process runs this same comman
 KINDS = ("auto", "cityscapes", "ade20k", "voc", "cocostuff", "folder")
 
 
-def _check_threads(count: int) -> int:
-    """--threads at the edge, with the bound every command's thread count has (runtime/backends/threads.py)."""
-    from scaseg.runtime.backends.threads import check_thread_count
+def _parse_threads(value: str) -> int:
+    """--threads auto|N at the edge, as scaseg-bench and scaseg-infer read it (runtime/backends/threads.py, with the
+    bound every command's thread count has); auto -> 0, the training state's "PyTorch's default"."""
+    from scaseg.runtime.backends.threads import parse_threads
 
-    return check_thread_count(count, "--threads", zero="PyTorch's default")
+    if str(value).strip() == "0":  # the spelling of auto before this release
+        raise ScasegError("--threads 0 was renamed --threads auto (PyTorch's default)")
+    return parse_threads(value) or 0
 
 
 @app.command()
@@ -40,7 +43,8 @@ def main_command(
     lr: float = typer.Option(6e-5, "--lr", help="Peak AdamW learning rate of the encoder."),
     weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay (not applied to norms, biases and other 1-D tensors)."),
     head_lr_mult: float = typer.Option(10.0, "--head-lr-mult", help="Decoder learning rate = lr times this."),
-    warmup: int = typer.Option(1500, "--warmup", help="Linear warm-up iterations."),
+    warmup: int = typer.Option(1500, "--warmup-iters", help="Linear learning-rate warm-up iterations."),
+    _warmup: Optional[str] = renamed_option("--warmup", "--warmup-iters"),  # --warmup is scaseg-bench's untimed runs
     power: float = typer.Option(1.0, "--power", help="Poly decay power."),
     val_interval: int = typer.Option(4000, "--val-interval", help="Validate every N iterations (0: never)."),
     ckpt_interval: int = typer.Option(0, "--ckpt-interval", help="Save the training state every N iterations (0: with validation)."),
@@ -53,7 +57,7 @@ def main_command(
     resume: Optional[str] = typer.Option(None, "--resume", metavar="DIR", help="Continue the run in this folder, writing only there (a scaseg-train run folder, or its train_state.pt; options typed here override).", show_default="a new run"),
     seed: int = typer.Option(0, "--seed", help="Random seed of initialisation, data order and augmentation (offset per process)."),
     device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda", help="Where to train (auto: CUDA when present)."),
-    threads: int = typer.Option(0, "--threads", callback=_check_threads, help="torch threads per process (0: PyTorch's default; at most 4 per CPU)."),
+    threads: str = typer.Option("auto", "--threads", metavar="auto|N", callback=_parse_threads, help="torch threads per process (auto: PyTorch's default, one per core; N: at most 4 per CPU)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Keep the model and the batches in channels-last (NHWC) memory format: on a CPU the convolutions run faster (scaseg-t, 2 cores: measured in docs/training.md)."),
     class_weight: str = typer.Option("none", "--class-weight", metavar="none|balanced", help="Loss weight per class: balanced weighs rare classes up (ENet's 1/ln(1.02 + pixel share), from the train labels)."),
     ohem_thresh: float = typer.Option(0.0, "--ohem-thresh", metavar="P", help="Online hard-example mining: only pixels whose probability of their true class is below P count in the loss (SegNeXt's Cityscapes configs: 0.7); 0: every pixel."),

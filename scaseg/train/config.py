@@ -60,7 +60,7 @@ class TrainConfig:
             raise ScasegError(f"--scale-range must be two positive numbers, low <= high, not {lo} {hi}")
         if not self.lr > 0:
             raise ScasegError(f"--lr must be positive, not {self.lr}")
-        for flag, value in (("--weight-decay", self.weight_decay), ("--warmup", self.warmup), ("--workers", self.workers)):
+        for flag, value in (("--weight-decay", self.weight_decay), ("--warmup-iters", self.warmup), ("--workers", self.workers)):
             if not value >= 0:
                 raise ScasegError(f"{flag} must be 0 or more, not {value}")
         if not 0 <= self.ohem_thresh < 1:

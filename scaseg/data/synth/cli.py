@@ -11,7 +11,7 @@ from scaseg.errors import ScasegError, run_cli, version_option
 def _build_app():
     import typer
 
-    from scaseg.cli import SIZE_METAVAR, make_app, parse_size, quiet_option
+    from scaseg.cli import SIZE_METAVAR, make_app, parse_size, quiet_option, renamed_option
 
     app = make_app("Write synthetic street scenes with exact labels as a Cityscapes-layout dataset "
                    "(train and val splits, and a short video).")
@@ -20,7 +20,8 @@ def _build_app():
     def synth(
         out_dir: Optional[Path] = typer.Argument(None, metavar="OUT_DIR", help="Output folder, or give it as -o.", show_default=False),
         output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="DIR", help="Output folder (created; replaced only if it is a previous output).", show_default="OUT_DIR"),
-        num: int = typer.Option(100, "--num", "-n", help="Number of images (train + val)."),
+        num: int = typer.Option(100, "--num", help="Number of images (train + val)."),
+        _n: Optional[str] = renamed_option("-n", "--num"),  # -n is scaseg-bench's --runs
         seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same files."),
         size: str = typer.Option("256x512", "--size", metavar=SIZE_METAVAR, help="Image size: N or HxW."),
         val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of the images in the val split."),
