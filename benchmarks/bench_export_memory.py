@@ -36,7 +36,9 @@ from scaseg.cli import SIZE_METAVAR, size_type
 
 CHILD = r"""
 import json, sys, time
-import numpy as np, onnxruntime as ort
+import numpy as np
+from scaseg.runtime.backends.onnxruntime import make_session
+from scaseg.runtime.memory import MemorySettings
 
 def hwm_kib():
     # VmHWM is this process's own high-water mark (ru_maxrss of a forked child could carry the parent's peak).
@@ -44,11 +46,7 @@ def hwm_kib():
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 path, h, w, runs, threads, save, pattern = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7]
-opts = ort.SessionOptions()
-opts.intra_op_num_threads = threads
-opts.inter_op_num_threads = 1
-opts.enable_mem_pattern = pattern == "on"
-sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+sess = make_session(path, threads=threads, memory=MemorySettings(mem_pattern=pattern == "on"))
 loaded = hwm_kib()
 x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
 name = sess.get_inputs()[0].name
@@ -70,7 +68,7 @@ def export(variant: str, size: tuple[int, int], query_chunk: object, sca_op: str
 
     import scaseg
     from scaseg.export.onnx_export import ExportOptions, to_onnx
-    from scaseg.metadata import ModelInfo
+    from scaseg.metadata import SCA_OP, ModelInfo
 
     torch.manual_seed(0)
     model = scaseg.build(variant, 19).eval()
@@ -80,7 +78,7 @@ def export(variant: str, size: tuple[int, int], query_chunk: object, sca_op: str
     seconds = time.perf_counter() - t
     onnx.save(proto, str(dest))
     softmax = sum(1 for n in proto.graph.node if n.op_type == "Softmax")
-    sca = sum(1 for n in proto.graph.node if n.op_type == "StripCrossAttention")
+    sca = sum(1 for n in proto.graph.node if n.op_type == SCA_OP)
     return {"export_s": seconds, "attention_nodes": softmax + sca, "mib": dest.stat().st_size / 2**20}
 
 

@@ -43,13 +43,9 @@ from bench_export_memory import cpu_flags  # a sibling script: benchmarks/ is on
 
 
 def ort_session(path_or_bytes: Any, threads: int) -> Any:
-    import onnxruntime as ort
+    from scaseg.runtime.backends.onnxruntime import make_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(path_or_bytes, opts, providers=["CPUExecutionProvider"])
+    return make_session(path_or_bytes, threads=threads)
 
 
 def matmul_runner(n: int, threads: int) -> Callable[[], Any]:

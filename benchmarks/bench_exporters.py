@@ -54,12 +54,12 @@ def main() -> None:
     args = ap.parse_args()
     logging.disable(logging.WARNING)  # the dynamo exporter logs its opset conversion and skipped torchvision ops
 
-    import onnxruntime as ort
     import torch
 
     import scaseg
     from scaseg.export.simplify import decompose_layer_norm, simplify
     from scaseg.export.trt_lint import lint_tables as lint  # per-generation verdicts from the documented tables
+    from scaseg.runtime.backends.onnxruntime import make_session
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -96,7 +96,7 @@ def main() -> None:
         opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
         ops = sorted({n.op_type for n in proto.graph.node})
         report = lint(proto)
-        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = make_session(proto.SerializeToString())
         diff = float(np.abs(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0] - ref).max())
         lint_text = "; ".join(f"TensorRT {t}: " + ("clean" if report.clean(t) else
                               ", ".join(sorted({f.op for f in report.findings if f.target == t}))) for t in ("8.5", "10.x", "11.x"))

@@ -99,16 +99,13 @@ CHILD_SPEC = "--child"
 
 def child(spec: dict[str, Any]) -> None:
     """(In the subprocess) open one ONNX file, warm up, time the runs, save the labels, print times and peak RSS."""
-    import onnxruntime as ort
+    from scaseg.runtime.backends.onnxruntime import make_session
 
     def status_kib(key: str) -> int:
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = spec["threads"]
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(spec["path"], opts, providers=["CPUExecutionProvider"])
+    sess = make_session(spec["path"], threads=spec["threads"])
     loaded = status_kib("VmRSS")
     x = np.load(spec["input"])
     out = sess.run(None, {"images": x})[0]  # warm-up

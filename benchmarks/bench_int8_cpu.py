@@ -31,6 +31,7 @@ from scaseg.calibration.guard import miou
 from scaseg.calibration.session import make_session
 from scaseg.data.datasets import open_dataset
 from scaseg.data.metrics import label_agreement
+from scaseg.runtime.backends.onnxruntime import make_session as ort_session
 
 from perf_machine import machine_line
 from perf_measure import in_blocks
@@ -121,10 +122,7 @@ def time_all(args: argparse.Namespace) -> None:
     for threads in args.threads:
         sessions = {}
         for k, v in files.items():
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.log_severity_level = 3
-            sessions[k] = ort.InferenceSession(v["path"], opts, providers=["CPUExecutionProvider"])
+            sessions[k] = ort_session(v["path"], threads=threads)
         ms = in_blocks(sessions, x, args.runs)
         del sessions
         print(f"\n## {threads} thread(s)")

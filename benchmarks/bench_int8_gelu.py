@@ -19,11 +19,11 @@ import statistics
 import time
 
 import numpy as np
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from perf_machine import machine_line
 from scaseg.calibration.int8_rewrite import SIGMOID_GELU
+from scaseg.runtime.backends.onnxruntime import make_session
 
 X_SCALE, X_ZERO, Y_SCALE, Y_ZERO = 0.05, 128, 0.03, 10  # a GELU input range of about -6.4..6.4
 
@@ -78,11 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     x = np.random.default_rng(0).integers(0, 256, args.shape, dtype=np.uint8)
     forms = ("float", "sigmoid", "table, int32", "table, int64")
     for threads in args.threads:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        sessions = {f: ort.InferenceSession(model(f, args.shape), opts, providers=["CPUExecutionProvider"])
-                    for f in forms}
+        sessions = {f: make_session(model(f, args.shape), threads=threads) for f in forms}
         outputs = {f: s.run(None, {"x": x})[0] for f, s in sessions.items()}
         for s in sessions.values():
             for _ in range(2):

@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from scaseg.cli import parse_size
 from scaseg.runtime.backends import threads as rule
+from scaseg.runtime.backends.onnxruntime import make_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perf_machine import machine_line  # noqa: E402
@@ -27,10 +28,7 @@ from perf_measure import in_blocks  # noqa: E402  (the same interleaved timing)
 
 
 def session(path: str, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return make_session(path, threads=threads)
 
 
 def main() -> None:

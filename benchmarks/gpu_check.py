@@ -156,13 +156,14 @@ def _ort_row(table: Table, warmup: int, runs: int) -> None:
     import scaseg
     from scaseg.export.onnx_export import ExportOptions, to_onnx
     from scaseg.metadata import ModelInfo
+    from scaseg.runtime.backends.onnxruntime import make_session
 
     model = scaseg.build("scaseg-t", 19).eval()
     proto, _ = to_onnx(model, ModelInfo("scaseg-t", 19, input_size=(512, 512)), ExportOptions(imgsz=(512, 512)))
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/m.onnx"
         onnx.save(proto, path)
-        session = ort.InferenceSession(path, providers=["CUDAExecutionProvider"])
+        session = make_session(path, providers=["CUDAExecutionProvider"])
         x = np.random.default_rng(0).normal(size=(1, 3, 512, 512)).astype(np.float32)
         name = session.get_inputs()[0].name
         seconds = _time(lambda: session.run(None, {name: x}), lambda: None, warmup, runs)

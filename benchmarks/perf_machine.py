@@ -75,8 +75,9 @@ def machine_line() -> str:
 
 def matmul_peak(n: int, threads: int, runs: int) -> dict[str, float]:
     """ONNX Runtime CPU GFLOP/s on an n x n by n x n fp32 MatMul (2 n^3 FLOPs), median of ``runs``."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper
+
+    from scaseg.runtime.backends.onnxruntime import make_session
 
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
@@ -84,9 +85,7 @@ def matmul_peak(n: int, threads: int, runs: int) -> dict[str, float]:
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = make_session(model.SerializeToString(), threads=threads)
     rng = np.random.default_rng(0)
     feed = {"a": rng.standard_normal((n, n), dtype=np.float32), "b": rng.standard_normal((n, n), dtype=np.float32)}
     sess.run(None, feed)

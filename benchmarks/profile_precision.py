@@ -20,14 +20,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from scaseg.runtime.backends.onnxruntime import make_session
+
 
 def profile(path: str, threads: int, runs: int, work: Path) -> collections.Counter:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(work / f"{Path(path).stem}_{threads}")
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    sess = make_session(path, threads=threads, profile_prefix=str(work / f"{Path(path).stem}_{threads}"))
     inp = sess.get_inputs()[0]
     x = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in inp.shape]).astype(np.float32)
     sess.run(None, {inp.name: x})
@@ -42,11 +39,9 @@ def profile(path: str, threads: int, runs: int, work: Path) -> collections.Count
 
 
 def optimized_graph(path: str, work: Path) -> onnx.GraphProto:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.optimized_model_filepath = str(work / f"{Path(path).stem}.optimized.onnx")
-    ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    return onnx.load(opts.optimized_model_filepath).graph
+    optimized = str(work / f"{Path(path).stem}.optimized.onnx")
+    make_session(path, optimized_path=optimized)
+    return onnx.load(optimized).graph
 
 
 def main() -> None:

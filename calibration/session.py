@@ -8,22 +8,14 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from scaseg.errors import ScasegError
+from scaseg.runtime.backends.onnxruntime import make_session as ort_session
 
 
 def make_session(model: onnx.ModelProto, *, threads: Optional[int] = None,
                  optimized_path: Optional[str] = None) -> ort.InferenceSession:
     """A CPU session for an in-memory model; ``optimized_path`` saves the graph ORT actually runs."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # ORT warns about every unused Constant left behind by the rewrite
-    if threads:
-        opts.intra_op_num_threads = threads
-    if optimized_path:
-        opts.optimized_model_filepath = optimized_path
-    try:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own exception types for invalid graphs
-        raise ScasegError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from None
+    # log level 3: ORT warns about every unused Constant left behind by the rewrite
+    return ort_session(model.SerializeToString(), threads=threads, optimized_path=optimized_path, log_level=3)
 
 
 def runner(model: onnx.ModelProto, tensors: Sequence[str] = (), *, threads: Optional[int] = None

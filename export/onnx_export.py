@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from scaseg.export.simplify import decompose_layer_norm, simplify
 from scaseg.export.sca import (MAX_GRID_POINTS, SCA_MODES, QueryChunk, attach_function, export_attention,
                                rows_per_tile)
-from scaseg.cli import MIN_IMGSZ
+from scaseg.cli import MIN_IMGSZ, parse_auto_or_count
 from scaseg.errors import ScasegError
-from scaseg.metadata import ModelInfo, write_onnx_metadata
+from scaseg.metadata import SCA_DOMAIN, SCA_DOMAIN_VERSION, ModelInfo, write_onnx_metadata
 from scaseg.models.decoder import StripCrossAttention
 
 # The TorchScript exporter writes opsets up to 20; 17 is the floor (LayerNormalization-era ops, TensorRT 8.5's maximum).
@@ -90,20 +90,10 @@ def parse_dynamic(text: Optional[str]) -> tuple[bool, bool]:
 
 def parse_query_chunk(text: Optional[str]) -> QueryChunk:
     """'auto' -> 'auto'; '0' / 'off' -> None; 'N' -> N rows per tile."""
-    if text is None:
-        return "auto"
-    value = str(text).strip().lower()
-    if value == "auto":
-        return "auto"
-    if value in ("0", "off", "none"):
-        return None
-    try:
-        rows = int(value)
-    except ValueError:
-        raise ScasegError(f"--query-chunk {text!r} is not a number of rows, 0 or auto") from None
-    if rows < 0:
+    rows = parse_auto_or_count(text, "--query-chunk", "rows", off=("0", "off", "none"))
+    if isinstance(rows, int) and rows < 0:
         raise ScasegError(f"--query-chunk must be a positive number of rows, 0 (off) or auto, got {rows}")
-    return rows or None
+    return rows or None  # "00" is 0 too
 
 
 class _Deployable(nn.Module):
@@ -141,7 +131,7 @@ def _trace(module: nn.Module, example: Tensor, opts: ExportOptions) -> onnx.Mode
             input_names=["images"], output_names=["output"],
             dynamic_axes={k: v for k, v in dynamic_axes.items() if v} or None,
             do_constant_folding=True,
-            custom_opsets={"scaseg": 1} if opts.sca_op == "function" else None,
+            custom_opsets={SCA_DOMAIN: SCA_DOMAIN_VERSION} if opts.sca_op == "function" else None,
         )
     return onnx.load_from_string(buffer.getvalue())
 

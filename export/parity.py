@@ -89,7 +89,7 @@ def check_parity(
     seed: int = 0,
 ) -> ParityReport:
     """Run ``images`` scenes through the ONNX file (ONNX Runtime CPU) and the eval-mode model; compare."""
-    import onnxruntime as ort
+    from scaseg.runtime.backends.onnxruntime import make_session
 
     if images < 1:
         raise ScasegError(f"--parity-images must be at least 1, got {images}")
@@ -97,9 +97,7 @@ def check_parity(
         raise ScasegError(f"--tolerance must be >= 0, got {tolerance}")
     size = tuple(info.input_size or (512, 512))
     batch = 1 if info.dynamic_batch else int(info.batch)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    session = make_session(onnx_path)
     model = model.eval()
     points = int(info.extra.get("export", {}).get("grid_points", 0)) if info.sca_op == "grid" else 0
     max_abs, flipped, exact_abs, nonfinite = 0.0, 0, 0.0, 0

@@ -24,12 +24,10 @@ from onnx import helper
 from torch import Tensor, nn
 
 from scaseg.errors import ScasegError
+from scaseg.metadata import SCA_DOMAIN, SCA_DOMAIN_VERSION, SCA_OP
 from scaseg.metadata import SCA_OPS as SCA_MODES  # the metadata's sca_op words
 from scaseg.models.decoder import StripAttentionCore, grid_attention, strip_attention
 
-SCA_DOMAIN = "scaseg"
-SCA_OP = "StripCrossAttention"
-SCA_DOMAIN_VERSION = 1
 # "auto" tiling keeps one tile's attention matrix (batch * heads * rows * M float32 values) under this budget.
 AUTO_TILE_BYTES = 64 * 2**20
 

@@ -22,6 +22,11 @@ from scaseg.errors import ScasegError
 
 METADATA_KEY = "scaseg"
 SCHEMA_VERSION = 1
+#: The strip cross-attention op of an ``--sca-op function`` export: the ONNX local function export/sca.py writes, the
+#: nodes the engine builder tags for the TensorRT plugin, and the plugin's namespace and name (runtime/tensorrt/plugin.py).
+SCA_DOMAIN = "scaseg"
+SCA_OP = "StripCrossAttention"
+SCA_DOMAIN_VERSION = 1
 
 # ImageNet statistics on the 0..255 scale, RGB order (the paper's encoders are ImageNet-pretrained).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)

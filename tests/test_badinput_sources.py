@@ -105,7 +105,7 @@ THREADS_REFUSED = [
     (INFER, str(MAX_THREADS + 1), f"at most {MAX_THREADS}"),
     (BENCH, "-1", "at least 1"), (BENCH, "10000", f"at most {MAX_THREADS}"),
     (BENCH, str(MAX_THREADS + 1), f"at most {MAX_THREADS}"),
-    (TRAIN, "-1", "0 (PyTorch's default) or at least 1"), (TRAIN, "10000", f"at most {MAX_THREADS}"),
+    (TRAIN, "-1", "auto or at least 1"), (TRAIN, "0", "--threads 0 was renamed --threads auto"), (TRAIN, "10000", f"at most {MAX_THREADS}"),
     (TRAIN, str(MAX_THREADS + 1), f"at most {MAX_THREADS}"),
 ]
 

@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scaseg.errors import ScasegError
-from scaseg.metadata import ModelInfo, read_onnx_metadata
+from scaseg.metadata import SCA_DOMAIN, SCA_OP, ModelInfo, read_onnx_metadata
 from scaseg.runtime.tensorrt import compat
 from scaseg.runtime.tensorrt.compat import TensorRT
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-SCA_DOMAIN = "scaseg"  # must match export/sca.py and runtime/tensorrt/plugin.py
-SCA_OP = "StripCrossAttention"
 #: ONNX ops that become the convolution / matrix-multiply layers counted in ``layers.layer_precisions``.
 MATH_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 

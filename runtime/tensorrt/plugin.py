@@ -32,10 +32,10 @@ import numpy as np
 import numpy.typing as npt
 
 from scaseg.errors import ScasegError
+from scaseg.metadata import SCA_DOMAIN, SCA_OP
 from scaseg.runtime.tensorrt.compat import PYTHON_PLUGIN_MIN, has_python_plugins, require_tensorrt
 
-NAMESPACE = "scaseg"
-NAME = "StripCrossAttention"
+NAMESPACE, NAME = SCA_DOMAIN, SCA_OP  # the op the exporter writes is the plugin TensorRT looks up
 PLUGIN_ID = f"{NAMESPACE}::{NAME}"
 VERSION = "1"
 #: Upper bound for one chunk of float32 logits (B*h*chunk*M*4 bytes).
