@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -40,6 +41,23 @@ def _is_infer_output(folder: Path) -> bool:
 # Choices as Literal types: --help lists them as a|b and the parser refuses others (the values arrive as str).
 OutputFormat = Literal["overlay", "labels"]
 Resize = Literal["letterbox", "stretch"]
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """What scaseg-infer was asked, parsed and checked once at its edge; the layers below trust it."""
+
+    settings: RunSettings  # device, threads (None: auto) and memory
+    imgsz: Optional[tuple[int, int]]
+    batch: Optional[int]
+    resize: str  # letterbox | stretch
+    kind: str  # overlay | labels
+    alpha: float
+    legend: bool
+    show: bool
+    max_frames: Optional[int]
+    queue_size: int
+    quiet: bool
 
 
 def default_output(source: Source, spec: str, fmt: str) -> Path:
@@ -112,8 +130,8 @@ def infer(
 ) -> None:
     """Segment SOURCE with MODEL and write an overlay video / images or label maps."""
     kind = "labels" if save_labels else fmt
-    settings = RunSettings.parse(device, threads, memory.value)
-    size = parse_imgsz(imgsz)
+    request = InferRequest(RunSettings.parse(device, threads, memory.value), parse_imgsz(imgsz), batch, resize, kind,
+                           alpha, legend, show, max_frames, queue_size, quiet)
     if not save and not show:
         raise ScasegError("--no-save without --show would do nothing; add --show or drop --no-save")
     if show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -126,24 +144,23 @@ def infer(
         target = _check_output(src, out, kind) if save else "none"
         if target != "none":
             _check_target(out, target, source, model_path)
-        predictor = Predictor(open_backend(model_path, backend.value, settings=settings), size, batch, resize=resize)
+        predictor = Predictor(open_backend(model_path, backend.value, settings=request.settings), request.imgsz,
+                              request.batch, resize=request.resize)
         chosen = apply_auto_threads(predictor.backend, predictor.size, predictor.batch)
         if not quiet:  # once the model and the output are known to be good, so that an error stays one line
             print(f"scaseg-infer: model {model_path}" + (f" ({origin})" if origin else "")
                   + ("" if chosen == "-" else f", threads {chosen}"), file=sys.stderr)
         label = os.path.basename(model_path) + ("" if model else ", the shipped default")
-        _run(src, predictor, out, target, kind, alpha, legend, show, max_frames, queue_size, quiet, label,
-             record={"source": source, "model": model_path, "format": kind})
+        _run(src, predictor, out, target, request, label, record={"source": source, "model": model_path, "format": kind})
     finally:
         src.close()
         if show:
             cv2.destroyAllWindows()
 
 
-def _run(src: Source, predictor: Predictor, out: Path, target: str, kind: str, alpha: float, legend: bool,
-         show: bool, max_frames: Optional[int], queue_size: int, quiet: bool, model_label: str,
+def _run(src: Source, predictor: Predictor, out: Path, target: str, request: InferRequest, model_label: str,
          record: Optional[dict] = None) -> None:
-    info = predictor.info
+    info, kind, show = predictor.info, request.kind, request.show
     lut = palette_lut(info.palette)
     with contextlib.ExitStack() as stack:
         sink: Optional[VideoSink | ImageSink] = None
@@ -167,13 +184,15 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, kind: str, a
                     progress.write(note, file=sys.stderr)
             picture = None
             if kind == "overlay" or show:
-                picture = render_overlay(frame.image, labels, lut, alpha, info.class_names if legend else None)
+                names = info.class_names if request.legend else None
+                picture = render_overlay(frame.image, labels, lut, request.alpha, names)
             if sink is not None:
                 sink.write(frame.name, picture if kind == "overlay" else labels)
             if show and picture is not None:
                 _show(picture)
 
-        stats = run_pipeline(src, predictor, consume, queue_size=queue_size, max_frames=max_frames, progress=not quiet)
+        stats = run_pipeline(src, predictor, consume, queue_size=request.queue_size, max_frames=request.max_frames,
+                             progress=not request.quiet)
         if sink is not None:
             sink.close(exact=not stats.interrupted)  # finalise the container before the rename, also after Ctrl-C
         if stats.frames == 0 and stats.interrupted:

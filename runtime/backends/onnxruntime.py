@@ -52,7 +52,7 @@ def make_session(model: Union[str, bytes, "os.PathLike[str]"], *, threads: Optio
     try:
         return ort.InferenceSession(source, sess_options=opts, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own pybind exception types for every load failure
-        name = what or ("the model" if isinstance(model, bytes) else f"the ONNX model {source}")
+        name = what or ("the model" if isinstance(model, bytes) else f"the ONNX model {os.fspath(model)}")
         raise ScasegError(f"ONNX Runtime cannot load {name}: {first_line(exc)}") from None
 
 
