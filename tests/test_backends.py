@@ -208,3 +208,31 @@ def test_torch_reference_backend_runs_a_checkpoint(tmp_path):
     assert pred.size == (64, 64) and pred(halves(50, 70)).shape == (50, 70)
     with pytest.raises(ScasegError, match="cannot run on --device tensorrt"):
         open_backend(path, device="tensorrt")
+
+
+def test_run_settings_are_checked_once_and_trusted(tmp_path):
+    from scaseg.runtime.backends import RunSettings
+
+    settings = RunSettings.parse("CPU", "2", "lean")
+    assert (settings.device, settings.threads, settings.memory.mem_pattern) == ("cpu", 2, False)
+    assert RunSettings.parse(None, "auto").threads is None and RunSettings.parse().device == "auto"
+    for bad, expect in ((("tpu",), "unknown device"), ((None, "0"), "at least 1"), ((None, None, "huge"), "memory mode")):
+        with pytest.raises(ScasegError, match=expect):
+            RunSettings.parse(*bad)
+    be = open_backend(make_onnx(tmp_path / "m.onnx"), settings=settings)
+    assert be.requested_threads == 2 and be.session.get_session_options().intra_op_num_threads == 2
+    assert not be.session.get_session_options().enable_mem_pattern
+    with pytest.raises(AssertionError):  # one way in: checked settings, or the parts to check, never both
+        open_backend(make_onnx(tmp_path / "n.onnx"), threads=1, settings=settings)
+
+
+def test_every_onnx_runtime_session_is_made_in_one_place(tmp_path):
+    from scaseg.runtime.backends.onnxruntime import make_session
+
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ScasegError, match="ONNX Runtime cannot load the model: "):
+        make_session(b"not a model")
+    with pytest.raises(ScasegError, match="cannot load the ONNX model .*junk.onnx"):
+        make_session(tmp_path / "junk.onnx")
+    sess = make_session(make_onnx(tmp_path / "m.onnx"), threads=1, optimized_path=str(tmp_path / "opt.onnx"))
+    assert sess.get_session_options().intra_op_num_threads == 1 and (tmp_path / "opt.onnx").is_file()

@@ -1,6 +1,7 @@
 """runtime/backends/threads.py: the --threads auto rule, explicit counts honoured, bad values refused in one line."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -101,3 +102,27 @@ def test_infer_refuses_a_bad_count_in_one_line(tmp_path: Path) -> None:
     make_onnx(tmp_path / "m.onnx")
     (tmp_path / "a.png").write_bytes(b"")
     refused("scaseg-infer", ["a.png", "-m", "m.onnx", "--threads", "0", "-q"], tmp_path, expect="--threads must be")
+
+
+@pytest.mark.parametrize("prog", ["bench", "infer"])
+def test_the_commands_read_threads_once_and_the_backends_trust_it(tmp_path: Path, monkeypatch, capsys, prog) -> None:
+    """--threads is parsed at the edge only (it was parsed three times by scaseg-bench); the backend keeps the count."""
+    from runtime_models import run_main
+
+    from scaseg.runtime import bench, infer
+    from scaseg.runtime.backends import base
+
+    calls: list[object] = []
+    real = T.parse_threads
+    monkeypatch.setattr(base, "parse_threads", lambda value, *a: calls.append(value) or real(value, *a))
+    monkeypatch.setattr(T, "parse_threads", lambda *a: pytest.fail("parse_threads called below the edge"))
+    model = make_onnx(tmp_path / "m.onnx", size=(32, 48))
+    cv2 = pytest.importorskip("cv2")
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((24, 32, 3), np.uint8))
+    args = {"bench": [model, "--warmup", "0", "--runs", "1", "--threads", "1", "-q", "-o", tmp_path / "r.json"],
+            "infer": [tmp_path / "a.png", "-m", model, "--threads", "1", "-q", "-o", tmp_path / "o.png"]}[prog]
+    code, _, err = run_main({"bench": bench.main, "infer": infer.main}[prog], args, capsys, monkeypatch)
+    assert code == 0, err
+    assert calls == ["1"], calls
+    if prog == "bench":  # the backend ran with the count as given
+        assert json.loads((tmp_path / "r.json").read_text())["models"][0]["threads"] == 1
