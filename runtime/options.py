@@ -1,4 +1,7 @@
-"""The options scaseg-bench and scaseg-infer share: backend, device, threads, memory, input size and batch, said once."""
+"""The options scaseg-bench and scaseg-infer share: backend, device, threads, memory, input size and batch, said once.
+
+What they parse into is checked once, at the command's edge: device, threads and memory into
+``runtime.backends.RunSettings``, the rest into each command's request (``BenchRequest``, ``InferRequest``)."""
 from __future__ import annotations
 
 from enum import Enum
@@ -6,9 +9,9 @@ from typing import Any
 
 import typer
 
-from scaseg.cli import SIZE_METAVAR
+from scaseg.cli import AUTO, SIZE_METAVAR
 from scaseg.runtime.backends import BACKENDS
-from scaseg.runtime.backends.threads import AUTO, MAX_THREADS_PER_CPU, PROBE_MAX_PIXELS
+from scaseg.runtime.backends.threads import MAX_THREADS_PER_CPU, PROBE_MAX_PIXELS
 from scaseg.runtime.memory import DEFAULT_MEMORY, MEMORY_MODES
 
 # An Enum so that --help lists the choices and the parser refuses others; built from the one list of backends.
