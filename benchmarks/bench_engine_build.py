@@ -77,7 +77,8 @@ def main() -> None:
     if args.prepare_only:
         return
 
-    from scaseg.runtime.tensorrt import builder, compat
+    from scaseg.export.engine import builder
+    from scaseg.runtime.tensorrt import compat
 
     trt = compat.find_tensorrt("rtx")
     if trt is None:

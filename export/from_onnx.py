@@ -32,7 +32,8 @@ def build_from_onnx(onnx_path: Path, output: Optional[Path], *, precision: Optio
     ``precision`` None: the ONNX's own. ``output`` None: beside the ONNX (model.onnx -> model.engine, model.int8.onnx
     -> model.int8.engine). Returns the engine's path, its precision and the build summary.
     """
-    from scaseg.runtime.tensorrt import builder, compat, graph, profile
+    from scaseg.export.engine import builder, graph, profile
+    from scaseg.runtime.tensorrt import compat
 
     trt = compat.require_tensorrt("--format engine", tensorrt)
     require_package("onnx", "building an engine from an ONNX file", compat.EXTRAS[trt.flavor])

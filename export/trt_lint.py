@@ -238,7 +238,8 @@ def lint(model: onnx.ModelProto, *, use_parser: bool = True) -> LintReport:
     """Parse ``model`` with the installed TensorRT's ONNX parser; without one, check it against the 8.5/10.x/11.x tables."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if use_parser:
-        from scaseg.runtime.tensorrt import builder, compat
+        from scaseg.export.engine import builder
+        from scaseg.runtime.tensorrt import compat
 
         trt = compat.find_tensorrt()
         if trt is not None:

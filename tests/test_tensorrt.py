@@ -22,9 +22,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from scaseg.errors import ScasegError
-from scaseg.runtime.backends import open_backend
+from scaseg.export.engine import builder as engine_mod, graph as trt_graph, profile as trt_profile
 from scaseg.metadata import METADATA_KEY, ModelInfo
-from scaseg.runtime.tensorrt import builder as engine_mod, graph as trt_graph, profile as trt_profile
+from scaseg.runtime.backends import open_backend
 from scaseg.runtime.tensorrt import compat as trt_compat
 from scaseg.runtime.tensorrt.compat import TensorRT
 from scaseg.runtime.tensorrt.cuda import CudaRuntime, load_cuda, require_device
@@ -32,9 +32,10 @@ from scaseg.runtime.tensorrt.plugin import strip_attention_into
 from scaseg.runtime.tensorrt.runner import TensorRTBackend, check_input_shape
 
 ROOT = Path(__file__).resolve().parents[1]
-TRT_FILES = ["runtime/tensorrt/builder.py", "runtime/tensorrt/graph.py", "runtime/tensorrt/layers.py",
-             "runtime/tensorrt/profile.py", "runtime/tensorrt/runner.py", "runtime/tensorrt/cuda.py",
-             "runtime/tensorrt/plugin.py", "runtime/tensorrt/compat.py", "runtime/tensorrt/__init__.py"]
+TRT_FILES = ["export/engine/builder.py", "export/engine/graph.py", "export/engine/layers.py",
+             "export/engine/profile.py", "export/engine/__init__.py", "runtime/tensorrt/runner.py",
+             "runtime/tensorrt/cuda.py", "runtime/tensorrt/plugin.py", "runtime/tensorrt/compat.py",
+             "runtime/tensorrt/__init__.py"]
 HAS_TRT = bool(trt_compat.installed_flavors())
 
 
@@ -220,7 +221,7 @@ def test_stub_repair_fixes_only_syntax() -> None:
 
 def test_tensorrt_modules_import_without_tensorrt_torch_or_cupy() -> None:
     code = ("import scaseg.runtime.tensorrt.runner, scaseg.runtime.tensorrt.cuda, scaseg.runtime.tensorrt.plugin, "
-            "scaseg.runtime.tensorrt.builder, sys, json; print(json.dumps(sorted(sys.modules)))")
+            "scaseg.export.engine.builder, sys, json; print(json.dumps(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     mods = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert "scaseg.runtime.tensorrt.runner" in mods
@@ -230,7 +231,7 @@ def test_tensorrt_modules_import_without_tensorrt_torch_or_cupy() -> None:
 
 def test_engine_builder_imports_without_torch() -> None:
     # A Jetson builds engines from a copied ONNX without PyTorch installed.
-    code = "import scaseg.runtime.tensorrt.builder, sys; print('torch' in sys.modules)"
+    code = "import scaseg.export.engine.builder, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
 

@@ -18,7 +18,8 @@ import onnx
 import pytest
 
 from scaseg.metadata import METADATA_KEY, ModelInfo
-from scaseg.runtime.tensorrt import builder, compat, layers as trt_layers
+from scaseg.export.engine import builder, layers as trt_layers
+from scaseg.runtime.tensorrt import compat
 
 RTX = compat.find_tensorrt("rtx")
 pytestmark = [pytest.mark.skipif(RTX is None, reason="TensorRT-RTX (tensorrt-rtx-cu12) is not installed"),

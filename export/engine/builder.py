@@ -10,7 +10,7 @@ functions) -> parse -> configure (workspace, profile, compute capabilities or ti
 profiling) -> build -> read the layer table (layers.py: which data type each convolution/GEMM takes) -> write the
 plan and its ``<engine>.json`` side file atomically. This module holds the TensorRT calls and the writing.
 
-``onnx`` is imported inside the functions that need it: ``scaseg.runtime`` never imports it at import time.
+``onnx`` is imported inside the functions that need it, never at import time.
 """
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ from scaseg.fileio import atomic_path, check_writable_dir
 from scaseg.metadata import ModelInfo
 from scaseg.runtime.tensorrt import compat
 from scaseg.runtime.tensorrt.compat import TensorRT
-from scaseg.runtime.tensorrt.graph import graph_precision, input_shape, load_onnx, prepare_for_parser, requested_precisions
-from scaseg.runtime.tensorrt.layers import (Layer, layer_precisions, layers_from_inspector, layers_from_log,
-                                            precision_summary, wider_than_asked)
-from scaseg.runtime.tensorrt.profile import Shape, check_flavor_options, check_options, check_profile, resolve_profile
+from scaseg.export.engine.graph import graph_precision, input_shape, load_onnx, prepare_for_parser, requested_precisions
+from scaseg.export.engine.layers import (Layer, layer_precisions, layers_from_inspector, layers_from_log,
+                                         precision_summary, wider_than_asked)
+from scaseg.export.engine.profile import Shape, check_flavor_options, check_options, check_profile, resolve_profile
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx

@@ -2,7 +2,7 @@
 
 Preparing means tagging the strip-attention nodes for the Python plugin (standard TensorRT >= 10.7) or inlining
 the ONNX local functions; ``requested_precisions`` says which data type each conv/GEMM node asks for.
-``onnx`` is imported inside the functions: ``scaseg.runtime`` never imports it at import time.
+``onnx`` is imported inside the functions, never at import time.
 """
 from __future__ import annotations
 
