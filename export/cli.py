@@ -224,9 +224,9 @@ def _check_inputs(o: Args) -> Plan:
         _need("scaseg.export.engine.builder" if form == "engine" else "scaseg.export.triton", f"--format {form}")
     if form == "engine":  # no TensorRT, or a compute capability it cannot build for: say so before the export
         from scaseg.export.engine import profile as trt_profile
-        from scaseg.runtime.tensorrt import compat as trt_compat
+        from scaseg.runtime.tensorrt import installed as trt_installed
 
-        trt_profile.check_flavor_options(trt_compat.require_tensorrt("--format engine", o.tensorrt),
+        trt_profile.check_flavor_options(trt_installed.require_tensorrt("--format engine", o.tensorrt),
                                          o.compute_capability, o.dla_core)
     import scaseg
 

@@ -33,14 +33,14 @@ def build_from_onnx(onnx_path: Path, output: Optional[Path], *, precision: Optio
     -> model.int8.engine). Returns the engine's path, its precision and the build summary.
     """
     from scaseg.export.engine import builder, graph, profile
-    from scaseg.runtime.tensorrt import compat
+    from scaseg.runtime.tensorrt import installed
 
-    trt = compat.require_tensorrt("--format engine", tensorrt)
-    require_package("onnx", "building an engine from an ONNX file", compat.EXTRAS[trt.flavor])
+    trt = installed.require_tensorrt("--format engine", tensorrt)
+    require_package("onnx", "building an engine from an ONNX file", installed.EXTRAS[trt.flavor])
     profile.check_flavor_options(trt, compute_capabilities, dla_core)
     model, info = graph.load_onnx(str(onnx_path))
     carried = graph.graph_precision(model)
-    precision = precision or (info.precision if info.precision in compat.PRECISIONS else carried)
+    precision = precision or (info.precision if info.precision in installed.PRECISIONS else carried)
     profile.check_options(precision, workspace_gib, dla_core)
     runtime_only = graph.onnx_runtime_only(model)
     del model

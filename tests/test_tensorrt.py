@@ -25,8 +25,8 @@ from scaseg.errors import ScasegError
 from scaseg.export.engine import builder as engine_mod, graph as trt_graph, profile as trt_profile
 from scaseg.metadata import METADATA_KEY, ModelInfo
 from scaseg.runtime.backends import open_backend
-from scaseg.runtime.tensorrt import compat as trt_compat
-from scaseg.runtime.tensorrt.compat import TensorRT
+from scaseg.runtime.tensorrt import installed as trt_installed
+from scaseg.runtime.tensorrt.installed import TensorRT
 from scaseg.runtime.tensorrt.cuda import CudaRuntime, load_cuda, require_device
 from scaseg.runtime.tensorrt.plugin import strip_attention_into
 from scaseg.runtime.tensorrt.runner import TensorRTBackend, check_input_shape
@@ -34,9 +34,9 @@ from scaseg.runtime.tensorrt.runner import TensorRTBackend, check_input_shape
 ROOT = Path(__file__).resolve().parents[1]
 TRT_FILES = ["export/engine/builder.py", "export/engine/graph.py", "export/engine/layers.py",
              "export/engine/profile.py", "export/engine/__init__.py", "runtime/tensorrt/runner.py",
-             "runtime/tensorrt/cuda.py", "runtime/tensorrt/plugin.py", "runtime/tensorrt/compat.py",
+             "runtime/tensorrt/cuda.py", "runtime/tensorrt/plugin.py", "runtime/tensorrt/installed.py",
              "runtime/tensorrt/__init__.py"]
-HAS_TRT = bool(trt_compat.installed_flavors())
+HAS_TRT = bool(trt_installed.installed_flavors())
 
 
 def _trt(version: str, flavor: str = "standard") -> TensorRT:
@@ -136,9 +136,9 @@ def _reference_attention(images: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _side_file(engine: Path, facts: dict, info: ModelInfo | None = None) -> Path:
-    info = (info or _info()).replace(extra={trt_compat.FACTS_KEY: facts})
+    info = (info or _info()).replace(extra={trt_installed.FACTS_KEY: facts})
     engine.write_bytes(b"not a real plan")
-    side = trt_compat.side_file(engine)
+    side = trt_installed.side_file(engine)
     side.write_text(info.to_json(), encoding="utf-8")
     return side
 
@@ -304,7 +304,7 @@ def test_graph_precision_reads_what_the_onnx_carries() -> None:
 ])
 def test_precision_plan_per_generation(version, precision, graph, strongly, flags) -> None:
     trt = _trt(version.split()[-1], "rtx" if version.startswith("rtx") else "standard")
-    plan = trt_compat.precision_plan(trt, precision, graph)
+    plan = trt_installed.precision_plan(trt, precision, graph)
     assert (plan.precision, plan.strongly_typed, plan.builder_flags) == (precision, strongly, flags)
 
 
@@ -319,32 +319,32 @@ def test_precision_plan_per_generation(version, precision, graph, strongly, flag
 def test_precision_plan_refuses_what_a_generation_cannot_build(version, precision, graph, message) -> None:
     trt = _trt(version.split()[-1], "rtx" if version.startswith("rtx") else "standard")
     with pytest.raises(ScasegError, match=re.escape(message)):
-        trt_compat.precision_plan(trt, precision, graph)
+        trt_installed.precision_plan(trt, precision, graph)
 
 
 def test_version_gates() -> None:
-    assert trt_compat.parse_version("10.3.0.26") == (10, 3, 0, 26)
-    assert trt_compat.parse_version("11.0.0.post1") == (11, 0, 0)
+    assert trt_installed.parse_version("10.3.0.26") == (10, 3, 0, 26)
+    assert trt_installed.parse_version("11.0.0.post1") == (11, 0, 0)
     with pytest.raises(ScasegError, match="cannot read the TensorRT version"):
-        trt_compat.parse_version("unknown")
+        trt_installed.parse_version("unknown")
     assert [_trt(v).generation for v in ("8.5.2", "8.6.1", "10.3.0", "11.0.0")] == ["8.5", "8.5", "10.x", "11.x"]
     assert _trt("1.7.1.116", "rtx").generation == "rtx" and _trt("1.7.1.116", "rtx").label == "TensorRT-RTX 1.7.1.116"
     with pytest.raises(ScasegError, match="older than 8.5"):
         _ = _trt("8.2.1").generation
-    assert not trt_compat.has_python_plugins(_trt("10.6.0")) and trt_compat.has_python_plugins(_trt("10.7.0"))
-    assert not trt_compat.has_python_plugins(_trt("11.0.0", "rtx"))  # no plugins in TensorRT-RTX
-    assert trt_compat.needs_explicit_batch_flag(_trt("8.5.2")) and not trt_compat.needs_explicit_batch_flag(_trt("10.0"))
-    assert not trt_compat.needs_explicit_batch_flag(_trt("1.7.1", "rtx"))
+    assert not trt_installed.has_python_plugins(_trt("10.6.0")) and trt_installed.has_python_plugins(_trt("10.7.0"))
+    assert not trt_installed.has_python_plugins(_trt("11.0.0", "rtx"))  # no plugins in TensorRT-RTX
+    assert trt_installed.needs_explicit_batch_flag(_trt("8.5.2")) and not trt_installed.needs_explicit_batch_flag(_trt("10.0"))
+    assert not trt_installed.needs_explicit_batch_flag(_trt("1.7.1", "rtx"))
 
 
 def test_compute_capability_names() -> None:
-    assert [trt_compat.cc_text(v) for v in ("8.6", "86", "sm86", "SM_120", "12.0", (8, 9))] == [
+    assert [trt_installed.cc_text(v) for v in ("8.6", "86", "sm86", "SM_120", "12.0", (8, 9))] == [
         "8.6", "8.6", "8.6", "12.0", "12.0", "8.9"]
     with pytest.raises(ScasegError, match="cannot read the compute capability 'ampere'"):
-        trt_compat.cc_text("ampere")
-    assert trt_compat.check_compute_capabilities(["12.0", "86", "8.6"], ["8.6", "12.0"], "X") == ["8.6", "12.0"]
+        trt_installed.cc_text("ampere")
+    assert trt_installed.check_compute_capabilities(["12.0", "86", "8.6"], ["8.6", "12.0"], "X") == ["8.6", "12.0"]
     with pytest.raises(ScasegError, match="X cannot build for compute capability 9.0: it knows 8.6, 12.0"):
-        trt_compat.check_compute_capabilities(["9.0"], ["12.0", "8.6"], "X")
+        trt_installed.check_compute_capabilities(["9.0"], ["12.0", "8.6"], "X")
 
 
 # --- profiles -----------------------------------------------------------------------------------------------------
@@ -369,7 +369,7 @@ def test_engine_model_info_records_ranges_and_facts() -> None:
     info = _info(input_size=(64, 64))
     ranged = engine_mod.engine_model_info(info, "fp16", ((1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64)), dict(FACTS))
     assert (ranged.precision, ranged.batch, ranged.dynamic_batch, ranged.dynamic_spatial) == ("fp16", 4, True, False)
-    assert ranged.input_size == (64, 64) and trt_compat.engine_facts(ranged) == FACTS
+    assert ranged.input_size == (64, 64) and trt_installed.engine_facts(ranged) == FACTS
     spatial = engine_mod.engine_model_info(info, "fp32", ((1, 3, 32, 32), (1, 3, 64, 64), (1, 3, 96, 96)), {})
     assert (spatial.dynamic_batch, spatial.dynamic_spatial) == (False, True)
 
@@ -382,7 +382,7 @@ def test_engine_side_file_is_what_the_triton_writer_reads(tmp_path: Path) -> Non
                                          "max_batch": 8, "plugin": False})
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
-    trt_compat.side_file(engine).write_text(info.to_json(), encoding="utf-8")
+    trt_installed.side_file(engine).write_text(info.to_json(), encoding="utf-8")
     read, inputs, outputs = triton_signature.engine_signature(engine)
     assert read.precision == "fp16"
     assert [(s.name, s.shape) for s in inputs] == [("images", (-1, 3, 64, 64))]
@@ -407,10 +407,10 @@ def test_check_input_shape_static_and_profile() -> None:
 def test_engine_built_elsewhere_is_refused_in_one_sentence(tmp_path: Path) -> None:
     engine = tmp_path / "model.engine"
     _side_file(engine, FACTS)
-    info = trt_compat.read_engine_info(engine)
+    info = trt_installed.read_engine_info(engine)
     here: dict[str, Any] = {"trt": _trt("10.3.0.26"), "gpu_name": "Orin", "compute_capability": (8, 7)}
-    trt_compat.check_engine(engine, info, **here)  # same machine kind: fine
-    trt_compat.check_engine(engine, info, **{**here, "gpu_name": "  orin "})  # spacing/case are not a mismatch
+    trt_installed.check_engine(engine, info, **here)  # same machine kind: fine
+    trt_installed.check_engine(engine, info, **{**here, "gpu_name": "  orin "})  # spacing/case are not a mismatch
     cases: list[tuple[dict[str, Any], str]] = [
         ({"trt": _trt("10.13.0.35")}, "built with TensorRT 10.3.0.26 and this machine has TensorRT 10.13.0.35"),
         ({"trt": _trt("1.7.1.116", "rtx")}, "built with TensorRT and this machine runs TensorRT-RTX 1.7.1.116"),
@@ -419,20 +419,20 @@ def test_engine_built_elsewhere_is_refused_in_one_sentence(tmp_path: Path) -> No
     ]
     for change, message in cases:
         with pytest.raises(ScasegError, match=re.escape(message)) as err:
-            trt_compat.check_engine(engine, info, **{**here, **change})
+            trt_installed.check_engine(engine, info, **{**here, **change})
         assert str(err.value).startswith(f"cannot run the engine {engine}") and "\n" not in str(err.value)
     _side_file(engine, {k: v for k, v in FACTS.items() if k != "trt_version"})
     with pytest.raises(ScasegError, match="does not say which TensorRT built it"):
-        trt_compat.check_engine(engine, trt_compat.read_engine_info(engine), **here)
+        trt_installed.check_engine(engine, trt_installed.read_engine_info(engine), **here)
 
 
 def test_rtx_engine_is_refused_for_another_version_or_an_excluded_gpu(tmp_path: Path) -> None:
     engine = tmp_path / "model.engine"
     _side_file(engine, {"trt_flavor": "rtx", "trt_version": "1.7.1.116", "compute_capabilities": ["8.6", "12.0"]})
-    info = trt_compat.read_engine_info(engine)
+    info = trt_installed.read_engine_info(engine)
     here: dict[str, Any] = {"trt": _trt("1.7.1.116", "rtx"), "gpu_name": "RTX 4090", "compute_capability": (8, 6)}
-    trt_compat.check_engine(engine, info, **here)
-    trt_compat.check_engine(engine, info, **{**here, "compute_capability": (12, 0)})
+    trt_installed.check_engine(engine, info, **here)
+    trt_installed.check_engine(engine, info, **{**here, "compute_capability": (12, 0)})
     cases: list[tuple[dict[str, Any], str]] = [
         ({"compute_capability": (8, 9)}, "built for compute capabilities 8.6, 12.0 and this GPU (RTX 4090) is 8.9; "
                                          "rebuild it with --compute-capability 8.9"),
@@ -442,7 +442,7 @@ def test_rtx_engine_is_refused_for_another_version_or_an_excluded_gpu(tmp_path: 
     ]
     for change, message in cases:
         with pytest.raises(ScasegError, match=re.escape(message)) as err:
-            trt_compat.check_engine(engine, info, **{**here, **change})
+            trt_installed.check_engine(engine, info, **{**here, **change})
         assert "\n" not in str(err.value)
 
 
@@ -450,10 +450,10 @@ def test_engine_side_file_missing_or_broken(tmp_path: Path) -> None:
     engine = tmp_path / "model.plan"
     engine.write_bytes(b"plan")
     with pytest.raises(ScasegError, match="has no side file model.plan.json"):
-        trt_compat.read_engine_info(engine)
-    trt_compat.side_file(engine).write_text("{not json", encoding="utf-8")
+        trt_installed.read_engine_info(engine)
+    trt_installed.side_file(engine).write_text("{not json", encoding="utf-8")
     with pytest.raises(ScasegError, match="not valid JSON"):
-        trt_compat.read_engine_info(engine)
+        trt_installed.read_engine_info(engine)
 
 
 def test_runner_checks_the_side_file_before_needing_tensorrt(tmp_path: Path) -> None:
@@ -463,7 +463,7 @@ def test_runner_checks_the_side_file_before_needing_tensorrt(tmp_path: Path) -> 
         TensorRTBackend(str(engine))
     with pytest.raises(ScasegError, match="model not found"):  # checked once, by open_backend
         open_backend(tmp_path / "absent.engine")
-    if "standard" not in trt_compat.installed_flavors():
+    if "standard" not in trt_installed.installed_flavors():
         _side_file(engine, FACTS)  # built with standard TensorRT
         with pytest.raises(ScasegError, match="^TensorRT is not installed: the engine .* needs the tensorrt Python"):
             TensorRTBackend(str(engine))
@@ -513,12 +513,12 @@ def test_network_flags_per_generation() -> None:
 
     # Enum values as tensorrt-stubs 10.13 declares them: EXPLICIT_BATCH = 0, STRONGLY_TYPED = 1.
     trt = SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1))
-    weak, strong = trt_compat.PrecisionPlan("fp16", False, ("FP16",), ""), trt_compat.PrecisionPlan("fp16", True, (), "")
-    assert trt_compat.network_flags(trt, _trt("8.5.2"), weak) == 1
-    assert trt_compat.network_flags(trt, _trt("10.3.0"), weak) == 0
-    assert trt_compat.network_flags(trt, _trt("10.3.0"), strong) == 2
-    assert trt_compat.network_flags(trt, _trt("11.0.0"), strong) == 0
-    assert trt_compat.network_flags(trt, _trt("1.7.1", "rtx"), strong) == 0
+    weak, strong = trt_installed.PrecisionPlan("fp16", False, ("FP16",), ""), trt_installed.PrecisionPlan("fp16", True, (), "")
+    assert trt_installed.network_flags(trt, _trt("8.5.2"), weak) == 1
+    assert trt_installed.network_flags(trt, _trt("10.3.0"), weak) == 0
+    assert trt_installed.network_flags(trt, _trt("10.3.0"), strong) == 2
+    assert trt_installed.network_flags(trt, _trt("11.0.0"), strong) == 0
+    assert trt_installed.network_flags(trt, _trt("1.7.1", "rtx"), strong) == 0
 
 
 def test_plugin_math_matches_softmax_attention_in_bounded_chunks() -> None:
@@ -598,7 +598,7 @@ def test_ctypes_cuda_refuses_the_first_missing_device_in_one_sentence() -> None:
 
 
 def _here() -> TensorRT:
-    found = trt_compat.find_tensorrt()
+    found = trt_installed.find_tensorrt()
     assert found is not None
     return found
 
@@ -620,7 +620,7 @@ def test_gpu_engine_matches_onnxruntime(tmp_path: Path, precision: str) -> None:
     engine = tmp_path / "model.engine"
     summary = engine_mod.build_engine(str(onnx_path), str(engine), precision=precision, workspace_gib=0.5,
                                       timing_cache=str(tmp_path / "timing.cache"))
-    assert engine.is_file() and trt_compat.side_file(engine).is_file() and (tmp_path / "timing.cache").is_file()
+    assert engine.is_file() and trt_installed.side_file(engine).is_file() and (tmp_path / "timing.cache").is_file()
     assert summary["precision"] == precision and summary["plugin"] is False
     images = np.random.default_rng(2).normal(size=(1, 3, 8, 8)).astype(np.float32)
     with TensorRTBackend(str(engine)) as backend:
@@ -653,7 +653,7 @@ def test_gpu_dynamic_profile_and_cuda_graph(tmp_path: Path) -> None:
 
 @pytest.mark.gpu
 def test_gpu_strip_attention_plugin_round_trip(tmp_path: Path) -> None:
-    if not trt_compat.has_python_plugins(_here()):
+    if not trt_installed.has_python_plugins(_here()):
         pytest.skip("the Python plugin needs TensorRT >= 10.7")
     pytest.importorskip("cupy")
     scale = 0.7

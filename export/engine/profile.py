@@ -8,8 +8,8 @@ from typing import Any, Optional, Sequence
 
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
-from scaseg.runtime.tensorrt import compat
-from scaseg.runtime.tensorrt.compat import TensorRT
+from scaseg.runtime.tensorrt import installed
+from scaseg.runtime.tensorrt.installed import TensorRT
 
 Shape = tuple[int, int, int, int]
 
@@ -40,8 +40,8 @@ def check_profile(min_shape: Any, opt_shape: Any, max_shape: Any) -> Optional[tu
 
 def check_options(precision: str, workspace_gib: float, dla_core: Optional[int]) -> None:
     """One sentence for an option no TensorRT could honour."""
-    if precision not in compat.PRECISIONS:
-        raise ScasegError(f"unknown engine precision {precision!r}: expected one of {', '.join(compat.PRECISIONS)}")
+    if precision not in installed.PRECISIONS:
+        raise ScasegError(f"unknown engine precision {precision!r}: expected one of {', '.join(installed.PRECISIONS)}")
     if not workspace_gib > 0:
         raise ScasegError(f"the workspace must be a positive number of GiB, got {workspace_gib}")
     if dla_core is not None:
@@ -61,8 +61,8 @@ def check_flavor_options(trt: TensorRT, compute_capabilities: Optional[Sequence[
         return None
     if dla_core is not None:
         raise ScasegError(f"{trt.label} has no DLA support: build DLA engines on the Jetson with standard TensorRT")
-    known = list(compat.rtx_capabilities(trt.module)) if trt.module is not None else list(compat.RTX_DEFAULT_CCS)
-    return compat.check_compute_capabilities(compute_capabilities or compat.RTX_DEFAULT_CCS, known, trt.label)
+    known = list(installed.rtx_capabilities(trt.module)) if trt.module is not None else list(installed.RTX_DEFAULT_CCS)
+    return installed.check_compute_capabilities(compute_capabilities or installed.RTX_DEFAULT_CCS, known, trt.label)
 
 
 def resolve_profile(onnx_shape: Sequence[int], info: ModelInfo,

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scaseg.errors import ScasegError
-from scaseg.runtime.tensorrt.compat import PYTHON_PLUGIN_MIN, has_python_plugins, require_tensorrt
+from scaseg.runtime.tensorrt.installed import PYTHON_PLUGIN_MIN, has_python_plugins, require_tensorrt
 
 NAMESPACE = "scaseg"
 NAME = "StripCrossAttention"
