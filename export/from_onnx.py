@@ -33,6 +33,7 @@ def build_from_onnx(onnx_path: Path, output: Optional[Path], *, precision: Optio
     -> model.int8.engine). Returns the engine's path, its precision and the build summary.
     """
     from scaseg.export.engine import builder, graph, profile
+    from scaseg.metadata import PRECISIONS
     from scaseg.runtime.tensorrt import installed
 
     trt = installed.require_tensorrt("--format engine", tensorrt)
@@ -40,7 +41,7 @@ def build_from_onnx(onnx_path: Path, output: Optional[Path], *, precision: Optio
     profile.check_flavor_options(trt, compute_capabilities, dla_core)
     model, info = graph.load_onnx(str(onnx_path))
     carried = graph.graph_precision(model)
-    precision = precision or (info.precision if info.precision in installed.PRECISIONS else carried)
+    precision = precision or (info.precision if info.precision in PRECISIONS else carried)
     profile.check_options(precision, workspace_gib, dla_core)
     runtime_only = graph.onnx_runtime_only(model)
     del model

@@ -108,7 +108,7 @@ def engine_signature(path: str | Path) -> tuple[ModelInfo, list[TensorSpec], lis
     A plan cannot be opened without TensorRT, so shapes come from the metadata: input (B, 3, H, W), output
     (B, C, H, W) logits or (B, H, W) labels, with -1 where the engine was built for a range.
     """
-    from scaseg.runtime.tensorrt.installed import engine_facts, read_engine_info
+    from scaseg.runtime.tensorrt.engine_info import engine_facts, read_engine_info
 
     info = read_engine_info(path)
     facts = engine_facts(info)

@@ -24,6 +24,7 @@ from runtime_models import halves, make_onnx
 from scaseg.errors import EXTRAS
 from scaseg.metadata import read_onnx_metadata, write_onnx_metadata
 from scaseg.runtime.tensorrt import installed
+from scaseg.runtime.tensorrt.engine_info import side_file
 from scaseg.runtime.tensorrt.cuda import driver_present
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _side(engine: Path) -> dict:
-    return json.loads(installed.side_file(engine).read_text())
+    return json.loads(side_file(engine).read_text())
 
 
 # --- 9: an int8 ONNX -> an engine ------------------------------------------------------------------------------

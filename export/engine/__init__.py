@@ -2,7 +2,9 @@
 
 - ``builder``: ``build_engine`` (parse, configure, build, write plan + side file atomically) and ``parse_errors``
   (the lint's parser run).
-- ``profile``: the build options checked before any work and the optimisation profile.
+- ``profile``: the build options checked before any work (with the compute capabilities a TensorRT-RTX engine is
+  built for) and the optimisation profile.
+- ``precision``: the precision plan of each TensorRT generation (network typing, builder flags) and network flags.
 - ``graph``: the ONNX side: read the file and its metadata, tell its precision, prepare it for the parser.
 - ``layers``: the built engine's layer table and the layer-precision report.
 

@@ -29,7 +29,7 @@ from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path
 from scaseg.metadata import ModelInfo
 from scaseg.runtime.backends.base import Backend, InputMetadata
-from scaseg.runtime.tensorrt import installed
+from scaseg.runtime.tensorrt import engine_info, installed
 from scaseg.runtime.tensorrt.cuda import NO_GPU, CudaRuntime, Handle, open_device
 
 _LOGGERS: dict[str, Any] = {}
@@ -96,13 +96,13 @@ class TensorRTBackend(Backend):
         self._runtime_cache: Any = None
         self.cuda: Optional[CudaRuntime] = None
         side: Optional[ModelInfo] = None
-        if info is None or installed.side_file(path).is_file():
-            side = installed.read_engine_info(path)
+        if info is None or engine_info.side_file(path).is_file():
+            side = engine_info.read_engine_info(path)
         model_info = info if info is not None else side
         assert model_info is not None  # read_engine_info raised otherwise
         super().__init__(path, model_info)
         self.device_index = int(device)
-        self.facts = installed.engine_facts(side) if side is not None else {}
+        self.facts = engine_info.engine_facts(side) if side is not None else {}
         flavor = self.facts.get("trt_flavor")
         self.trt = installed.require_tensorrt(f"the engine {path}", flavor if flavor in installed.FLAVORS else "auto")
         self.trt_version = self.trt.version_text
@@ -129,7 +129,7 @@ class TensorRTBackend(Backend):
         self.gpu_name = cuda.device_name(self.device_index)
         self.compute_capability = cuda.compute_capability(self.device_index)
         if side is not None:
-            installed.check_engine(path, side, trt=self.trt, gpu_name=self.gpu_name,
+            engine_info.check_engine(path, side, trt=self.trt, gpu_name=self.gpu_name,
                                 compute_capability=self.compute_capability)
         self.uses_plugin = bool(self.facts.get("plugin", False))
         self._register_plugin()
@@ -179,7 +179,7 @@ class TensorRTBackend(Backend):
         engine: Any = self._engine  # the runtime-cache API is TensorRT-RTX's, not in the standard stubs
         config = engine.create_runtime_config()
         cache = config.create_runtime_cache()
-        cache_file = installed.runtime_cache_file(path)
+        cache_file = engine_info.runtime_cache_file(path)
         if cache_file.is_file() and not cache.deserialize(cache_file.read_bytes()):
             warnings.warn(f"ignoring the runtime cache {cache_file}: {self.trt.label} could not read it",
                           RuntimeWarning, stacklevel=3)
@@ -192,7 +192,7 @@ class TensorRTBackend(Backend):
         if self._runtime_cache is None:
             return
         blob = self._runtime_cache.serialize()
-        with atomic_path(installed.runtime_cache_file(self.path)) as tmp:
+        with atomic_path(engine_info.runtime_cache_file(self.path)) as tmp:
             tmp.write_bytes(memoryview(blob))
 
     def _register_plugin(self) -> None:
