@@ -3,6 +3,9 @@ tests/test_runtime_tensorrt.py): made with onnx.helper, no TensorRT needed.
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,19 @@ from scaseg.export.engine.graph import SCA_DOMAIN, SCA_OP
 from scaseg.metadata import METADATA_KEY, ModelInfo
 from scaseg.runtime.tensorrt.engine_info import FACTS_KEY, side_file
 from scaseg.runtime.tensorrt.installed import TensorRT
+
+#: What neither TensorRT package may load when it is imported: TensorRT itself, torch, onnx, CuPy, CUDA bindings.
+HEAVY = ("tensorrt", "tensorrt_bindings", "tensorrt_rtx", "torch", "onnx", "cupy", "cuda")
+
+
+def heavy_loaded_by(modules: list[str]) -> list[str]:
+    """Import ``modules`` in a fresh interpreter; which of HEAVY that loaded (each module must have loaded too)."""
+    code = "".join(f"import {m}\n" for m in modules) + "import json, sys; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert set(modules) <= loaded
+    return [name for name in HEAVY if name in loaded]
+
 
 #: The TensorRT facts of an fp16 engine built with TensorRT 10.3 on an Orin (compute capability 8.7).
 FACTS = {"trt_flavor": "standard", "trt_version": "10.3.0.26", "gpu": "Orin", "compute_capability": [8, 7],
