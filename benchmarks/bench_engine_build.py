@@ -77,14 +77,16 @@ def main() -> None:
     if args.prepare_only:
         return
 
-    from scaseg.runtime.tensorrt import builder, compat
+    from scaseg.export.engine import builder
+    from scaseg.export.engine.profile import RTX_DEFAULT_CCS
+    from scaseg.runtime.tensorrt import installed
 
-    trt = compat.find_tensorrt("rtx")
+    trt = installed.find_tensorrt("rtx")
     if trt is None:
         print("TensorRT-RTX is not installed (pip install 'scaseg[tensorrt-rtx]'); nothing to measure.")
         return
     print(f"machine: {platform.machine()} {os.cpu_count()} CPU(s), {platform.platform()}; python "
-          f"{platform.python_version()}; {trt.label}; compute capabilities {', '.join(compat.RTX_DEFAULT_CCS)} "
+          f"{platform.python_version()}; {trt.label}; compute capabilities {', '.join(RTX_DEFAULT_CCS)} "
           f"(the default set); median of {args.repeat} build(s)")
     print(f"{'variant':10} {'size':10} {'precision':9} {'build s':>8} {'engine MiB':>10} {'vs fp32':>8} "
           f"{'conv/GEMM on precision':>23}")

@@ -172,9 +172,9 @@ def _ort_row(table: Table, warmup: int, runs: int) -> None:
 
 
 def _tensorrt_row(table: Table) -> None:
-    from scaseg.runtime.tensorrt import compat
+    from scaseg.runtime.tensorrt import installed
 
-    trt = compat.find_tensorrt()
+    trt = installed.find_tensorrt()
     if trt is None:
         table.add("TensorRT engine", "-", "not present", "neither tensorrt nor tensorrt_rtx imports here")
         return

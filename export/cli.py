@@ -221,11 +221,12 @@ def _check_inputs(o: Args) -> Plan:
         # The cpu placement fuses GELU into com.microsoft.Gelu, an ONNX Runtime op TensorRT's parser rejects.
         raise ScasegError("--format engine needs --int8-target tensorrt (the cpu placement uses ONNX Runtime-only ops)")
     if form != "onnx":
-        _need("scaseg.runtime.tensorrt.builder" if form == "engine" else "scaseg.export.triton", f"--format {form}")
+        _need("scaseg.export.engine.builder" if form == "engine" else "scaseg.export.triton", f"--format {form}")
     if form == "engine":  # no TensorRT, or a compute capability it cannot build for: say so before the export
-        from scaseg.runtime.tensorrt import compat as trt_compat, profile as trt_profile
+        from scaseg.export.engine import profile as trt_profile
+        from scaseg.runtime.tensorrt import installed as trt_installed
 
-        trt_profile.check_flavor_options(trt_compat.require_tensorrt("--format engine", o.tensorrt),
+        trt_profile.check_flavor_options(trt_installed.require_tensorrt("--format engine", o.tensorrt),
                                          o.compute_capability, o.dla_core)
     import scaseg
 
@@ -303,7 +304,7 @@ def _precision(o: Args, plan: Plan, onnx_dest: Path, work: str) -> Path:
 
 def _engine(o: Args, plan: Plan, final_onnx: Path) -> None:
     """The TensorRT engine at the output, with a batch profile for a dynamic-batch graph."""
-    engine = _need("scaseg.runtime.tensorrt.builder", "--format engine")
+    engine = _need("scaseg.export.engine.builder", "--format engine")
     opts = plan.opts
     h, w = opts.imgsz
     shape_kw: dict[str, Any] = {}

@@ -32,14 +32,16 @@ def build_from_onnx(onnx_path: Path, output: Optional[Path], *, precision: Optio
     ``precision`` None: the ONNX's own. ``output`` None: beside the ONNX (model.onnx -> model.engine, model.int8.onnx
     -> model.int8.engine). Returns the engine's path, its precision and the build summary.
     """
-    from scaseg.runtime.tensorrt import builder, compat, graph, profile
+    from scaseg.export.engine import builder, graph, profile
+    from scaseg.metadata import PRECISIONS
+    from scaseg.runtime.tensorrt import installed
 
-    trt = compat.require_tensorrt("--format engine", tensorrt)
-    require_package("onnx", "building an engine from an ONNX file", compat.EXTRAS[trt.flavor])
+    trt = installed.require_tensorrt("--format engine", tensorrt)
+    require_package("onnx", "building an engine from an ONNX file", installed.EXTRAS[trt.flavor])
     profile.check_flavor_options(trt, compute_capabilities, dla_core)
     model, info = graph.load_onnx(str(onnx_path))
     carried = graph.graph_precision(model)
-    precision = precision or (info.precision if info.precision in compat.PRECISIONS else carried)
+    precision = precision or (info.precision if info.precision in PRECISIONS else carried)
     profile.check_options(precision, workspace_gib, dla_core)
     runtime_only = graph.onnx_runtime_only(model)
     del model

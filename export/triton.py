@@ -112,7 +112,7 @@ def _batching(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], where
 
 def _check_engine_batch_range(info: ModelInfo, max_batch_size: int, path: Path) -> None:
     """Triton sends any batch from 1 to max_batch_size: the engine's optimisation profile must cover all of them."""
-    from scaseg.runtime.tensorrt.compat import engine_facts
+    from scaseg.runtime.tensorrt.engine_info import engine_facts
 
     facts = engine_facts(info)
     shapes = facts.get("input_shapes") if isinstance(facts.get("input_shapes"), dict) else {}
@@ -166,7 +166,7 @@ def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str
             raise ScasegError(f"the engine {path} is empty")
         info, inputs, outputs = engine_signature(path)
         extra_files = []
-        from scaseg.runtime.tensorrt.compat import engine_facts
+        from scaseg.runtime.tensorrt.engine_info import engine_facts
 
         # The Python strip-attention plugin lives in the scaseg runtime process; Triton's TensorRT backend cannot
         # load it. The builder records whether it used the plugin; a function export without that record may.

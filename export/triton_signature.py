@@ -95,7 +95,7 @@ def external_files(path: Path) -> list[str]:
 def _trt_labels_type(facts: dict[str, Any]) -> str:
     # Assumption (no TensorRT here to check): TensorRT 8.x casts ONNX int64 tensors down to int32, TensorRT >= 10
     # has a native INT64 type and keeps the ArgMax output int64. A side file that records the real dtype wins.
-    from scaseg.runtime.tensorrt.compat import generation_of, parse_version
+    from scaseg.runtime.tensorrt.installed import generation_of, parse_version
 
     version, flavor = facts.get("trt_version"), facts.get("trt_flavor", "standard")
     generation = generation_of(str(flavor), parse_version(str(version))) if version else "10.x"
@@ -108,7 +108,7 @@ def engine_signature(path: str | Path) -> tuple[ModelInfo, list[TensorSpec], lis
     A plan cannot be opened without TensorRT, so shapes come from the metadata: input (B, 3, H, W), output
     (B, C, H, W) logits or (B, H, W) labels, with -1 where the engine was built for a range.
     """
-    from scaseg.runtime.tensorrt.compat import engine_facts, read_engine_info
+    from scaseg.runtime.tensorrt.engine_info import engine_facts, read_engine_info
 
     info = read_engine_info(path)
     facts = engine_facts(info)

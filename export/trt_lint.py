@@ -238,9 +238,10 @@ def lint(model: onnx.ModelProto, *, use_parser: bool = True) -> LintReport:
     """Parse ``model`` with the installed TensorRT's ONNX parser; without one, check it against the 8.5/10.x/11.x tables."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if use_parser:
-        from scaseg.runtime.tensorrt import builder, compat
+        from scaseg.export.engine import builder
+        from scaseg.runtime.tensorrt import installed
 
-        trt = compat.find_tensorrt()
+        trt = installed.find_tensorrt()
         if trt is not None:
             errors = builder.parse_errors(model, trt)
             return LintReport(opset=opset, source="parser", parser=trt.label,

@@ -10,13 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# The one place a checkout imports like the wheel (docs/layout.md, "Folders and import names"): pyproject's
-# package-dir installs runtime/, export/ and calibration/ as scaseg.runtime & co.; in a checkout they sit
-# beside this folder, so its root joins scaseg.__path__ and `from scaseg.runtime.x import y` is runtime/x.py.
 _here = os.path.dirname(os.path.abspath(__file__))
-_root = os.path.dirname(_here)
-if not os.path.isdir(os.path.join(_here, "runtime")) and os.path.isfile(os.path.join(_root, "runtime", "__init__.py")):
-    __path__.append(_root)  # type: ignore[name-defined]  # noqa: F821
 
 # name -> module that defines it; resolved lazily by __getattr__ (PEP 562).
 _LAZY = {

@@ -37,7 +37,7 @@ OUTPUTS = ("logits", "labels")
 RESIZES = ("stretch", "letterbox")
 LAYOUTS = ("NCHW", "NHWC")  # calibration feeds both (calibration/data.py); the runtime checks that a graph takes NCHW
 COLORS = ("RGB",)  # the one channel order the runtime and calibration feed
-PRECISIONS = ("fp32", "fp16", "int8")  # what scaseg-export writes (runtime/tensorrt/compat.py builds engines of these)
+PRECISIONS = ("fp32", "fp16", "int8")  # what scaseg-export writes (export/engine/ builds engines of these)
 SCA_OPS = ("decomposed", "function", "grid")  # how strip attention is in the graph (export/sca.py)
 
 # Bounds on numbers a runtime allocates by: beyond them a value is a lie, not a model.

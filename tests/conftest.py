@@ -35,7 +35,7 @@ def one_torch_thread() -> Iterator[None]:
 
 def _tensorrt_and_cuda() -> bool:
     """True only where the TensorRT runtime imports (not just its type stubs) and a CUDA device answers."""
-    from scaseg.runtime.tensorrt.compat import installed_flavors
+    from scaseg.runtime.tensorrt.installed import installed_flavors
 
     if not installed_flavors():
         return False

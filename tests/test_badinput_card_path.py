@@ -23,11 +23,12 @@ from badinput import command, env, one_line, refused, run, tree
 from runtime_models import halves, make_onnx
 from scaseg.errors import EXTRAS
 from scaseg.metadata import read_onnx_metadata, write_onnx_metadata
-from scaseg.runtime.tensorrt import compat
+from scaseg.runtime.tensorrt import installed
+from scaseg.runtime.tensorrt.engine_info import side_file
 from scaseg.runtime.tensorrt.cuda import driver_present
 
 ROOT = Path(__file__).resolve().parents[1]
-RTX = compat.find_tensorrt("rtx")
+RTX = installed.find_tensorrt("rtx")
 needs_rtx = pytest.mark.skipif(RTX is None, reason="TensorRT-RTX (tensorrt-rtx-cu12) is not installed")
 SHIPPED_INT8 = Path(scaseg.default_model())  # the cpu-placed int8 file scaseg-infer and scaseg-bench run by default
 CC = ["--compute-capability", "8.6"]  # one target: the build is quicker and the same code path
@@ -78,7 +79,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _side(engine: Path) -> dict:
-    return json.loads(compat.side_file(engine).read_text())
+    return json.loads(side_file(engine).read_text())
 
 
 # --- 9: an int8 ONNX -> an engine ------------------------------------------------------------------------------
@@ -193,8 +194,8 @@ def _names(requirements: list[str]) -> set[str]:
 
 def test_extras_install_what_the_code_imports() -> None:
     extras = _extras()
-    for flavor, extra in compat.EXTRAS.items():  # the engine build from an ONNX reads it with onnx
-        assert {compat.MODULES[flavor].replace("_", "-"), "onnx"} <= {n.replace("-cu12", "") for n in
+    for flavor, extra in installed.EXTRAS.items():  # the engine build from an ONNX reads it with onnx
+        assert {installed.MODULES[flavor].replace("_", "-"), "onnx"} <= {n.replace("-cu12", "") for n in
                                                                      _names(extras[extra])}, extra
     assert any(r.startswith("tritonclient[") and "http" in r.split("]")[0] for r in extras["triton"])
     for module, extra in EXTRAS.items():  # the extra each missing-package sentence names holds that package

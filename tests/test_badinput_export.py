@@ -99,7 +99,7 @@ def test_bad_input_is_one_sentence_and_changes_nothing(work: Path, case: str) ->
 
 
 def test_engine_without_tensorrt_is_refused_before_the_export(work: Path) -> None:
-    from scaseg.runtime.tensorrt.compat import find_tensorrt
+    from scaseg.runtime.tensorrt.installed import find_tensorrt
 
     if find_tensorrt("standard") is not None:
         pytest.skip("the standard TensorRT is installed here")

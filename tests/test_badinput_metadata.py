@@ -14,7 +14,7 @@ from badinput import refused, run
 from runtime_models import make_onnx
 from scaseg.errors import ScasegError
 from scaseg.metadata import METADATA_KEY, ModelInfo
-from scaseg.runtime.tensorrt import compat
+from scaseg.runtime.tensorrt import engine_info
 
 FAST_BENCH = ["--warmup", "0", "-n", "1", "-q"]
 
@@ -110,7 +110,7 @@ def _engine(folder: Path, name: str, **changes: object) -> Path:
             side["extra"]["tensorrt"][key.split(".", 1)[1]] = value
         else:
             side[key] = value
-    compat.side_file(engine).write_text(json.dumps(side), encoding="utf-8")
+    engine_info.side_file(engine).write_text(json.dumps(side), encoding="utf-8")
     return engine
 
 
@@ -133,14 +133,14 @@ def test_engine_side_file_with_wrong_types_is_one_sentence(tmp_path: Path, name:
                                                            field: str) -> None:
     engine = _engine(tmp_path, name, **changes)
     with pytest.raises(ScasegError) as caught:
-        compat.read_engine_info(engine)
-    assert str(caught.value).startswith(f"the model metadata of {compat.side_file(engine)} is invalid: {field} "), \
+        engine_info.read_engine_info(engine)
+    assert str(caught.value).startswith(f"the model metadata of {engine_info.side_file(engine)} is invalid: {field} "), \
         caught.value
 
 
 def test_a_good_side_file_reads(tmp_path: Path) -> None:
-    info = compat.read_engine_info(_engine(tmp_path, "good"))
-    assert info.precision == "fp16" and compat.engine_facts(info)["compute_capability"] == [8, 7]
+    info = engine_info.read_engine_info(_engine(tmp_path, "good"))
+    assert info.precision == "fp16" and engine_info.engine_facts(info)["compute_capability"] == [8, 7]
 
 
 @pytest.mark.parametrize("name,changes,field", [ENGINE_CASES[0], ENGINE_CASES[4], ENGINE_CASES[-1]],

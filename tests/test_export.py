@@ -120,7 +120,7 @@ def test_cli_mit_variant_default_path_prints_reports(mit_ckpt: Path, tmp_path: P
     local.write_bytes(mit_ckpt.read_bytes())
     code, out, err = run_main([str(local), "--parity-images", "1"], monkeypatch, capsys)
     assert code == 0, err
-    from scaseg.runtime.tensorrt.compat import find_tensorrt
+    from scaseg.runtime.tensorrt.installed import find_tensorrt
 
     trt = find_tensorrt()  # the lint parses with the real parser where a TensorRT imports (CI: TensorRT-RTX)
     if trt is not None:

@@ -6,15 +6,24 @@ import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# pyproject's package-dir (docs/layout.md): folder -> import name.
-FOLDERS = {"scaseg": "scaseg", "runtime": "scaseg.runtime", "export": "scaseg.export", "calibration": "scaseg.calibration"}
+
+
+def _folder_links() -> dict[str, Path]:
+    """The folder -> import name map, read where it lives: each symlink in scaseg/ (name -> what it points to)."""
+    return {p.name: Path(os.readlink(p)) for p in sorted((ROOT / "scaseg").iterdir()) if p.is_symlink()}
+
+
+# folder -> import name (docs/layout.md): scaseg/ itself, and each top-level folder that scaseg/ links to.
+FOLDERS = {"scaseg": "scaseg", **{name: f"scaseg.{name}" for name in _folder_links()}}
 
 
 def _module_name(path: str) -> str:
@@ -56,10 +65,14 @@ def _row_of(module: str) -> tuple[list[str], list[str], list[str]]:
 
 @functools.lru_cache(maxsize=None)
 def _package_modules() -> dict[str, Path]:
+    """Module name -> its file in the repository, each file once (os.walk does not descend into the links)."""
     mods = {}
     for folder in FOLDERS:
-        for f in sorted((ROOT / folder).rglob("*.py")):
-            mods[_module_name(f.relative_to(ROOT).as_posix())] = f
+        for dirpath, dirnames, filenames in os.walk(ROOT / folder):
+            dirnames.sort()
+            for name in sorted(f for f in filenames if f.endswith(".py")):
+                path = Path(dirpath, name)
+                mods[_module_name(path.relative_to(ROOT).as_posix())] = path
     return mods
 
 
@@ -130,6 +143,37 @@ def test_import_scaseg_does_not_import_torch():
     assert "onnx" not in mods
 
 
+def test_the_folder_links_are_the_one_map():
+    links = _folder_links()
+    # One link per top-level package folder, each relative and to the folder of its own name: the tree moves as one
+    # (a clone, a copy, an sdist) and scaseg.<name> is <name>/.
+    top = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name != "scaseg" and (p / "__init__.py").is_file())
+    assert sorted(links) == top == ["calibration", "export", "runtime"], (links, top)
+    for name, target in links.items():
+        assert target == Path("..", name), f"scaseg/{name} points to {target}, not ../{name}"
+        assert (ROOT / "scaseg" / name).resolve() == (ROOT / name).resolve()
+    # docs/layout.md's folder table says the same.
+    text = (ROOT / "docs" / "layout.md").read_text()
+    table = text.split("| folder | import name | link |", 1)[1].split("\n\n", 1)[0]
+    rows = {m.group(1): (m.group(2), m.group(3).strip())
+            for m in re.finditer(r"^\| `([^`]+)/` \| `([^`]+)` \|([^|]*)\|$", table, re.M)}
+    assert rows == {"scaseg": ("scaseg", ""), **{n: (f"scaseg.{n}", f"`scaseg/{n} -> ../{n}`") for n in links}}, rows
+    # Nothing else describes the map: no package-dir or hand-kept package list, no __path__ changed at import.
+    setuptools_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "package-dir" not in setuptools_config, setuptools_config
+    assert setuptools_config.get("packages") == {"find": {"include": ["scaseg", "scaseg.*"]}}, setuptools_config
+    assert "__path__" not in (ROOT / "scaseg" / "__init__.py").read_text()
+
+
+def test_git_keeps_the_folder_links_as_links():
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-s", "--", *(f"scaseg/{n}" for n in _folder_links())],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    modes = {line.split("\t")[1]: line.split()[0] for line in out}
+    assert modes == {f"scaseg/{n}": "120000" for n in _folder_links()}, f"not committed as symlinks: {modes}"
+
+
 def test_folders_map_to_import_names():
     import scaseg.calibration
     import scaseg.export
@@ -140,6 +184,77 @@ def test_folders_map_to_import_names():
         assert Path(mod.__file__).parent.name == folder
     assert Path(scaseg.runtime.backends.base.__file__).relative_to(Path(scaseg.runtime.__file__).parent).as_posix() \
         == "backends/base.py"
+
+
+def test_no_module_is_imported_twice_under_two_names():
+    # Every module of the package, imported as a command does, from the repository root with the root on sys.path
+    # (where runtime/ is also reachable as a top-level `runtime`): each file is loaded once, under its scaseg name.
+    code = ("import importlib, json, os, sys\n"
+            + "".join(f"importlib.import_module({m!r})\n" for m in sorted(_package_modules()))
+            + "print(json.dumps({n: os.path.realpath(m.__file__) for n, m in list(sys.modules.items())"
+              " if getattr(m, '__file__', None)}))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+    files = json.loads(out.stdout.strip().splitlines()[-1])
+    ours = {name: path for name, path in files.items() if Path(path).is_relative_to(ROOT)}
+    assert set(_package_modules()) <= set(ours)
+    assert not [n for n in ours if n.split(".")[0] in FOLDERS and n.split(".")[0] != "scaseg"], sorted(ours)
+    by_file: dict[str, list[str]] = {}
+    for name, path in ours.items():
+        by_file.setdefault(path, []).append(name)
+    assert not {p: n for p, n in by_file.items() if len(n) > 1}, "files loaded under two module names"
+
+
+def _imports_anywhere(path: Path) -> set[str]:
+    """Every module ``path`` may import when it runs (any package), at the top or inside a function; the imports
+    under ``if TYPE_CHECKING:`` never run and are left out. ``from a import b`` counts ``a`` and ``a.b``."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found
+
+
+def test_the_runtime_imports_nothing_from_export():
+    # What runs a deployed model never needs what builds one, even lazily (runtime/ may be installed without it).
+    wrong = [f"{path.relative_to(ROOT)} imports {target}" for module, path in _package_modules().items()
+             if module.split(".")[:2] == ["scaseg", "runtime"]
+             for target in _scaseg_imports(path) if target.split(".")[:2] == ["scaseg", "export"]]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_engine_builder_never_imports_torch():
+    # A Jetson builds engines from a copied ONNX without PyTorch: export/engine/ and every scaseg module it reaches,
+    # inside functions too (docs/layout.md).
+    modules = _package_modules()
+    todo = [m for m in modules if m.startswith("scaseg.export.engine")]
+    assert todo
+    seen: set[str] = set()
+    torch_users = []
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        imported = _imports_anywhere(modules[module])
+        torch_users += [module for name in imported if name.split(".")[0] == "torch"]
+        for name in imported:  # a package's __init__ runs first: follow the parents too
+            parts = name.split(".")
+            todo += [".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) in modules]
+    assert "scaseg.runtime.tensorrt.plugin" in seen  # the walk follows imports made inside functions
+    assert not torch_users, f"the engine builder reaches torch through {sorted(set(torch_users))}"
 
 
 def test_nothing_generic_in_site_packages():

@@ -18,9 +18,12 @@ import onnx
 import pytest
 
 from scaseg.metadata import METADATA_KEY, ModelInfo
-from scaseg.runtime.tensorrt import builder, compat, layers as trt_layers
+from scaseg.export.engine import builder, layers as trt_layers
+from scaseg.export.engine.profile import RTX_DEFAULT_CCS
+from scaseg.runtime.tensorrt import installed
+from scaseg.runtime.tensorrt.engine_info import side_file
 
-RTX = compat.find_tensorrt("rtx")
+RTX = installed.find_tensorrt("rtx")
 pytestmark = [pytest.mark.skipif(RTX is None, reason="TensorRT-RTX (tensorrt-rtx-cu12) is not installed"),
               pytest.mark.usefixtures("one_torch_thread")]
 H, W = 64, 128
@@ -160,7 +163,7 @@ def test_function_form_builds(tmp_path: Path) -> None:
     assert onnx.load(str(path)).functions
     summary = builder.build_engine(str(path), str(tmp_path / "fn.engine"), tensorrt="rtx", report=lambda line: None)
     assert summary["plugin"] is False  # TensorRT-RTX has no plugins: its parser inlines the function
-    assert summary["compute_capabilities"] == list(compat.RTX_DEFAULT_CCS)
+    assert summary["compute_capabilities"] == list(RTX_DEFAULT_CCS)
     assert summary["layer_precisions"]["fp32"] >= 20
 
 
@@ -177,7 +180,7 @@ def test_engine_from_onnx_without_torch_fp16_and_int8(onnx_files: dict, calib_di
                            "--compute-capability", "8.6", "--compute-capability", "12.0", *extra])
         assert done.returncode == 0, done.stderr[-2000:]
         assert "conv/GEMM layers by input type" in done.stdout
-        facts = json.loads(compat.side_file(dest).read_text())["extra"]["tensorrt"]
+        facts = json.loads(side_file(dest).read_text())["extra"]["tensorrt"]
         assert facts["compute_capabilities"] == ["8.6", "12.0"]
         counts = facts["layer_precisions"]
         assert counts[precision] >= 0.9 * sum(counts.values()), counts

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from scaseg.export.sca import function_proto
 from scaseg.export.trt_lint import SUPPORT, TARGETS, lint, lint_tables
-from scaseg.runtime.tensorrt import compat
+from scaseg.runtime.tensorrt import installed
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -82,14 +82,14 @@ def test_tables_reflect_the_documented_generations() -> None:
     assert SUPPORT["8.5"]["ConstantOfShape"] == {"FP32"}
 
 
-@pytest.mark.skipif(compat.find_tensorrt() is None, reason="no TensorRT importable here")
+@pytest.mark.skipif(installed.find_tensorrt() is None, reason="no TensorRT importable here")
 def test_the_parser_reports_its_own_errors_and_says_it_was_used() -> None:
     inputs = [vi("q", shape=(1, 1, 6, 1)), vi("k", shape=(1, 1, 3, 1)), vi("v", shape=(1, 1, 3, 4))]
     node = helper.make_node("StripCrossAttention", ["q", "k", "v"], ["out"], domain="scaseg", name="sca0", scale=0.5)
     report = lint(graph([node], inputs, [vi("out", shape=(1, 1, 6, 4))], domains=["scaseg"]))
     assert report.source == "parser" and not report.clean()
     assert "node sca0 (StripCrossAttention)" in report.findings[0].problem, report.summary()
-    assert report.summary().startswith(f"{compat.find_tensorrt().label} ONNX parser (the real one): 1 error(s)")
+    assert report.summary().startswith(f"{installed.find_tensorrt().label} ONNX parser (the real one): 1 error(s)")
     ok = lint(graph([helper.make_node("Relu", ["x"], ["y"])], [vi("x")], [vi("y")]))
     assert ok.source == "parser" and ok.clean() and "parsed cleanly" in ok.summary()
     fallback = lint(graph([helper.make_node("Relu", ["x"], ["y"])], [vi("x")], [vi("y")]), use_parser=False)

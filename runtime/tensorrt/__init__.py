@@ -1,12 +1,14 @@
-"""Everything TensorRT, torch-free: which TensorRT is here and its rules, the builder, the runner, the plugin, CUDA.
+"""Running TensorRT engines, torch-free: which TensorRT is here, whether an engine can run, the runner, plugin, CUDA.
 
-- ``compat``: finds ``tensorrt`` (standard) or ``tensorrt_rtx`` (TensorRT for RTX), names the generation (8.5 /
-  10.x / 11.x / rtx) and holds every rule that depends on it: precision plans, network flags, plugin support,
-  compute capabilities, engine side files and the check that an engine can run here.
-- ``builder``: ONNX -> engine + ``<engine>.json`` side file, with the engine's layer precisions.
+- ``installed``: finds ``tensorrt`` (standard) or ``tensorrt_rtx`` (TensorRT for RTX), its version and generation
+  (8.5 / 10.x / 11.x / rtx), and whether it can run the Python plugin.
+- ``engine_info``: an engine's side files and the check that it can run on this TensorRT and GPU.
 - ``runner``: ``TensorRTBackend``, the engine runner behind ``scaseg.runtime.backends.open_backend``.
 - ``plugin``: the strip-attention plugin written with ``tensorrt.plugin`` (standard TensorRT >= 10.7).
 - ``cuda``: the CUDA runtime calls the runner needs, one binding (ctypes to libcudart; why: see that module).
+
+Building an engine (ONNX -> plan + ``<engine>.json``, the precision plan of each generation) is
+``scaseg.export.engine``: nothing here imports it.
 
 Submodules are imported on use; importing this package imports neither TensorRT nor onnx.
 

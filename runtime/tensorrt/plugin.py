@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from scaseg.errors import ScasegError
 from scaseg.metadata import SCA_DOMAIN, SCA_OP
-from scaseg.runtime.tensorrt.compat import PYTHON_PLUGIN_MIN, has_python_plugins, require_tensorrt
+from scaseg.runtime.tensorrt.installed import PYTHON_PLUGIN_MIN, has_python_plugins, require_tensorrt
 
 NAMESPACE, NAME = SCA_DOMAIN, SCA_OP  # the op the exporter writes is the plugin TensorRT looks up
 PLUGIN_ID = f"{NAMESPACE}::{NAME}"

@@ -29,13 +29,13 @@ from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path
 from scaseg.metadata import ModelInfo
 from scaseg.runtime.backends.base import Backend, InputMetadata
-from scaseg.runtime.tensorrt import compat
+from scaseg.runtime.tensorrt import engine_info, installed
 from scaseg.runtime.tensorrt.cuda import NO_GPU, CudaRuntime, Handle, open_device
 
 _LOGGERS: dict[str, Any] = {}
 
 
-def _trt_logger(trt: compat.TensorRT) -> Any:
+def _trt_logger(trt: installed.TensorRT) -> Any:
     # TensorRT wants one logger per process; every runner shares it.
     if trt.flavor not in _LOGGERS:
         _LOGGERS[trt.flavor] = trt.module.Logger(trt.module.Logger.WARNING)
@@ -96,15 +96,15 @@ class TensorRTBackend(Backend):
         self._runtime_cache: Any = None
         self.cuda: Optional[CudaRuntime] = None
         side: Optional[ModelInfo] = None
-        if info is None or compat.side_file(path).is_file():
-            side = compat.read_engine_info(path)
+        if info is None or engine_info.side_file(path).is_file():
+            side = engine_info.read_engine_info(path)
         model_info = info if info is not None else side
         assert model_info is not None  # read_engine_info raised otherwise
         super().__init__(path, model_info)
         self.device_index = int(device)
-        self.facts = compat.engine_facts(side) if side is not None else {}
+        self.facts = engine_info.engine_facts(side) if side is not None else {}
         flavor = self.facts.get("trt_flavor")
-        self.trt = compat.require_tensorrt(f"the engine {path}", flavor if flavor in compat.FLAVORS else "auto")
+        self.trt = installed.require_tensorrt(f"the engine {path}", flavor if flavor in installed.FLAVORS else "auto")
         self.trt_version = self.trt.version_text
         try:
             self._load(path, side, cuda_graph)
@@ -129,7 +129,7 @@ class TensorRTBackend(Backend):
         self.gpu_name = cuda.device_name(self.device_index)
         self.compute_capability = cuda.compute_capability(self.device_index)
         if side is not None:
-            compat.check_engine(path, side, trt=self.trt, gpu_name=self.gpu_name,
+            engine_info.check_engine(path, side, trt=self.trt, gpu_name=self.gpu_name,
                                 compute_capability=self.compute_capability)
         self.uses_plugin = bool(self.facts.get("plugin", False))
         self._register_plugin()
@@ -179,7 +179,7 @@ class TensorRTBackend(Backend):
         engine: Any = self._engine  # the runtime-cache API is TensorRT-RTX's, not in the standard stubs
         config = engine.create_runtime_config()
         cache = config.create_runtime_cache()
-        cache_file = compat.runtime_cache_file(path)
+        cache_file = engine_info.runtime_cache_file(path)
         if cache_file.is_file() and not cache.deserialize(cache_file.read_bytes()):
             warnings.warn(f"ignoring the runtime cache {cache_file}: {self.trt.label} could not read it",
                           RuntimeWarning, stacklevel=3)
@@ -192,13 +192,13 @@ class TensorRTBackend(Backend):
         if self._runtime_cache is None:
             return
         blob = self._runtime_cache.serialize()
-        with atomic_path(compat.runtime_cache_file(self.path)) as tmp:
+        with atomic_path(engine_info.runtime_cache_file(self.path)) as tmp:
             tmp.write_bytes(memoryview(blob))
 
     def _register_plugin(self) -> None:
         """Register scaseg::StripCrossAttention when the engine may contain it; required when it does."""
         wanted = self.uses_plugin or self.info.sca_op == "function"
-        if not wanted or not compat.has_python_plugins(self.trt):
+        if not wanted or not installed.has_python_plugins(self.trt):
             if self.uses_plugin:
                 raise ScasegError(f"the engine {self.path} uses the Python strip-attention plugin, which needs "
                                   f"standard TensorRT >= 10.7; this is {self.trt.label}")

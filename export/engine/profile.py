@@ -1,17 +1,23 @@
-"""Build options checked before any work: precision, workspace, DLA, flavour-only options, the optimisation profile.
+"""Build options checked before any work: precision, workspace, DLA, flavour-only options (the compute capabilities
+a TensorRT-RTX engine is built for), the optimisation profile.
 
 Pure functions (no TensorRT call, no file): each refusal is one sentence.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Optional, Sequence
 
 from scaseg.errors import ScasegError
-from scaseg.metadata import ModelInfo
-from scaseg.runtime.tensorrt import compat
-from scaseg.runtime.tensorrt.compat import TensorRT
+from scaseg.metadata import PRECISIONS, ModelInfo
+from scaseg.runtime.tensorrt.engine_info import cc_text
+from scaseg.runtime.tensorrt.installed import TensorRT
 
 Shape = tuple[int, int, int, int]
+
+#: What TensorRT-RTX builds for when no --compute-capability is given (its documented default set, written out so
+#: that the side file says what the engine holds).
+RTX_DEFAULT_CCS = ("8.0", "8.6", "8.9", "12.0")
 
 
 def _as_shape(value: Any, name: str) -> Shape:
@@ -40,8 +46,8 @@ def check_profile(min_shape: Any, opt_shape: Any, max_shape: Any) -> Optional[tu
 
 def check_options(precision: str, workspace_gib: float, dla_core: Optional[int]) -> None:
     """One sentence for an option no TensorRT could honour."""
-    if precision not in compat.PRECISIONS:
-        raise ScasegError(f"unknown engine precision {precision!r}: expected one of {', '.join(compat.PRECISIONS)}")
+    if precision not in PRECISIONS:
+        raise ScasegError(f"unknown engine precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if not workspace_gib > 0:
         raise ScasegError(f"the workspace must be a positive number of GiB, got {workspace_gib}")
     if dla_core is not None:
@@ -61,8 +67,29 @@ def check_flavor_options(trt: TensorRT, compute_capabilities: Optional[Sequence[
         return None
     if dla_core is not None:
         raise ScasegError(f"{trt.label} has no DLA support: build DLA engines on the Jetson with standard TensorRT")
-    known = list(compat.rtx_capabilities(trt.module)) if trt.module is not None else list(compat.RTX_DEFAULT_CCS)
-    return compat.check_compute_capabilities(compute_capabilities or compat.RTX_DEFAULT_CCS, known, trt.label)
+    known = list(rtx_capabilities(trt.module)) if trt.module is not None else list(RTX_DEFAULT_CCS)
+    return check_compute_capabilities(compute_capabilities or RTX_DEFAULT_CCS, known, trt.label)
+
+
+def rtx_capabilities(trt_module: Any) -> dict[str, Any]:
+    """"8.6" -> trt.ComputeCapability.SM86, for every SMxx this TensorRT-RTX names."""
+    members = getattr(trt_module.ComputeCapability, "__members__", {})
+    out = {}
+    for name, member in members.items():
+        match = re.fullmatch(r"SM(\d+)(\d)", name)
+        if match:
+            out[f"{int(match.group(1))}.{int(match.group(2))}"] = member
+    return out
+
+
+def check_compute_capabilities(requested: Sequence[str], known: Sequence[str], label: str) -> list[str]:
+    """Normalise the requested compute capabilities (sorted, unique) or refuse an unknown one in one sentence."""
+    ccs = sorted({cc_text(cc) for cc in requested}, key=lambda cc: tuple(int(p) for p in cc.split(".")))
+    unknown = [cc for cc in ccs if cc not in known]
+    if unknown:
+        raise ScasegError(f"{label} cannot build for compute capability {', '.join(unknown)}: it knows "
+                          f"{', '.join(sorted(known, key=lambda cc: tuple(int(p) for p in cc.split('.'))))}")
+    return ccs
 
 
 def resolve_profile(onnx_shape: Sequence[int], info: ModelInfo,

@@ -2,7 +2,7 @@
 
 Preparing means tagging the strip-attention nodes for the Python plugin (standard TensorRT >= 10.7) or inlining
 the ONNX local functions; ``requested_precisions`` says which data type each conv/GEMM node asks for.
-``onnx`` is imported inside the functions: ``scaseg.runtime`` never imports it at import time.
+``onnx`` is imported inside the functions, never at import time.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from scaseg.errors import ScasegError
 from scaseg.metadata import SCA_DOMAIN, SCA_OP, ModelInfo, read_onnx_metadata
-from scaseg.runtime.tensorrt import compat
-from scaseg.runtime.tensorrt.compat import TensorRT
+from scaseg.export.engine.precision import onnx_precision
+from scaseg.runtime.tensorrt.installed import TensorRT, has_python_plugins
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -49,7 +49,7 @@ def graph_precision(model: onnx.ModelProto) -> str:
     half = any(t.data_type == fp16 for t in graph.initializer) or any(
         v.type.tensor_type.elem_type == fp16 for v in list(graph.value_info) + list(graph.input) + list(graph.output)
     ) or any(n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in graph.node)
-    return compat.onnx_precision(ops, half)
+    return onnx_precision(ops, half)
 
 
 def onnx_runtime_only(model: onnx.ModelProto) -> list[str]:
@@ -125,7 +125,7 @@ def prepare_for_parser(model: onnx.ModelProto, trt: TensorRT) -> tuple[onnx.Mode
 
     Returns the model the parser should see and whether the plugin is used.
     """
-    if strip_attention_nodes(model) and compat.has_python_plugins(trt):
+    if strip_attention_nodes(model) and has_python_plugins(trt):
         from scaseg.runtime.tensorrt import plugin
 
         try:

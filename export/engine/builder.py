@@ -4,13 +4,13 @@ Executed in CI with TensorRT-RTX (its builder needs no GPU). The standard-Tensor
 type-checked against tensorrt-stubs only: building with standard TensorRT needs a GPU, and none was lent.
 
 Steps, each a small function: check the options (profile.py) -> read the ONNX and its ModelInfo (graph.py) ->
-decide the precision plan for this TensorRT (compat.py) -> prepare the graph for the parser (graph.py: tag
+decide the precision plan for this TensorRT (precision.py) -> prepare the graph for the parser (graph.py: tag
 strip-attention nodes for the Python plugin on standard TensorRT >= 10.7, otherwise inline the ONNX local
 functions) -> parse -> configure (workspace, profile, compute capabilities or timing cache and DLA, flags, DETAILED
 profiling) -> build -> read the layer table (layers.py: which data type each convolution/GEMM takes) -> write the
 plan and its ``<engine>.json`` side file atomically. This module holds the TensorRT calls and the writing.
 
-``onnx`` is imported inside the functions that need it: ``scaseg.runtime`` never imports it at import time.
+``onnx`` is imported inside the functions that need it, never at import time.
 """
 from __future__ import annotations
 
@@ -23,14 +23,16 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 
 from scaseg.errors import ScasegError
+from scaseg.export.engine.graph import graph_precision, input_shape, load_onnx, prepare_for_parser, requested_precisions
+from scaseg.export.engine.layers import (Layer, layer_precisions, layers_from_inspector, layers_from_log,
+                                         precision_summary, wider_than_asked)
+from scaseg.export.engine.precision import PrecisionPlan, needs_explicit_batch_flag, network_flags, precision_plan
+from scaseg.export.engine.profile import (Shape, check_flavor_options, check_options, check_profile, resolve_profile,
+                                          rtx_capabilities)
 from scaseg.fileio import atomic_path, check_writable_dir
 from scaseg.metadata import ModelInfo
-from scaseg.runtime.tensorrt import compat
-from scaseg.runtime.tensorrt.compat import TensorRT
-from scaseg.runtime.tensorrt.graph import graph_precision, input_shape, load_onnx, prepare_for_parser, requested_precisions
-from scaseg.runtime.tensorrt.layers import (Layer, layer_precisions, layers_from_inspector, layers_from_log,
-                                            precision_summary, wider_than_asked)
-from scaseg.runtime.tensorrt.profile import Shape, check_flavor_options, check_options, check_profile, resolve_profile
+from scaseg.runtime.tensorrt.engine_info import FACTS_KEY, side_file
+from scaseg.runtime.tensorrt.installed import TensorRT, require_tensorrt
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -108,7 +110,7 @@ def parse_errors(model: onnx.ModelProto, trt: TensorRT) -> list[str]:
         trt_module = trt.module
     logger = _quiet_logger(trt_module)
     builder = trt_module.Builder(logger)
-    flags = 1 << int(trt_module.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if compat.needs_explicit_batch_flag(
+    flags = 1 << int(trt_module.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if needs_explicit_batch_flag(
         trt) else 0
     network = builder.create_network(flags)
     parser = trt_module.OnnxParser(network, logger)
@@ -161,6 +163,11 @@ def _parse(trt_module: Any, network: Any, logger: Any, model: onnx.ModelProto, o
                           f"{f' (and {len(errors) - 1} more)' if len(errors) > 1 else ''}")
 
 
+def builds_without_gpu(trt: TensorRT) -> bool:
+    """TensorRT-RTX compiles ahead of time for chosen compute capabilities; standard TensorRT times tactics on a GPU."""
+    return trt.flavor == "rtx"
+
+
 def _gpu_facts(device: int = 0) -> tuple[str, tuple[int, int]]:
     from scaseg.runtime.tensorrt.cuda import open_device
 
@@ -168,7 +175,7 @@ def _gpu_facts(device: int = 0) -> tuple[str, tuple[int, int]]:
     return cuda.device_name(device), cuda.compute_capability(device)
 
 
-def _configure(trt: TensorRT, builder: Any, plan: compat.PrecisionPlan, workspace_gib: float, input_name: str,
+def _configure(trt: TensorRT, builder: Any, plan: PrecisionPlan, workspace_gib: float, input_name: str,
                shapes: Optional[tuple[Shape, Shape, Shape]], ccs: Optional[list[str]], dla_core: Optional[int],
                gpu_fallback: bool, timing_cache: Optional[str]) -> Any:
     """Builder config: workspace, precision flags, profile, compute capabilities / DLA, timing cache, progress."""
@@ -188,7 +195,7 @@ def _configure(trt: TensorRT, builder: Any, plan: compat.PrecisionPlan, workspac
         config.add_optimization_profile(profile)
     if ccs is not None:  # TensorRT-RTX only: not in standard TensorRT's API (nor its stubs)
         rtx_config: Any = config
-        members = compat.rtx_capabilities(trt.module)
+        members = rtx_capabilities(trt.module)
         rtx_config.num_compute_capabilities = len(ccs)
         for index, cc in enumerate(ccs):
             if not rtx_config.set_compute_capability(members[cc], index):
@@ -237,7 +244,7 @@ def _engine_layers(trt: TensorRT, serialized: Any, logger: Any) -> list[Layer]:
 def _write_outputs(engine_path: str, info: ModelInfo, serialized: Any, timing_cache: Optional[str],
                    config: Any) -> Path:
     """Side file and plan, each atomically, the plan renamed first; then the timing cache. Returns the side file."""
-    side = compat.side_file(engine_path)
+    side = side_file(engine_path)
     with atomic_path(side) as side_tmp:
         side_tmp.write_text(json.dumps(info.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
         with atomic_path(engine_path) as engine_tmp:
@@ -264,7 +271,7 @@ def build_engine(onnx_path: str, engine_path: str, *, precision: str = "fp32",  
     say = report or (lambda line: print(line, file=sys.stderr))
     check_options(precision, workspace_gib, dla_core)
     profile = check_profile(min_shape, opt_shape, max_shape)
-    trt = compat.require_tensorrt("building an engine", tensorrt)
+    trt = require_tensorrt("building an engine", tensorrt)
     ccs = check_flavor_options(trt, compute_capabilities, dla_core)
     model, info = load_onnx(onnx_path)
     check_writable_dir(engine_path)  # before minutes of building, not after
@@ -275,15 +282,15 @@ def build_engine(onnx_path: str, engine_path: str, *, precision: str = "fp32",  
     else:
         trt_module = trt.module
 
-    plan = compat.precision_plan(trt, precision, graph_precision(model))
+    plan = precision_plan(trt, precision, graph_precision(model))
     input_name, onnx_shape = input_shape(model)
     shapes = resolve_profile(onnx_shape, info, profile)
-    gpu = None if compat.builds_without_gpu(trt) else _gpu_facts(0)
+    gpu = None if builds_without_gpu(trt) else _gpu_facts(0)
 
     model, use_plugin = prepare_for_parser(model, trt)
     logger = _logger(trt_module, verbose)
     builder = trt_module.Builder(logger)
-    network = builder.create_network(compat.network_flags(trt_module, trt, plan))
+    network = builder.create_network(network_flags(trt_module, trt, plan))
     _parse(trt_module, network, logger, model, onnx_path)
 
     config = _configure(trt, builder, plan, workspace_gib, input_name, shapes, ccs, dla_core, gpu_fallback,
@@ -328,7 +335,7 @@ def engine_model_info(info: ModelInfo, precision: str, shapes: Optional[tuple[Sh
                       facts: dict[str, Any]) -> ModelInfo:
     """The ModelInfo an engine carries: the ONNX's, with the engine's precision, batch/size ranges and facts."""
     changes: dict[str, Any] = {"precision": precision,
-                               "extra": {**info.extra, compat.FACTS_KEY: facts}}
+                               "extra": {**info.extra, FACTS_KEY: facts}}
     if shapes is not None:
         lo, opt, hi = shapes
         changes.update(batch=int(opt[0]), dynamic_batch=lo[0] != hi[0], dynamic_spatial=lo[2:] != hi[2:])
