@@ -29,7 +29,7 @@ from scaseg.suffixes import ENGINE_SUFFIX, ONNX_SUFFIX, ONNX_SUFFIXES
 if TYPE_CHECKING:  # imported where used: an ONNX -> engine build runs without torch, and --help stays quick
     import onnx
 
-    from scaseg.calibration.api import Calibration
+    from scaseg.calibration.precision import Calibration
     from scaseg.calibration.data import CalibrationSet
     from scaseg.export.onnx_export import ExportOptions
     from scaseg.metadata import ModelInfo
@@ -192,7 +192,7 @@ def _calibration_request(precision: str, fmt: str, target: str, calib: Optional[
     if fmt == "engine" and precision == "int8" and target == "cpu":
         # The cpu placement fuses GELU into com.microsoft.Gelu, an ONNX Runtime op TensorRT's parser rejects.
         raise ScasegError("--format engine needs --int8-target tensorrt (the cpu placement uses ONNX Runtime-only ops)")
-    from scaseg.calibration.api import Calibration
+    from scaseg.calibration.precision import Calibration
 
     calibration = Calibration(calib.expanduser() if calib else None, calib_num, calib_method, target, max_miou_drop,
                               calib_cache.expanduser() if calib_cache else None)
@@ -290,7 +290,7 @@ def _precision(request: ExportRequest, fp32: onnx.ModelProto, fp32_info: ModelIn
     """The fp16 / int8 ONNX made from the verified fp32 model; returns the ONNX to go on with (file, model, info)."""
     if request.calibration is None:
         return onnx_dest, fp32, fp32_info
-    from scaseg.calibration.api import check_fp32, convert
+    from scaseg.calibration.precision import check_fp32, convert
 
     precision = request.precision
     assert precision is not None

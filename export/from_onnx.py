@@ -128,7 +128,7 @@ def build_from_onnx(request: ExportRequest, say: Callable[[str], None]) -> tuple
         with work_dir as work:
             source = onnx_path
             if convert_to is not None:
-                from scaseg.calibration.api import check_fp32, convert
+                from scaseg.calibration.precision import check_fp32, convert
 
                 assert calibration is not None
                 source = Path(work) / f"{onnx_path.stem}.{convert_to}.onnx"

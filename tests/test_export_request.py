@@ -13,7 +13,7 @@ import pytest
 import scaseg
 from badinput import one_line, refused, run, tree
 from runtime_models import make_onnx
-from scaseg.calibration import api as calibration_api
+from scaseg.calibration import precision as calibration_precision
 from scaseg.export import cli
 from scaseg.metadata import PRECISIONS
 from scaseg.runtime.tensorrt import compat
@@ -25,9 +25,9 @@ CC = ["--compute-capability", "8.6"]
 
 def test_one_precision_vocabulary() -> None:
     assert typing.get_args(cli.Precision) == PRECISIONS  # what --precision accepts is the metadata's words
-    assert calibration_api.CONVERTED == tuple(p for p in PRECISIONS if p != "fp32")
+    assert calibration_precision.CONVERTED == tuple(p for p in PRECISIONS if p != "fp32")
     assert compat.PRECISIONS is PRECISIONS  # the engine builder's, imported, not a copy
-    assert calibration_api.PRECISIONS is PRECISIONS  # imported, not a second table
+    assert calibration_precision.PRECISIONS is PRECISIONS  # imported, not a second table
 
 
 def _run_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -91,7 +91,7 @@ def test_int8_without_calib_is_the_same_sentence_from_a_checkpoint_and_from_an_o
     if "--tensorrt" in args and RTX is None:
         pytest.skip("TensorRT-RTX is not installed")
     line = refused("scaseg-export", [*args, "-q"], work)
-    assert line == f"scaseg-export: error: {calibration_api.INT8_NEEDS_CALIB}"
+    assert line == f"scaseg-export: error: {calibration_precision.INT8_NEEDS_CALIB}"
 
 
 @needs_rtx
