@@ -29,11 +29,11 @@ from scaseg.suffixes import ENGINE_SUFFIX, ONNX_SUFFIX, ONNX_SUFFIXES
 if TYPE_CHECKING:  # imported where used: an ONNX -> engine build runs without torch, and --help stays quick
     import onnx
 
-    from scaseg.calibration.precision import Calibration
     from scaseg.calibration.data import CalibrationSet
+    from scaseg.calibration.precision import Calibration
+    from scaseg.export.from_onnx import EngineRequest
     from scaseg.export.onnx_export import ExportOptions
     from scaseg.metadata import ModelInfo
-    from scaseg.export.from_onnx import EngineRequest
 
 app = make_app(__doc__)
 
@@ -43,7 +43,7 @@ ScaOp = Literal["decomposed", "function", "grid"]
 Head = Literal["logits", "labels"]
 CalibMethod = Literal["percentile", "minmax", "entropy"]
 Int8Target = Literal["cpu", "tensorrt"]
-Precision = Literal["fp32", "fp16", "int8"]  # scaseg.metadata.PRECISIONS (tests/test_export.py checks they agree)
+Precision = Literal["fp32", "fp16", "int8"]  # scaseg.metadata.PRECISIONS (tests/test_export_request.py checks they agree)
 Format = Literal["onnx", "engine", "triton"]
 
 WORK_PREFIX = ".scaseg-export-"
@@ -140,7 +140,8 @@ def export(
                                         calibration, None, engine))
         return
     precision = precision or "fp32"
-    graph = _graph_options(imgsz, batch, dynamic, opset, sca_op, grid_points, head, simplify, query_chunk)
+    size = parse_imgsz(imgsz)
+    graph = _graph_options(size, batch, dynamic, opset, sca_op, grid_points, head, simplify, query_chunk)
     if parity_images < 1:
         raise ScasegError(f"--parity-images must be at least 1, got {parity_images}")
     if not 0 <= tolerance < float("inf"):  # nan too: it passed "< 0" and then failed every parity comparison
@@ -161,7 +162,7 @@ def export(
     if variant is not None and variant not in scaseg.VARIANTS:
         raise ScasegError(f"unknown variant {variant!r} for --variant: expected one of {', '.join(scaseg.VARIANTS)}")
     request = ExportRequest(source, _checked_output(source, output, fmt, precision, calib, calib_cache, timing_cache),
-                            fmt, precision, graph, parse_imgsz(imgsz) is None, variant, allow_partial, parity_images,
+                            fmt, precision, graph, size is None, variant, allow_partial, parity_images,
                             tolerance, max_batch, calibration, None, engine)
     if calibration is not None and precision == "int8":  # lists and checks the images, reads none
         request = dataclasses.replace(request, calibration_images=calibration.open_images())
@@ -173,14 +174,14 @@ def export(
     _export_checkpoint(request)
 
 
-def _graph_options(imgsz: Optional[str], batch: int, dynamic: Optional[str], opset: int, sca_op: str,
+def _graph_options(size: Optional[tuple[int, int]], batch: int, dynamic: Optional[str], opset: int, sca_op: str,
                    grid_points: Optional[int], head: str, simplify: bool, query_chunk: str) -> ExportOptions:
     """The exported graph's options (--imgsz, --batch, --dynamic, --opset, --sca-op, --grid-points, --head...)."""
     from scaseg.export.onnx_export import ExportOptions, parse_dynamic, parse_query_chunk
 
     dyn_batch, dyn_spatial = parse_dynamic(dynamic)
     return ExportOptions(
-        imgsz=parse_imgsz(imgsz) or (512, 512), batch=batch, dynamic_batch=dyn_batch, dynamic_spatial=dyn_spatial,
+        imgsz=size or (512, 512), batch=batch, dynamic_batch=dyn_batch, dynamic_spatial=dyn_spatial,
         opset=opset, sca_op=sca_op, output=head, simplify=simplify, query_chunk=parse_query_chunk(query_chunk),
         grid_points=grid_points,
     ).validate()
