@@ -38,7 +38,7 @@ def prepare(work: Path, variant: str, size: str) -> dict[str, Path]:
     import torch
 
     import scaseg
-    from scaseg.calibration.api import make_precision
+    from scaseg.calibration.precision import make_precision
     from scaseg.data.synth import render_scene
     from scaseg.export.onnx_export import ExportOptions, to_onnx
     from scaseg.metadata import ModelInfo

@@ -26,7 +26,7 @@ import onnx
 import onnxruntime as ort
 
 from scaseg.calibration import data, int8
-from scaseg.calibration.api import load_fp32, make_precision
+from scaseg.calibration.precision import load_fp32, make_precision
 from scaseg.calibration.guard import miou
 from scaseg.calibration.session import make_session
 from scaseg.data.datasets import open_dataset

@@ -167,7 +167,7 @@ def render(report: dict[str, Any], rows: list[Row], plot_link: str, *, full: boo
         "", "## Method", "",
         f"- Model: {model['source']}. fp32 ONNX with `scaseg.export.onnx_export.to_onnx` (what `scaseg-export` "
         "runs: static shape, onnxsim, decomposed strip attention, query tiling `auto`); fp16 and int8 with "
-        f"`scaseg.calibration.api.make_precision` (int8: Q/DQ placement `cpu`, {plan['calib_num']} calibration "
+        f"`scaseg.calibration.precision.make_precision` (int8: Q/DQ placement `cpu`, {plan['calib_num']} calibration "
         "images, accuracy guard <= 1 mIoU point on held-out images); PyTorch eager runs the checkpoint through "
         "`scaseg.runtime.backends.torch` (inference_mode).",
         f"- Timing: every configuration of a table is opened once, warmed up, then timed in interleaved rounds "

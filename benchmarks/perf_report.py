@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     import scaseg
-    from scaseg.calibration.api import make_precision
+    from scaseg.calibration.precision import make_precision
 
     _check(args)
     t0 = time.time()

@@ -3,27 +3,37 @@
 Every export prints a TensorRT compatibility lint and a parity report against PyTorch; a parity failure exits
 non-zero and leaves no output behind.
 
-Over 400 lines: the command's 30-odd options and the steps they drive (check, load, export, precision, engine,
-Triton) read top to bottom here; parsing them into one typed request the steps take is the next split.
+The command function parses its options once, in groups (the graph, the calibration, the engine), into one
+``ExportRequest``; everything a user can get wrong is refused there, before minutes of work. The steps below
+(load, export, precision, engine, Triton) take the request and do not check it again.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
+import dataclasses
 import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, List, Literal, Optional
+from typing import TYPE_CHECKING, Any, Iterator, List, Literal, Optional
 
 import typer
 
 from scaseg.cli import SIZE_METAVAR, make_app, parse_imgsz, quiet_option, require_utf8
-from scaseg.errors import EXTRAS, ScasegError, missing_package, run_cli, version_option
+from scaseg.errors import ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_path, check_output, created_folders, refuse_overwrite, remove_stale, temp_token
 from scaseg.progress import progress, write
 from scaseg.suffixes import ENGINE_SUFFIX, ONNX_SUFFIX, ONNX_SUFFIXES
+
+if TYPE_CHECKING:  # imported where used: an ONNX -> engine build runs without torch, and --help stays quick
+    import onnx
+
+    from scaseg.calibration.data import CalibrationSet
+    from scaseg.calibration.precision import Calibration
+    from scaseg.export.from_onnx import EngineRequest
+    from scaseg.export.onnx_export import ExportOptions
+    from scaseg.metadata import ModelInfo
 
 app = make_app(__doc__)
 
@@ -33,20 +43,30 @@ ScaOp = Literal["decomposed", "function", "grid"]
 Head = Literal["logits", "labels"]
 CalibMethod = Literal["percentile", "minmax", "entropy"]
 Int8Target = Literal["cpu", "tensorrt"]
-Precision = Literal["fp32", "fp16", "int8"]
+Precision = Literal["fp32", "fp16", "int8"]  # scaseg.metadata.PRECISIONS (tests/test_export_request.py checks they agree)
 Format = Literal["onnx", "engine", "triton"]
 
 WORK_PREFIX = ".scaseg-export-"
 
 
-def _need(module: str, what: str) -> Any:
-    """Import a module another part of the toolkit provides, or say in one sentence that it (or a package) is missing."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in EXTRAS:
-            raise missing_package(exc.name or "", what) from None  # an optional package: name the extra
-        raise ScasegError(f"{what} needs {module}, which cannot be imported here ({exc})") from None
+@dataclass(frozen=True)
+class ExportRequest:
+    """What scaseg-export was asked, checked once by the command function; the steps below trust it."""
+
+    source: Path  # a checkpoint, or an exported ONNX (--format engine)
+    output: Optional[Path]  # the file (a folder for triton) to write; None only for an ONNX source: beside it
+    fmt: str  # onnx | engine | triton
+    precision: Optional[str]  # a scaseg.metadata.PRECISIONS word; None only for an ONNX source: the file's own
+    graph: Optional[ExportOptions]  # a checkpoint source: the graph to export
+    size_from_checkpoint: bool  # no --imgsz: the checkpoint's input size replaces graph.imgsz
+    variant: Optional[str]
+    allow_partial: bool
+    parity_images: int
+    tolerance: float
+    max_batch: int  # the largest batch of a dynamic-batch engine or Triton model
+    calibration: Optional[Calibration]  # --precision fp16 / int8 asked
+    calibration_images: Optional[CalibrationSet]  # int8 from a checkpoint: the images, listed and checked
+    engine: Optional[EngineRequest]  # --format engine
 
 
 def default_output(checkpoint: Path, fmt: str, precision: str) -> Path:
@@ -59,7 +79,8 @@ def default_output(checkpoint: Path, fmt: str, precision: str) -> Path:
     return stem.with_name(f"{stem.name}{'' if precision == 'fp32' else '.' + precision}{ONNX_SUFFIX}")
 
 
-def _say(text: str) -> None:
+def print_line(text: str) -> None:
+    """A report line on stdout (the progress bars and warnings go to stderr)."""
     write(text, file=sys.stdout)
 
 
@@ -99,230 +120,195 @@ def export(
     version: bool = version_option("scaseg-export"),
 ) -> None:
     """Export CHECKPOINT to ONNX (and optionally on to fp16/int8, a TensorRT engine or a Triton repository)."""
-    o = Args(**{name: value for name, value in locals().items() if name not in ("quiet", "version")})
-    if o.checkpoint.suffix.lower() in ONNX_SUFFIXES:  # an exported ONNX -> engine: no torch, no re-export
-        _engine_from_onnx(o)
+    source = checkpoint.expanduser()
+    target = int8_target if int8_target is not None else ("tensorrt" if fmt == "engine" else "cpu")
+    if source.suffix.lower() in ONNX_SUFFIXES:  # an exported ONNX -> engine: no torch, no re-export
+        if fmt != "engine":
+            raise ScasegError(f"{source.name} is an ONNX model: scaseg-export builds engines from ONNX files "
+                              "(--format engine); export a checkpoint for --format onnx or triton")
+        require_utf8(source, "the ONNX model")
+        if output:  # the default output is the source's name with another suffix
+            require_utf8(output.expanduser(), "the output")
+        from scaseg.export.from_onnx import check_engine_options
+
+        engine = check_engine_options(tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose,
+                                      from_onnx=True)
+        calibration = (_calibration_request(precision, fmt, target, calib, calib_num, calib_method, calib_cache,
+                                            max_miou_drop) if precision not in (None, "fp32") else None)
+        _engine_from_onnx(ExportRequest(source, output.expanduser() if output else None, fmt, precision, None,
+                                        False, variant, allow_partial, parity_images, tolerance, max_batch,
+                                        calibration, None, engine))
         return
-    o.precision = o.precision or "fp32"
-    plan = _check_inputs(o)
-    bar = "{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
-    # A context manager so that an error closes the bar first and prints on a line of its own.
-    with progress(total=4, desc="export", unit="step", file=sys.stderr, bar_format=bar) as steps:
-        model, info = _load(o, plan, steps)
-        dest = plan.dest
-        with created_folders(dest.parent), _work_dir(dest.parent) as work:
-            onnx_dest = dest if (o.fmt == "onnx" and o.precision == "fp32") else Path(work) / "model.fp32.onnx"
-            summary = _export_fp32(model, info, plan.opts, onnx_dest, o.parity_images, o.tolerance, steps)
-            final_onnx = _precision(o, plan, onnx_dest, work)
-            if o.fmt == "engine":
-                _engine(o, plan, final_onnx)
-            elif o.fmt == "triton":
-                _triton(o, plan, final_onnx)
-    _wrote(dest, f"{summary}, {o.precision}")
+    precision = precision or "fp32"
+    size = parse_imgsz(imgsz)
+    graph = _graph_options(size, batch, dynamic, opset, sca_op, grid_points, head, simplify, query_chunk)
+    if parity_images < 1:
+        raise ScasegError(f"--parity-images must be at least 1, got {parity_images}")
+    if not 0 <= tolerance < float("inf"):  # nan too: it passed "< 0" and then failed every parity comparison
+        raise ScasegError(f"--tolerance must be a finite number >= 0 (the largest |logit diff| accepted), got {tolerance}")
+    calibration = (_calibration_request(precision, fmt, target, calib, calib_num, calib_method, calib_cache,
+                                        max_miou_drop) if precision != "fp32" else None)
+    engine = None
+    if fmt == "engine":  # no TensorRT, or options it cannot build: say so before the export
+        from scaseg.export.from_onnx import check_engine_options
+        from scaseg.export.engine.profile import check_options
 
-
-@dataclass
-class Args:
-    """scaseg-export's options as typed: one record, so that each step below takes what it needs from it."""
-
-    checkpoint: Path
-    output: Optional[Path]
-    imgsz: Optional[str]
-    batch: int
-    dynamic: Optional[str]
-    opset: int
-    sca_op: str
-    grid_points: Optional[int]
-    head: str
-    simplify: bool
-    query_chunk: str
-    parity_images: int
-    tolerance: float
-    variant: Optional[str]
-    allow_partial: bool
-    precision: Optional[str]  # None: fp32 from a checkpoint, the file's own from an ONNX
-    calib: Optional[Path]
-    calib_num: int
-    calib_method: str
-    int8_target: Optional[str]
-    calib_cache: Optional[Path]
-    max_miou_drop: float
-    fmt: str
-    workspace: float
-    timing_cache: Optional[Path]
-    dla_core: Optional[int]
-    max_batch: int
-    tensorrt: str
-    compute_capability: Optional[List[str]]
-    verbose: bool
-
-
-@dataclass
-class Plan:
-    """What the checked options decide: the graph options, the int8 placement, the checkpoint and the output."""
-
-    opts: Any  # scaseg.export.onnx_export.ExportOptions
-    input_hw: Optional[tuple[int, int]]  # --imgsz, None: the checkpoint's size
-    target: str  # int8 Q/DQ placement: cpu | tensorrt
-    checkpoint: Path
-    dest: Path
-
-
-def _report(prefix: str, result: Optional[dict[str, Any]]) -> None:
-    for key, value in (result or {}).items():
-        _say(f"{prefix}: {key}: {value}")
-
-
-def _wrote(dest: Path, what: str) -> None:
-    size = (sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) if dest.is_dir() else dest.stat().st_size)
-    _say(f"wrote {dest}  ({what}, {size / 2**20:.1f} MiB)")
-
-
-def _engine_from_onnx(o: Args) -> None:
-    """An exported ONNX -> a TensorRT engine (scaseg.export.from_onnx), beside it unless -o says otherwise."""
-    if o.fmt != "engine":
-        raise ScasegError(f"{o.checkpoint.name} is an ONNX model: scaseg-export builds engines from ONNX files "
-                          "(--format engine); export a checkpoint for --format onnx or triton")
-    from scaseg.export.from_onnx import build_from_onnx
-
-    source = o.checkpoint.expanduser()
-    require_utf8(source, "the ONNX model")
-    if o.output:  # the default output is the source's name with another suffix
-        require_utf8(o.output.expanduser(), "the output")
-    dest, precision, summary = build_from_onnx(
-        source, o.output.expanduser() if o.output else None, precision=o.precision,
-        tensorrt=o.tensorrt, compute_capabilities=o.compute_capability, calib=o.calib, calib_num=o.calib_num,
-        calib_method=o.calib_method, calib_cache=o.calib_cache, max_miou_drop=o.max_miou_drop,
-        workspace_gib=o.workspace, timing_cache=o.timing_cache, dla_core=o.dla_core, verbose=o.verbose, say=_say)
-    _report("engine", summary)
-    _wrote(dest, precision)
-
-
-def _check_inputs(o: Args) -> Plan:
-    """Every option, tool and path checked before minutes of work, not after; stale temporaries removed."""
-    from scaseg.export.onnx_export import ExportOptions, parse_dynamic, parse_query_chunk
-
-    dyn_batch, dyn_spatial = parse_dynamic(o.dynamic)
-    input_hw = parse_imgsz(o.imgsz)
-    opts = ExportOptions(
-        imgsz=input_hw or (512, 512), batch=o.batch, dynamic_batch=dyn_batch, dynamic_spatial=dyn_spatial,
-        opset=o.opset, sca_op=o.sca_op, output=o.head, simplify=o.simplify,
-        query_chunk=parse_query_chunk(o.query_chunk), grid_points=o.grid_points,
-    )
-    opts.validate()
-    if o.parity_images < 1:
-        raise ScasegError(f"--parity-images must be at least 1, got {o.parity_images}")
-    if not 0 <= o.tolerance < float("inf"):  # nan too: it passed "< 0" and then failed every parity comparison
-        raise ScasegError(f"--tolerance must be a finite number >= 0 (the largest |logit diff| accepted), got {o.tolerance}")
-    prec, form = o.precision, o.fmt
-    assert prec is not None  # export() settled it: fp32 unless asked
-    target = o.int8_target if o.int8_target is not None else ("tensorrt" if form == "engine" else "cpu")
-    if form == "engine" and prec == "int8" and target == "cpu":
-        # The cpu placement fuses GELU into com.microsoft.Gelu, an ONNX Runtime op TensorRT's parser rejects.
-        raise ScasegError("--format engine needs --int8-target tensorrt (the cpu placement uses ONNX Runtime-only ops)")
-    if form != "onnx":
-        _need("scaseg.export.engine.builder" if form == "engine" else "scaseg.export.triton", f"--format {form}")
-    if form == "engine":  # no TensorRT, or a compute capability it cannot build for: say so before the export
-        from scaseg.export.engine import profile as trt_profile
-        from scaseg.runtime.tensorrt import installed as trt_installed
-
-        trt_profile.check_flavor_options(trt_installed.require_tensorrt("--format engine", o.tensorrt),
-                                         o.compute_capability, o.dla_core)
+        engine = check_engine_options(tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose)
+        check_options(precision, workspace, dla_core)
+    elif fmt == "triton":
+        import scaseg.export.triton  # noqa: F401  (a missing package is refused now, not after the export)
     import scaseg
 
-    if o.variant is not None and o.variant not in scaseg.VARIANTS:
-        raise ScasegError(f"unknown variant {o.variant!r} for --variant: expected one of {', '.join(scaseg.VARIANTS)}")
-    checkpoint = o.checkpoint.expanduser()
+    if variant is not None and variant not in scaseg.VARIANTS:
+        raise ScasegError(f"unknown variant {variant!r} for --variant: expected one of {', '.join(scaseg.VARIANTS)}")
+    request = ExportRequest(source, _checked_output(source, output, fmt, precision, calib, calib_cache, timing_cache),
+                            fmt, precision, graph, size is None, variant, allow_partial, parity_images,
+                            tolerance, max_batch, calibration, None, engine)
+    if calibration is not None and precision == "int8":  # lists and checks the images, reads none
+        request = dataclasses.replace(request, calibration_images=calibration.open_images())
+    # Temporaries of an earlier run that was killed (out of memory, SIGKILL) cannot clean themselves up.
+    dest = request.output
+    assert dest is not None
+    remove_stale(dest.parent, WORK_PREFIX)
+    remove_stale(dest.parent, f".{dest.name}.")
+    _export_checkpoint(request)
+
+
+def _graph_options(size: Optional[tuple[int, int]], batch: int, dynamic: Optional[str], opset: int, sca_op: str,
+                   grid_points: Optional[int], head: str, simplify: bool, query_chunk: str) -> ExportOptions:
+    """The exported graph's options (--imgsz, --batch, --dynamic, --opset, --sca-op, --grid-points, --head...)."""
+    from scaseg.export.onnx_export import ExportOptions, parse_dynamic, parse_query_chunk
+
+    dyn_batch, dyn_spatial = parse_dynamic(dynamic)
+    return ExportOptions(
+        imgsz=size or (512, 512), batch=batch, dynamic_batch=dyn_batch, dynamic_spatial=dyn_spatial,
+        opset=opset, sca_op=sca_op, output=head, simplify=simplify, query_chunk=parse_query_chunk(query_chunk),
+        grid_points=grid_points,
+    ).validate()
+
+
+def _calibration_request(precision: str, fmt: str, target: str, calib: Optional[Path], calib_num: int,
+                         calib_method: str, calib_cache: Optional[Path], max_miou_drop: float) -> Calibration:
+    """--precision fp16 / int8's options (--calib*, --int8-target, --max-miou-drop), checked."""
+    if fmt == "engine" and precision == "int8" and target == "cpu":
+        # The cpu placement fuses GELU into com.microsoft.Gelu, an ONNX Runtime op TensorRT's parser rejects.
+        raise ScasegError("--format engine needs --int8-target tensorrt (the cpu placement uses ONNX Runtime-only ops)")
+    from scaseg.calibration.precision import Calibration
+
+    calibration = Calibration(calib.expanduser() if calib else None, calib_num, calib_method, target, max_miou_drop,
+                              calib_cache.expanduser() if calib_cache else None)
+    calibration.check(precision)
+    return calibration
+
+
+def _checked_output(checkpoint: Path, output: Optional[Path], fmt: str, precision: str, calib: Optional[Path],
+                    calib_cache: Optional[Path], timing_cache: Optional[Path]) -> Path:
+    """The checkpoint readable and the output writable, and no output that is an input; returns the output."""
     from scaseg.checkpoint import check_readable
 
     check_readable(checkpoint)
-    if prec != "fp32":
-        api = _need("scaseg.calibration.api", f"--precision {prec}")
-        api.check_args(prec, o.calib_num, o.calib_method, target, o.max_miou_drop)
-        if prec == "int8":
-            if o.calib is None:
-                raise ScasegError("--precision int8 needs --calib DIR, a folder of calibration images")
-            api.data.open_calibration(str(o.calib.expanduser()), o.calib_num)  # lists and checks the images, reads none
-    dest = (o.output.expanduser() if o.output else default_output(checkpoint, form, prec))
+    dest = output.expanduser() if output else default_output(checkpoint, fmt, precision)
     require_utf8(dest, "the output")
-    if form == "triton":  # a model repository: other models in it stay, ours is replaced as a whole
+    if fmt == "triton":  # a model repository: other models in it stay, ours is replaced as a whole
         check_output(dest, folder=True)
     else:
         if dest.is_dir():
             raise ScasegError(f"the output {dest} is a folder; name a file (e.g. {dest / 'model.onnx'})")
         check_output(dest)
-    side_outputs = [p for p in (o.calib_cache,) if p is not None]
-    refuse_overwrite([dest, *side_outputs], [checkpoint, o.calib])
-    if o.timing_cache is not None:
-        refuse_overwrite([o.timing_cache], [checkpoint, dest])
-    # Temporaries of an earlier run that was killed (out of memory, SIGKILL) cannot clean themselves up.
-    remove_stale(dest.parent, WORK_PREFIX)
-    remove_stale(dest.parent, f".{dest.name}.")
-    return Plan(opts, input_hw, target, checkpoint, dest)
+    refuse_overwrite([dest, calib_cache], [checkpoint, calib])
+    if timing_cache is not None:
+        refuse_overwrite([timing_cache], [checkpoint, dest])
+    return dest
 
 
-def _load(o: Args, plan: Plan, steps: Any) -> tuple[Any, Any]:
-    """The model and its ModelInfo from the checkpoint; the graph size from it unless --imgsz; memory and grid checked."""
+def _export_checkpoint(request: ExportRequest) -> None:
+    """Load, export and verify the fp32 ONNX, then convert it, build the engine or write the Triton repository."""
+    bar = "{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
+    # A context manager so that an error closes the bar first and prints on a line of its own.
+    with progress(total=4, desc="export", unit="step", file=sys.stderr, bar_format=bar) as steps:
+        model, info, graph = _load(request, steps)
+        dest = request.output
+        assert dest is not None
+        with created_folders(dest.parent), _work_dir(dest.parent) as work:
+            direct = request.fmt == "onnx" and request.precision == "fp32"
+            onnx_dest = dest if direct else Path(work) / "model.fp32.onnx"
+            summary, proto, onnx_info = _export_fp32(model, info, graph, onnx_dest, request, steps)
+            final_onnx, proto, onnx_info = _precision(request, proto, onnx_info, onnx_dest, work)
+            if request.fmt == "engine":
+                from scaseg.export.from_onnx import build_exported
+
+                _report("engine", build_exported(request, graph, final_onnx, proto, onnx_info, say=print_line))
+            elif request.fmt == "triton":
+                _triton(request, final_onnx)
+    _wrote(dest, f"{summary}, {request.precision}")
+
+
+def _report(prefix: str, result: Optional[dict[str, Any]]) -> None:
+    for key, value in (result or {}).items():
+        print_line(f"{prefix}: {key}: {value}")
+
+
+def _wrote(dest: Path, what: str) -> None:
+    size = (sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) if dest.is_dir() else dest.stat().st_size)
+    print_line(f"wrote {dest}  ({what}, {size / 2**20:.1f} MiB)")
+
+
+def _engine_from_onnx(request: ExportRequest) -> None:
+    """An exported ONNX -> a TensorRT engine (scaseg.export.from_onnx), beside it unless -o says otherwise."""
+    from scaseg.export.from_onnx import build_from_onnx
+
+    dest, precision, summary = build_from_onnx(request, say=print_line)
+    _report("engine", summary)
+    _wrote(dest, precision)
+
+
+def _load(request: ExportRequest, steps: Any) -> tuple[Any, ModelInfo, ExportOptions]:
+    """The model, its ModelInfo and the graph options (the size from the checkpoint unless --imgsz); memory and
+    grid checked."""
     import scaseg
+    from scaseg.export.memory import check_export_memory
 
+    assert request.graph is not None  # a checkpoint request
     steps.set_postfix_str("loading checkpoint")
-    model, info = scaseg.load_model(plan.checkpoint, variant=o.variant, strict=not o.allow_partial)
+    model, info = scaseg.load_model(request.source, variant=request.variant, strict=not request.allow_partial)
     report = getattr(model, "load_report", None)
     if report is not None and (not report.clean or report.kind == "encoder"):
         write(f"warning: {report.summary()}" + ("; the decoder is randomly initialised" if report.kind == "encoder" else ""), file=sys.stderr)
-    opts = plan.opts
-    if plan.input_hw is None and info.input_size:
-        opts.imgsz = tuple(info.input_size)
-        opts.validate()
+    graph = dataclasses.replace(request.graph, extra=dict(request.graph.extra))
+    if request.size_from_checkpoint and info.input_size:
+        graph = dataclasses.replace(graph, imgsz=tuple(info.input_size)).validate()
     if info.variant in scaseg.VARIANTS:  # before tracing: a size that cannot fit is refused, not OOM-killed
-        from scaseg.export.memory import check_export_memory
-
-        check_export_memory(model, scaseg.VARIANTS[info.variant], info.num_classes, opts.imgsz, opts.batch,
+        check_export_memory(model, scaseg.VARIANTS[info.variant], info.num_classes, graph.imgsz, graph.batch,
                             info.variant)
-    if opts.sca_op == "grid":
-        _plan_grid(model, info, opts, o.parity_images)
+    if graph.sca_op == "grid":
+        graph = _plan_grid(model, info, graph, request.parity_images)
     steps.update()
-    return model, info
+    return model, info, graph
 
 
-def _precision(o: Args, plan: Plan, onnx_dest: Path, work: str) -> Path:
-    """The fp16 / int8 ONNX made from the verified fp32 one (scaseg.calibration.api); returns the ONNX to go on with."""
-    prec = o.precision
-    if prec is None or prec == "fp32":
-        return onnx_dest
-    api = _need("scaseg.calibration.api", f"--precision {prec}")
-    final_onnx = plan.dest if o.fmt == "onnx" else Path(work) / f"model.{prec}.onnx"
+def _precision(request: ExportRequest, fp32: onnx.ModelProto, fp32_info: ModelInfo, onnx_dest: Path,
+               work: str) -> tuple[Path, onnx.ModelProto, ModelInfo]:
+    """The fp16 / int8 ONNX made from the verified fp32 model; returns the ONNX to go on with (file, model, info)."""
+    if request.calibration is None:
+        return onnx_dest, fp32, fp32_info
+    from scaseg.calibration.precision import check_fp32, convert
+
+    precision = request.precision
+    assert precision is not None
+    final_onnx = request.output if request.fmt == "onnx" and request.output else Path(work) / f"model.{precision}.onnx"
     with atomic_path(final_onnx) as tmp:
-        result = api.make_precision(
-            str(onnx_dest), str(tmp), prec, calib_dir=str(o.calib) if o.calib else None, calib_num=o.calib_num,
-            method=o.calib_method, target=plan.target, max_miou_drop=o.max_miou_drop,
-            cache_dir=str(o.calib_cache) if o.calib_cache else None,
-        )
-    _report(prec, result)
-    return final_onnx
+        model, info, result = convert(check_fp32(fp32, fp32_info, onnx_dest), fp32_info, tmp, precision,
+                                      request.calibration, request.calibration_images, onnx_dest.stem)
+    _report(precision, result)
+    return final_onnx, model, info
 
 
-def _engine(o: Args, plan: Plan, final_onnx: Path) -> None:
-    """The TensorRT engine at the output, with a batch profile for a dynamic-batch graph."""
-    engine = _need("scaseg.export.engine.builder", "--format engine")
-    opts = plan.opts
-    h, w = opts.imgsz
-    shape_kw: dict[str, Any] = {}
-    if opts.dynamic_batch:
-        shape_kw = {"min_shape": (1, 3, h, w), "opt_shape": (opts.batch, 3, h, w), "max_shape": (max(o.max_batch, opts.batch), 3, h, w)}
-    result = engine.build_engine(
-        str(final_onnx), str(plan.dest), precision=o.precision, workspace_gib=o.workspace, tensorrt=o.tensorrt,
-        compute_capabilities=o.compute_capability, report=_say, verbose=o.verbose,
-        timing_cache=str(o.timing_cache) if o.timing_cache else None, dla_core=o.dla_core, **shape_kw,
-    )
-    _report("engine", result)
-
-
-def _triton(o: Args, plan: Plan, final_onnx: Path) -> None:
+def _triton(request: ExportRequest, final_onnx: Path) -> None:
     """The Triton model repository at the output, serving the ONNX with ONNX Runtime."""
-    triton = _need("scaseg.export.triton", "--format triton")
-    result = triton.write_triton_repository(str(final_onnx), str(plan.dest), name=plan.checkpoint.with_suffix("").name,
-                                            backend="onnxruntime", max_batch_size=o.max_batch)
+    from scaseg.export.triton import write_triton_repository
+
+    result = write_triton_repository(str(final_onnx), str(request.output), name=request.source.with_suffix("").name,
+                                     backend="onnxruntime", max_batch_size=request.max_batch)
     _report("triton", result)
 
 
@@ -339,22 +325,24 @@ def _work_dir(parent: Path) -> Iterator[str]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _plan_grid(model: Any, info: Any, opts: Any, parity_images: int) -> None:
-    """Set opts.grid_points from the logit spread on the parity scenes (or refuse), and say what was chosen."""
+def _plan_grid(model: Any, info: ModelInfo, graph: ExportOptions, parity_images: int) -> ExportOptions:
+    """The graph options with grid_points from the logit spread on the parity scenes (or a refusal); says which."""
     from scaseg.export.parity import plan_grid
     from scaseg.export.sca import RULE_MIN_POINTS, SPREAD_PER_STEP
 
-    requested = opts.grid_points
-    opts.grid_points, spread = plan_grid(model, info, opts.imgsz, parity_images, requested)
-    opts.extra["grid_spread"] = round(spread, 4)
+    requested = graph.grid_points
+    points, spread = plan_grid(model, info, graph.imgsz, parity_images, requested)
+    graph = dataclasses.replace(graph, grid_points=points, extra={**graph.extra, "grid_spread": round(spread, 4)})
     how = "as requested" if requested else f"the fewest with spread / (G - 1) <= {SPREAD_PER_STEP:g}, at least {RULE_MIN_POINTS}"
-    _say(f"grid attention: logit spread {spread:.3g} on {parity_images} parity scene(s) -> G = {opts.grid_points} ({how})")
+    print_line(f"grid attention: logit spread {spread:.3g} on {parity_images} parity scene(s) -> G = {points} ({how})")
+    return graph
 
 
-def _export_fp32(model: Any, info: Any, opts: Any, dest: Path, parity_images: int, tolerance: float, steps: Any) -> str:
+def _export_fp32(model: Any, info: ModelInfo, graph: ExportOptions, dest: Path, request: ExportRequest,
+                 steps: Any) -> tuple[str, onnx.ModelProto, ModelInfo]:
     """Export (traced and simplified by to_onnx), lint, check parity and only then let ``dest`` appear.
 
-    Returns a one-line summary of the graph.
+    Returns a one-line summary of the graph, the model written and its ModelInfo.
     """
     import onnx
 
@@ -362,7 +350,7 @@ def _export_fp32(model: Any, info: Any, opts: Any, dest: Path, parity_images: in
     from scaseg.export.trt_lint import lint
 
     steps.set_postfix_str("tracing to ONNX")
-    proto, out_info = to_onnx(model, info, opts)
+    proto, out_info = to_onnx(model, info, graph)
     steps.update()
     with atomic_path(dest) as tmp:
         try:
@@ -372,30 +360,24 @@ def _export_fp32(model: Any, info: Any, opts: Any, dest: Path, parity_images: in
         steps.set_postfix_str("TensorRT lint")
         lint_report = lint(proto)
         steps.update()
-        _say(lint_report.summary())
-        _parity(tmp, model, out_info, parity_images, tolerance, steps)
-    h, w = opts.imgsz
-    return (f"{out_info.variant}, {h}x{w}, batch {'dynamic' if opts.dynamic_batch else opts.batch}"
-            f"{', dynamic H/W' if opts.dynamic_spatial else ''}, sca-op {opts.sca_op}, output {opts.output}, "
-            f"opset {opts.opset}")
+        print_line(lint_report.summary())
+        _parity(tmp, model, out_info, request.parity_images, request.tolerance, steps)
+    h, w = graph.imgsz
+    summary = (f"{out_info.variant}, {h}x{w}, batch {'dynamic' if graph.dynamic_batch else graph.batch}"
+               f"{', dynamic H/W' if graph.dynamic_spatial else ''}, sca-op {graph.sca_op}, output {graph.output}, "
+               f"opset {graph.opset}")
+    return summary, proto, out_info
 
 
-def _parity(onnx_path: Path, model: Any, info: Any, parity_images: int, tolerance: float, steps: Any) -> None:
+def _parity(onnx_path: Path, model: Any, info: ModelInfo, parity_images: int, tolerance: float, steps: Any) -> None:
     """ONNX Runtime against PyTorch on synthetic scenes; a disagreement or a non-finite value refuses the export."""
-    from scaseg.export.parity import check_parity
+    from scaseg.export.parity import check_parity, refuse_disagreement
 
     steps.set_postfix_str("parity vs PyTorch")
     parity = check_parity(str(onnx_path), model, info, images=parity_images, tolerance=tolerance)
     steps.update()
-    _say(parity.summary())
-    if parity.nonfinite:
-        raise ScasegError(f"the parity check found {parity.nonfinite} NaN or infinite output value(s) (PyTorch or "
-                          "ONNX Runtime): the model computes garbage; nothing was written")
-    if not parity.ok:
-        what = (f"max |logit diff| {parity.max_abs:.3g}" if parity.max_abs is not None
-                else f"{parity.confident_mismatches} confidently-labelled pixel(s) changed")
-        raise ScasegError(f"the ONNX model disagrees with PyTorch beyond --tolerance {tolerance:g} ({what}); "
-                          "nothing was written")
+    print_line(parity.summary())
+    refuse_disagreement(parity, tolerance)
 
 
 def main() -> None:

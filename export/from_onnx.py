@@ -1,66 +1,122 @@
 """``scaseg-export MODEL.onnx --format engine``: an exported fp32 / fp16 / int8 ONNX -> a TensorRT engine, torch-free.
 
+Also the engine options' one check (``check_engine_options`` -> ``EngineRequest``) and the engine step of a
+checkpoint export (``build_exported``): every engine scaseg-export builds goes through ``build_loaded_engine``.
+
 The Jetson workflow: export on the desktop, copy the ONNX, build on the device, where PyTorch is not installed.
 The engine's precision is the ONNX's own (its metadata) unless --precision asks for another; fp16 and int8 from an
 fp32 ONNX go through the calibration package (torch-free), into a temporary folder beside the output; the engine
 and its side file appear only when the build succeeded.
 
-Everything that can be refused is refused before any work starts, each in one sentence: no TensorRT (or not the one
-asked for), no onnx package, an unknown compute capability, a file that is not ONNX or carries no scaseg metadata,
-an int8 file placed for ONNX Runtime's CPU kernels (with the command that builds the engine), int8 without --calib,
-a precision the file cannot give.
+The options were checked by scaseg-export (export/cli.py: no TensorRT or not the one asked for, no onnx package, an
+unknown compute capability); what depends on the file is refused here before any work starts, each in one sentence:
+a file that is not ONNX or carries no scaseg metadata, an int8 file placed for ONNX Runtime's CPU kernels (with the
+command that builds the engine), int8 without --calib, a precision the file cannot give (the builder's precision
+plan). The ONNX is read once and handed down to the conversion and the builder.
 """
 from __future__ import annotations
 
 import shlex
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 from scaseg.errors import ScasegError, require_package
+from scaseg.export.engine.builder import build_loaded_engine
+from scaseg.export.engine.graph import onnx_runtime_only
+from scaseg.export.engine.profile import check_flavor_options, check_options
 from scaseg.fileio import atomic_path, check_writable_dir, created_folders
+from scaseg.metadata import read_onnx_model
+from scaseg.runtime.tensorrt.installed import EXTRAS, TensorRT, require_tensorrt
 from scaseg.suffixes import CHECKPOINT_SUFFIXES, ENGINE_SUFFIX
 
+if TYPE_CHECKING:
+    import onnx
 
-def build_from_onnx(onnx_path: Path, output: Optional[Path], *, precision: Optional[str], tensorrt: str,
-                    compute_capabilities: Optional[Sequence[str]], calib: Optional[Path], calib_num: int,
-                    calib_method: str, calib_cache: Optional[Path], max_miou_drop: float, workspace_gib: float,
-                    timing_cache: Optional[Path], dla_core: Optional[int], verbose: bool,
-                    say: Callable[[str], None]) -> tuple[Path, str, dict[str, Any]]:
-    """Check everything, convert the ONNX when it is fp32 and another precision is asked, build the engine.
+    from scaseg.export.cli import ExportRequest
+    from scaseg.export.onnx_export import ExportOptions
+    from scaseg.metadata import ModelInfo
 
-    ``precision`` None: the ONNX's own. ``output`` None: beside the ONNX (model.onnx -> model.engine, model.int8.onnx
-    -> model.int8.engine). Returns the engine's path, its precision and the build summary.
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """--format engine's options, checked: the TensorRT that builds the engine and what it builds for."""
+
+    tensorrt: TensorRT
+    compute_capabilities: Optional[list[str]]  # TensorRT-RTX: the checked targets; None with standard TensorRT
+    workspace_gib: float
+    timing_cache: Optional[Path]
+    dla_core: Optional[int]
+    verbose: bool
+
+
+def check_engine_options(tensorrt: str, compute_capability: Optional[List[str]], workspace: float,
+                         timing_cache: Optional[Path], dla_core: Optional[int], verbose: bool, *,
+                         from_onnx: bool = False) -> EngineRequest:
+    """--format engine's options, checked once: the TensorRT asked for is here (and onnx, to read an ONNX file)
+    and builds for what was asked. The precision-dependent rules wait for the precision (profile.check_options)."""
+    trt = require_tensorrt("--format engine", tensorrt)
+    if from_onnx:
+        require_package("onnx", "building an engine from an ONNX file", EXTRAS[trt.flavor])
+    ccs = check_flavor_options(trt, compute_capability, dla_core)
+    cache = timing_cache.expanduser() if timing_cache else None
+    if cache is not None:
+        check_writable_dir(cache)
+    return EngineRequest(trt, ccs, workspace, cache, dla_core, verbose)
+
+
+def build_exported(request: ExportRequest, graph: ExportOptions, onnx_path: Path, model: onnx.ModelProto,
+                   info: ModelInfo, say: Callable[[str], None]) -> dict[str, Any]:
+    """The engine of a checkpoint export, from the ONNX it just wrote (in memory and at ``onnx_path``), with a batch
+    profile for a dynamic-batch graph; returns the build summary."""
+    engine = request.engine
+    assert engine is not None and request.precision is not None and request.output is not None
+    h, w = graph.imgsz
+    profile = None
+    if graph.dynamic_batch:
+        profile = ((1, 3, h, w), (graph.batch, 3, h, w), (max(request.max_batch, graph.batch), 3, h, w))
+    return build_loaded_engine(
+        model, info, str(onnx_path), str(request.output), trt=engine.tensorrt, precision=request.precision,
+        carried=info.precision, compute_capabilities=engine.compute_capabilities, profile=profile,
+        workspace_gib=engine.workspace_gib, timing_cache=str(engine.timing_cache) if engine.timing_cache else None,
+        dla_core=engine.dla_core, verbose=engine.verbose, report=say,
+    )
+
+
+def build_from_onnx(request: ExportRequest, say: Callable[[str], None]) -> tuple[Path, str, dict[str, Any]]:
+    """Read the ONNX (once), convert it when it is fp32 and another precision is asked, build the engine.
+
+    ``request``: checked by scaseg-export (its TensorRT found, its options valid); what depends on the file is
+    checked here. ``request.precision`` None: the ONNX's own. ``request.output`` None: beside the ONNX
+    (model.onnx -> model.engine, model.int8.onnx -> model.int8.engine). Returns the engine's path, its precision
+    and the build summary.
     """
-    from scaseg.export.engine import builder, graph, profile
-    from scaseg.metadata import PRECISIONS
-    from scaseg.runtime.tensorrt import installed
-
-    trt = installed.require_tensorrt("--format engine", tensorrt)
-    require_package("onnx", "building an engine from an ONNX file", installed.EXTRAS[trt.flavor])
-    profile.check_flavor_options(trt, compute_capabilities, dla_core)
-    model, info = graph.load_onnx(str(onnx_path))
-    carried = graph.graph_precision(model)
-    precision = precision or (info.precision if info.precision in PRECISIONS else carried)
-    profile.check_options(precision, workspace_gib, dla_core)
-    runtime_only = graph.onnx_runtime_only(model)
-    del model
+    engine = request.engine
+    assert engine is not None
+    onnx_path = request.source
+    model, info = read_onnx_model(onnx_path)
+    carried = info.precision  # what the metadata says; scaseg-export and the calibration write it
+    precision = request.precision or carried
+    check_options(precision, engine.workspace_gib, engine.dla_core)
+    runtime_only = onnx_runtime_only(model)
     if runtime_only:
         raise ScasegError(f"{onnx_path.name} is placed for ONNX Runtime's CPU kernels ({'; '.join(runtime_only)}), "
                           "which TensorRT cannot parse: build the engine from the float model with "
                           f"{_rebuild_command(onnx_path, precision)}")
-    dest = output if output is not None else _default_dest(onnx_path, precision)
-    if precision == "int8" and carried != "int8":
-        if calib is None:
-            raise ScasegError("--precision int8 needs --calib DIR, a folder of calibration images, to quantize "
-                              f"{onnx_path.name}")
-        if not calib.expanduser().is_dir():
-            raise ScasegError(f"calibration folder not found: {calib}")
+    dest = request.output if request.output is not None else _default_dest(onnx_path, precision)
+    convert_to = precision if precision != "fp32" and carried == "fp32" else None
+    calibration = request.calibration
+    images = None
+    if convert_to is not None:
+        assert calibration is not None  # a precision other than the file's was asked: its options were checked
+        images = calibration.open_images() if convert_to == "int8" else None
     if dest.is_dir():
         raise ScasegError(f"the output {dest} is a folder; name a file (e.g. {dest / ('model' + ENGINE_SUFFIX)})")
     if dest.resolve() == onnx_path.resolve():
         raise ScasegError(f"the output {dest} is the input ONNX; name another file (e.g. {dest.with_suffix(ENGINE_SUFFIX)})")
     check_writable_dir(dest)
+    trt = engine.tensorrt
     say(f"{trt.label} ({trt.generation}): building an {precision} engine from {onnx_path.name} "
         f"(the ONNX carries {carried})")
     # The output's folder appears only for the build (and goes again if it fails); the work folder beside it.
@@ -71,23 +127,21 @@ def build_from_onnx(onnx_path: Path, output: Optional[Path], *, precision: Optio
             raise ScasegError(f"cannot write to the output folder {dest.parent}: {exc.strerror or exc}") from None
         with work_dir as work:
             source = onnx_path
-            if precision != "fp32" and carried == "fp32":
-                from scaseg.calibration import api
+            if convert_to is not None:
+                from scaseg.calibration.precision import check_fp32, convert
 
-                source = Path(work) / f"{onnx_path.stem}.{precision}.onnx"
+                assert calibration is not None
+                source = Path(work) / f"{onnx_path.stem}.{convert_to}.onnx"
                 with atomic_path(source) as tmp:
-                    result = api.make_precision(
-                        str(onnx_path), str(tmp), precision, calib_dir=str(calib) if calib else None, calib_num=calib_num,
-                        method=calib_method, target="tensorrt", max_miou_drop=max_miou_drop,
-                        cache_dir=str(calib_cache) if calib_cache else None,
-                    )
-                for key, value in (result or {}).items():
-                    say(f"{precision}: {key}: {value}")
-            summary = builder.build_engine(
-                str(source), str(dest), precision=precision, tensorrt=trt.flavor,
-                compute_capabilities=compute_capabilities, workspace_gib=workspace_gib,
-                timing_cache=str(timing_cache) if timing_cache else None, dla_core=dla_core, verbose=verbose,
-                report=say,
+                    model, info, result = convert(check_fp32(model, info, onnx_path), info, tmp, convert_to,
+                                                  calibration, images, onnx_path.stem)
+                for key, value in result.items():
+                    say(f"{convert_to}: {key}: {value}")
+            summary = build_loaded_engine(
+                model, info, str(source), str(dest), trt=trt, precision=precision, carried=info.precision,
+                compute_capabilities=engine.compute_capabilities, profile=None, workspace_gib=engine.workspace_gib,
+                timing_cache=str(engine.timing_cache) if engine.timing_cache else None, dla_core=engine.dla_core,
+                verbose=engine.verbose, report=say,
             )
     return dest, precision, summary
 

@@ -136,6 +136,18 @@ def check_parity(
     )
 
 
+def refuse_disagreement(report: ParityReport, tolerance: float) -> None:
+    """One sentence when the parity check found non-finite values or a disagreement beyond ``tolerance``."""
+    if report.nonfinite:
+        raise ScasegError(f"the parity check found {report.nonfinite} NaN or infinite output value(s) (PyTorch or "
+                          "ONNX Runtime): the model computes garbage; nothing was written")
+    if not report.ok:
+        what = (f"max |logit diff| {report.max_abs:.3g}" if report.max_abs is not None
+                else f"{report.confident_mismatches} confidently-labelled pixel(s) changed")
+        raise ScasegError(f"the ONNX model disagrees with PyTorch beyond --tolerance {tolerance:g} ({what}); "
+                          "nothing was written")
+
+
 @contextlib.contextmanager
 def _attention(model: nn.Module, grid_points: Optional[int], query_chunk: Optional[int] = None) -> Iterator[None]:
     """Within the block the model's cores run grid (``grid_points``) or exact attention; left as found afterwards."""

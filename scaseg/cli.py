@@ -147,6 +147,22 @@ def require_utf8(path: Union[str, "os.PathLike[str]"], what: str) -> None:
                           f"{path} is not")
 
 
+def require_file(path: Union[str, "os.PathLike[str]"], what: str) -> str:
+    """The one check of an input file before it is read: it exists, is a regular file and is readable.
+
+    ``what`` names it in the sentence ("model", "ONNX model"); returns the path as given.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ScasegError(f"{what} not found: {path}")
+    if not os.path.isfile(path):
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise ScasegError(f"the {what} path {path} is {special_file(path) or 'a folder'}; expected {article} {what} file")
+    if not os.access(path, os.R_OK):
+        raise ScasegError(f"the {what} file {path} is not readable")
+    return path
+
+
 def special_file(path: Union[str, "os.PathLike[str]"]) -> Optional[str]:
     """What ``path`` is when it exists and is neither a regular file nor a folder ("a FIFO", "a socket", "a
     device"), else None. Reading such a file can block forever (a FIFO waits for a writer) or never end."""

@@ -3,6 +3,7 @@
 One JSON document travels with every artefact:
 - ONNX: the ``metadata_props`` entry ``scaseg``, read by ``read_onnx_metadata`` and written by
   ``write_onnx_metadata`` only (neither imports ``onnx``: the runtime reads it through ONNX Runtime);
+  ``read_onnx_model`` reads an ONNX file with it (and imports ``onnx`` when called);
 - TensorRT engine: a side file ``<engine>.json`` (a plan file has no place for user metadata);
 - PyTorch checkpoint: the ``config`` entry of the checkpoint.
 
@@ -37,7 +38,7 @@ OUTPUTS = ("logits", "labels")
 RESIZES = ("stretch", "letterbox")
 LAYOUTS = ("NCHW", "NHWC")  # calibration feeds both (calibration/data.py); the runtime checks that a graph takes NCHW
 COLORS = ("RGB",)  # the one channel order the runtime and calibration feed
-PRECISIONS = ("fp32", "fp16", "int8")  # what scaseg-export writes (export/engine/ builds engines of these)
+PRECISIONS = ("fp32", "fp16", "int8")  # the one precision vocabulary: --precision, ONNX files and engines
 SCA_OPS = ("decomposed", "function", "grid")  # how strip attention is in the graph (export/sca.py)
 
 # Bounds on numbers a runtime allocates by: beyond them a value is a lie, not a model.
@@ -259,6 +260,26 @@ def read_onnx_metadata(entries: Any, path: Any) -> ModelInfo:
     if METADATA_KEY not in props:
         raise ScasegError(f"the ONNX model {path} has no scaseg metadata; export it with scaseg-export")
     return ModelInfo.from_json(props[METADATA_KEY], path)
+
+
+def read_onnx_model(path: Any) -> tuple[Any, ModelInfo]:
+    """Read an ONNX model file and its ModelInfo: the one reader of an ONNX file (``onnx`` is imported here only).
+
+    One sentence for a missing, unreadable, damaged or foreign file.
+    """
+    import onnx
+
+    from scaseg.cli import require_file
+
+    where = require_file(path, "ONNX model")
+    try:
+        model = onnx.load(where)
+    except Exception as exc:  # protobuf's DecodeError, OSError, ValueError...: no useful common base class
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ScasegError(f"cannot read the ONNX model {where}: not an ONNX model ({detail})") from None
+    if not model.graph.node:
+        raise ScasegError(f"cannot read the ONNX model {where}: it holds no graph (not an ONNX model?)")
+    return model, read_onnx_metadata(model.metadata_props, where)
 
 
 def write_onnx_metadata(model: Any, info: ModelInfo) -> None:

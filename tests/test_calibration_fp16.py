@@ -7,7 +7,7 @@ import onnx
 from onnx import TensorProto
 
 from calibration_models import info_of
-from scaseg.calibration.api import make_precision
+from scaseg.calibration.precision import make_precision
 
 
 def test_fp16_keeps_io_float32_and_sensitive_ops_fp32(fp32_onnx: Path, tmp_path: Path):

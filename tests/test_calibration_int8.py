@@ -9,7 +9,7 @@ from onnx import TensorProto, numpy_helper
 
 from calibration_models import H, W, info_of
 from scaseg.calibration import int8
-from scaseg.calibration.api import make_precision
+from scaseg.calibration.precision import make_precision
 from scaseg.calibration.session import first_output, make_session
 from scaseg.data.synth import render_scene
 

@@ -257,7 +257,7 @@ def test_grid_rule_takes_more_points_for_a_larger_spread_and_refuses_a_huge_one(
 def test_grid_export_converts_to_fp16_and_int8(model_and_info, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import cv2
 
-    from scaseg.calibration.api import make_precision
+    from scaseg.calibration.precision import make_precision
     from scaseg.data.synth import render_scene
 
     model, info = model_and_info

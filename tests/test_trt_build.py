@@ -78,7 +78,7 @@ def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def onnx_files(tmp_path_factory: pytest.TempPathFactory, calib_dir: Path) -> dict[tuple[str, str], Path]:
     """fp32 exports of scaseg-t and scaseg-b0 and their fp16 and int8 (tensorrt placement) conversions."""
-    from scaseg.calibration.api import make_precision
+    from scaseg.calibration.precision import make_precision
 
     folder = tmp_path_factory.mktemp("onnx")
     files = {}

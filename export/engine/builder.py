@@ -30,7 +30,7 @@ from scaseg.export.engine.precision import PrecisionPlan, needs_explicit_batch_f
 from scaseg.export.engine.profile import (Shape, check_flavor_options, check_options, check_profile, resolve_profile,
                                           rtx_capabilities)
 from scaseg.fileio import atomic_path, check_writable_dir
-from scaseg.metadata import ModelInfo
+from scaseg.metadata import PRECISIONS, ModelInfo
 from scaseg.runtime.tensorrt.engine_info import FACTS_KEY, side_file
 from scaseg.runtime.tensorrt.installed import TensorRT, require_tensorrt
 
@@ -268,7 +268,6 @@ def build_engine(onnx_path: str, engine_path: str, *, precision: str = "fp32",  
     Raises ScasegError for bad options, a foreign or unreadable ONNX, a missing TensorRT, a precision this
     TensorRT cannot build from this ONNX, or a failed build; nothing is written then.
     """
-    say = report or (lambda line: print(line, file=sys.stderr))
     check_options(precision, workspace_gib, dla_core)
     profile = check_profile(min_shape, opt_shape, max_shape)
     trt = require_tensorrt("building an engine", tensorrt)
@@ -277,12 +276,31 @@ def build_engine(onnx_path: str, engine_path: str, *, precision: str = "fp32",  
     check_writable_dir(engine_path)  # before minutes of building, not after
     if timing_cache is not None:
         check_writable_dir(timing_cache)
+    return build_loaded_engine(model, info, onnx_path, engine_path, trt=trt, precision=precision,
+                               carried=graph_precision(model), compute_capabilities=ccs, profile=profile,
+                               workspace_gib=workspace_gib, timing_cache=timing_cache, dla_core=dla_core,
+                               gpu_fallback=gpu_fallback, verbose=verbose, report=report)
+
+
+def build_loaded_engine(model: onnx.ModelProto, info: ModelInfo, onnx_path: str, engine_path: str, *, trt: TensorRT,
+                        precision: str, carried: str, compute_capabilities: Optional[list[str]],
+                        profile: Optional[tuple[Shape, Shape, Shape]], workspace_gib: float,
+                        timing_cache: str | None, dla_core: int | None, gpu_fallback: bool = True,
+                        verbose: bool = False, report: Any = None) -> dict:
+    """The build itself, from an ONNX already read (``onnx_path`` is its file) and options already checked.
+
+    ``carried``: the precision the ONNX holds; ``compute_capabilities``: check_flavor_options' answer. scaseg-export
+    checks its options once and reads the ONNX once, then calls this; ``build_engine`` does both for other callers.
+    """
+    assert isinstance(trt, TensorRT) and precision in PRECISIONS and carried in PRECISIONS
+    say = report or (lambda line: print(line, file=sys.stderr))
+    ccs = compute_capabilities
     if TYPE_CHECKING:  # type-checked against tensorrt-stubs; tensorrt_rtx has the same API here
         import tensorrt as trt_module
     else:
         trt_module = trt.module
 
-    plan = precision_plan(trt, precision, graph_precision(model))
+    plan = precision_plan(trt, precision, carried)
     input_name, onnx_shape = input_shape(model)
     shapes = resolve_profile(onnx_shape, info, profile)
     gpu = None if builds_without_gpu(trt) else _gpu_facts(0)

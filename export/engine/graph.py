@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scaseg.errors import ScasegError
-from scaseg.metadata import SCA_DOMAIN, SCA_OP, ModelInfo, read_onnx_metadata
+from scaseg.metadata import SCA_DOMAIN, SCA_OP, ModelInfo, read_onnx_model
 from scaseg.export.engine.precision import onnx_precision
 from scaseg.runtime.tensorrt.installed import TensorRT, has_python_plugins
 
@@ -23,20 +23,8 @@ MATH_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 def load_onnx(onnx_path: str) -> tuple[onnx.ModelProto, ModelInfo]:
-    """Read the ONNX file and its scaseg metadata; one sentence for a missing, broken or foreign file."""
-    import onnx
-
-    path = Path(onnx_path)
-    if not path.is_file():
-        raise ScasegError(f"ONNX model not found: {onnx_path}")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # onnx raises DecodeError, OSError, ValueError... for a damaged file
-        raise ScasegError(f"cannot read the ONNX model {onnx_path}: {str(exc).splitlines()[0] if str(exc) else exc}"
-                          ) from None
-    if not model.graph.node:
-        raise ScasegError(f"cannot read the ONNX model {onnx_path}: it holds no graph (not an ONNX file?)")
-    return model, read_onnx_metadata(model.metadata_props, onnx_path)
+    """Read the ONNX file and its scaseg metadata (metadata.read_onnx_model: one sentence for a bad file)."""
+    return read_onnx_model(onnx_path)
 
 
 def graph_precision(model: onnx.ModelProto) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from scaseg.cli import require_utf8, special_file
+from scaseg.cli import require_file, require_utf8
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
 from scaseg.runtime.backends.base import Backend, InputMetadata, RunSettings, parse_device
@@ -45,14 +45,7 @@ class ModelFile:
 
 def model_file(path: str | os.PathLike) -> ModelFile:
     """Check a model path (exists, a file, readable) and return it as a ModelFile; one sentence otherwise."""
-    path = str(path)
-    if not os.path.exists(path):
-        raise ScasegError(f"model not found: {path}")
-    if not os.path.isfile(path):
-        raise ScasegError(f"the model path {path} is {special_file(path) or 'a folder'}; expected a model file")
-    if not os.access(path, os.R_OK):
-        raise ScasegError(f"the model file {path} is not readable")
-    return ModelFile(path)
+    return ModelFile(require_file(path, "model"))
 
 
 def open_backend(

@@ -1,4 +1,4 @@
-"""calibration/api.py: make_precision's statistics cache and its bad input (one sentence, nothing written)."""
+"""calibration/precision.py: make_precision's statistics cache and its bad input (one sentence, nothing written)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from calibration_models import info_of
-from scaseg.calibration.api import make_precision
+from scaseg.calibration.precision import make_precision
 from scaseg.data.synth import render_scene
 from scaseg.errors import ScasegError
 

@@ -1,7 +1,14 @@
-"""The one entry point the exporter calls: fp32 ONNX -> fp16 or calibrated INT8 ONNX, written atomically."""
+"""fp32 ONNX -> fp16 or calibrated INT8 ONNX: the calibration options as one checked record, and the conversion.
+
+``Calibration`` holds the options (``check`` is their one check, run at the edge; ``open_images`` lists the int8
+images, where int8 is known to need them); ``convert`` takes an fp32 model
+already read and options already checked; ``make_precision`` is the library entry point that reads and checks,
+then converts.
+"""
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,46 +23,65 @@ from scaseg.calibration.ranges import METHODS, collect_stats
 from scaseg.calibration.session import runner
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path
-from scaseg.metadata import ModelInfo, read_onnx_metadata, write_onnx_metadata
+from scaseg.metadata import PRECISIONS, ModelInfo, read_onnx_model, write_onnx_metadata
 
-PRECISIONS = ("fp16", "int8")
+#: What a conversion writes: every precision of the metadata but the fp32 it starts from.
+CONVERTED = tuple(p for p in PRECISIONS if p != "fp32")
 PARITY_IMAGES = 4
+INT8_NEEDS_CALIB = "--precision int8 needs --calib DIR, a folder of calibration images"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How an fp16 / int8 model is made (scaseg-export's --calib* options, --int8-target, --max-miou-drop)."""
+
+    images: Optional[Path] = None  # an image folder or a dataset root; int8 calibrates on it, fp16 checks on it
+    num_images: int = 64
+    method: str = "percentile"
+    target: str = "cpu"  # int8 Q/DQ placement: a key of int8.PLACEMENTS
+    max_miou_drop: float = 1.0
+    cache_dir: Optional[Path] = None
+
+    def check(self, precision: str) -> None:
+        """The one check of these options for ``precision``: one sentence for the first that cannot be honoured."""
+        if precision not in CONVERTED:
+            raise ScasegError(f"unknown precision {precision!r} (expected {' or '.join(CONVERTED)})")
+        if self.method not in METHODS:
+            raise ScasegError(f"unknown calibration method {self.method!r} (expected {', '.join(METHODS)})")
+        if self.target not in int8.PLACEMENTS:
+            raise ScasegError(f"unknown int8 target {self.target!r} (expected {', '.join(int8.PLACEMENTS)})")
+        if not self.max_miou_drop >= 0:
+            raise ScasegError(f"--max-miou-drop must be >= 0 points, got {self.max_miou_drop}")
+        if self.num_images < data.MIN_CALIB_IMAGES:
+            raise ScasegError(f"--calib-num must be at least {data.MIN_CALIB_IMAGES}, got {self.num_images}")
+
+    def open_images(self) -> data.CalibrationSet:
+        """The images an int8 calibration needs, listed and checked (none read yet); the one "int8 needs --calib"."""
+        if self.images is None:
+            raise ScasegError(INT8_NEEDS_CALIB)
+        return data.open_calibration(str(self.images.expanduser()), self.num_images)
+
+
+def check_fp32(model: onnx.ModelProto, info: ModelInfo, path: Any) -> onnx.ModelProto:
+    """An fp32 model a conversion can start from (its nodes named), or one sentence saying why not."""
+    if info.precision != "fp32":
+        raise ScasegError(f"{path} is already {info.precision}; calibrate from the fp32 model")
+    if not any(op.domain in ("", "ai.onnx") and op.version >= 13 for op in model.opset_import):
+        raise ScasegError(f"{path} uses an opset below 13; per-channel Q/DQ needs opset >= 13 (export with --opset 17)")
+    return int8.name_nodes(model)
 
 
 def load_fp32(path: str) -> tuple[onnx.ModelProto, ModelInfo]:
     """Read an fp32 ONNX exported by scaseg-export and its ModelInfo; anything else is refused in one sentence."""
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise ScasegError(f"ONNX model not found: {p}")
-    try:
-        model = onnx.load(str(p))
-    except Exception:  # protobuf raises DecodeError & co. for a file that is not ONNX
-        raise ScasegError(f"{p} is not an ONNX model") from None
-    info = read_onnx_metadata(model.metadata_props, p)
-    if info.precision != "fp32":
-        raise ScasegError(f"{p} is already {info.precision}; calibrate from the fp32 model")
-    if not any(op.domain in ("", "ai.onnx") and op.version >= 13 for op in model.opset_import):
-        raise ScasegError(f"{p} uses an opset below 13; per-channel Q/DQ needs opset >= 13 (export with --opset 17)")
-    return int8.name_nodes(model), info
+    model, info = read_onnx_model(p)
+    return check_fp32(model, info, p), info
 
 
-def _write(model: onnx.ModelProto, info: ModelInfo, out_path: str) -> None:
+def _write(model: onnx.ModelProto, info: ModelInfo, out_path: str | Path) -> None:
     write_onnx_metadata(model, info)
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))
-
-
-def check_args(precision: str, calib_num: int, method: str, target: str, max_miou_drop: float) -> None:
-    if precision not in PRECISIONS:
-        raise ScasegError(f"unknown precision {precision!r} (expected fp16 or int8)")
-    if method not in METHODS:
-        raise ScasegError(f"unknown calibration method {method!r} (expected {', '.join(METHODS)})")
-    if target not in int8.PLACEMENTS:
-        raise ScasegError(f"unknown int8 target {target!r} (expected {', '.join(int8.PLACEMENTS)})")
-    if not max_miou_drop >= 0:
-        raise ScasegError(f"--max-miou-drop must be >= 0 points, got {max_miou_drop}")
-    if calib_num < data.MIN_CALIB_IMAGES:
-        raise ScasegError(f"--calib-num must be at least {data.MIN_CALIB_IMAGES}, got {calib_num}")
 
 
 def _parity_batches(info: ModelInfo, calib_dir: Optional[str]) -> tuple[list[np.ndarray], str]:
@@ -78,18 +104,31 @@ def make_precision(fp32_onnx: str, out_path: str, precision: str, *, calib_dir: 
     method: percentile by default, the one that stayed within a point of fp32 on every measurement in
     docs/precision.md (minmax lost 2.8 points on the cpu placement at 512x512, entropy 0.75 at 128x256).
     """
-    check_args(precision, calib_num, method, target, max_miou_drop)
+    calibration = Calibration(Path(calib_dir) if calib_dir else None, calib_num, method, target, max_miou_drop,
+                              Path(cache_dir) if cache_dir else None)
+    calibration.check(precision)
     model, info = load_fp32(fp32_onnx)
+    images = calibration.open_images() if precision == "int8" else None
+    return convert(model, info, out_path, precision, calibration, images, Path(fp32_onnx).stem)[2]
+
+
+def convert(model: onnx.ModelProto, info: ModelInfo, out_path: str | Path, precision: str, calibration: Calibration,
+            images: Optional[data.CalibrationSet], stem: str) -> tuple[onnx.ModelProto, ModelInfo, dict]:
+    """Write ``out_path`` from an fp32 model that ``check_fp32`` passed, with options that ``Calibration.check``
+    passed (and, for int8, the images it opened); returns the written model, its ModelInfo and a summary.
+
+    ``stem`` names the statistics cache file (the fp32 file's name without its suffix).
+    """
+    assert precision in CONVERTED and info.precision == "fp32"
     if precision == "fp16":
-        return _fp16(model, info, out_path, calib_dir)
-    if not calib_dir:
-        raise ScasegError("int8 needs calibration images: pass --calib DIR (an image folder or a dataset root)")
-    return _int8(model, info, out_path, data.open_calibration(calib_dir, calib_num), method, target,
-                 max_miou_drop, cache_dir, Path(fp32_onnx).stem)
+        return _fp16(model, info, out_path, calibration.images)
+    assert images is not None
+    return _int8(model, info, out_path, images, calibration, stem)
 
 
-def _fp16(model: onnx.ModelProto, info: ModelInfo, out_path: str, calib_dir: Optional[str]) -> dict:
-    batches, source = _parity_batches(info, calib_dir)
+def _fp16(model: onnx.ModelProto, info: ModelInfo, out_path: str | Path,
+          calib_dir: Optional[Path]) -> tuple[onnx.ModelProto, ModelInfo, dict]:
+    batches, source = _parity_batches(info, str(calib_dir) if calib_dir else None)
     fp16, report = to_fp16(model, batches, info.output)
     summary: dict[str, Any] = {
         "parity_inputs": source,
@@ -99,12 +138,15 @@ def _fp16(model: onnx.ModelProto, info: ModelInfo, out_path: str, calib_dir: Opt
         "kept_fp32_nodes": len(report.kept_fp32_nodes),
     }
     extra = dict(info.extra, fp16={**summary, "kept_fp32_nodes": report.kept_fp32_nodes})
-    _write(fp16, info.replace(precision="fp16", extra=extra), out_path)
-    return summary
+    written = info.replace(precision="fp16", extra=extra)
+    _write(fp16, written, out_path)
+    return fp16, written, summary
 
 
-def _int8(model: onnx.ModelProto, info: ModelInfo, out_path: str, cset: data.CalibrationSet, method: str,
-          target: str, max_miou_drop: float, cache_dir: Optional[str], stem: str) -> dict:
+def _int8(model: onnx.ModelProto, info: ModelInfo, out_path: str | Path, cset: data.CalibrationSet,
+          calibration: Calibration, stem: str) -> tuple[onnx.ModelProto, ModelInfo, dict]:
+    method, target, max_miou_drop, cache_dir = (calibration.method, calibration.target, calibration.max_miou_drop,
+                                                calibration.cache_dir)
     graph = int8.prepare(model, {}, target)[0]  # calibrated as rewritten for the target, the graph quantize places pairs in
     names = int8.tensors_to_calibrate(graph)
     if not names:
@@ -149,5 +191,6 @@ def _int8(model: onnx.ModelProto, info: ModelInfo, out_path: str, cset: data.Cal
         "kept_float_nodes": result.kept_float_nodes, "num_calib_images": len(cset.calib),
         "num_heldout_images": len(cset.heldout), **({"kept_float": result.kept_float} if result.kept_float else {}),
     })
-    _write(result.model, info.replace(precision="int8", extra=extra), out_path)
-    return summary
+    written = info.replace(precision="int8", extra=extra)
+    _write(result.model, written, out_path)
+    return result.model, written, summary
