@@ -222,131 +222,161 @@ def quantize(
     Ops whose activations have no threshold stay float.
     """
     placement = PLACEMENTS[target]
-    keep = set(keep_float)
     out, thresholds = prepare(model, thresholds, target)
-    graph = out.graph
-    consts = constants(out)
-    targets = [t for t in plan(out, target) if t.node not in keep]
-    by_name = {n.name: n for n in graph.node}
-    targets = [
-        t for t in targets
-        if all(by_name[t.node].input[i] in thresholds for i in t.activations)
-        and (not placement.output_qdq or t.output in thresholds)
-    ]
-
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
-    graph_outputs = {o.name for o in graph.output}
-    if placement.single_use:
-        targets = [t for t in targets if t.output not in graph_outputs and len(consumers.get(t.output, [])) == 1]
-
-    new_inits: list[TensorProto] = []
-    before: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to insert before it
-    zero = "scaseg_qdq_zero_int8"
-    new_inits.append(numpy_helper.from_array(np.array(0, dtype=np.int8), zero))
-    scales: set[str] = set()
-    pairs: dict[str, int] = {}
-
-    def scale_of(tensor: str) -> float:
-        return float(thresholds[tensor]) / 127.0
-
-    def qdq(tensor: str, anchor: str, ref: Optional[str] = None) -> str:
-        """Q then DQ of ``tensor`` (with ``ref``'s scale, default its own) just before node ``anchor``; returns the
-        dequantized name."""
-        k = pairs[tensor] = pairs.get(tensor, -1) + 1
-        tag = f"{tensor}_{k}" if k else tensor
-        scale = f"{tag}_scale" if placement.single_use else f"{tensor}_scale"
-        if scale not in scales:
-            scales.add(scale)
-            value = np.float32(scale_of(ref or tensor))
-            for _ in range(k if placement.single_use else 0):
-                value = np.nextafter(value, np.float32(np.inf))  # 1 ulp apart: ORT would merge equal Q nodes
-            new_inits.append(numpy_helper.from_array(np.array(value, dtype=np.float32), scale))
-        q = helper.make_node("QuantizeLinear", [tensor, scale, zero], [f"{tag}_q"], name=f"{tag}_Q")
-        dq = helper.make_node("DequantizeLinear", [f"{tag}_q", scale, zero], [f"{tag}_dq"], name=f"{tag}_DQ")
-        before.setdefault(anchor, []).extend([q, dq])
-        dequantized[f"{tag}_dq"] = tensor
-        return f"{tag}_dq"
-
-    dequantized: dict[str, str] = {}  # dequantized name -> float tensor it stands for
-    shared: dict[str, str] = {}  # float tensor -> its one dequantized twin (all consumers read it)
+    writer = _PairWriter(out.graph, thresholds, placement)
+    targets = writer.quantizable(plan(out, target), set(keep_float))
     # Outputs first (cpu): every consumer reads the dequantized value, so DQ -> op -> Q units fuse.
     if placement.output_qdq:
-        for t in targets:
-            users = consumers.get(t.output, [])
-            if t.output in graph_outputs or t.output in shared or not users:
-                continue
-            dq = shared[t.output] = qdq(t.output, users[0].name)
-            for user in users:
-                for k, name in enumerate(user.input):
-                    if name == t.output:
-                        user.input[k] = dq
-    producer = {o: n for n in graph.node for o in n.output}
-
-    def quantize_input(node: onnx.NodeProto, i: int, ref: str) -> None:
-        """One Q/DQ pair on input ``i`` of ``node`` with ``ref``'s scale; pushed up through int8 data movement."""
-        src = node.input[i]
-        if src in dequantized:
-            return  # already the dequantized output of a quantized producer
-        up = producer.get(src)
-        if up is not None and len(consumers.get(src, [])) == 1 and src not in graph_outputs:
-            for j in _movement_inputs(up, placement):
-                quantize_input(up, j, ref)
-        node.input[i] = qdq(src, node.name, ref)
-
+        writer.pair_outputs(targets)
+    consts = constants(out)
     for t in targets:
-        node = by_name[t.node]
-        for i in t.activations:
-            src = node.input[i]
-            if src in dequantized:
-                continue  # already the dequantized output of a quantized producer
-            if placement.single_use:
-                quantize_input(node, i, src)
-            else:
-                if src not in shared:
-                    shared[src] = qdq(src, node.name)
-                node.input[i] = shared[src]
+        writer.pair_activations(t)
         if t.weight is not None:
-            w = consts[node.input[t.weight]]
-            wq, ws = _quantize_weight(w, t.axis, placement.weight_max)
-            base = f"{node.name}_w"
-            new_inits += [numpy_helper.from_array(wq, f"{base}_int8"), numpy_helper.from_array(ws, f"{base}_scale"),
-                          numpy_helper.from_array(np.zeros(ws.shape, np.int8), f"{base}_zero")]
-            before.setdefault(node.name, []).append(helper.make_node(
-                "DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zero"], [f"{base}_dq"],
-                name=f"{base}_DQ", axis=t.axis))
-            node.input[t.weight] = f"{base}_dq"
-            bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-            if placement.int32_bias and bias is not None and bias in consts:
-                b = consts[bias].astype(np.float64)
-                bscale = ws.astype(np.float64) * scale_of(dequantized[node.input[0]])
-                if b.shape == bscale.shape:
-                    bq = np.clip(np.round(b / bscale), -(2**31) + 1, 2**31 - 1).astype(np.int32)
-                    bname = f"{node.name}_b"
-                    new_inits += [numpy_helper.from_array(bq, f"{bname}_int32"),
-                                  numpy_helper.from_array(bscale.astype(np.float32), f"{bname}_scale"),
-                                  numpy_helper.from_array(np.zeros(bq.shape, np.int32), f"{bname}_zero")]
-                    before[node.name].append(helper.make_node(
-                        "DequantizeLinear", [f"{bname}_int32", f"{bname}_scale", f"{bname}_zero"], [f"{bname}_dq"],
-                        name=f"{bname}_DQ", axis=0))
-                    node.input[2] = f"{bname}_dq"
-
-    nodes: list[onnx.NodeProto] = []
-    for node in graph.node:
-        nodes.extend(before.get(node.name, []))
-        nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(_topological(nodes, {i.name for i in graph.input} | {i.name for i in graph.initializer}
-                                   | {i.name for i in new_inits}))
-    graph.initializer.extend(new_inits)
-    _drop_unused_constants(graph)
+            writer.quantize_weight_and_bias(t, consts)
+    writer.splice()
+    _drop_unused_constants(out.graph)
     if placement.int8_add:
         out, _ = int8_residual_add(out, thresholds)
     if placement.int8_gelu:
         out, _ = int8_gelu(out)
     return out
+
+
+class _PairWriter:
+    """The Q/DQ pairs and int8 initializers of one quantize() call, collected on one walk and spliced in at the end."""
+
+    ZERO = "scaseg_qdq_zero_int8"
+
+    def __init__(self, graph: onnx.GraphProto, thresholds: dict[str, float], placement: Placement) -> None:
+        self.graph, self.thresholds, self.placement = graph, thresholds, placement
+        self.by_name = {n.name: n for n in graph.node}
+        # Consumers as the graph was before any pair: the fan-out rules ask about the float graph.
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for i in node.input:
+                self.consumers.setdefault(i, []).append(node)
+        self.producer = {o: n for n in graph.node for o in n.output}
+        self.graph_outputs = {o.name for o in graph.output}
+        self.new_inits: list[TensorProto] = [numpy_helper.from_array(np.array(0, dtype=np.int8), self.ZERO)]
+        self.before: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to insert before it
+        self.scales: set[str] = set()
+        self.pairs: dict[str, int] = {}
+        self.dequantized: dict[str, str] = {}  # dequantized name -> float tensor it stands for
+        self.shared: dict[str, str] = {}  # float tensor -> its one dequantized twin (all consumers read it)
+
+    def quantizable(self, planned: list[_Target], keep: set[str]) -> list[_Target]:
+        """The planned ops not kept float whose activations (and outputs, where paired) all have a threshold."""
+        targets = [
+            t for t in planned
+            if t.node not in keep
+            and all(self.by_name[t.node].input[i] in self.thresholds for i in t.activations)
+            and (not self.placement.output_qdq or t.output in self.thresholds)
+        ]
+        if self.placement.single_use:
+            targets = [t for t in targets
+                       if t.output not in self.graph_outputs and len(self.consumers.get(t.output, [])) == 1]
+        return targets
+
+    def scale_of(self, tensor: str) -> float:
+        return float(self.thresholds[tensor]) / 127.0
+
+    def qdq(self, tensor: str, anchor: str, ref: Optional[str] = None) -> str:
+        """Q then DQ of ``tensor`` (with ``ref``'s scale, default its own) just before node ``anchor``; returns the
+        dequantized name."""
+        single_use = self.placement.single_use
+        k = self.pairs[tensor] = self.pairs.get(tensor, -1) + 1
+        tag = f"{tensor}_{k}" if k else tensor
+        scale = f"{tag}_scale" if single_use else f"{tensor}_scale"
+        if scale not in self.scales:
+            self.scales.add(scale)
+            value = np.float32(self.scale_of(ref or tensor))
+            for _ in range(k if single_use else 0):
+                value = np.nextafter(value, np.float32(np.inf))  # 1 ulp apart: ORT would merge equal Q nodes
+            self.new_inits.append(numpy_helper.from_array(np.array(value, dtype=np.float32), scale))
+        zero = self.ZERO
+        q = helper.make_node("QuantizeLinear", [tensor, scale, zero], [f"{tag}_q"], name=f"{tag}_Q")
+        dq = helper.make_node("DequantizeLinear", [f"{tag}_q", scale, zero], [f"{tag}_dq"], name=f"{tag}_DQ")
+        self.before.setdefault(anchor, []).extend([q, dq])
+        self.dequantized[f"{tag}_dq"] = tensor
+        return f"{tag}_dq"
+
+    def pair_outputs(self, targets: list[_Target]) -> None:
+        """One shared pair on each quantized op's output, read by all its consumers."""
+        for t in targets:
+            users = self.consumers.get(t.output, [])
+            if t.output in self.graph_outputs or t.output in self.shared or not users:
+                continue
+            dq = self.shared[t.output] = self.qdq(t.output, users[0].name)
+            for user in users:
+                for k, name in enumerate(user.input):
+                    if name == t.output:
+                        user.input[k] = dq
+
+    def pair_activations(self, t: _Target) -> None:
+        """Pairs on the activation inputs of ``t``'s op (one per consumer where single_use, else one shared)."""
+        node = self.by_name[t.node]
+        for i in t.activations:
+            src = node.input[i]
+            if src in self.dequantized:
+                continue  # already the dequantized output of a quantized producer
+            if self.placement.single_use:
+                self.pair_input(node, i, src)
+            else:
+                if src not in self.shared:
+                    self.shared[src] = self.qdq(src, node.name)
+                node.input[i] = self.shared[src]
+
+    def pair_input(self, node: onnx.NodeProto, i: int, ref: str) -> None:
+        """One Q/DQ pair on input ``i`` of ``node`` with ``ref``'s scale; pushed up through int8 data movement."""
+        src = node.input[i]
+        if src in self.dequantized:
+            return  # already the dequantized output of a quantized producer
+        up = self.producer.get(src)
+        if up is not None and len(self.consumers.get(src, [])) == 1 and src not in self.graph_outputs:
+            for j in _movement_inputs(up, self.placement):
+                self.pair_input(up, j, ref)
+        node.input[i] = self.qdq(src, node.name, ref)
+
+    def quantize_weight_and_bias(self, t: _Target, consts: dict[str, np.ndarray]) -> None:
+        """The weight as int8 per output channel + DQ; the bias as int32 + DQ where the placement asks for it."""
+        assert t.weight is not None
+        node = self.by_name[t.node]
+        wq, ws = _quantize_weight(consts[node.input[t.weight]], t.axis, self.placement.weight_max)
+        base = f"{node.name}_w"
+        self.new_inits += [numpy_helper.from_array(wq, f"{base}_int8"), numpy_helper.from_array(ws, f"{base}_scale"),
+                           numpy_helper.from_array(np.zeros(ws.shape, np.int8), f"{base}_zero")]
+        self.before.setdefault(node.name, []).append(helper.make_node(
+            "DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zero"], [f"{base}_dq"],
+            name=f"{base}_DQ", axis=t.axis))
+        node.input[t.weight] = f"{base}_dq"
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if not (self.placement.int32_bias and bias is not None and bias in consts):
+            return
+        b = consts[bias].astype(np.float64)
+        bscale = ws.astype(np.float64) * self.scale_of(self.dequantized[node.input[0]])
+        if b.shape != bscale.shape:
+            return
+        bq = np.clip(np.round(b / bscale), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+        bname = f"{node.name}_b"
+        self.new_inits += [numpy_helper.from_array(bq, f"{bname}_int32"),
+                           numpy_helper.from_array(bscale.astype(np.float32), f"{bname}_scale"),
+                           numpy_helper.from_array(np.zeros(bq.shape, np.int32), f"{bname}_zero")]
+        self.before[node.name].append(helper.make_node(
+            "DequantizeLinear", [f"{bname}_int32", f"{bname}_scale", f"{bname}_zero"], [f"{bname}_dq"],
+            name=f"{bname}_DQ", axis=0))
+        node.input[2] = f"{bname}_dq"
+
+    def splice(self) -> None:
+        """Insert the collected nodes before their anchors, in topological order, and add the new initializers."""
+        graph = self.graph
+        nodes: list[onnx.NodeProto] = []
+        for node in graph.node:
+            nodes.extend(self.before.get(node.name, []))
+            nodes.append(node)
+        del graph.node[:]
+        graph.node.extend(_topological(nodes, {i.name for i in graph.input} | {i.name for i in graph.initializer}
+                                       | {i.name for i in self.new_inits}))
+        graph.initializer.extend(self.new_inits)
 
 
 def _movement_inputs(node: onnx.NodeProto, placement: Placement) -> list[int]:
