@@ -11,7 +11,8 @@ The rewrites of the placed Q/DQ graph are in int8_rewrite.py.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import numpy as np
 import onnx
@@ -26,6 +27,39 @@ def _scalar(consts: dict[str, np.ndarray], name: str, value: float) -> bool:
     return v is not None and v.size == 1 and abs(float(v.reshape(-1)[0]) - value) < _TOL
 
 
+class _Readers:
+    """Who writes and who reads each tensor of a graph (as it was when indexed), and the graph's outputs."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.nodes = list(graph.node)
+        self.producer = {o: n for n in self.nodes for o in n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.nodes:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.outputs = {o.name for o in graph.output}
+
+    def only(self, tensor: str, op_type: str) -> Optional[onnx.NodeProto]:
+        """The one node reading ``tensor`` if it is an ``op_type`` (and ``tensor`` no graph output)."""
+        users = self.consumers.get(tensor, [])
+        ok = len(users) == 1 and tensor not in self.outputs and users[0].op_type == op_type
+        return users[0] if ok else None
+
+
+def _splice(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], before: dict[int, list[onnx.NodeProto]],
+            dropped: set[int], new_inits: list[onnx.TensorProto]) -> None:
+    """Rewrite ``graph``'s nodes: ``before[id(node)]`` inserted ahead of each node, nodes whose id is in ``dropped``
+    left out, ``new_inits`` added."""
+    kept: list[onnx.NodeProto] = []
+    for node in nodes:
+        kept.extend(before.get(id(node), []))
+        if id(node) not in dropped:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(new_inits)
+
+
 def fuse_gelu(model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, tuple[str, float]]]:
     """Return a copy of ``model`` with every erf-GELU as one Gelu node, and the tensors whose meaning changed.
 
@@ -35,79 +69,80 @@ def fuse_gelu(model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> tuple[on
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    graph = out.graph
-    nodes = list(graph.node)
-    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
-    consumers: dict[str, list[int]] = {}
-    for i, node in enumerate(nodes):
-        for name in node.input:
-            consumers.setdefault(name, []).append(i)
-    outputs = {o.name for o in graph.output}
-
-    def only_user(tensor: str, op_type: str) -> Optional[int]:
-        """The one node reading ``tensor`` if it is an ``op_type`` (and ``tensor`` no graph output)."""
-        users = consumers.get(tensor, [])
-        ok = len(users) == 1 and tensor not in outputs and nodes[users[0]].op_type == op_type
-        return users[0] if ok else None
-
-    replaced: dict[int, onnx.NodeProto] = {}  # index of a pattern's first node (Div) -> its Gelu
+    readers = _Readers(out.graph)
+    replaced: dict[int, list[onnx.NodeProto]] = {}  # id of a pattern's first node (Div) -> [its Gelu]
     dropped: set[int] = set()
     renamed: dict[str, tuple[str, float]] = {}
     new_inits: list[onnx.TensorProto] = []
     doubled: set[str] = set()
-    for e, erf in enumerate(nodes):
-        if erf.op_type != "Erf" or erf.input[0] not in producer:
+    for erf in readers.nodes:
+        match = _match_erf_gelu(erf, consts, readers)
+        if match is None:
             continue
-        d = producer[erf.input[0]]
-        div = nodes[d]
-        if div.op_type != "Div" or not _scalar(consts, div.input[1], math.sqrt(2.0)) or only_user(div.output[0], "Erf") != e:
-            continue
-        x = div.input[0]
-        a = only_user(erf.output[0], "Add")
-        if a is None or not any(_scalar(consts, i, 1.0) for i in nodes[a].input):
-            continue
-        m = only_user(nodes[a].output[0], "Mul")
-        if m is None or x not in nodes[m].input:
-            continue
-        mul = nodes[m]
-        pattern = [d, e, a, m]
-        h = only_user(mul.output[0], "Mul")
-        if h is not None and any(_scalar(consts, i, 0.5) for i in nodes[h].input):
-            result = nodes[h].output[0]
-            pattern.append(h)
+        x, pattern, half = match
+        mul = pattern[-1]
+        if half is not None:
+            result = half.output[0]
+            pattern.append(half)
         else:
-            users = [nodes[u] for u in consumers.get(mul.output[0], [])]
-            # 0.5 folded away: the users see 2 * GELU(x). Doubling their weights keeps every output exact.
-            if not users or mul.output[0] in outputs or not all(
-                    u.op_type == "Conv" and u.input[0] == mul.output[0] and u.input[1] in consts
-                    and consts[u.input[1]].dtype == np.float32 for u in users):
+            folded = _double_conv_readers(mul, consts, readers, new_inits, doubled)
+            if folded is None:
                 continue
-            result = f"{mul.output[0]}_gelu"
+            result = folded
             renamed[result] = (mul.output[0], 0.5)
-            for u in users:
-                name = f"{u.input[1]}_x2"
-                if name not in doubled:
-                    doubled.add(name)
-                    new_inits.append(numpy_helper.from_array(consts[u.input[1]] * np.float32(2.0), name))
-                u.input[1] = name
-                u.input[0] = result
-        replaced[d] = helper.make_node("Gelu", [x], [result], name=f"{mul.name}_gelu", domain=MS_DOMAIN)
-        dropped.update(pattern)
+        replaced[id(pattern[0])] = [helper.make_node("Gelu", [x], [result], name=f"{mul.name}_gelu", domain=MS_DOMAIN)]
+        dropped.update(id(n) for n in pattern)
 
     if not replaced:
         return out, {}
-    kept = []
-    for i, node in enumerate(nodes):
-        if i in replaced:
-            kept.append(replaced[i])
-        if i not in dropped:
-            kept.append(node)
-    del graph.node[:]
-    graph.node.extend(kept)
-    graph.initializer.extend(new_inits)
+    _splice(out.graph, readers.nodes, replaced, dropped, new_inits)
     if not any(op.domain == MS_DOMAIN for op in out.opset_import):
         out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return out, renamed
+
+
+def _match_erf_gelu(erf: onnx.NodeProto, consts: dict[str, np.ndarray], readers: _Readers
+                    ) -> Optional[tuple[str, list[onnx.NodeProto], Optional[onnx.NodeProto]]]:
+    """``x * (1 + erf(x / sqrt2))`` around ``erf``, each step read only by the next: (x, [Div, Erf, Add, Mul], the
+    ``* 0.5`` Mul after them or None where it was folded away), or None where ``erf`` is not such a pattern."""
+    if erf.op_type != "Erf" or erf.input[0] not in readers.producer:
+        return None
+    div = readers.producer[erf.input[0]]
+    if (div.op_type != "Div" or not _scalar(consts, div.input[1], math.sqrt(2.0))
+            or readers.only(div.output[0], "Erf") is not erf):
+        return None
+    x = div.input[0]
+    add = readers.only(erf.output[0], "Add")
+    if add is None or not any(_scalar(consts, i, 1.0) for i in add.input):
+        return None
+    mul = readers.only(add.output[0], "Mul")
+    if mul is None or x not in mul.input:
+        return None
+    half = readers.only(mul.output[0], "Mul")
+    if half is None or not any(_scalar(consts, i, 0.5) for i in half.input):
+        half = None
+    return x, [div, erf, add, mul], half
+
+
+def _double_conv_readers(mul: onnx.NodeProto, consts: dict[str, np.ndarray], readers: _Readers,
+                         new_inits: list[onnx.TensorProto], doubled: set[str]) -> Optional[str]:
+    """With the 0.5 folded away the readers of ``mul`` see 2 * GELU(x): double their weights (every output stays
+    exact) and make them read the Gelu's new output, whose name is returned; None where a reader is not a float
+    Conv reading it as data."""
+    users = readers.consumers.get(mul.output[0], [])
+    if not users or mul.output[0] in readers.outputs or not all(
+            u.op_type == "Conv" and u.input[0] == mul.output[0] and u.input[1] in consts
+            and consts[u.input[1]].dtype == np.float32 for u in users):
+        return None
+    result = f"{mul.output[0]}_gelu"
+    for u in users:
+        name = f"{u.input[1]}_x2"
+        if name not in doubled:
+            doubled.add(name)
+            new_inits.append(numpy_helper.from_array(consts[u.input[1]] * np.float32(2.0), name))
+        u.input[1] = name
+        u.input[0] = result
+    return result
 
 
 def _bn_affine(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> Optional[tuple[np.ndarray, np.ndarray]]:
@@ -143,108 +178,122 @@ def fold_batchnorm(model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> onn
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    graph = out.graph
-    nodes = list(graph.node)
-    producer = {o: n for n in nodes for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in nodes:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
-
-    def only(tensor: str, op_type: str) -> Optional[onnx.NodeProto]:
-        users = consumers.get(tensor, [])
-        ok = len(users) == 1 and tensor not in outputs and users[0].op_type == op_type
-        return users[0] if ok else None
-
-    def per_channel(v: Optional[np.ndarray], c: int) -> Optional[np.ndarray]:
-        if v is None or v.dtype != np.float32 or v.size not in (1, c) or (v.size == c and v.reshape(-1).shape[0] != c):
-            return None
-        if v.size == c and v.ndim >= 3 and v.shape[-2:] != (1, 1):
-            return None
-        return np.broadcast_to(v.reshape(-1).astype(np.float64), (c,))
-
-    new_inits: list[onnx.TensorProto] = []
-    dropped: set[int] = set()
-    edits: list[tuple[onnx.NodeProto, int, str]] = []  # (node, input index, new input)
-    extra: dict[int, list[onnx.NodeProto]] = {}  # id of a node -> nodes to insert before it
-
-    def init(name: str, value: np.ndarray) -> str:
-        new_inits.append(numpy_helper.from_array(value.astype(np.float32), name))
-        return name
-
-    for bn in nodes:
-        if bn.op_type != "BatchNormalization" or bn.output[0] in outputs:
+    readers = _Readers(out.graph)
+    fold = _BatchNormFold(consts)
+    for bn in readers.nodes:
+        if bn.op_type != "BatchNormalization" or bn.output[0] in readers.outputs:
             continue
         affine = _bn_affine(bn, consts)
         if affine is None:
             continue
-        a, b = affine
-        x, y = bn.input[0], bn.output[0]
-        plan: list[tuple[str, tuple]] = []
-        for user in consumers.get(y, []):
-            if _pointwise_conv(user, consts) and user.input[0] == y and consts[user.input[1]].shape[1] == a.size:
-                plan.append(("conv", (user,)))
-                continue
-            # Residual: Add(BN(x), P) -> Mul(., ls) -> Add(x, .), P a 1x1 Conv read only by that Add.
-            other = [i for i in user.input if i != y]
-            p = producer.get(other[0]) if user.op_type == "Add" and len(other) == 1 else None
-            mul = only(user.output[0], "Mul") if p is not None else None
-            if (p is None or mul is None or not _pointwise_conv(p, consts) or only(p.output[0], "Add") is not user):
-                break
-            ls = per_channel(consts.get(next((i for i in mul.input if i != user.output[0]), "")), a.size)
-            res = consumers.get(mul.output[0], [])
-            if ls is None or len(res) != 1 or res[0].op_type != "Add" or mul.output[0] in outputs or x not in res[0].input:
-                break
-            plan.append(("residual", (user, p, mul, res[0], ls)))
-        else:
-            if not plan:
-                continue
-            for kind, parts in plan:
-                if kind == "conv":
-                    (conv,) = parts
-                    w = consts[conv.input[1]].astype(np.float64)
-                    bias = consts[conv.input[2]].astype(np.float64) if len(conv.input) > 2 and conv.input[2] else 0.0
-                    tag = f"{conv.name or conv.output[0]}_bnfold"
-                    new_w = init(f"{tag}_w", w * a[None, :, None, None])
-                    new_b = init(f"{tag}_b", bias + w[:, :, 0, 0] @ b)
-                    edits += [(conv, 0, x), (conv, 1, new_w)]
-                    if len(conv.input) > 2:
-                        edits.append((conv, 2, new_b))
-                    else:
-                        conv.input.append(new_b)
-                    continue
-                add, p, mul, res, ls = parts
-                w = consts[p.input[1]].astype(np.float64)
-                bias = consts[p.input[2]].astype(np.float64) if len(p.input) > 2 and p.input[2] else 0.0
-                tag = f"{p.name or p.output[0]}_bnfold"
-                new_w = init(f"{tag}_w", w * ls[:, None, None, None])
-                new_b = init(f"{tag}_b", (bias + b) * ls)
-                edits.append((p, 1, new_w))
-                if len(p.input) > 2:
-                    edits.append((p, 2, new_b))
-                else:
-                    p.input.append(new_b)
-                gain = init(f"{tag}_gain", (1.0 + ls * a).reshape(1, -1, 1, 1))
-                scaled = f"{tag}_x"
-                extra.setdefault(id(res), []).append(
-                    helper.make_node("Mul", [x, gain], [scaled], name=f"{res.name or res.output[0]}_bnfold_mul"))
-                k = list(res.input).index(x)
-                edits.append((res, k, scaled))
-                edits.append((res, 1 - k, p.output[0]))
-                dropped.update({id(add), id(mul)})
-            dropped.add(id(bn))
+        readers_plan = _plan_bn_readers(bn, affine[0].size, consts, readers)
+        if not readers_plan:
+            continue
+        for reader in readers_plan:
+            if isinstance(reader, _ResidualReader):
+                fold.into_residual(reader, bn.input[0], affine)
+            else:
+                fold.into_conv(reader, bn.input[0], affine)
+        fold.dropped.add(id(bn))
 
-    if not dropped:
+    if not fold.dropped:
         return out
-    for node, i, name in edits:
+    for node, i, name in fold.edits:
         node.input[i] = name
-    kept: list[onnx.NodeProto] = []
-    for node in nodes:
-        kept.extend(extra.get(id(node), []))
-        if id(node) not in dropped:
-            kept.append(node)
-    del graph.node[:]
-    graph.node.extend(kept)
-    graph.initializer.extend(new_inits)
+    _splice(out.graph, readers.nodes, fold.extra, fold.dropped, fold.new_inits)
     return out
+
+
+@dataclass(frozen=True)
+class _ResidualReader:
+    """Add(BN(x), P) -> Mul(., ls) -> Add(x, .), with P a 1x1 Conv read only by that Add."""
+
+    add: onnx.NodeProto
+    conv: onnx.NodeProto
+    mul: onnx.NodeProto
+    residual: onnx.NodeProto
+    ls: np.ndarray
+
+
+def _per_channel(v: Optional[np.ndarray], c: int) -> Optional[np.ndarray]:
+    """``v`` as ``c`` float64 values (a float32 scalar or one per channel), or None when it is not such a tensor."""
+    if v is None or v.dtype != np.float32 or v.size not in (1, c) or (v.size == c and v.reshape(-1).shape[0] != c):
+        return None
+    if v.size == c and v.ndim >= 3 and v.shape[-2:] != (1, 1):
+        return None
+    return np.broadcast_to(v.reshape(-1).astype(np.float64), (c,))
+
+
+def _plan_bn_readers(bn: onnx.NodeProto, channels: int, consts: dict[str, np.ndarray], readers: _Readers
+                     ) -> Optional[list[Union[onnx.NodeProto, _ResidualReader]]]:
+    """Every reader of ``bn``'s output as a 1x1 Conv (the node) or a residual (its parts); None if one is neither."""
+    x, y = bn.input[0], bn.output[0]
+    plan: list[Union[onnx.NodeProto, _ResidualReader]] = []
+    for user in readers.consumers.get(y, []):
+        if _pointwise_conv(user, consts) and user.input[0] == y and consts[user.input[1]].shape[1] == channels:
+            plan.append(user)
+            continue
+        other = [i for i in user.input if i != y]
+        p = readers.producer.get(other[0]) if user.op_type == "Add" and len(other) == 1 else None
+        mul = readers.only(user.output[0], "Mul") if p is not None else None
+        if p is None or mul is None or not _pointwise_conv(p, consts) or readers.only(p.output[0], "Add") is not user:
+            return None
+        ls = _per_channel(consts.get(next((i for i in mul.input if i != user.output[0]), "")), channels)
+        res = readers.consumers.get(mul.output[0], [])
+        if ls is None or len(res) != 1 or res[0].op_type != "Add" or mul.output[0] in readers.outputs or x not in res[0].input:
+            return None
+        plan.append(_ResidualReader(user, p, mul, res[0], ls))
+    return plan
+
+
+class _BatchNormFold:
+    """The edits of fold_batchnorm, collected first and applied once every BatchNorm was planned."""
+
+    def __init__(self, consts: dict[str, np.ndarray]) -> None:
+        self.consts = consts
+        self.new_inits: list[onnx.TensorProto] = []
+        self.dropped: set[int] = set()
+        self.edits: list[tuple[onnx.NodeProto, int, str]] = []  # (node, input index, new input)
+        self.extra: dict[int, list[onnx.NodeProto]] = {}  # id of a node -> nodes to insert before it
+
+    def init(self, name: str, value: np.ndarray) -> str:
+        self.new_inits.append(numpy_helper.from_array(value.astype(np.float32), name))
+        return name
+
+    def _weights(self, conv: onnx.NodeProto) -> tuple[np.ndarray, Union[np.ndarray, float], str]:
+        w = self.consts[conv.input[1]].astype(np.float64)
+        bias = self.consts[conv.input[2]].astype(np.float64) if len(conv.input) > 2 and conv.input[2] else 0.0
+        return w, bias, f"{conv.name or conv.output[0]}_bnfold"
+
+    def _set_bias(self, conv: onnx.NodeProto, new_b: str) -> None:
+        if len(conv.input) > 2:
+            self.edits.append((conv, 2, new_b))
+        else:
+            conv.input.append(new_b)
+
+    def into_conv(self, conv: onnx.NodeProto, x: str, affine: tuple[np.ndarray, np.ndarray]) -> None:
+        """A 1x1 Conv reading BN(x) reads x, with weights ``W a`` and bias ``bias + W b``."""
+        a, b = affine
+        w, bias, tag = self._weights(conv)
+        new_w = self.init(f"{tag}_w", w * a[None, :, None, None])
+        new_b = self.init(f"{tag}_b", bias + w[:, :, 0, 0] @ b)
+        self.edits += [(conv, 0, x), (conv, 1, new_w)]
+        self._set_bias(conv, new_b)
+
+    def into_residual(self, reader: _ResidualReader, x: str, affine: tuple[np.ndarray, np.ndarray]) -> None:
+        """``x + ls * (BN(x) + P)`` becomes ``(1 + ls a) x + P'`` with ``ls`` and ``ls b`` folded into P."""
+        a, b = affine
+        p, res, ls = reader.conv, reader.residual, reader.ls
+        w, bias, tag = self._weights(p)
+        new_w = self.init(f"{tag}_w", w * ls[:, None, None, None])
+        new_b = self.init(f"{tag}_b", (bias + b) * ls)
+        self.edits.append((p, 1, new_w))
+        self._set_bias(p, new_b)
+        gain = self.init(f"{tag}_gain", (1.0 + ls * a).reshape(1, -1, 1, 1))
+        scaled = f"{tag}_x"
+        self.extra.setdefault(id(res), []).append(
+            helper.make_node("Mul", [x, gain], [scaled], name=f"{res.name or res.output[0]}_bnfold_mul"))
+        k = list(res.input).index(x)
+        self.edits.append((res, k, scaled))
+        self.edits.append((res, 1 - k, p.output[0]))
+        self.dropped.update({id(reader.add), id(reader.mul)})
