@@ -7,15 +7,16 @@ around an op without an int8 kernel is pure overhead), so it is a per-target ``P
 - ``cpu``: ONNX Runtime fuses DQ -> Conv/MatMul/Gemm -> Q into QLinearConv / QLinearMatMul / QGemm (uint8, NHWC,
   transposes at every float/int8 border). So outputs of quantized ops are quantized too (a Conv -> Conv chain
   stays int8), biases are int32, and only ops that keep such chains long are quantized: dense and 1x1 and 3x3
-  depthwise convolutions, Linear layers. rewrite.py first fuses the erf-GELU into one node and folds the pre-norm
-  BatchNorms (exact); int8_rewrite.py, once the pairs are placed, runs GELUs and residual Adds in int8 too.
+  depthwise convolutions, Linear layers. float_graph_rewrite.py first fuses the erf-GELU into one node and folds
+  the pre-norm BatchNorms (exact); qdq_graph_rewrite.py, once the pairs are placed, runs GELUs and residual Adds in
+  int8 too.
   Every choice was measured (docs/precision.md, benchmarks/bench_int8_cpu.py). The file is for ONNX Runtime.
 - ``tensorrt``: TensorRT's explicit-quantization rules: Q/DQ on the inputs of Conv/MatMul/Gemm only (TensorRT
   fuses the pair into the op and decides output precision itself), weights per output channel (Conv axis 0),
   biases left float (TensorRT quantizes them itself).
 
 Over 400 lines: the placement rules, the planning and the writing of the pairs share one Placement and one walk
-of the graph; the graph rewrites before and after them live in rewrite.py and int8_rewrite.py.
+of the graph; the graph rewrites before and after them live in float_graph_rewrite.py and qdq_graph_rewrite.py.
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from scaseg.calibration.int8_rewrite import int8_gelu, int8_residual_add
-from scaseg.calibration.rewrite import fold_batchnorm, fuse_gelu
+from scaseg.calibration.float_graph_rewrite import fold_batchnorm, fuse_gelu
+from scaseg.calibration.qdq_graph_rewrite import int8_gelu, int8_residual_add
 
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 
@@ -52,13 +53,13 @@ class Placement:
     # Depthwise kernel sizes quantized (None: all). On ORT CPU int8 depthwise pays only inside a chain (MLP 3x3).
     depthwise_kernels: Optional[tuple[tuple[int, int], ...]] = None
     # The erf-GELU as one com.microsoft.Gelu (ORT only); once placed, as int8 QLinearSigmoid + QLinearMul; and
-    # residual Adds after an int8 op as QLinearAdd (int8_rewrite.py).
+    # residual Adds after an int8 op as QLinearAdd (qdq_graph_rewrite.py).
     fuse_gelu: bool = False
     int8_gelu: bool = False
     int8_add: bool = False
     # Data-movement ops that an input pair is pushed up through (single_use only), with the input's scale.
     int8_movement: tuple[str, ...] = ()
-    # Fold the pre-norm BatchNorms into the 1x1 convs and residuals around them first (rewrite.py, exact).
+    # Fold the pre-norm BatchNorms into the 1x1 convs and residuals around them first (float_graph_rewrite.py, exact).
     fold_bn: bool = False
     # Largest |int8 weight|. ORT CPU's u8 x s8 kernels on x86 without VNNI (AVX2) add u8*s8 pairs in int16, which
     # saturates near +-127 (a per-channel QLinearConv was 0.69 off its own Q/DQ graph); 63 (7 bits) cannot.
@@ -440,7 +441,7 @@ def quantized_nodes(model: onnx.ModelProto) -> set[str]:
 
 def count_quantized(model: onnx.ModelProto) -> dict[str, int]:
     """Op type -> how many Conv/MatMul/Gemm nodes have a dequantized weight (or second operand) and input; "Gelu"
-    and "Add" -> how many GELUs (a Sigmoid) and Adds sit between DQs and a Q (int8_rewrite.py)."""
+    and "Add" -> how many GELUs (a Sigmoid) and Adds sit between DQs and a Q (qdq_graph_rewrite.py)."""
     dq_out = _dequantized_outputs(model)
     q_in = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
     quantized = quantized_nodes(model)

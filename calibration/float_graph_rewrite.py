@@ -6,7 +6,7 @@ and cannot keep an int8 output on ONNX Runtime CPU (see int8.Placement.single_us
 the tensor instead of one. ``fuse_gelu`` replaces the pattern by ONNX Runtime's one-node ``com.microsoft.Gelu``.
 The result runs on ONNX Runtime only, which is what the ``cpu`` placement is for (TensorRT fuses the pattern itself).
 ``fold_batchnorm`` folds MSCAN's pre-norm BatchNorms into the 1x1 convolutions and residuals around them (exact).
-The rewrites of the placed Q/DQ graph are in int8_rewrite.py.
+The rewrites of the placed Q/DQ graph are in qdq_graph_rewrite.py.
 """
 from __future__ import annotations
 
@@ -90,7 +90,8 @@ def fuse_gelu(model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> tuple[on
                 continue
             result = folded
             renamed[result] = (mul.output[0], 0.5)
-        replaced[id(pattern[0])] = [helper.make_node("Gelu", [x], [result], name=f"{mul.name}_gelu", domain=MS_DOMAIN)]
+        gelu = helper.make_node("Gelu", [x], [result], name=f"{mul.name}_gelu", domain=MS_DOMAIN)
+        replaced[id(pattern[0])] = [gelu]
         dropped.update(id(n) for n in pattern)
 
     if not replaced:
@@ -240,7 +241,8 @@ def _plan_bn_readers(bn: onnx.NodeProto, channels: int, consts: dict[str, np.nda
             return None
         ls = _per_channel(consts.get(next((i for i in mul.input if i != user.output[0]), "")), channels)
         res = readers.consumers.get(mul.output[0], [])
-        if ls is None or len(res) != 1 or res[0].op_type != "Add" or mul.output[0] in readers.outputs or x not in res[0].input:
+        if (ls is None or len(res) != 1 or res[0].op_type != "Add" or mul.output[0] in readers.outputs
+                or x not in res[0].input):
             return None
         plan.append(_ResidualReader(user, p, mul, res[0], ls))
     return plan
