@@ -246,19 +246,18 @@ def quantize(
 class _PairWriter:
     """The Q/DQ pairs and int8 initializers of one quantize() call, collected on one walk and spliced in at the end."""
 
-    ZERO = "scaseg_qdq_zero_int8"
-
     def __init__(self, graph: onnx.GraphProto, thresholds: dict[str, float], placement: Placement) -> None:
         self.graph, self.thresholds, self.placement = graph, thresholds, placement
         self.by_name = {n.name: n for n in graph.node}
+        self.producer = {o: n for n in graph.node for o in n.output}
         # Consumers as the graph was before any pair: the fan-out rules ask about the float graph.
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in graph.node:
             for i in node.input:
                 self.consumers.setdefault(i, []).append(node)
-        self.producer = {o: n for n in graph.node for o in n.output}
         self.graph_outputs = {o.name for o in graph.output}
-        self.new_inits: list[TensorProto] = [numpy_helper.from_array(np.array(0, dtype=np.int8), self.ZERO)]
+        self.zero = "scaseg_qdq_zero_int8"
+        self.new_inits: list[TensorProto] = [numpy_helper.from_array(np.array(0, dtype=np.int8), self.zero)]
         self.before: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to insert before it
         self.scales: set[str] = set()
         self.pairs: dict[str, int] = {}
@@ -279,12 +278,12 @@ class _PairWriter:
         return targets
 
     def scale_of(self, tensor: str) -> float:
-        return float(self.thresholds[tensor]) / 127.0
+        return float(self.thresholds[tensor]) / 127.0  # symmetric int8
 
     def qdq(self, tensor: str, anchor: str, ref: Optional[str] = None) -> str:
         """Q then DQ of ``tensor`` (with ``ref``'s scale, default its own) just before node ``anchor``; returns the
         dequantized name."""
-        single_use = self.placement.single_use
+        single_use, zero = self.placement.single_use, self.zero
         k = self.pairs[tensor] = self.pairs.get(tensor, -1) + 1
         tag = f"{tensor}_{k}" if k else tensor
         scale = f"{tag}_scale" if single_use else f"{tensor}_scale"
@@ -294,7 +293,6 @@ class _PairWriter:
             for _ in range(k if single_use else 0):
                 value = np.nextafter(value, np.float32(np.inf))  # 1 ulp apart: ORT would merge equal Q nodes
             self.new_inits.append(numpy_helper.from_array(np.array(value, dtype=np.float32), scale))
-        zero = self.ZERO
         q = helper.make_node("QuantizeLinear", [tensor, scale, zero], [f"{tag}_q"], name=f"{tag}_Q")
         dq = helper.make_node("DequantizeLinear", [f"{tag}_q", scale, zero], [f"{tag}_dq"], name=f"{tag}_DQ")
         self.before.setdefault(anchor, []).extend([q, dq])
@@ -369,11 +367,9 @@ class _PairWriter:
 
     def splice(self) -> None:
         """Insert the collected nodes before their anchors, in topological order, and add the new initializers."""
-        graph = self.graph
-        nodes: list[onnx.NodeProto] = []
+        graph, nodes = self.graph, []
         for node in graph.node:
-            nodes.extend(self.before.get(node.name, []))
-            nodes.append(node)
+            nodes += [*self.before.get(node.name, []), node]
         del graph.node[:]
         graph.node.extend(_topological(nodes, {i.name for i in graph.input} | {i.name for i in graph.initializer}
                                        | {i.name for i in self.new_inits}))
