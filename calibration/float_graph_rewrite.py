@@ -27,7 +27,7 @@ def _scalar(consts: dict[str, np.ndarray], name: str, value: float) -> bool:
     return v is not None and v.size == 1 and abs(float(v.reshape(-1)[0]) - value) < _TOL
 
 
-class _Readers:
+class TensorUses:
     """Who writes and who reads each tensor of a graph (as it was when indexed), and the graph's outputs."""
 
     def __init__(self, graph: onnx.GraphProto) -> None:
@@ -69,7 +69,7 @@ def fuse_gelu(model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> tuple[on
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    readers = _Readers(out.graph)
+    readers = TensorUses(out.graph)
     replaced: dict[int, list[onnx.NodeProto]] = {}  # id of a pattern's first node (Div) -> [its Gelu]
     dropped: set[int] = set()
     renamed: dict[str, tuple[str, float]] = {}
@@ -102,7 +102,7 @@ def fuse_gelu(model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> tuple[on
     return out, renamed
 
 
-def _match_erf_gelu(erf: onnx.NodeProto, consts: dict[str, np.ndarray], readers: _Readers
+def _match_erf_gelu(erf: onnx.NodeProto, consts: dict[str, np.ndarray], readers: TensorUses
                     ) -> Optional[tuple[str, list[onnx.NodeProto], Optional[onnx.NodeProto]]]:
     """``x * (1 + erf(x / sqrt2))`` around ``erf``, each step read only by the next: (x, [Div, Erf, Add, Mul], the
     ``* 0.5`` Mul after them or None where it was folded away), or None where ``erf`` is not such a pattern."""
@@ -125,7 +125,7 @@ def _match_erf_gelu(erf: onnx.NodeProto, consts: dict[str, np.ndarray], readers:
     return x, [div, erf, add, mul], half
 
 
-def _double_conv_readers(mul: onnx.NodeProto, consts: dict[str, np.ndarray], readers: _Readers,
+def _double_conv_readers(mul: onnx.NodeProto, consts: dict[str, np.ndarray], readers: TensorUses,
                          new_inits: list[onnx.TensorProto], doubled: set[str]) -> Optional[str]:
     """With the 0.5 folded away the readers of ``mul`` see 2 * GELU(x): double their weights (every output stays
     exact) and make them read the Gelu's new output, whose name is returned; None where a reader is not a float
@@ -179,7 +179,7 @@ def fold_batchnorm(model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> onn
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    readers = _Readers(out.graph)
+    readers = TensorUses(out.graph)
     fold = _BatchNormFold(consts)
     for bn in readers.nodes:
         if bn.op_type != "BatchNormalization" or bn.output[0] in readers.outputs:
@@ -225,7 +225,7 @@ def _per_channel(v: Optional[np.ndarray], c: int) -> Optional[np.ndarray]:
     return np.broadcast_to(v.reshape(-1).astype(np.float64), (c,))
 
 
-def _plan_bn_readers(bn: onnx.NodeProto, channels: int, consts: dict[str, np.ndarray], readers: _Readers
+def _plan_bn_readers(bn: onnx.NodeProto, channels: int, consts: dict[str, np.ndarray], readers: TensorUses
                      ) -> Optional[list[Union[onnx.NodeProto, _ResidualReader]]]:
     """Every reader of ``bn``'s output as a 1x1 Conv (the node) or a residual (its parts); None if one is neither."""
     x, y = bn.input[0], bn.output[0]

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from scaseg.calibration.float_graph_rewrite import fold_batchnorm, fuse_gelu
+from scaseg.calibration.float_graph_rewrite import TensorUses, fold_batchnorm, fuse_gelu
 from scaseg.calibration.qdq_graph_rewrite import int8_gelu, int8_residual_add
 
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
@@ -249,13 +249,9 @@ class _PairWriter:
     def __init__(self, graph: onnx.GraphProto, thresholds: dict[str, float], placement: Placement) -> None:
         self.graph, self.thresholds, self.placement = graph, thresholds, placement
         self.by_name = {n.name: n for n in graph.node}
-        self.producer = {o: n for n in graph.node for o in n.output}
-        # Consumers as the graph was before any pair: the fan-out rules ask about the float graph.
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in graph.node:
-            for i in node.input:
-                self.consumers.setdefault(i, []).append(node)
-        self.graph_outputs = {o.name for o in graph.output}
+        # Readers as the graph was before any pair: the fan-out rules ask about the float graph.
+        uses = TensorUses(graph)
+        self.producer, self.consumers, self.graph_outputs = uses.producer, uses.consumers, uses.outputs
         self.zero = "scaseg_qdq_zero_int8"
         self.new_inits: list[TensorProto] = [numpy_helper.from_array(np.array(0, dtype=np.int8), self.zero)]
         self.before: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to insert before it
