@@ -1,4 +1,4 @@
-"""TensorRT path: type-checked against tensorrt-stubs, pure rules tested here, GPU round trips behind `gpu`.
+"""TensorRT path: pure rules tested here, GPU round trips behind `gpu` (mypy against tensorrt-stubs: test_typecheck.py).
 
 Nothing in the non-gpu tests imports TensorRT: they cover what can be decided without it (precision plans,
 engine/GPU compatibility, profiles, ONNX preparation for the parser, the plugin's math on numpy, the ctypes CUDA
@@ -6,11 +6,8 @@ path's error handling) and the behaviour when TensorRT is missing (one sentence,
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,10 +28,6 @@ from scaseg.runtime.tensorrt.cuda import CudaRuntime, load_cuda, require_device
 from scaseg.runtime.tensorrt.plugin import strip_attention_into
 from scaseg.runtime.tensorrt.runner import TensorRTBackend, check_input_shape
 
-ROOT = Path(__file__).resolve().parents[1]
-TRT_FILES = ["runtime/tensorrt/builder.py", "runtime/tensorrt/graph.py", "runtime/tensorrt/layers.py",
-             "runtime/tensorrt/profile.py", "runtime/tensorrt/runner.py", "runtime/tensorrt/cuda.py",
-             "runtime/tensorrt/plugin.py", "runtime/tensorrt/compat.py", "runtime/tensorrt/__init__.py"]
 HAS_TRT = bool(trt_compat.installed_flavors())
 
 
@@ -144,75 +137,6 @@ def _side_file(engine: Path, facts: dict, info: ModelInfo | None = None) -> Path
 
 FACTS = {"trt_flavor": "standard", "trt_version": "10.3.0.26", "gpu": "Orin", "compute_capability": [8, 7],
          "precision": "fp16"}
-
-
-# --- type checking against tensorrt-stubs --------------------------------------------------------------------------
-
-
-def _repair_stub(text: str) -> str:
-    """tensorrt-stubs 10.13 does not parse as published: four methods name a parameter ``in`` and add_scale_nd puts
-    a required parameter after defaulted ones. Rename/default those, leave every type as published."""
-    out = []
-    for line in text.splitlines(keepends=True):
-        if line.lstrip().startswith("def "):
-            line = re.sub(r"([(,]\s*)in:", r"\1in_:", line)
-            match = re.match(r"(\s*def \w+\()(.*)(\)\s*->.*)", line, re.S)
-            if match:
-                params, seen = [], False
-                for param in match.group(2).split(", "):
-                    if "=" in param:
-                        seen = True
-                    elif seen and ":" in param and not param.lstrip().startswith("*"):
-                        param += " = ..."
-                    params.append(param)
-                line = match.group(1) + ", ".join(params) + match.group(3)
-        out.append(line)
-    return "".join(out)
-
-
-@pytest.mark.slow
-def test_tensorrt_modules_type_check_against_tensorrt_stubs(tmp_path: Path) -> None:
-    if importlib.util.find_spec("mypy") is None:
-        pytest.skip("mypy is not installed")
-    spec = importlib.util.find_spec("tensorrt_stubs")
-    if spec is None or spec.origin is None:
-        pytest.skip("tensorrt-stubs is not installed (pip install --no-deps tensorrt-stubs)")
-    site = Path(spec.origin).resolve().parents[1]
-    if not (site / "tensorrt" / "__init__.pyi").is_file():
-        pytest.skip(f"tensorrt-stubs did not install tensorrt/__init__.pyi under {site}")
-    # The stubs ship without py.typed in tensorrt/, so mypy ignores them where they lie; a MYPYPATH copy is used.
-    stubs = tmp_path / "stubs"
-    for package in ("tensorrt", "tensorrt_bindings"):
-        shutil.copytree(site / package, stubs / package, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    for pyi in stubs.rglob("*.pyi"):
-        pyi.write_text(_repair_stub(pyi.read_text(encoding="utf-8")), encoding="utf-8")
-    # A canary that misuses the API: if mypy reports it, the stubs were really used (tensorrt is not Any).
-    canary = tmp_path / "canary_trt.py"
-    canary.write_text("def f() -> None:\n    import tensorrt as trt\n"
-                      "    trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(b'').no_such_attr\n")
-    env = dict(os.environ, MYPYPATH=str(stubs))
-    proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "--cache-dir",
-         str(tmp_path / "cache"), "--no-error-summary", *TRT_FILES, str(canary)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    lines = (proc.stdout + proc.stderr).splitlines()
-    assert not any("errors prevented further checking" in ln for ln in lines), "\n".join(lines[:20])
-    ours = [ln for ln in lines if any(ln.startswith(f) for f in TRT_FILES)]
-    assert not ours, "mypy errors in the TensorRT modules:\n" + "\n".join(ours)
-    assert any(ln.startswith(str(canary)) and "no_such_attr" in ln for ln in lines), (
-        "the canary passed, so tensorrt resolved to Any and nothing was checked:\n" + "\n".join(lines[:20]))
-
-
-def test_stub_repair_fixes_only_syntax() -> None:
-    text = ("    def get_workspace_size(self, in: list[int], out: list[int]) -> int:\n"
-            "    def add_scale_nd(self, input: ITensor, shift: Weights = None, channel_axis: int) -> IScaleLayer:\n"
-            "    def keep(self, a: int, b: int = 1, *args: int) -> None:\n")
-    fixed = _repair_stub(text).splitlines()
-    assert fixed[0] == "    def get_workspace_size(self, in_: list[int], out: list[int]) -> int:"
-    assert fixed[1] == ("    def add_scale_nd(self, input: ITensor, shift: Weights = None, "
-                        "channel_axis: int = ...) -> IScaleLayer:")
-    assert fixed[2] == "    def keep(self, a: int, b: int = 1, *args: int) -> None:"
 
 
 # --- import boundary --------------------------------------------------------------------------------------------
