@@ -36,7 +36,7 @@ from scaseg.runtime.backends.onnxruntime import make_session as ort_session
 from perf_machine import machine_line
 from perf_measure import in_blocks
 
-#: The placement shipped for ``cpu`` before int8_rewrite.py and the BatchNorm fold (docs/precision.md): GELUs,
+#: The placement shipped for ``cpu`` before qdq_graph_rewrite.py and the BatchNorm fold (docs/precision.md): GELUs,
 #: residual Adds and BatchNorms float.
 PREVIOUS = replace(int8.PLACEMENTS["cpu"], target="cpu-previous", int8_gelu=False, int8_add=False, fold_bn=False)
 VARIANTS = {

@@ -3,7 +3,7 @@
 Each MLP's GELU sits between two int8 convolutions. ONNX Runtime has no int8 GELU kernel, so the plain Q/DQ form
 is DequantizeLinear -> Gelu -> QuantizeLinear (a float tensor). Two int8 forms: ``x * sigmoid(1.702 x)`` written
 as Q/DQ around Sigmoid and Mul, which ONNX Runtime fuses into QLinearSigmoid (its own 256-entry table) and
-QLinearMul: what the ``cpu`` placement writes (calibration/int8_rewrite.py, int8_gelu); and a table of the exact GELU's
+QLinearMul: what the ``cpu`` placement writes (calibration/qdq_graph_rewrite.py, int8_gelu); and a table of the exact GELU's
 256 levels read with Gather (Cast to int32/int64 indices first). This times the forms on one tensor, side by side
 in one run (median of --runs, interleaved, after 3 warm-up runs), and prints how far each is from the float one.
 
@@ -22,7 +22,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from perf_machine import machine_line
-from scaseg.calibration.int8_rewrite import SIGMOID_GELU
+from scaseg.calibration.qdq_graph_rewrite import SIGMOID_GELU
 from scaseg.runtime.backends.onnxruntime import make_session
 
 X_SCALE, X_ZERO, Y_SCALE, Y_ZERO = 0.05, 128, 0.03, 10  # a GELU input range of about -6.4..6.4

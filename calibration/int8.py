@@ -7,15 +7,16 @@ around an op without an int8 kernel is pure overhead), so it is a per-target ``P
 - ``cpu``: ONNX Runtime fuses DQ -> Conv/MatMul/Gemm -> Q into QLinearConv / QLinearMatMul / QGemm (uint8, NHWC,
   transposes at every float/int8 border). So outputs of quantized ops are quantized too (a Conv -> Conv chain
   stays int8), biases are int32, and only ops that keep such chains long are quantized: dense and 1x1 and 3x3
-  depthwise convolutions, Linear layers. rewrite.py first fuses the erf-GELU into one node and folds the pre-norm
-  BatchNorms (exact); int8_rewrite.py, once the pairs are placed, runs GELUs and residual Adds in int8 too.
+  depthwise convolutions, Linear layers. float_graph_rewrite.py first fuses the erf-GELU into one node and folds
+  the pre-norm BatchNorms (exact); qdq_graph_rewrite.py, once the pairs are placed, runs GELUs and residual Adds in
+  int8 too.
   Every choice was measured (docs/precision.md, benchmarks/bench_int8_cpu.py). The file is for ONNX Runtime.
 - ``tensorrt``: TensorRT's explicit-quantization rules: Q/DQ on the inputs of Conv/MatMul/Gemm only (TensorRT
   fuses the pair into the op and decides output precision itself), weights per output channel (Conv axis 0),
   biases left float (TensorRT quantizes them itself).
 
 Over 400 lines: the placement rules, the planning and the writing of the pairs share one Placement and one walk
-of the graph; the graph rewrites before and after them live in rewrite.py and int8_rewrite.py.
+of the graph; the graph rewrites before and after them live in float_graph_rewrite.py and qdq_graph_rewrite.py.
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from scaseg.calibration.int8_rewrite import int8_gelu, int8_residual_add
-from scaseg.calibration.rewrite import fold_batchnorm, fuse_gelu
+from scaseg.calibration.float_graph_rewrite import TensorUses, fold_batchnorm, fuse_gelu
+from scaseg.calibration.qdq_graph_rewrite import int8_gelu, int8_residual_add
 
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 
@@ -52,13 +53,13 @@ class Placement:
     # Depthwise kernel sizes quantized (None: all). On ORT CPU int8 depthwise pays only inside a chain (MLP 3x3).
     depthwise_kernels: Optional[tuple[tuple[int, int], ...]] = None
     # The erf-GELU as one com.microsoft.Gelu (ORT only); once placed, as int8 QLinearSigmoid + QLinearMul; and
-    # residual Adds after an int8 op as QLinearAdd (int8_rewrite.py).
+    # residual Adds after an int8 op as QLinearAdd (qdq_graph_rewrite.py).
     fuse_gelu: bool = False
     int8_gelu: bool = False
     int8_add: bool = False
     # Data-movement ops that an input pair is pushed up through (single_use only), with the input's scale.
     int8_movement: tuple[str, ...] = ()
-    # Fold the pre-norm BatchNorms into the 1x1 convs and residuals around them first (rewrite.py, exact).
+    # Fold the pre-norm BatchNorms into the 1x1 convs and residuals around them first (float_graph_rewrite.py, exact).
     fold_bn: bool = False
     # Largest |int8 weight|. ORT CPU's u8 x s8 kernels on x86 without VNNI (AVX2) add u8*s8 pairs in int16, which
     # saturates near +-127 (a per-channel QLinearConv was 0.69 off its own Q/DQ graph); 63 (7 bits) cannot.
@@ -222,131 +223,153 @@ def quantize(
     Ops whose activations have no threshold stay float.
     """
     placement = PLACEMENTS[target]
-    keep = set(keep_float)
     out, thresholds = prepare(model, thresholds, target)
-    graph = out.graph
-    consts = constants(out)
-    targets = [t for t in plan(out, target) if t.node not in keep]
-    by_name = {n.name: n for n in graph.node}
-    targets = [
-        t for t in targets
-        if all(by_name[t.node].input[i] in thresholds for i in t.activations)
-        and (not placement.output_qdq or t.output in thresholds)
-    ]
-
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
-    graph_outputs = {o.name for o in graph.output}
-    if placement.single_use:
-        targets = [t for t in targets if t.output not in graph_outputs and len(consumers.get(t.output, [])) == 1]
-
-    new_inits: list[TensorProto] = []
-    before: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to insert before it
-    zero = "scaseg_qdq_zero_int8"
-    new_inits.append(numpy_helper.from_array(np.array(0, dtype=np.int8), zero))
-    scales: set[str] = set()
-    pairs: dict[str, int] = {}
-
-    def scale_of(tensor: str) -> float:
-        return float(thresholds[tensor]) / 127.0
-
-    def qdq(tensor: str, anchor: str, ref: Optional[str] = None) -> str:
-        """Q then DQ of ``tensor`` (with ``ref``'s scale, default its own) just before node ``anchor``; returns the
-        dequantized name."""
-        k = pairs[tensor] = pairs.get(tensor, -1) + 1
-        tag = f"{tensor}_{k}" if k else tensor
-        scale = f"{tag}_scale" if placement.single_use else f"{tensor}_scale"
-        if scale not in scales:
-            scales.add(scale)
-            value = np.float32(scale_of(ref or tensor))
-            for _ in range(k if placement.single_use else 0):
-                value = np.nextafter(value, np.float32(np.inf))  # 1 ulp apart: ORT would merge equal Q nodes
-            new_inits.append(numpy_helper.from_array(np.array(value, dtype=np.float32), scale))
-        q = helper.make_node("QuantizeLinear", [tensor, scale, zero], [f"{tag}_q"], name=f"{tag}_Q")
-        dq = helper.make_node("DequantizeLinear", [f"{tag}_q", scale, zero], [f"{tag}_dq"], name=f"{tag}_DQ")
-        before.setdefault(anchor, []).extend([q, dq])
-        dequantized[f"{tag}_dq"] = tensor
-        return f"{tag}_dq"
-
-    dequantized: dict[str, str] = {}  # dequantized name -> float tensor it stands for
-    shared: dict[str, str] = {}  # float tensor -> its one dequantized twin (all consumers read it)
+    writer = _PairWriter(out.graph, thresholds, placement)
+    targets = writer.quantizable(plan(out, target), set(keep_float))
     # Outputs first (cpu): every consumer reads the dequantized value, so DQ -> op -> Q units fuse.
     if placement.output_qdq:
-        for t in targets:
-            users = consumers.get(t.output, [])
-            if t.output in graph_outputs or t.output in shared or not users:
-                continue
-            dq = shared[t.output] = qdq(t.output, users[0].name)
-            for user in users:
-                for k, name in enumerate(user.input):
-                    if name == t.output:
-                        user.input[k] = dq
-    producer = {o: n for n in graph.node for o in n.output}
-
-    def quantize_input(node: onnx.NodeProto, i: int, ref: str) -> None:
-        """One Q/DQ pair on input ``i`` of ``node`` with ``ref``'s scale; pushed up through int8 data movement."""
-        src = node.input[i]
-        if src in dequantized:
-            return  # already the dequantized output of a quantized producer
-        up = producer.get(src)
-        if up is not None and len(consumers.get(src, [])) == 1 and src not in graph_outputs:
-            for j in _movement_inputs(up, placement):
-                quantize_input(up, j, ref)
-        node.input[i] = qdq(src, node.name, ref)
-
+        writer.pair_outputs(targets)
+    consts = constants(out)
     for t in targets:
-        node = by_name[t.node]
-        for i in t.activations:
-            src = node.input[i]
-            if src in dequantized:
-                continue  # already the dequantized output of a quantized producer
-            if placement.single_use:
-                quantize_input(node, i, src)
-            else:
-                if src not in shared:
-                    shared[src] = qdq(src, node.name)
-                node.input[i] = shared[src]
+        writer.pair_activations(t)
         if t.weight is not None:
-            w = consts[node.input[t.weight]]
-            wq, ws = _quantize_weight(w, t.axis, placement.weight_max)
-            base = f"{node.name}_w"
-            new_inits += [numpy_helper.from_array(wq, f"{base}_int8"), numpy_helper.from_array(ws, f"{base}_scale"),
-                          numpy_helper.from_array(np.zeros(ws.shape, np.int8), f"{base}_zero")]
-            before.setdefault(node.name, []).append(helper.make_node(
-                "DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zero"], [f"{base}_dq"],
-                name=f"{base}_DQ", axis=t.axis))
-            node.input[t.weight] = f"{base}_dq"
-            bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-            if placement.int32_bias and bias is not None and bias in consts:
-                b = consts[bias].astype(np.float64)
-                bscale = ws.astype(np.float64) * scale_of(dequantized[node.input[0]])
-                if b.shape == bscale.shape:
-                    bq = np.clip(np.round(b / bscale), -(2**31) + 1, 2**31 - 1).astype(np.int32)
-                    bname = f"{node.name}_b"
-                    new_inits += [numpy_helper.from_array(bq, f"{bname}_int32"),
-                                  numpy_helper.from_array(bscale.astype(np.float32), f"{bname}_scale"),
-                                  numpy_helper.from_array(np.zeros(bq.shape, np.int32), f"{bname}_zero")]
-                    before[node.name].append(helper.make_node(
-                        "DequantizeLinear", [f"{bname}_int32", f"{bname}_scale", f"{bname}_zero"], [f"{bname}_dq"],
-                        name=f"{bname}_DQ", axis=0))
-                    node.input[2] = f"{bname}_dq"
-
-    nodes: list[onnx.NodeProto] = []
-    for node in graph.node:
-        nodes.extend(before.get(node.name, []))
-        nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(_topological(nodes, {i.name for i in graph.input} | {i.name for i in graph.initializer}
-                                   | {i.name for i in new_inits}))
-    graph.initializer.extend(new_inits)
-    _drop_unused_constants(graph)
+            writer.quantize_weight_and_bias(t, consts)
+    writer.splice()
+    _drop_unused_constants(out.graph)
     if placement.int8_add:
         out, _ = int8_residual_add(out, thresholds)
     if placement.int8_gelu:
         out, _ = int8_gelu(out)
     return out
+
+
+class _PairWriter:
+    """The Q/DQ pairs and int8 initializers of one quantize() call, collected on one walk and spliced in at the end."""
+
+    def __init__(self, graph: onnx.GraphProto, thresholds: dict[str, float], placement: Placement) -> None:
+        self.graph, self.thresholds, self.placement = graph, thresholds, placement
+        self.by_name = {n.name: n for n in graph.node}
+        # Readers as the graph was before any pair: the fan-out rules ask about the float graph.
+        uses = TensorUses(graph)
+        self.producer, self.consumers, self.graph_outputs = uses.producer, uses.consumers, uses.outputs
+        self.zero = "scaseg_qdq_zero_int8"
+        self.new_inits: list[TensorProto] = [numpy_helper.from_array(np.array(0, dtype=np.int8), self.zero)]
+        self.before: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to insert before it
+        self.scales: set[str] = set()
+        self.pairs: dict[str, int] = {}
+        self.dequantized: dict[str, str] = {}  # dequantized name -> float tensor it stands for
+        self.shared: dict[str, str] = {}  # float tensor -> its one dequantized twin (all consumers read it)
+
+    def quantizable(self, planned: list[_Target], keep: set[str]) -> list[_Target]:
+        """The planned ops not kept float whose activations (and outputs, where paired) all have a threshold."""
+        targets = [
+            t for t in planned
+            if t.node not in keep
+            and all(self.by_name[t.node].input[i] in self.thresholds for i in t.activations)
+            and (not self.placement.output_qdq or t.output in self.thresholds)
+        ]
+        if self.placement.single_use:
+            targets = [t for t in targets
+                       if t.output not in self.graph_outputs and len(self.consumers.get(t.output, [])) == 1]
+        return targets
+
+    def scale_of(self, tensor: str) -> float:
+        return float(self.thresholds[tensor]) / 127.0  # symmetric int8
+
+    def qdq(self, tensor: str, anchor: str, ref: Optional[str] = None) -> str:
+        """Q then DQ of ``tensor`` (with ``ref``'s scale, default its own) just before node ``anchor``; returns the
+        dequantized name."""
+        single_use, zero = self.placement.single_use, self.zero
+        k = self.pairs[tensor] = self.pairs.get(tensor, -1) + 1
+        tag = f"{tensor}_{k}" if k else tensor
+        scale = f"{tag}_scale" if single_use else f"{tensor}_scale"
+        if scale not in self.scales:
+            self.scales.add(scale)
+            value = np.float32(self.scale_of(ref or tensor))
+            for _ in range(k if single_use else 0):
+                value = np.nextafter(value, np.float32(np.inf))  # 1 ulp apart: ORT would merge equal Q nodes
+            self.new_inits.append(numpy_helper.from_array(np.array(value, dtype=np.float32), scale))
+        q = helper.make_node("QuantizeLinear", [tensor, scale, zero], [f"{tag}_q"], name=f"{tag}_Q")
+        dq = helper.make_node("DequantizeLinear", [f"{tag}_q", scale, zero], [f"{tag}_dq"], name=f"{tag}_DQ")
+        self.before.setdefault(anchor, []).extend([q, dq])
+        self.dequantized[f"{tag}_dq"] = tensor
+        return f"{tag}_dq"
+
+    def pair_outputs(self, targets: list[_Target]) -> None:
+        """One shared pair on each quantized op's output, read by all its consumers."""
+        for t in targets:
+            users = self.consumers.get(t.output, [])
+            if t.output in self.graph_outputs or t.output in self.shared or not users:
+                continue
+            dq = self.shared[t.output] = self.qdq(t.output, users[0].name)
+            for user in users:
+                for k, name in enumerate(user.input):
+                    if name == t.output:
+                        user.input[k] = dq
+
+    def pair_activations(self, t: _Target) -> None:
+        """Pairs on the activation inputs of ``t``'s op (one per consumer where single_use, else one shared)."""
+        node = self.by_name[t.node]
+        for i in t.activations:
+            src = node.input[i]
+            if src in self.dequantized:
+                continue  # already the dequantized output of a quantized producer
+            if self.placement.single_use:
+                self.pair_input(node, i, src)
+            else:
+                if src not in self.shared:
+                    self.shared[src] = self.qdq(src, node.name)
+                node.input[i] = self.shared[src]
+
+    def pair_input(self, node: onnx.NodeProto, i: int, ref: str) -> None:
+        """One Q/DQ pair on input ``i`` of ``node`` with ``ref``'s scale; pushed up through int8 data movement."""
+        src = node.input[i]
+        if src in self.dequantized:
+            return  # already the dequantized output of a quantized producer
+        up = self.producer.get(src)
+        if up is not None and len(self.consumers.get(src, [])) == 1 and src not in self.graph_outputs:
+            for j in _movement_inputs(up, self.placement):
+                self.pair_input(up, j, ref)
+        node.input[i] = self.qdq(src, node.name, ref)
+
+    def quantize_weight_and_bias(self, t: _Target, consts: dict[str, np.ndarray]) -> None:
+        """The weight as int8 per output channel + DQ; the bias as int32 + DQ where the placement asks for it."""
+        assert t.weight is not None
+        node = self.by_name[t.node]
+        wq, ws = _quantize_weight(consts[node.input[t.weight]], t.axis, self.placement.weight_max)
+        base = f"{node.name}_w"
+        self.new_inits += [numpy_helper.from_array(wq, f"{base}_int8"), numpy_helper.from_array(ws, f"{base}_scale"),
+                           numpy_helper.from_array(np.zeros(ws.shape, np.int8), f"{base}_zero")]
+        self.before.setdefault(node.name, []).append(helper.make_node(
+            "DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zero"], [f"{base}_dq"],
+            name=f"{base}_DQ", axis=t.axis))
+        node.input[t.weight] = f"{base}_dq"
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if not (self.placement.int32_bias and bias is not None and bias in consts):
+            return
+        b = consts[bias].astype(np.float64)
+        bscale = ws.astype(np.float64) * self.scale_of(self.dequantized[node.input[0]])
+        if b.shape != bscale.shape:
+            return
+        bq = np.clip(np.round(b / bscale), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+        bname = f"{node.name}_b"
+        self.new_inits += [numpy_helper.from_array(bq, f"{bname}_int32"),
+                           numpy_helper.from_array(bscale.astype(np.float32), f"{bname}_scale"),
+                           numpy_helper.from_array(np.zeros(bq.shape, np.int32), f"{bname}_zero")]
+        self.before[node.name].append(helper.make_node(
+            "DequantizeLinear", [f"{bname}_int32", f"{bname}_scale", f"{bname}_zero"], [f"{bname}_dq"],
+            name=f"{bname}_DQ", axis=0))
+        node.input[2] = f"{bname}_dq"
+
+    def splice(self) -> None:
+        """Insert the collected nodes before their anchors, in topological order, and add the new initializers."""
+        graph, nodes = self.graph, []
+        for node in graph.node:
+            nodes += [*self.before.get(node.name, []), node]
+        del graph.node[:]
+        graph.node.extend(_topological(nodes, {i.name for i in graph.input} | {i.name for i in graph.initializer}
+                                       | {i.name for i in self.new_inits}))
+        graph.initializer.extend(self.new_inits)
 
 
 def _movement_inputs(node: onnx.NodeProto, placement: Placement) -> list[int]:
@@ -410,7 +433,7 @@ def quantized_nodes(model: onnx.ModelProto) -> set[str]:
 
 def count_quantized(model: onnx.ModelProto) -> dict[str, int]:
     """Op type -> how many Conv/MatMul/Gemm nodes have a dequantized weight (or second operand) and input; "Gelu"
-    and "Add" -> how many GELUs (a Sigmoid) and Adds sit between DQs and a Q (int8_rewrite.py)."""
+    and "Add" -> how many GELUs (a Sigmoid) and Adds sit between DQs and a Q (qdq_graph_rewrite.py)."""
     dq_out = _dequantized_outputs(model)
     q_in = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
     quantized = quantized_nodes(model)

@@ -115,7 +115,8 @@ def _check_engine_batch_range(info: ModelInfo, max_batch_size: int, path: Path) 
     from scaseg.runtime.tensorrt.engine_info import engine_facts
 
     facts = engine_facts(info)
-    shapes = facts.get("input_shapes") if isinstance(facts.get("input_shapes"), dict) else {}
+    recorded = facts.get("input_shapes")
+    shapes: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     low = (shapes.get("min") or [1])[0]
     high = facts.get("max_batch", (shapes.get("max") or [None])[0])
     if isinstance(low, int) and low > 1:
@@ -141,18 +142,51 @@ def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str
         raise ScasegError(f"model not found: {model_path} (expected an exported .onnx model or a TensorRT engine)")
     backend = _choose_backend(path, backend)
     model_name = _model_name(path, name)
-    if kind not in KINDS:
-        raise ScasegError(f"unknown instance kind {kind!r}: expected one of {', '.join(KINDS)}")
-    if backend == "tensorrt" and kind == "cpu":
-        raise ScasegError("a TensorRT plan runs only on a GPU: use kind 'gpu' or 'auto' for the tensorrt backend")
-    # auto: a plan needs a GPU; an ONNX model goes wherever Triton finds one (KIND_AUTO: GPUs if present, else CPU).
-    instance_kind = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}.get(kind, "KIND_GPU" if backend == "tensorrt" else "KIND_AUTO")
+    instance_kind = _instance_kind(kind, backend)
     for label, value in (("instances", instances), ("version", version)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ScasegError(f"{label} must be a whole number of at least 1, got {value!r}")
     if isinstance(max_queue_delay_us, bool) or not isinstance(max_queue_delay_us, int) or max_queue_delay_us < 0:
         raise ScasegError(f"max_queue_delay_us must be a whole number of microseconds >= 0, got {max_queue_delay_us!r}")
 
+    info, inputs, outputs, extra_files = _read_signature(path, backend)
+    triton_max_batch, preferred = _triton_batching(path, backend, info, inputs, outputs, max_batch_size,
+                                                   preferred_batch_sizes)
+    config = render_config(name=model_name, backend=backend, inputs=inputs, outputs=outputs,
+                           max_batch_size=triton_max_batch, preferred_batch_sizes=preferred,
+                           max_queue_delay_us=max_queue_delay_us, instance_kind=instance_kind, instances=instances,
+                           label_output=info.output_name)
+    repo = Path(out_dir).expanduser()
+    if repo.exists() and not repo.is_dir():
+        raise ScasegError(f"the Triton repository {repo} exists and is not a folder")
+    model_file = MODEL_FILENAMES[backend]
+    _write_model_folder(repo / model_name, path, version, model_file, extra_files, config, info)
+
+    model_dir = repo / model_name
+    skip = 1 if triton_max_batch > 0 else 0
+    return {
+        "repository": str(repo), "name": model_name, "model_dir": str(model_dir), "backend": backend,
+        "config": str(model_dir / "config.pbtxt"), "model_file": str(model_dir / str(version) / model_file),
+        "labels_file": str(model_dir / LABELS_FILENAME), "version": version,
+        "max_batch_size": triton_max_batch, "dynamic_batching": triton_max_batch > 0,
+        "preferred_batch_sizes": preferred, "instance_kind": instance_kind, "instances": instances,
+        "inputs": [{"name": s.name, "data_type": s.data_type, "dims": list(s.shape[skip:])} for s in inputs],
+        "outputs": [{"name": s.name, "data_type": s.data_type, "dims": list(s.shape[skip:])} for s in outputs],
+    }
+
+def _instance_kind(kind: str, backend: str) -> str:
+    """Triton's instance kind for ``kind`` (auto, gpu or cpu) on ``backend``."""
+    if kind not in KINDS:
+        raise ScasegError(f"unknown instance kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if backend == "tensorrt" and kind == "cpu":
+        raise ScasegError("a TensorRT plan runs only on a GPU: use kind 'gpu' or 'auto' for the tensorrt backend")
+    # auto: a plan needs a GPU; an ONNX model goes wherever Triton finds one (KIND_AUTO: GPUs if present, else CPU).
+    return {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}.get(kind, "KIND_GPU" if backend == "tensorrt" else "KIND_AUTO")
+
+
+def _read_signature(path: Path, backend: str) -> tuple[ModelInfo, list[TensorSpec], list[TensorSpec], list[str]]:
+    """The model's metadata, inputs and outputs, and the external data files an ONNX model keeps beside it;
+    refused where the file does not suit ``backend`` or names an input or output the model does not have."""
     if backend == "onnxruntime":
         if path.suffix.lower() in ENGINE_SUFFIXES:
             raise ScasegError(f"{path.name} looks like a TensorRT engine; the onnxruntime backend needs a .onnx model")
@@ -166,54 +200,59 @@ def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str
             raise ScasegError(f"the engine {path} is empty")
         info, inputs, outputs = engine_signature(path)
         extra_files = []
-        from scaseg.runtime.tensorrt.engine_info import engine_facts
-
-        # The Python strip-attention plugin lives in the scaseg runtime process; Triton's TensorRT backend cannot
-        # load it. The builder records whether it used the plugin; a function export without that record may.
-        facts = engine_facts(info)
-        if facts.get("trt_flavor") == "rtx":
-            raise ScasegError(f"{path.name} is a TensorRT-RTX engine, and Triton's tensorrt backend runs standard "
-                              "TensorRT plans: build the engine with --tensorrt standard, or serve the ONNX model")
-        uses_plugin = facts.get("plugin")
-        if uses_plugin or (uses_plugin is None and info.sca_op == "function"):
-            raise ScasegError("this engine uses (or may use) the Python strip-attention plugin, which Triton's "
-                              "TensorRT backend cannot load: build the engine from a --sca-op decomposed export")
-    where = f"the model {path}"
+        _check_engine_for_triton(info, path)
     for label, wanted, specs in (("input", info.input_name, inputs), ("output", info.output_name, outputs)):
         if wanted not in {s.name for s in specs}:
             raise ScasegError(f"the metadata of {path} names {label} {wanted!r} but the model has "
                               f"{sorted(s.name for s in specs)}")
+    return info, inputs, outputs, extra_files
 
+
+def _check_engine_for_triton(info: ModelInfo, path: Path) -> None:
+    """Refuse an engine Triton's TensorRT backend cannot run: a TensorRT-RTX one, or one that may use the plugin."""
+    from scaseg.runtime.tensorrt.engine_info import engine_facts
+
+    # The Python strip-attention plugin lives in the scaseg runtime process; Triton's TensorRT backend cannot
+    # load it. The builder records whether it used the plugin; a function export without that record may.
+    facts = engine_facts(info)
+    if facts.get("trt_flavor") == "rtx":
+        raise ScasegError(f"{path.name} is a TensorRT-RTX engine, and Triton's tensorrt backend runs standard "
+                          "TensorRT plans: build the engine with --tensorrt standard, or serve the ONNX model")
+    uses_plugin = facts.get("plugin")
+    if uses_plugin or (uses_plugin is None and info.sca_op == "function"):
+        raise ScasegError("this engine uses (or may use) the Python strip-attention plugin, which Triton's "
+                          "TensorRT backend cannot load: build the engine from a --sca-op decomposed export")
+
+
+def _triton_batching(path: Path, backend: str, info: ModelInfo, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                     max_batch_size: int, preferred_batch_sizes: Optional[Sequence[int]]) -> tuple[int, list[int]]:
+    """(config's max_batch_size, preferred batch sizes): 0 and none for a fixed-batch model."""
+    where = f"the model {path}"
     batches = _batching(inputs, outputs, where)
     preferred = sorted(set(int(b) for b in preferred_batch_sizes)) if preferred_batch_sizes else []
-    if batches:
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise ScasegError(f"max_batch_size must be at least 1 for a model with a dynamic batch axis, got "
-                              f"{max_batch_size!r}")
-        if any(b < 1 or b > max_batch_size for b in preferred):
-            raise ScasegError(f"preferred batch sizes {preferred} must lie between 1 and max_batch_size "
-                              f"{max_batch_size}")
-        if backend == "tensorrt":
-            _check_engine_batch_range(info, max_batch_size, path)
-        triton_max_batch = max_batch_size
-    else:
+    if not batches:
         if preferred:
             raise ScasegError(f"{where} has a fixed batch of {inputs[0].shape[0]}, so Triton cannot batch it and "
                               "preferred batch sizes do not apply; export with a dynamic batch axis to batch")
-        triton_max_batch = 0
+        return 0, preferred
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+        raise ScasegError(f"max_batch_size must be at least 1 for a model with a dynamic batch axis, got "
+                          f"{max_batch_size!r}")
+    if any(b < 1 or b > max_batch_size for b in preferred):
+        raise ScasegError(f"preferred batch sizes {preferred} must lie between 1 and max_batch_size "
+                          f"{max_batch_size}")
+    if backend == "tensorrt":
+        _check_engine_batch_range(info, max_batch_size, path)
+    return max_batch_size, preferred
 
-    config = render_config(name=model_name, backend=backend, inputs=inputs, outputs=outputs,
-                           max_batch_size=triton_max_batch, preferred_batch_sizes=preferred,
-                           max_queue_delay_us=max_queue_delay_us, instance_kind=instance_kind, instances=instances,
-                           label_output=info.output_name)
+
+def _write_model_folder(model_dir: Path, path: Path, version: int, model_file: str, extra_files: list[str],
+                        config: str, info: ModelInfo) -> None:
+    """Replace ``model_dir`` as a whole: the model (and its external data) in ``<version>/``, config, labels, info."""
     # One class name a line, line i = class i; a line break inside a name would shift every later class.
     labels = "".join(" ".join(str(c).split()) + "\n" for c in info.class_names)
-
-    repo = Path(out_dir).expanduser()
-    if repo.exists() and not repo.is_dir():
-        raise ScasegError(f"the Triton repository {repo} exists and is not a folder")
-    model_file = MODEL_FILENAMES[backend]
-    with atomic_dir(repo / model_name, owned=lambda p: (p / INFO_FILENAME).is_file(), what="Triton model folder written by scaseg") as tmp:
+    with atomic_dir(model_dir, owned=lambda p: (p / INFO_FILENAME).is_file(),
+                    what="Triton model folder written by scaseg") as tmp:
         version_dir = tmp / str(version)
         version_dir.mkdir()
         shutil.copyfile(path, version_dir / model_file)
@@ -227,14 +266,3 @@ def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str
         (tmp / LABELS_FILENAME).write_text(labels, encoding="utf-8")
         (tmp / INFO_FILENAME).write_text(json.dumps(info.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    model_dir = repo / model_name
-    skip = 1 if triton_max_batch > 0 else 0
-    return {
-        "repository": str(repo), "name": model_name, "model_dir": str(model_dir), "backend": backend,
-        "config": str(model_dir / "config.pbtxt"), "model_file": str(model_dir / str(version) / model_file),
-        "labels_file": str(model_dir / LABELS_FILENAME), "version": version,
-        "max_batch_size": triton_max_batch, "dynamic_batching": triton_max_batch > 0,
-        "preferred_batch_sizes": preferred, "instance_kind": instance_kind, "instances": instances,
-        "inputs": [{"name": s.name, "data_type": s.data_type, "dims": list(s.shape[skip:])} for s in inputs],
-        "outputs": [{"name": s.name, "data_type": s.data_type, "dims": list(s.shape[skip:])} for s in outputs],
-    }

@@ -119,7 +119,8 @@ def engine_signature(path: str | Path) -> tuple[ModelInfo, list[TensorSpec], lis
         height, width = info.input_size
     # Explicit tensor dtypes recorded by the builder ({"images": "float32", ...}) win over the defaults:
     # engines keep float32 inputs and logits at every precision (the fp16/int8 ONNX keep float32 I/O).
-    recorded = facts.get("io_dtypes") if isinstance(facts.get("io_dtypes"), dict) else {}
+    io_dtypes = facts.get("io_dtypes")
+    recorded: dict[str, Any] = io_dtypes if isinstance(io_dtypes, dict) else {}
 
     def dtype(name: str, default: str) -> str:
         text = recorded.get(name)

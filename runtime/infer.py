@@ -187,7 +187,9 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, request: Inf
                 names = info.class_names if request.legend else None
                 picture = render_overlay(frame.image, labels, lut, request.alpha, names)
             if sink is not None:
-                sink.write(frame.name, picture if kind == "overlay" else labels)
+                written = picture if kind == "overlay" else labels
+                assert written is not None  # kind overlay: rendered above
+                sink.write(frame.name, written)
             if show and picture is not None:
                 _show(picture)
 

@@ -356,24 +356,8 @@ def load_model(
     if not kind:
         kind = "mmseg" if has_head else "encoder"
 
-    found = config.get("variant") or (infer_variant(encoder.state) if encoder else None)
-    if found is None and encoder is not None:
-        raise ScasegError(f"{path} follows the {encoder.naming.name} naming, but its encoder matches no SCASeg variant "
-                          f"({', '.join(VARIANTS)})")
-    if found is None:
-        raise ScasegError(f"{path} holds no SCASeg, MSCAN or MiT weights that match a known variant ({', '.join(VARIANTS)})")
-    if variant is not None and str(variant).lower() != found:
-        raise ScasegError(f"{path} is a {found} checkpoint, not {variant}")
-
-    if kind == "mmseg":
-        # mmseg decode heads name their classifier conv_seg.
-        state = {re.sub(r"^decode_head\.conv_seg\.", "decode_head.classifier.", k): v for k, v in state.items()}
-    head_classes = state.get("decode_head.classifier.weight") if kind != "encoder" else None
-    found_classes = config.get("num_classes") or (int(head_classes.shape[0]) if head_classes is not None else None)
-    if num_classes is not None and found_classes is not None and int(num_classes) != int(found_classes):
-        raise ScasegError(f"{path} was trained for {found_classes} classes, not {num_classes}")
-    classes = int(found_classes or num_classes or 19)
-
+    found = _variant_of(config, encoder, path, variant)
+    state, classes = _class_count(kind, config, state, path, num_classes)
     if kind == FORMAT:
         info = ModelInfo.from_dict({**config, "variant": found, "num_classes": classes}, path)
         model = from_config({**config, "num_classes": classes})
@@ -383,23 +367,60 @@ def load_model(
                                     "palette": palette}, path)
         model = build(found, classes, **build_kwargs)
     if strict:  # before loading, which logs the mismatch as a warning
-        own = set(model.state_dict())
-        given = set(state) - {k for k in state if k.startswith("auxiliary_head.")}
-        if kind == "encoder" or own != given:
-            raise ScasegError(_partial_message(LoadReport(str(path), kind, missing=sorted(own - given),
-                                                          unexpected=sorted(given - own))))
+        _check_strict(model, kind, state, path)
+    model.load_report = _load_weights(model, kind, state, encoder, path)  # type: ignore[assignment]
+    return model.eval(), info
+
+
+def _variant_of(config: Mapping[str, Any], encoder: Optional[Encoder], path: Path, variant: Optional[str]) -> str:
+    """The file's SCASeg variant (its config's, else its encoder's); refused where none matches or it is not
+    ``variant``."""
+    found = config.get("variant") or (infer_variant(encoder.state) if encoder else None)
+    if found is None and encoder is not None:
+        raise ScasegError(f"{path} follows the {encoder.naming.name} naming, but its encoder matches no SCASeg variant "
+                          f"({', '.join(VARIANTS)})")
+    if found is None:
+        raise ScasegError(f"{path} holds no SCASeg, MSCAN or MiT weights that match a known variant ({', '.join(VARIANTS)})")
+    if variant is not None and str(variant).lower() != found:
+        raise ScasegError(f"{path} is a {found} checkpoint, not {variant}")
+    return str(found)
+
+
+def _class_count(kind: str, config: Mapping[str, Any], state: dict[str, Tensor], path: Path,
+                 num_classes: Optional[int]) -> tuple[dict[str, Tensor], int]:
+    """The state in our head's names and the number of classes (the file's, else ``num_classes``, else 19)."""
+    if kind == "mmseg":
+        # mmseg decode heads name their classifier conv_seg.
+        state = {re.sub(r"^decode_head\.conv_seg\.", "decode_head.classifier.", k): v for k, v in state.items()}
+    head_classes = state.get("decode_head.classifier.weight") if kind != "encoder" else None
+    found_classes = config.get("num_classes") or (int(head_classes.shape[0]) if head_classes is not None else None)
+    if num_classes is not None and found_classes is not None and int(num_classes) != int(found_classes):
+        raise ScasegError(f"{path} was trained for {found_classes} classes, not {num_classes}")
+    return state, int(found_classes or num_classes or 19)
+
+
+def _check_strict(model: SCASeg, kind: str, state: Mapping[str, Tensor], path: Path) -> None:
+    """Refuse an encoder-only file, or one whose tensors are not exactly the model's (the auxiliary head aside)."""
+    own = set(model.state_dict())
+    given = set(state) - {k for k in state if k.startswith("auxiliary_head.")}
+    if kind == "encoder" or own != given:
+        raise ScasegError(_partial_message(LoadReport(str(path), kind, missing=sorted(own - given),
+                                                      unexpected=sorted(given - own))))
+
+
+def _load_weights(model: SCASeg, kind: str, state: dict[str, Tensor], encoder: Optional[Encoder],
+                  path: Path) -> LoadReport:
+    """Load ``state`` (or, for an encoder-only file, its encoder) into ``model``; the report of what loaded."""
     if kind == "encoder":
-        assert encoder is not None  # an encoder-only file names its variant through its encoder (above)
+        assert encoder is not None  # an encoder-only file names its variant through its encoder (_variant_of)
         report = _load_encoder(model, encoder, path)
         # The decoder stays randomly initialised: say so in the report rather than pass silently.
         report.missing += [f"decode_head.{k}" for k in model.decode_head.state_dict()]
         logger.warning(report.summary())
-    else:
-        ignored = sorted(k for k in state if k.startswith("auxiliary_head."))  # mmseg training-only head
-        state = {k: v for k, v in state.items() if k not in set(ignored)}
-        report = _load_into(model, state, LoadReport(str(path), kind, ignored=ignored))
-    model.load_report = report  # type: ignore[assignment]
-    return model.eval(), info
+        return report
+    ignored = sorted(k for k in state if k.startswith("auxiliary_head."))  # mmseg training-only head
+    state = {k: v for k, v in state.items() if k not in set(ignored)}
+    return _load_into(model, state, LoadReport(str(path), kind, ignored=ignored))
 
 
 def _scaseg_config(obj: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> dict[str, Any]:

@@ -160,7 +160,7 @@ def _invoke(app: Callable[..., object], name: str) -> int:
     return 0
 
 
-def _abort_classes(click: Any) -> tuple[type, ...]:
+def _abort_classes(click: Any) -> tuple[type[BaseException], ...]:
     """click's Abort (Ctrl-C at a prompt, EOF): in click itself or, for typer's vendored copy, in typer.exceptions."""
     found = [getattr(click.exceptions, "Abort", None)]
     try:
@@ -169,7 +169,7 @@ def _abort_classes(click: Any) -> tuple[type, ...]:
         found.append(getattr(typer_exceptions, "Abort", None))
     except ImportError:
         pass
-    return tuple(c for c in found if isinstance(c, type)) or (KeyboardInterrupt,)
+    return tuple(c for c in found if isinstance(c, type) and issubclass(c, BaseException)) or (KeyboardInterrupt,)
 
 
 def _click_module() -> Any:

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from scaseg.models.model import VARIANTS, build
 from scaseg.errors import ScasegError, run_cli
-from scaseg.cli import parse_size
+from scaseg.cli import SIZE_SYNTAX, parse_size
 
 SIZES = ((512, 512), (1024, 2048))
 
@@ -127,6 +127,14 @@ def to_markdown(rows: List[dict], sizes: Sequence[Sequence[int]] = SIZES) -> str
     return "\n".join(lines)
 
 
+def _size(text: str) -> tuple[int, int]:
+    """One --size; an empty one is refused like any other that is not a size."""
+    parsed = parse_size(text, "--size", minimum=32)
+    if parsed is None:
+        raise ScasegError(f"--size {text!r} is not a size: expected {SIZE_SYNTAX}")
+    return parsed
+
+
 app = typer.Typer(add_completion=False, help="Parameters and GFLOPs of the SCASeg variants.")
 
 
@@ -143,7 +151,7 @@ def main_command(
     for name in names:
         if name not in VARIANTS:
             raise ScasegError(f"unknown model variant {name!r}: expected one of {', '.join(VARIANTS)}")
-    sizes = [parse_size(s, "--size", minimum=32) for s in size] if size else [tuple(s) for s in SIZES]
+    sizes = [_size(s) for s in size] if size else list(SIZES)
     rows = variant_table(names, sizes)
     if readme:
         from scaseg.readme import replace_section

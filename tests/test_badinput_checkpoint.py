@@ -127,6 +127,7 @@ def test_a_tampered_checkpoint_config_is_refused(work: Path, name: str, expect: 
     ("nan_encoder", "block1.0.attn.q.weight holds NaN or infinite values"),
     ("negvar_encoder", "block2.1.norm1.running_var is a BatchNorm variance with negative entries"),
 ])
+@pytest.mark.slow
 def test_train_refuses_pretrained_weights_it_cannot_use(work: Path, name: str, expect: str) -> None:
     variant = "scaseg-t" if name == "negvar_encoder" else "scaseg-b0"
     refused("scaseg-train", [*TRAIN, "-o", "run", "--variant", variant, "--pretrained", f"{name}.pth"], work,
@@ -134,6 +135,7 @@ def test_train_refuses_pretrained_weights_it_cannot_use(work: Path, name: str, e
     assert not (work / "run").exists()
 
 
+@pytest.mark.slow
 def test_train_takes_the_sound_encoder_of_a_model_whose_ignored_head_is_broken(work: Path) -> None:
     proc = run("scaseg-train", [*TRAIN, "-o", "head_run", "--variant", "scaseg-b0", "--pretrained", "bad_head.pth"],
                work)

@@ -119,6 +119,7 @@ def test_a_size_beyond_this_machines_memory_is_refused_with_the_estimate(work: P
     assert f"{need / GiB:.1f} GiB" in line
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_in_one_sentence_and_leaves_nothing(work: Path) -> None:
     before = tree(work)
     proc, held = on_full_disk(PROG, ["ck.pth", "-o", "full/sub/x.onnx", "--no-simplify", "--parity-images", "1", "-q"],

@@ -46,9 +46,11 @@ BENCH = ["m.onnx", "--warmup", "0", "-n", "1", "-q"]
 
 @pytest.mark.parametrize("prog,small,outputs,large,where", [
     pytest.param("scaseg-export", ["ck.pth", "-o", "ok.onnx", "--no-simplify", "-q"], ["ok.onnx"],
-                 ["ck.pth", "-o", "big.onnx", "--no-simplify", "-q", "--imgsz", "2048"], "PyTorch", id="export"),
+                 ["ck.pth", "-o", "big.onnx", "--no-simplify", "-q", "--imgsz", "2048"],
+                 "PyTorch", id="export", marks=pytest.mark.slow),
     pytest.param("scaseg-train", [*TRAIN, "--crop", "32", "--batch", "1", "-o", "ok"], ["ok"],
-                 [*TRAIN, "--crop", "1024", "--batch", "4", "-o", "big"], "PyTorch", id="train"),
+                 [*TRAIN, "--crop", "1024", "--batch", "4", "-o", "big"],
+                 "PyTorch", id="train", marks=pytest.mark.slow),
     pytest.param("scaseg-infer", ["src.mp4", "-m", "m.onnx", "-o", "ok.mp4", "-q"], ["ok.mp4"],
                  ["src.mp4", "-m", "m.onnx", "-o", "big.mp4", "-q", "--imgsz", "8192x8192"], "numpy", id="infer"),
     pytest.param("scaseg-bench", [*BENCH, "--batch", "2", "--imgsz", "64", "-o", "ok.json"], ["ok.json"],

@@ -85,6 +85,7 @@ def test_resuming_a_copy_writes_the_copy_and_leaves_the_original(work: Path, cop
     assert not [p.name for p in copy.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_resuming_a_moved_run_continues_where_it_now_is(work: Path, tmp_path: Path) -> None:
     moved = tmp_path / "elsewhere" / "moved"
     shutil.copytree(work / "run", tmp_path / "first")
@@ -97,6 +98,7 @@ def test_resuming_a_moved_run_continues_where_it_now_is(work: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize("spelling", ["absolute", "relative"])
+@pytest.mark.slow
 def test_resuming_from_another_directory_writes_the_given_run(work: Path, copy: Path, tmp_path: Path,
                                                               spelling: str) -> None:
     elsewhere = tmp_path / "cwd"
@@ -108,6 +110,7 @@ def test_resuming_from_another_directory_writes_the_given_run(work: Path, copy: 
     assert _iteration(copy) == 2 and _sums(work / "run") == original
 
 
+@pytest.mark.slow
 def test_a_state_recording_a_relative_folder_is_resumed_where_it_lies(work: Path, copy: Path, tmp_path: Path) -> None:
     # States of earlier versions recorded -o and --data as typed: "runs/t" from wherever the run was started.
     state = torch.load(copy / STATE, map_location="cpu", weights_only=True)
@@ -145,6 +148,7 @@ def test_output_over_a_folder_of_the_users_is_refused_untouched(work: Path, tmp_
     assert _sums(tmp_path / "mine") == sums
 
 
+@pytest.mark.slow
 def test_output_over_a_previous_run_needs_resume(work: Path, copy: Path) -> None:
     sums = _sums(copy)
     refused(PROG, [*TINY, "--data", work / "data", "-o", copy, "--iters", "1"], copy.parent, expect=f"--resume {copy}")
@@ -237,6 +241,7 @@ TAMPER: dict[str, tuple[Callable[[dict], Any], str]] = {  # name: (the change, w
 
 
 @pytest.mark.parametrize("name", sorted(TAMPER))
+@pytest.mark.slow
 def test_a_tampered_state_is_one_line_and_nothing_changes(work: Path, copy: Path, name: str) -> None:
     change, expect = TAMPER[name]
     state = torch.load(copy / STATE, map_location="cpu", weights_only=True)
@@ -272,6 +277,7 @@ def test_an_unreadable_state_is_one_line(work: Path, copy: Path, damage: str) ->
     (["--data", "other-classes"], "class 1 is 'sky' in the run, 'building' here"),
     (["--data", "four-classes"], "the run had 3 classes"),
 ])
+@pytest.mark.slow
 def test_resume_with_settings_that_do_not_fit_the_run_is_refused(work: Path, copy: Path, args: list[str],
                                                                   expect: str) -> None:
     if "other-classes" in args and not (work / "other-classes").exists():
@@ -283,6 +289,7 @@ def test_resume_with_settings_that_do_not_fit_the_run_is_refused(work: Path, cop
     assert _sums(copy) == sums
 
 
+@pytest.mark.slow
 def test_resume_on_the_same_classes_elsewhere_continues(work: Path, copy: Path, tmp_path: Path) -> None:
     moved = Path(shutil.copytree(work / "data", tmp_path / "data-moved"))
     _ok(["--resume", copy, "--data", moved, "--iters", "2"], tmp_path)

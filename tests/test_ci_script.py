@@ -56,7 +56,7 @@ def _run_ci_to_the_tests(tmp_path: Path, pytest_rc: int = 0, **env_extra: str) -
     record = tmp_path / "pytest-args"
     (template / "pytest").write_text(
         "#!/bin/sh\n"
-        f'echo "TMPDIR=$TMPDIR $*" > "{record}"\n'
+        f'printf "%s\\n" "TMPDIR=$TMPDIR" "$@" > "{record}"\n'  # one argument a line: an empty one shows
         'mkdir -p "$TMPDIR/pytest-of-me/pytest-0/t0" && echo big > "$TMPDIR/pytest-of-me/pytest-0/t0/f"\n'
         'for a in "$@"; do case "$a" in --basetemp=*) d="${a#--basetemp=}"; mkdir -p "$d/t1" && echo big > "$d/t1/f";; esac; done\n'
         f"exit {pytest_rc}\n")
@@ -86,6 +86,13 @@ def test_the_suites_temporary_folders_go_with_the_run(tmp_path, pytest_rc):
     for path in (folder.split("=", 1)[1], base.split("=", 1)[1]):  # inside the run's own temporary folder
         assert Path(path).parent.parent.parent == tmpdir, given
     assert list(tmpdir.iterdir()) == [], "left behind: " + ", ".join(str(p) for p in tmpdir.rglob("*"))
+
+
+def test_ci_runs_every_tier_the_slow_tests_included(tmp_path):
+    done, _, given = _run_ci_to_the_tests(tmp_path)
+    assert done.returncode == 0, done.stderr
+    args = given.splitlines()
+    assert "-m" in args and args[args.index("-m") + 1] == "", "CI must override addopts' -m \"not slow\":\n" + given
 
 
 def test_keeping_the_environment_does_not_keep_the_suites_folders(tmp_path):

@@ -180,6 +180,7 @@ def test_parity_failure_exits_2_and_leaves_nothing(mit_ckpt: Path, tmp_path: Pat
     assert not (tmp_path / "out").exists()  # the folder appears with the output only
 
 
+@pytest.mark.slow
 def test_grid_export_has_no_n_by_m_matrix_and_runs_dynamic_batch_and_spatial(model_and_info) -> None:  # type: ignore[no-untyped-def]
     model, info = model_and_info
     static, static_info = to_onnx(model, info, ExportOptions(imgsz=(H, W), sca_op="grid", grid_points=40))
@@ -254,6 +255,7 @@ def test_grid_rule_takes_more_points_for_a_larger_spread_and_refuses_a_huge_one(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.pth"]
 
 
+@pytest.mark.slow
 def test_grid_export_converts_to_fp16_and_int8(model_and_info, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import cv2
 
@@ -301,6 +303,7 @@ def test_grid_export_converts_to_fp16_and_int8(model_and_info, tmp_path: Path) -
         assert got.shape == ref.shape and (got.argmax(1) == ref.argmax(1)).mean() > 0.8
 
 
+@pytest.mark.slow
 def test_grid_export_parses_and_builds_on_tensorrt_rtx(model_and_info, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     trt = pytest.importorskip("tensorrt_rtx")
     model, info = model_and_info

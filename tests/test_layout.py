@@ -273,3 +273,21 @@ def test_no_module_is_over_500_lines_and_over_400_only_with_a_reason_in_its_docs
             doc = ast.get_docstring(ast.parse(text)) or ""
             assert "over 400 lines" in doc.lower(), (f"{path.relative_to(ROOT)} has {lines} lines and its docstring "
                                                      "gives no reason (a line 'Over 400 lines: ...')")
+
+
+def _functions_over(limit: int, tree: ast.AST) -> list[tuple[str, int]]:
+    """(name, lines) of every function or method in ``tree`` longer than ``limit`` lines (decorators aside)."""
+    return [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None
+            and node.end_lineno - node.lineno + 1 > limit]
+
+
+def test_no_function_is_over_80_lines():
+    long = [f"{path.relative_to(ROOT)}:{name} ({lines} lines)" for path in _package_modules().values()
+            for name, lines in _functions_over(80, ast.parse(path.read_text()))]
+    assert not long, "split into named steps that read top to bottom: " + ", ".join(long)
+
+
+def test_the_function_length_check_can_fail():
+    tree = ast.parse("def short():\n    pass\n\n\nclass A:\n    def long(self):\n" + "        x = 1\n" * 80)
+    assert _functions_over(80, tree) == [("long", 81)]

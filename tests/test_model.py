@@ -193,6 +193,7 @@ def test_one_optimiser_step_on_a_fixed_batch_lowers_the_loss() -> None:
     assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("decode_head.")), "unused decoder weights"
 
 
+@pytest.mark.slow
 def test_pool_to_grid_exports_to_onnx_matching_ceil_mode_on_odd_sizes(tmp_path) -> None:
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

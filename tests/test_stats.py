@@ -45,6 +45,7 @@ def test_strip_attention_flops_match_a_hand_count() -> None:
     assert measure("scaseg-b0", (64, 64)).attention_gflops == pytest.approx(expected / 1e9, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_markdown_table_has_a_row_per_variant() -> None:
     rows = variant_table(["scaseg-b0", "scaseg-t"], [(64, 64), (96, 128)])
     text = to_markdown(rows, [(64, 64), (96, 128)])

@@ -144,6 +144,7 @@ def _model_state(out: Path) -> dict[str, torch.Tensor]:
     return torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(synth: Path, tmp_path: Path):
     straight = Trainer(_cfg(synth, tmp_path / "a"), _cpu()).run()
     assert straight["iterations"] == 4

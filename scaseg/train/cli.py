@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Any, List, Optional, Tuple
 
 import typer
@@ -86,7 +85,9 @@ def main_command(
     if cfg_dict["dataset"] not in KINDS:
         raise ScasegError(f"unknown --dataset {cfg_dict['dataset']!r} (expected one of {', '.join(KINDS)})")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg_dict.items() if k in fields})
+    settings: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
+                                for k, v in cfg_dict.items() if k in fields}
+    cfg = TrainConfig(**settings)
     summary = train(cfg)
     if summary.get("is_main", True):
         line = f"scaseg-train: {cfg.variant}, {summary['iterations']} iterations, {summary['images_per_s']:.2f} images/s"
@@ -115,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -276,7 +276,8 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         cfg, env = self.cfg, self.env
-        aug = Augment(crop=tuple(cfg.crop), scale_range=tuple(cfg.scale_range), base_short=cfg.base_short,
+        (crop_h, crop_w), (low, high) = cfg.crop, cfg.scale_range
+        aug = Augment(crop=(crop_h, crop_w), scale_range=(low, high), base_short=cfg.base_short,
                       ignore_index=IGNORE_INDEX)
         sampler = StreamSampler(len(self.train_data), seed=cfg.seed, rank=env.rank, world_size=env.world_size,
                                 start=self.samples)

@@ -171,22 +171,7 @@ def make_world(rng: np.random.Generator, length: float = 0.0) -> World:
     road_l, road_r = rng.uniform(2.5, 7.0), rng.uniform(2.0, 8.0)
     line_l, line_r = -(road_l + rng.uniform(2.0, 6.0)), road_r + rng.uniform(2.0, 6.0)
     z_end = length + rng.uniform(60, 220)
-    overcast = rng.random() < 0.35
-    if overcast:  # grey skies: the same greys as concrete and asphalt
-        sky_top, sky_bottom = _grey(rng, 150, 205, 4), _grey(rng, 175, 230, 4)
-    elif rng.random() < 0.15:  # low sun
-        sky_top, sky_bottom = _jitter(rng, (90, 110, 160), 15), _jitter(rng, (235, 180, 130), 15)
-    else:
-        sky_top, sky_bottom = _jitter(rng, (60, 120, 200), 20), _jitter(rng, (170, 200, 230), 15)
-    n_clouds = int(rng.integers(0, 7))
-    clouds = np.column_stack([rng.uniform(0, 1, n_clouds), rng.uniform(0, horizon * 0.8, n_clouds),
-                              rng.uniform(0.05, 0.2, n_clouds), rng.uniform(0.015, 0.05, n_clouds),
-                              rng.uniform(0.1, 0.6, n_clouds)]) if n_clouds else np.zeros((0, 5))
-    n_sky = int(rng.integers(4, 16))
-    xs = np.sort(rng.uniform(0, 1, n_sky))
-    skyline = np.column_stack([xs, xs + rng.uniform(0.03, 0.15, n_sky), rng.uniform(0.01, 0.08, n_sky)])
-    haze = rng.uniform(0.35, 0.75)
-    skyline_colour = tuple(float(haze * s + (1 - haze) * b) for s, b in zip(sky_bottom, _building_colour(rng)))
+    overcast, sky_top, sky_bottom, clouds, skyline, skyline_colour = _draw_sky(rng, horizon)
 
     road_colour = _grey(rng, 55, 140, 5) if rng.random() < 0.85 else _jitter(rng, (135, 115, 100), 15)
     sidewalk_colour = _grey(rng, 100, 190, 6) if rng.random() < 0.7 else _jitter(rng, (165, 120, 105), 20)
@@ -195,69 +180,15 @@ def make_world(rng: np.random.Generator, length: float = 0.0) -> World:
     crosswalk_z = float(rng.uniform(8, 40)) if rng.random() < 0.25 else None
     end_wall = (z_end, rng.uniform(8, 30), _building_colour(rng)) if rng.random() < 0.5 else None
 
-    facades, hedges, trees = [], [], []
+    facades: list[Facade] = []
+    hedges: list[Hedge] = []
+    trees: list[Tree] = []
     for line in (line_l, line_r):
-        z = rng.uniform(-15, 0)
-        while z < z_end:
-            seg = rng.uniform(8, 28)
-            if rng.random() < 0.2:  # a gap: a hedge or nothing in front of the sky and the far ground
-                if rng.random() < 0.6:
-                    hedges.append(Hedge(line, z, z + seg * 0.5, rng.uniform(0.7, 1.8), _green(rng)))
-                z += seg * 0.5
-                continue
-            floor_h = rng.uniform(2.8, 3.6)
-            height = floor_h * int(rng.integers(2, 8)) + rng.uniform(0.3, 1.5)
-            win_step = rng.uniform(2.2, 4.0)
-            n_floors, n_cols = int(height // floor_h), int(seg // win_step) + 1
-            glass = rng.choice(["dark", "blue", "light"])
-            base = {"dark": (45, 50, 60), "blue": (90, 130, 180), "light": (170, 180, 190)}[glass]
-            win_colours = np.array([_jitter(rng, base, 20) for _ in range(3)])
-            facades.append(Facade(line, z, min(z + seg, z_end), height, _building_colour(rng), floor_h,
-                                   win_step * rng.uniform(0.35, 0.6), floor_h * rng.uniform(0.4, 0.6), win_step,
-                                   win_colours, rng.integers(0, 3, size=(n_floors, n_cols))))
-            if rng.random() < 0.2:
-                hedges.append(Hedge(line - np.sign(line) * 0.6, z + 1, z + seg - 1, rng.uniform(0.6, 1.2), _green(rng)))
-            z += seg
+        _draw_buildings(rng, line, z_end, facades, hedges)
         if rng.random() < 0.7:  # a row of street trees near the curb
-            x_tree = (road_l if line < 0 else road_r) * np.sign(line) + np.sign(line) * rng.uniform(0.6, 1.2)
-            z = rng.uniform(2, 12)
-            spacing = rng.uniform(7, 16)
-            while z < z_end - 5:
-                if rng.random() < 0.85:
-                    trees.append(_make_tree(rng, x_tree + rng.uniform(-0.2, 0.2), z))
-                z += spacing * rng.uniform(0.8, 1.2)
-
-    cars = []
-    for _ in range(int(rng.integers(1, 9)) + int(length / 12)):
-        parked = rng.random() < 0.4
-        if parked:
-            side = -1 if rng.random() < 0.5 else 1
-            x = side * ((road_l if side < 0 else road_r) - 1.1)
-            oncoming, vz = False, 0.0
-        else:
-            lane = lane_xs + [-road_l + 1.6] if lane_xs else [-road_l + 1.6]
-            x = float(rng.choice(np.array(lane) if len(lane) else np.array([0.0])))
-            x = float(np.clip(x + rng.uniform(-0.3, 0.3), -road_l + 1.0, road_r - 1.0))
-            oncoming = x < -1.6 and rng.random() < 0.7
-            vz = rng.uniform(-1.4, -0.6) if oncoming else rng.uniform(0.4, 1.6)
-        z = float(np.exp(rng.uniform(np.log(4.0), np.log(70.0)))) + rng.uniform(0, length)
-        w = rng.uniform(1.65, 2.0)
-        cars.append(Car(x, z, vz, w, rng.uniform(1.35, 1.75), rng.uniform(3.8, 5.0), _car_colour(rng), oncoming))
-    persons = []
-    for k in range(int(rng.integers(2, 13)) + int(length / 6)):
-        side = -1 if rng.random() < 0.5 else 1
-        road = road_l if side < 0 else road_r
-        line = line_l if side < 0 else line_r
-        x = side * rng.uniform(road + 0.4, abs(line) - 0.3) if rng.random() < 0.9 else rng.uniform(-road_l, road_r)
-        # Most people near the camera (4-16 m, and far enough to be in view: tens of pixels tall), the rest spread
-        # down the street.
-        near = k < 6 or rng.random() < 0.5
-        z = max(float(np.exp(rng.uniform(np.log(4.0), np.log(16.0)))), abs(x) * focal / 0.42) if near else (
-            float(np.exp(rng.uniform(np.log(3.0), np.log(30.0)))) + rng.uniform(0, length))
-        height = rng.uniform(1.5, 1.95)
-        persons.append(Person(x, z, rng.uniform(-0.15, 0.15), height, height * rng.uniform(0.22, 0.28),
-                               _jitter(rng, [(225, 185, 160), (190, 140, 100), (120, 80, 55)][rng.integers(3)], 12),
-                               _grey(rng, 10, 90, 15), _cloth(rng), _cloth(rng), rng.uniform(0, 2 * np.pi)))
+            trees += _draw_tree_row(rng, line, road_l, road_r, z_end)
+    cars = _draw_cars(rng, length, road_l, road_r, lane_xs)
+    persons = _draw_persons(rng, length, road_l, road_r, line_l, line_r, focal)
 
     gains = rng.uniform(0.85, 1.15, size=3)
     return World(
@@ -274,6 +205,109 @@ def make_world(rng: np.random.Generator, length: float = 0.0) -> World:
         ego=(rng.uniform(0.06, 0.14), _car_colour(rng)) if rng.random() < 0.3 else None,
         speed=0.0,
     )
+
+
+def _draw_sky(rng: np.random.Generator, horizon: float) -> tuple[bool, tuple, tuple, np.ndarray, np.ndarray, tuple]:
+    """Overcast or not, the sky's gradient, clouds, and the hazy skyline (blocks and their colour)."""
+    overcast = rng.random() < 0.35
+    if overcast:  # grey skies: the same greys as concrete and asphalt
+        sky_top, sky_bottom = _grey(rng, 150, 205, 4), _grey(rng, 175, 230, 4)
+    elif rng.random() < 0.15:  # low sun
+        sky_top, sky_bottom = _jitter(rng, (90, 110, 160), 15), _jitter(rng, (235, 180, 130), 15)
+    else:
+        sky_top, sky_bottom = _jitter(rng, (60, 120, 200), 20), _jitter(rng, (170, 200, 230), 15)
+    n_clouds = int(rng.integers(0, 7))
+    clouds = np.column_stack([rng.uniform(0, 1, n_clouds), rng.uniform(0, horizon * 0.8, n_clouds),
+                              rng.uniform(0.05, 0.2, n_clouds), rng.uniform(0.015, 0.05, n_clouds),
+                              rng.uniform(0.1, 0.6, n_clouds)]) if n_clouds else np.zeros((0, 5))
+    n_sky = int(rng.integers(4, 16))
+    xs = np.sort(rng.uniform(0, 1, n_sky))
+    skyline = np.column_stack([xs, xs + rng.uniform(0.03, 0.15, n_sky), rng.uniform(0.01, 0.08, n_sky)])
+    haze = rng.uniform(0.35, 0.75)
+    skyline_colour = tuple(float(haze * s + (1 - haze) * b) for s, b in zip(sky_bottom, _building_colour(rng)))
+    return overcast, sky_top, sky_bottom, clouds, skyline, skyline_colour
+
+
+def _draw_buildings(rng: np.random.Generator, line: float, z_end: float, facades: list[Facade],
+                    hedges: list[Hedge]) -> None:
+    """Facades along the building line at x = ``line`` up to ``z_end``, with gaps, and hedges in gaps and before
+    some facades (appended to ``facades`` and ``hedges``: both kinds are drawn in one walk down the street)."""
+    z = rng.uniform(-15, 0)
+    while z < z_end:
+        seg = rng.uniform(8, 28)
+        if rng.random() < 0.2:  # a gap: a hedge or nothing in front of the sky and the far ground
+            if rng.random() < 0.6:
+                hedges.append(Hedge(line, z, z + seg * 0.5, rng.uniform(0.7, 1.8), _green(rng)))
+            z += seg * 0.5
+            continue
+        floor_h = rng.uniform(2.8, 3.6)
+        height = floor_h * int(rng.integers(2, 8)) + rng.uniform(0.3, 1.5)
+        win_step = rng.uniform(2.2, 4.0)
+        n_floors, n_cols = int(height // floor_h), int(seg // win_step) + 1
+        glass = rng.choice(["dark", "blue", "light"])
+        base = {"dark": (45, 50, 60), "blue": (90, 130, 180), "light": (170, 180, 190)}[glass]
+        win_colours = np.array([_jitter(rng, base, 20) for _ in range(3)])
+        facades.append(Facade(line, z, min(z + seg, z_end), height, _building_colour(rng), floor_h,
+                               win_step * rng.uniform(0.35, 0.6), floor_h * rng.uniform(0.4, 0.6), win_step,
+                               win_colours, rng.integers(0, 3, size=(n_floors, n_cols))))
+        if rng.random() < 0.2:
+            hedges.append(Hedge(line - np.sign(line) * 0.6, z + 1, z + seg - 1, rng.uniform(0.6, 1.2), _green(rng)))
+        z += seg
+
+
+def _draw_tree_row(rng: np.random.Generator, line: float, road_l: float, road_r: float, z_end: float) -> list[Tree]:
+    """Street trees near the curb on the side of the building line ``line``."""
+    trees = []
+    x_tree = (road_l if line < 0 else road_r) * np.sign(line) + np.sign(line) * rng.uniform(0.6, 1.2)
+    z = rng.uniform(2, 12)
+    spacing = rng.uniform(7, 16)
+    while z < z_end - 5:
+        if rng.random() < 0.85:
+            trees.append(_make_tree(rng, x_tree + rng.uniform(-0.2, 0.2), z))
+        z += spacing * rng.uniform(0.8, 1.2)
+    return trees
+
+
+def _draw_cars(rng: np.random.Generator, length: float, road_l: float, road_r: float, lane_xs: list) -> list[Car]:
+    """Parked cars by the curbs and moving ones in the lanes (more for a longer video)."""
+    cars = []
+    for _ in range(int(rng.integers(1, 9)) + int(length / 12)):
+        parked = rng.random() < 0.4
+        if parked:
+            side = -1 if rng.random() < 0.5 else 1
+            x = side * ((road_l if side < 0 else road_r) - 1.1)
+            oncoming, vz = False, 0.0
+        else:
+            lane = lane_xs + [-road_l + 1.6] if lane_xs else [-road_l + 1.6]
+            x = float(rng.choice(np.array(lane) if len(lane) else np.array([0.0])))
+            x = float(np.clip(x + rng.uniform(-0.3, 0.3), -road_l + 1.0, road_r - 1.0))
+            oncoming = x < -1.6 and rng.random() < 0.7
+            vz = rng.uniform(-1.4, -0.6) if oncoming else rng.uniform(0.4, 1.6)
+        z = float(np.exp(rng.uniform(np.log(4.0), np.log(70.0)))) + rng.uniform(0, length)
+        w = rng.uniform(1.65, 2.0)
+        cars.append(Car(x, z, vz, w, rng.uniform(1.35, 1.75), rng.uniform(3.8, 5.0), _car_colour(rng), oncoming))
+    return cars
+
+
+def _draw_persons(rng: np.random.Generator, length: float, road_l: float, road_r: float, line_l: float,
+                  line_r: float, focal: float) -> list[Person]:
+    """People, mostly on the sidewalks and near the camera (more for a longer video)."""
+    persons = []
+    for k in range(int(rng.integers(2, 13)) + int(length / 6)):
+        side = -1 if rng.random() < 0.5 else 1
+        road = road_l if side < 0 else road_r
+        line = line_l if side < 0 else line_r
+        x = side * rng.uniform(road + 0.4, abs(line) - 0.3) if rng.random() < 0.9 else rng.uniform(-road_l, road_r)
+        # Most people near the camera (4-16 m, and far enough to be in view: tens of pixels tall), the rest spread
+        # down the street.
+        near = k < 6 or rng.random() < 0.5
+        z = max(float(np.exp(rng.uniform(np.log(4.0), np.log(16.0)))), abs(x) * focal / 0.42) if near else (
+            float(np.exp(rng.uniform(np.log(3.0), np.log(30.0)))) + rng.uniform(0, length))
+        height = rng.uniform(1.5, 1.95)
+        persons.append(Person(x, z, rng.uniform(-0.15, 0.15), height, height * rng.uniform(0.22, 0.28),
+                               _jitter(rng, [(225, 185, 160), (190, 140, 100), (120, 80, 55)][rng.integers(3)], 12),
+                               _grey(rng, 10, 90, 15), _cloth(rng), _cloth(rng), rng.uniform(0, 2 * np.pi)))
+    return persons
 
 
 def _make_tree(rng: np.random.Generator, x: float, z: float) -> Tree:

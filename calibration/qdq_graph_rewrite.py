@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from scaseg.calibration.rewrite import MS_DOMAIN
+from scaseg.calibration.float_graph_rewrite import MS_DOMAIN
 
 #: GELU(x) ~= x * sigmoid(SIGMOID_GELU * x) (Hendrycks & Gimpel's sigmoid form); largest error 0.0203, at x = -2.27.
 SIGMOID_GELU = 1.702

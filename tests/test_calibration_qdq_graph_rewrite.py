@@ -1,4 +1,4 @@
-"""calibration/int8_rewrite.py on graphs placed by int8.quantize("cpu"): GELU and residual Adds in ORT's int8 kernels."""
+"""calibration/qdq_graph_rewrite.py on graphs placed by int8.quantize("cpu"): GELU and residual Adds in ORT's int8 kernels."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +7,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from scaseg.calibration import int8
-from scaseg.calibration.int8_rewrite import SIGMOID_GELU, int8_gelu, int8_residual_add
-from scaseg.calibration.rewrite import MS_DOMAIN
+from scaseg.calibration.float_graph_rewrite import MS_DOMAIN
+from scaseg.calibration.qdq_graph_rewrite import SIGMOID_GELU, int8_gelu, int8_residual_add
 from scaseg.calibration.session import first_output, make_session, runner
 
 C = 32  # the cpu placement quantizes convs with >= 32 input features

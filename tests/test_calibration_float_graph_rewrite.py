@@ -1,4 +1,4 @@
-"""calibration/rewrite.py: the erf-GELU fused into one Gelu node, exactly, so the convolution before it keeps an int8 output;
+"""calibration/float_graph_rewrite.py: the erf-GELU fused into one Gelu node, exactly, so the convolution before it keeps an int8 output;
 the BatchNorm fold."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from scaseg.calibration import int8
-from scaseg.calibration.rewrite import MS_DOMAIN, fold_batchnorm, fuse_gelu
+from scaseg.calibration.float_graph_rewrite import MS_DOMAIN, fold_batchnorm, fuse_gelu
 from scaseg.calibration.ranges import collect_stats
 from scaseg.calibration.session import first_output, runner
 
