@@ -131,13 +131,13 @@ def export(
             require_utf8(output.expanduser(), "the output")
         from scaseg.export.from_onnx import check_engine_options
 
-        engine = check_engine_options(tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose,
-                                      from_onnx=True)
+        onnx_engine = check_engine_options(tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose,
+                                           from_onnx=True)
         calibration = (_calibration_request(precision, fmt, target, calib, calib_num, calib_method, calib_cache,
                                             max_miou_drop) if precision not in (None, "fp32") else None)
         _engine_from_onnx(ExportRequest(source, output.expanduser() if output else None, fmt, precision, None,
                                         False, variant, allow_partial, parity_images, tolerance, max_batch,
-                                        calibration, None, engine))
+                                        calibration, None, onnx_engine))
         return
     precision = precision or "fp32"
     size = parse_imgsz(imgsz)
@@ -148,7 +148,7 @@ def export(
         raise ScasegError(f"--tolerance must be a finite number >= 0 (the largest |logit diff| accepted), got {tolerance}")
     calibration = (_calibration_request(precision, fmt, target, calib, calib_num, calib_method, calib_cache,
                                         max_miou_drop) if precision != "fp32" else None)
-    engine = None
+    engine: Optional[EngineRequest] = None
     if fmt == "engine":  # no TensorRT, or options it cannot build: say so before the export
         from scaseg.export.from_onnx import check_engine_options
         from scaseg.export.engine.profile import check_options
@@ -276,7 +276,8 @@ def _load(request: ExportRequest, steps: Any) -> tuple[Any, ModelInfo, ExportOpt
         write(f"warning: {report.summary()}" + ("; the decoder is randomly initialised" if report.kind == "encoder" else ""), file=sys.stderr)
     graph = dataclasses.replace(request.graph, extra=dict(request.graph.extra))
     if request.size_from_checkpoint and info.input_size:
-        graph = dataclasses.replace(graph, imgsz=tuple(info.input_size)).validate()
+        height, width = info.input_size
+        graph = dataclasses.replace(graph, imgsz=(height, width)).validate()
     if info.variant in scaseg.VARIANTS:  # before tracing: a size that cannot fit is refused, not OOM-killed
         check_export_memory(model, scaseg.VARIANTS[info.variant], info.num_classes, graph.imgsz, graph.batch,
                             info.variant)
