@@ -109,3 +109,35 @@ def test_a_callers_environment_still_gets_the_suites_folders_removed(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (mine / "marker").is_file() and "--basetemp=" in given
     assert list(tmpdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("already", [False, True])
+def test_the_build_folders_pip_writes_into_the_checkout_go_unless_they_were_there(tmp_path, already):
+    # A copy of .ci/run in a checkout of its own: setuptools writes build/ and scaseg.egg-info/ beside pyproject.
+    repo = tmp_path / "repo"
+    (repo / ".ci").mkdir(parents=True)
+    (repo / ".ci" / "run").write_text((ROOT / ".ci" / "run").read_text())
+    if already:
+        (repo / "build").mkdir()
+        (repo / "build" / "mine").write_text("the caller's")
+    template = tmp_path / "template" / "bin"
+    template.mkdir(parents=True)
+    (template / "activate").write_text('PATH="$(dirname "${BASH_SOURCE[0]}"):$PATH"\n')
+    (template / "python").write_text("#!/bin/sh\nmkdir -p build/lib scaseg.egg-info\nexit 0\n")  # what pip leaves
+    (template / "pytest").write_text("#!/bin/sh\nexit 0\n")
+    for name in ("python", "pytest"):
+        (template / name).chmod(0o755)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nmkdir -p "$3" && cp -r "{template.parent}/." "$3"\n')
+    (bin_dir / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
+    env.pop("SCASEG_CI_VENV", None)
+    env.pop("SCASEG_CI_KEEP_VENV", None)
+    done = subprocess.run(["bash", str(repo / ".ci" / "run")], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not (repo / "scaseg.egg-info").exists()
+    if already:
+        assert (repo / "build" / "mine").read_text() == "the caller's"
+    else:
+        assert not (repo / "build").exists()
