@@ -123,21 +123,13 @@ def export(
     source = checkpoint.expanduser()
     target = int8_target if int8_target is not None else ("tensorrt" if fmt == "engine" else "cpu")
     if source.suffix.lower() in ONNX_SUFFIXES:  # an exported ONNX -> engine: no torch, no re-export
-        if fmt != "engine":
-            raise ScasegError(f"{source.name} is an ONNX model: scaseg-export builds engines from ONNX files "
-                              "(--format engine); export a checkpoint for --format onnx or triton")
-        require_utf8(source, "the ONNX model")
-        if output:  # the default output is the source's name with another suffix
-            require_utf8(output.expanduser(), "the output")
-        from scaseg.export.from_onnx import check_engine_options
-
-        onnx_engine = check_engine_options(tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose,
-                                           from_onnx=True)
+        request = _with_onnx_engine(ExportRequest(source, output.expanduser() if output else None, fmt, precision,
+                                                  None, False, variant, allow_partial, parity_images, tolerance,
+                                                  max_batch, None, None, None),
+                                    tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose)
         calibration = (_calibration_request(precision, fmt, target, calib, calib_num, calib_method, calib_cache,
                                             max_miou_drop) if precision not in (None, "fp32") else None)
-        _engine_from_onnx(ExportRequest(source, output.expanduser() if output else None, fmt, precision, None,
-                                        False, variant, allow_partial, parity_images, tolerance, max_batch,
-                                        calibration, None, onnx_engine))
+        _engine_from_onnx(dataclasses.replace(request, calibration=calibration))
         return
     precision = precision or "fp32"
     size = parse_imgsz(imgsz)
@@ -251,6 +243,23 @@ def _report(prefix: str, result: Optional[dict[str, Any]]) -> None:
 def _wrote(dest: Path, what: str) -> None:
     size = (sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) if dest.is_dir() else dest.stat().st_size)
     print_line(f"wrote {dest}  ({what}, {size / 2**20:.1f} MiB)")
+
+
+def _with_onnx_engine(request: ExportRequest, tensorrt: str, compute_capability: Optional[List[str]],
+                      workspace: float, timing_cache: Optional[Path], dla_core: Optional[int],
+                      verbose: bool) -> ExportRequest:
+    """An exported ONNX -> engine request: its names and engine options checked once."""
+    if request.fmt != "engine":
+        raise ScasegError(f"{request.source.name} is an ONNX model: scaseg-export builds engines from ONNX files "
+                          "(--format engine); export a checkpoint for --format onnx or triton")
+    require_utf8(request.source, "the ONNX model")
+    if request.output:  # the default output is the source's name with another suffix
+        require_utf8(request.output, "the output")
+    from scaseg.export.from_onnx import check_engine_options
+
+    engine = check_engine_options(tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose,
+                                  from_onnx=True)
+    return dataclasses.replace(request, engine=engine)
 
 
 def _engine_from_onnx(request: ExportRequest) -> None:
