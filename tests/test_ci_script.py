@@ -93,6 +93,7 @@ def test_ci_runs_every_tier_the_slow_tests_included(tmp_path):
     assert done.returncode == 0, done.stderr
     args = given.splitlines()
     assert "-m" in args and args[args.index("-m") + 1] == "", "CI must override addopts' -m \"not slow\":\n" + given
+    assert "no:cacheprovider" in args, "CI must not leave .pytest_cache in the checkout:\n" + given
 
 
 def test_keeping_the_environment_does_not_keep_the_suites_folders(tmp_path):
