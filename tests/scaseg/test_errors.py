@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 
 def test_run_cli_prints_one_line_and_exits_2():
@@ -24,7 +25,7 @@ def test_run_cli_prints_one_line_and_exits_2():
 def _console_scripts() -> dict[str, str]:
     import tomllib
 
-    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+    with open(ROOT / "pyproject.toml", "rb") as f:
         return tomllib.load(f)["project"]["scripts"]
 
 

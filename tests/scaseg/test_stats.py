@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from paths import ROOT
 
 import scaseg
 from scaseg.stats import count_params, measure, to_markdown, variant_table
@@ -68,11 +69,9 @@ def test_command_line_prints_the_table_and_rejects_bad_input() -> None:
 
 @pytest.mark.slow
 def test_readme_variant_table_is_the_generated_one() -> None:
-    from pathlib import Path
-
     from scaseg.stats import SIZES, VARIANTS
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("<!-- variants:start -->")[1].split("<!-- variants:end -->")[0]
     assert section.strip() == to_markdown(variant_table(list(VARIANTS), SIZES), SIZES).strip(), \
         "README's variant table is stale: run python -m scaseg.stats --readme README.md"

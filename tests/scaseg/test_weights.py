@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from paths import ROOT
 
 import scaseg
 from scaseg.data.classes import CITYSCAPES_CLASSES
@@ -70,7 +71,7 @@ def test_weights_path_names_the_shipped_files_and_refuses_others() -> None:
 def test_weights_path_keeps_import_scaseg_torch_free() -> None:
     code = ("import sys, scaseg; p = scaseg.weights_path('scaseg-t-synth'); "
             "assert 'torch' not in sys.modules, 'torch was imported'; print(p)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith(f"{NAME}.pth")
 

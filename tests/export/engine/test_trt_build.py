@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import onnx
 import pytest
+from paths import ROOT
 
 from scaseg.metadata import METADATA_KEY, ModelInfo
 from scaseg.export.engine import builder, layers as trt_layers
@@ -27,7 +28,6 @@ RTX = installed.find_tensorrt("rtx")
 pytestmark = [pytest.mark.skipif(RTX is None, reason="TensorRT-RTX (tensorrt-rtx-cu12) is not installed"),
               pytest.mark.usefixtures("one_torch_thread")]
 H, W = 64, 128
-ROOT = Path(__file__).resolve().parents[1]
 
 # Runs scaseg-export with the named top-level modules unimportable (a meta path finder that raises ImportError).
 BLOCKED_MAIN = """

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from badinput import command, env, one_line, refused, run
 from runtime_models import make_onnx
+from paths import TESTS
 
-TESTS = Path(__file__).resolve().parent
 HAS_OPENVINO = subprocess.run([sys.executable, "-c", "import openvino"], capture_output=True).returncode == 0
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason='openvino is not installed (pip install ".[openvino]")')
 
