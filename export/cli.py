@@ -43,7 +43,8 @@ ScaOp = Literal["decomposed", "function", "grid"]
 Head = Literal["logits", "labels"]
 CalibMethod = Literal["percentile", "minmax", "entropy"]
 Int8Target = Literal["cpu", "tensorrt"]
-Precision = Literal["fp32", "fp16", "int8"]  # scaseg.metadata.PRECISIONS (tests/test_export_request.py checks they agree)
+# scaseg.metadata.PRECISIONS (tests/export/test_export_request.py checks they agree)
+Precision = Literal["fp32", "fp16", "int8"]
 Format = Literal["onnx", "engine", "triton"]
 
 WORK_PREFIX = ".scaseg-export-"

@@ -33,7 +33,7 @@ def decompose_layer_norm(model: onnx.ModelProto) -> int:
 
     TensorRT 8.5 (JetPack 5) has no LayerNormalization importer. The square is Pow(x, 2), the form torch wrote for
     opsets below 17: ONNX Runtime's LayerNormFusion matches it and fuses it back at session load (with Mul(x, x) it
-    does not; tests/test_export.py checks the fusion). Done after onnxsim, which fuses it otherwise.
+    does not; tests/export/test_export.py checks the fusion). Done after onnxsim, which fuses it otherwise.
     """
     from onnx import helper, numpy_helper
 

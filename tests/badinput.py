@@ -1,4 +1,4 @@
-"""Helpers of the bad-input test modules (tests/test_badinput_*.py): run a command as a user would, check the contract.
+"""Helpers of the bad-input test modules (test_badinput_*.py): run a command as a user would, check the contract.
 
 The contract (README, "bad input"): exactly one non-empty stderr line ``scaseg-<cmd>: error: ...`` (or
 ``scaseg-<cmd>: interrupted...``), the exit code (2, or 130 after Ctrl-C), no traceback, and the folder tree unchanged

@@ -1,5 +1,5 @@
-"""Small ONNX models and TensorRT stand-ins for the TensorRT tests (tests/test_export_engine.py and
-tests/test_runtime_tensorrt.py): made with onnx.helper, no TensorRT needed.
+"""Small ONNX models and TensorRT stand-ins for the TensorRT tests (tests/export/engine/test_export_engine.py and
+tests/runtime/tensorrt/test_runtime_tensorrt.py): made with onnx.helper, no TensorRT needed.
 """
 from __future__ import annotations
 

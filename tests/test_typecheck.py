@@ -3,7 +3,7 @@
 The package is checked where it lies: scaseg/runtime, scaseg/export and scaseg/calibration are links to the
 top-level folders (docs/layout.md), so mypy gives each file one module name and follows the imports between the
 four folders. Standard TensorRT 8.5 / 10.x / 11.x builds need a GPU, which this project has not had: mypy against
-tensorrt-stubs is what checks those branches (the TensorRT-RTX ones also run in tests/test_trt_build.py).
+tensorrt-stubs is what checks those branches (the TensorRT-RTX ones also run in tests/export/engine/test_trt_build.py).
 """
 from __future__ import annotations
 

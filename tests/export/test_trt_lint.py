@@ -1,5 +1,6 @@
 """TensorRT lint: the real parser where TensorRT imports, and the hand-typed fallback tables (op / opset / dtype /
-restrictions per generation) where it does not. Exports are checked against the parser in tests/test_trt_build.py."""
+restrictions per generation) where it does not. Exports are checked against the parser in
+tests/export/engine/test_trt_build.py."""
 from __future__ import annotations
 
 

@@ -2,7 +2,8 @@
 
 The options refused before any work, the ONNX side (reading, precision, preparation for the parser), the precision
 plan and network flags of every TensorRT generation, the optimisation profile and the side file's ModelInfo. The
-real builds with TensorRT-RTX are tests/test_trt_build.py; the GPU round trips tests/test_runtime_tensorrt.py.
+real builds with TensorRT-RTX are tests/export/engine/test_trt_build.py; the GPU round trips
+tests/runtime/tensorrt/test_runtime_tensorrt.py.
 """
 from __future__ import annotations
 
