@@ -186,6 +186,28 @@ def test_folders_map_to_import_names():
         == "backends/base.py"
 
 
+_EDITABLE_PROBE = """
+import importlib.abc, importlib.machinery, sys
+root, tests = sys.argv[1], sys.argv[2]
+class Editable(importlib.abc.MetaPathFinder):  # what setuptools' editable finder does: scaseg -> <root>/scaseg
+    def find_spec(self, name, path=None, target=None):
+        return importlib.machinery.PathFinder.find_spec(name, [root]) if name == "scaseg" else None
+sys.meta_path.append(Editable())  # appended, after the path finder, as the editable install's .pth does
+sys.path.insert(0, tests)         # as pytest does for conftest.py and the helpers
+import scaseg
+print(scaseg.__file__)
+"""
+
+
+def test_an_editable_install_is_not_shadowed_by_a_test_folder():
+    # tests/ is on sys.path for the helpers; a folder there named like the package (tests/scaseg/) would be found as
+    # a namespace package before an editable install's finder runs, and `pip install -e .; pytest` would fail.
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", _EDITABLE_PROBE, str(ROOT), str(ROOT / "tests")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(ROOT / "scaseg" / "__init__.py")
+
+
 def test_no_module_is_imported_twice_under_two_names():
     # Every module of the package, imported as a command does, from the repository root with the root on sys.path
     # (where runtime/ is also reachable as a top-level `runtime`): each file is loaded once, under its scaseg name.

@@ -18,6 +18,7 @@ from scaseg.export.sca import MAX_GRID_POINTS, SCA_DOMAIN, SCA_OP, SPREAD_PER_ST
 from scaseg.models.decoder import StripCrossAttention, set_grid_points, strip_attention
 from scaseg.errors import ScasegError
 from scaseg.metadata import METADATA_KEY, ModelInfo
+from paths import benchmark
 
 H, W = 64, 128
 
@@ -222,22 +223,12 @@ def test_grid_export_cli_reports_parity_against_grid_and_exact(ckpt: Path, tmp_p
     assert '"sca_op": "grid"' in meta and '"grid_points": 64' in meta
 
 
-def _scaled_qk(model: torch.nn.Module, factor: float) -> torch.nn.Module:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, StripCrossAttention):
-                for lin in (m.q, m.k):
-                    lin.weight.mul_(factor)
-                    lin.bias.mul_(factor)
-    return model
-
-
 def test_grid_rule_takes_more_points_for_a_larger_spread_and_refuses_a_huge_one(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     info = ModelInfo("scaseg-t", 5)
     base_g, base_spread = plan_grid(scaseg.build("scaseg-t", 5), info, (H, W), 1)
     torch.manual_seed(0)
-    sharp = _scaled_qk(scaseg.build("scaseg-t", 5), 12.0)
+    sharp = benchmark("bench_grid_accuracy").scaled(scaseg.build("scaseg-t", 5), 12.0)
     g, spread = plan_grid(sharp, info, (H, W), 1)
     assert spread > 50 * base_spread and g > base_g
     assert spread / (g - 1) <= SPREAD_PER_STEP
@@ -247,7 +238,7 @@ def test_grid_rule_takes_more_points_for_a_larger_spread_and_refuses_a_huge_one(
     # a spread beyond the largest grid: one sentence naming the spread and the G it needs, exit 2, nothing written
     torch.manual_seed(0)
     huge = tmp_path / "huge.pth"
-    scaseg.save_checkpoint(_scaled_qk(scaseg.build("scaseg-t", 5), 80.0), huge, input_size=(H, W))
+    scaseg.save_checkpoint(benchmark("bench_grid_accuracy").scaled(scaseg.build("scaseg-t", 5), 80.0), huge, input_size=(H, W))
     code, _, err = run_main([str(huge), "--sca-op", "grid", "--parity-images", "1"], monkeypatch, capsys)
     lines = [line for line in err.splitlines() if line.startswith("scaseg-export: error:")]
     assert code == 2 and len(lines) == 1, err

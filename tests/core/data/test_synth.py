@@ -14,6 +14,7 @@ from scaseg.errors import ScasegError
 from scaseg.data.metrics import SegMetrics
 from scaseg.data.synth import SYNTH_CLASSES, render_scene, write_dataset
 from scaseg.data.synth.cli import main
+from paths import benchmark
 
 ALLOWED = set(SYNTH_CLASSES.values()) | {255}
 
@@ -60,33 +61,13 @@ def test_labels_lie_exactly_on_the_image_edges():
     assert all(r > 1.5 * s for r, s in zip(ratios, shifted)), (ratios, shifted)
 
 
-def _colour_only_miou(train, test, bits: int = 5) -> float:
-    """mIoU of the best per-pixel colour lookup (a quantised-RGB histogram classifier fitted on ``train``)."""
-    shift = 8 - bits
-
-    def keys(img):
-        q = (img >> shift).astype(np.int64)
-        return (q[..., 0] << (2 * bits)) | (q[..., 1] << bits) | q[..., 2]
-
-    counts = np.zeros((1 << (3 * bits), 256), np.int64)
-    for img, lab in train:
-        np.add.at(counts, (keys(img).ravel(), lab.ravel()), 1)
-    counts[:, 255] = 0
-    table = counts.argmax(1)
-    table[counts.sum(1) == 0] = counts.sum(0).argmax()
-    metrics = SegMetrics(19)
-    for img, lab in test:
-        metrics.update(table[keys(img)], lab)
-    return metrics.compute()["miou"]
-
-
 def test_colour_alone_does_not_solve_the_scenes():
     train = [render_scene(100 + s, (96, 192)) for s in range(12)]
     test = [render_scene(200 + s, (96, 192)) for s in range(6)]
     # Same-colour classes (grey cars, asphalt, concrete, overcast sky) keep a pure colour lookup far from solving it.
-    assert _colour_only_miou(train, test) < 0.45
+    assert benchmark("bench_synth").colour_lookup_miou(train, test) < 0.45
     # ...while the lookup does work on its own training images, so the number above is not a broken classifier.
-    assert _colour_only_miou(train[:2], train[:2]) > 0.5
+    assert benchmark("bench_synth").colour_lookup_miou(train[:2], train[:2]) > 0.5
 
 
 def test_write_dataset_is_a_cityscapes_dataset_with_a_video(tmp_path):
