@@ -7,18 +7,20 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from scaseg.data.images import VideoFile, write_image
+from scaseg.data.images import write_image
+from scaseg.data.video import VideoFile
 
 
 class VideoSink:
-    """Writes RGB frames to a video (codec from the suffix); checked on close (see scaseg.data.images.VideoFile)."""
+    """Writes RGB frames to a video (container and encoder from the suffix, or ``codec``); checked on close (see
+    scaseg.data.video.VideoFile)."""
 
-    def __init__(self, path: Path, fps: float, name: Optional[str] = None) -> None:
+    def __init__(self, path: Path, fps: float, name: Optional[str] = None, codec: Optional[str] = None) -> None:
         self.path, self.fps = Path(path), fps
-        self.video = VideoFile(path, fps, name=name)
+        self.video = VideoFile(path, fps, name=name, codec=codec)
 
     def write(self, name: str, image: np.ndarray) -> None:
-        self.video.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
+        self.video.write(image, rgb=image.ndim == 3)
 
     def close(self, exact: bool = True) -> None:
         """Finalise the container (writes the index) and check every frame is in it: after this the file plays."""

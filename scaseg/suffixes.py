@@ -12,9 +12,11 @@ LABEL_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 LABEL_OUTPUT_SUFFIXES = (".png", ".tif", ".tiff")
 #: Videos a source may be (read through OpenCV's FFmpeg).
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
-#: Videos written, with the codec per container: OpenCV's FFmpeg writes MPEG-4 part 2 everywhere, MJPG into AVI.
-VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
-VIDEO_OUTPUT_SUFFIXES = tuple(VIDEO_FOURCC)
+#: Videos written (through PyAV, FFmpeg's libraries): the container FFmpeg writes for each suffix and its default
+#: encoder: H.264 (libx264), which every player and browser opens, and Motion JPEG in AVI (scaseg.data.video).
+VIDEO_CONTAINERS = {".mp4": ("mp4", "libx264"), ".m4v": ("mp4", "libx264"), ".mov": ("mov", "libx264"),
+                    ".mkv": ("matroska", "libx264"), ".avi": ("avi", "mjpeg")}
+VIDEO_OUTPUT_SUFFIXES = tuple(VIDEO_CONTAINERS)
 
 #: ONNX models (ONNX Runtime), and the suffix scaseg-export writes.
 ONNX_SUFFIX = ".onnx"

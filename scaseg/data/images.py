@@ -2,7 +2,7 @@
 
 Datasets, calibration, the runtime's sources and the benchmark all decode through here, with one flag
 (IMREAD_UNCHANGED, then :func:`to_rgb_uint8`), so 16-bit, grayscale and RGBA files mean the same everywhere.
-Every image and video a command writes goes through :func:`write_image` / :class:`VideoFile`, which fail in one
+Every image a command writes goes through :func:`write_image` (videos: scaseg.data.video), which fails in one
 sentence when the bytes did not arrive (OpenCV's writers report a full disk by returning False, or not at all).
 
 Before anything is decoded, the file's header is read and the memory rule checked (scaseg.data.image_headers:
@@ -34,7 +34,6 @@ from scaseg.data.image_headers import (EXIF_FORMATS, MAX_IMAGE_PIXELS, ImageHead
                                        open_regular, parse_header, read_header)
 from scaseg.errors import ScasegError
 from scaseg.fileio import write_bytes
-from scaseg.suffixes import VIDEO_FOURCC
 
 # OpenCV reads this when it first decodes: the same bound inside its decoders, should a header lie to ours.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
@@ -186,70 +185,3 @@ def native_path(path: str | os.PathLike) -> Iterator[str]:
         yield link
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-class VideoFile:
-    """cv2.VideoWriter that opens at the first frame's size and, on close, checks that the file plays.
-
-    OpenCV's writer drops frames silently when the disk fills and leaves a file without its index: ``close``
-    reopens the file and compares its frame count with the frames written, and raises one sentence if they differ.
-    ``name`` is the destination shown in messages (the file written may be a temporary beside it).
-    """
-
-    def __init__(self, path: str | os.PathLike, fps: float, name: Optional[str] = None, suffix: str = "") -> None:
-        self.path, self.fps, self.name = Path(path), float(fps), name or str(path)
-        self.writer: Optional[cv2.VideoWriter] = None
-        self.size: Optional[tuple[int, int]] = None
-        self.frames = 0
-        ext = (suffix or self.path.suffix.lower().split(".tmp")[-1] or ".mp4").lower()
-        self.fourcc = VIDEO_FOURCC.get(ext, "mp4v")
-
-    def write(self, bgr: np.ndarray) -> None:
-        """Append one frame (BGR or grayscale uint8); a frame of another size is resized to the first one's."""
-        if self.writer is None:
-            self.size = (bgr.shape[1], bgr.shape[0])
-            with native_path(self.path) as target:  # FFmpeg opens the file here and keeps it open
-                self.writer = cv2.VideoWriter(target, cv2.VideoWriter.fourcc(*self.fourcc), self.fps, self.size)
-            if not self.writer.isOpened():
-                raise ScasegError(f"OpenCV cannot write a {self.fourcc} video of {self.size[0]}x{self.size[1]} to "
-                                  f"{self.name}")
-        if (bgr.shape[1], bgr.shape[0]) != self.size:  # a camera that changed resolution mid-stream
-            bgr = cv2.resize(bgr, self.size, interpolation=cv2.INTER_LINEAR)
-        self.writer.write(np.ascontiguousarray(bgr))
-        self.frames += 1
-
-    def close(self, check: bool = True, exact: bool = True) -> None:
-        """Finalise the container (writes the index) and check it holds every frame written.
-
-        ``exact=False`` after Ctrl-C: the interrupt may have fallen between a frame's write and its count.
-        """
-        if self.writer is None:
-            return
-        self.writer.release()
-        self.writer = None
-        if check:
-            check_video(self.path, self.frames, self.name, slack=0 if exact else 1)
-
-
-def check_video(path: str | os.PathLike, frames: int, name: Optional[str] = None, slack: int = 0) -> None:
-    """Raise ScasegError unless ``path`` opens as a video of ``frames`` (+- ``slack``) frames."""
-    shown = name or str(path)
-    size = os.path.getsize(path) if os.path.isfile(path) else 0
-    cap = None
-    if size:
-        with native_path(path) as target:
-            cap = cv2.VideoCapture(target)
-    try:
-        if cap is None or not cap.isOpened():
-            raise ScasegError(f"cannot write {shown}: the video file is incomplete ({size} bytes; disk full?); "
-                              "nothing was written")
-        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        if count <= 0:  # a container without a frame count in its header: count by decoding
-            while cap.grab():
-                count += 1
-        if abs(count - frames) > slack or count == 0:
-            raise ScasegError(f"cannot write {shown}: the video holds {count} of the {frames} frames written "
-                              "(disk full?); nothing was written")
-    finally:
-        if cap is not None:
-            cap.release()

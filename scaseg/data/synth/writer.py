@@ -13,7 +13,8 @@ from scaseg.data.synth.render import check_size, render_scene, render_video
 from scaseg.data.synth.world import BUILDING, CAR, EGO, PERSON, ROAD, SIDEWALK, SKY, SYNTH_CLASSES, VEGETATION
 from scaseg.errors import ScasegError
 from scaseg.signals import starting_workers, worker_init
-from scaseg.data.images import VideoFile, write_image
+from scaseg.data.images import write_image
+from scaseg.data.video import VideoFile
 from scaseg.fileio import atomic_dir, check_dir_output, write_bytes
 
 CITY = "synth"
@@ -124,7 +125,7 @@ def write_dataset(
             writer = VideoFile(video, fps, name=str(out_dir / "video" / f"{CITY}.mp4"))
             try:
                 for t, (image, label) in enumerate(render_video(seed, video_frames, (h, w))):
-                    writer.write(image[:, :, ::-1])
+                    writer.write(image, rgb=True)
                     write_image(tmp / "video" / "labels" / f"{t:06d}.png", label)
                     bar.update(1)
             except BaseException:
