@@ -1,197 +1,173 @@
-"""End-to-end vs model-only FPS of the scaseg-infer pipeline on a video, and the per-frame Python overhead.
+"""scaseg-infer's frame path at camera resolution: end-to-end FPS against the model's own, and the pipeline's ceiling.
 
-    python benchmarks/bench_pipeline.py                 # exports scaseg-t (random weights) at 512x512 first
-    python benchmarks/bench_pipeline.py model.onnx      # any ONNX model with scaseg metadata
-    python benchmarks/bench_pipeline.py --frames 16 --repeats 3 --threads 2
+For each video size (720p, 1080p, 2160p by default), on H.264 clips of street scenes:
+- model-only: the backend alone on one prepared frame (ONNX Runtime, --threads), median of --runs calls;
+- end-to-end: the wall time of the real `scaseg-infer CLIP -o out.mp4` on an N-frame clip minus its wall time on a
+  1-frame clip (start-up, model load and the first frame cancel), as frames per second; then end-to-end / model-only;
+- ceiling: the same scaseg-infer run with a near-zero-cost model (a 1x1 convolution with the shipped model's
+  input, output and metadata): what decode, preprocess, postprocess, overlay and encode alone allow;
+- work per stage: milliseconds per frame, summed over each stage's threads, as scaseg-infer reports them;
+- bytes host -> device and back per frame for this model (float input, float logits out) and for a raw-frame
+  model (uint8 frame in, uint8 labels at the frame's size out), computed from the shapes.
+Runs are interleaved (model, ceiling, model, ...) so a change of load hits both; figures are medians.
 
-Everything is measured in this one run, side by side; figures are medians. Random weights do not change
-speed. On a shared machine the absolute numbers move with the load: compare the ratios.
+    python benchmarks/bench_pipeline.py                                # the shipped int8 model, 2 threads
+    python benchmarks/bench_pipeline.py model.onnx --sizes 1080p --frames 121 --repeats 3
 """
 from __future__ import annotations
 
 import argparse
-import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
-import cv2
 import numpy as np
 
-from scaseg.runtime.backends import open_backend
-from scaseg.runtime.overlay import palette_lut, render_overlay
-from scaseg.runtime.predictor import Predictor
-from scaseg.runtime.pipeline import run_pipeline
-from scaseg.runtime.sinks import VideoSink
-from scaseg.runtime.sources import open_source
+from perf_machine import machine_line
+
+SIZES = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920), "1440p": (1440, 2560), "2160p": (2160, 3840)}
+STAGE_LINE = re.compile(r"work per frame, ms summed over threads: (.*) \((\d+) preprocess/render workers\)")
 
 
-def export_scaseg_t(folder: Path, size: int) -> Path:
-    """scaseg-t (19 classes, random weights) exported to ONNX at size x size; needs torch and onnx."""
+def make_clip(path: Path, frames: int, hw: tuple[int, int], fps: float = 30.0) -> Path:
+    """An H.264 clip of a drive down a synthetic street (scaseg-synth's video renderer)."""
+    from scaseg.data.synth import render_video
+    from scaseg.data.video import VideoFile
+
+    video = VideoFile(path, fps)
+    for image, _ in render_video(0, frames, hw):
+        video.write(image, rgb=True)
+    video.close()
+    return path
+
+
+def tiny_model(model: Path, dest: Path) -> Path:
+    """A model of near-zero cost with ``model``'s input, output shape and metadata: one 1x1 convolution."""
     import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
-    from scaseg import build
-    from scaseg.export.onnx_export import ExportOptions, to_onnx
-    from scaseg.metadata import ModelInfo
-
-    info = ModelInfo(variant="scaseg-t", num_classes=19, input_size=(size, size))
-    proto, _ = to_onnx(build("scaseg-t", num_classes=19), info, ExportOptions(imgsz=(size, size)))
-    path = folder / f"scaseg-t_{size}.onnx"
-    onnx.save(proto, str(path))
-    return path
-
-
-def make_video(path: Path, frames: int, hw: tuple[int, int], fps: float = 30.0) -> Path:
-    """A street-like clip: synthetic scenes when scaseg.data.synth exists, else smoothed noise."""
-    h, w = hw
-    try:
-        from scaseg.data.synth import render_scene
-
-        def frame(i: int) -> np.ndarray:
-            return render_scene(i, size=(h, w))[0]
-    except ImportError:
-        rng = np.random.default_rng(0)
-
-        def frame(i: int) -> np.ndarray:
-            return cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 3)
-
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
-    for i in range(frames):
-        writer.write(cv2.cvtColor(frame(i), cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
+    src = onnx.load(str(model), load_external_data=False)
+    inp, out = src.graph.input[0], src.graph.output[0]
+    classes = out.type.tensor_type.shape.dim[1].dim_value
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((classes, 3, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", [inp.name, "w"], [out.name])], "tiny", [inp],
+                              [helper.make_tensor_value_info(out.name, TensorProto.FLOAT,
+                                                             [d.dim_value or d.dim_param for d in
+                                                              out.type.tensor_type.shape.dim])], [weight])
+    tiny = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for prop in src.metadata_props:
+        tiny.metadata_props.add(key=prop.key, value=prop.value)
+    onnx.save(tiny, str(dest))
+    return dest
 
 
-def per_frame_overheads(predictor: Predictor, video: Path) -> dict[str, float]:
-    """Median ms per frame of decode, preprocess, postprocess (argmax + back to source size), overlay, encode."""
-    lut = palette_lut(predictor.info.palette)
-    laps: dict[str, list[float]] = {k: [] for k in ("decode", "preprocess", "postprocess", "overlay", "encode")}
-    src = open_source(str(video))
-    frames = []
-    it = iter(src)
-    while True:
-        t0 = time.perf_counter()
-        frame = next(it, None)
-        if frame is None:
-            break
-        laps["decode"].append(time.perf_counter() - t0)
-        frames.append(frame)
-    src.close()
-    out = None
-    for frame in frames:
-        t0 = time.perf_counter()
-        tensor, geom = predictor.prepare(frame.image)
-        laps["preprocess"].append(time.perf_counter() - t0)
-        if out is None:
-            out = predictor.run([tensor])[0]  # one inference: postprocess cost does not depend on the values
-        t0 = time.perf_counter()
-        labels = predictor.finish(out, geom)
-        laps["postprocess"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        picture = render_overlay(frame.image, labels, lut, 0.5)
-        laps["overlay"].append(time.perf_counter() - t0)
-        frame.image = picture
-    with tempfile.TemporaryDirectory() as tmp:
-        sink = VideoSink(Path(tmp) / "o.mp4", 30.0)
-        for frame in frames:
-            t0 = time.perf_counter()
-            sink.write(frame.name, frame.image)  # type: ignore[arg-type]
-            laps["encode"].append(time.perf_counter() - t0)
-        sink.close()
-    return {k: 1000 * statistics.median(v) for k, v in laps.items()}
+def model_only_fps(model: Path, hw: tuple[int, int], threads: int, runs: int) -> float:
+    """Frames per second of the backend alone on one prepared frame of size ``hw``."""
+    from scaseg.runtime.backends import RunSettings, open_backend
+    from scaseg.runtime.predictor import Predictor
 
-
-def model_only_fps(predictor: Predictor, video: Path, warmup: int, runs: int) -> float:
-    src = open_source(str(video))
-    image = next(iter(src)).image
-    src.close()
-    batch = predictor.prepare(image)[0][None]  # type: ignore[arg-type]
-    for _ in range(warmup):
+    predictor = Predictor(open_backend(str(model), settings=RunSettings.parse("cpu", str(threads), "fast")))
+    frame = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    batch = predictor.prepare(frame)[0][None]
+    for _ in range(3):
         predictor.backend.infer(batch)
     laps = []
-    for _ in range(max(runs, 0)):
-        t0 = time.perf_counter()
+    for _ in range(runs):
+        start = time.perf_counter()
         predictor.backend.infer(batch)
-        laps.append(time.perf_counter() - t0)
-    return 1.0 / statistics.median(laps) if laps else 0.0
+        laps.append(time.perf_counter() - start)
+    return 1.0 / statistics.median(laps)
 
 
-def sequential_fps(predictor: Predictor, video: Path, out: Path) -> float:
-    """The same work as the pipeline in one thread, one frame after another (what overlap is compared with)."""
-    lut = palette_lut(predictor.info.palette)
-    src = open_source(str(video))
-    sink = VideoSink(out, src.fps)
-    t0 = time.perf_counter()
-    n = 0
-    for frame in src:
-        tensor, geom = predictor.prepare(frame.image)  # type: ignore[arg-type]
-        labels = predictor.finish(predictor.run([tensor])[0], geom)
-        sink.write(frame.name, render_overlay(frame.image, labels, lut, 0.5))  # type: ignore[arg-type]
-        n += 1
-    sink.close()
-    src.close()
-    return n / (time.perf_counter() - t0)
+def infer_wall(clip: Path, model: Path, out: Path, threads: int) -> tuple[float, dict[str, float], int]:
+    """Wall seconds of one scaseg-infer run, and the work per stage (ms per frame) and workers it reported."""
+    command = [sys.executable, "-c", "import sys; sys.argv[0] = 'scaseg-infer'; from scaseg.runtime.infer import main; "
+               "main()", str(clip), "-m", str(model), "-o", str(out), "--threads", str(threads)]
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"scaseg-infer failed: {proc.stderr.strip()}")
+    found = STAGE_LINE.search(proc.stderr)
+    stages = {k: float(v) for k, v in (part.rsplit(" ", 1) for part in found.group(1).split(", "))} if found else {}
+    return wall, stages, int(found.group(2)) if found else 0
 
 
-def pipeline_fps(predictor: Predictor, video: Path, out: Path) -> tuple[float, float]:
-    """scaseg-infer's threaded pipeline writing an overlay video: (end-to-end FPS, model FPS inside it)."""
-    lut = palette_lut(predictor.info.palette)
-    src = open_source(str(video))
-    sink = VideoSink(out, src.fps)
-    stats = run_pipeline(src, predictor, lambda f, lab: sink.write(f.name, render_overlay(f.image, lab, lut, 0.5)),
-                         progress=False)
-    sink.close()
-    src.close()
-    return stats.fps, stats.model_fps
+def frame_bytes(model: Path, hw: tuple[int, int]) -> tuple[int, int]:
+    """Bytes in and out per frame: (float32 input + float32 logits at the network size, uint8 frame + uint8 labels)."""
+    from scaseg.runtime.backends import open_backend
+    from scaseg.runtime.predictor import Predictor
+
+    predictor = Predictor(open_backend(str(model)))
+    h, w = predictor.size or hw
+    float_path = 4 * 3 * h * w + 4 * predictor.info.num_classes * h * w
+    raw_path = 3 * hw[0] * hw[1] + hw[0] * hw[1]
+    return float_path, raw_path
 
 
-def main() -> None:
+def measure_size(model: Path, tiny: Path, name: str, args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+    hw = SIZES[name]
+    clips = {n: make_clip(tmp / f"{name}_{n}.mp4", n, hw) for n in (1, args.frames)}
+    rows: dict[str, list[float]] = {"model": [], "ceiling": []}
+    stages: dict[str, list[dict[str, float]]] = {"model": [], "ceiling": []}
+    workers = 0
+    for _ in range(args.repeats):  # interleaved: a change of load hits both alike
+        for kind, m in (("model", model), ("ceiling", tiny)):
+            one, _, _ = infer_wall(clips[1], m, tmp / "one.mp4", args.threads)
+            many, st, workers = infer_wall(clips[args.frames], m, tmp / "many.mp4", args.threads)
+            rows[kind].append((args.frames - 1) / max(many - one, 1e-9))
+            stages[kind].append(st)
+    model_fps = model_only_fps(model, hw, args.threads, args.runs)
+    median_stages = {kind: {k: statistics.median(s[k] for s in stages[kind]) for k in stages[kind][0]}
+                     for kind in stages if stages[kind] and stages[kind][0]}
+    return {"size": name, "hw": hw, "model_only": model_fps, "e2e": statistics.median(rows["model"]),
+            "ceiling": statistics.median(rows["ceiling"]), "stages": median_stages, "workers": workers,
+            "bytes": frame_bytes(model, hw)}
+
+
+def report(results: list[dict[str, object]], model: Path, args: argparse.Namespace) -> None:
+    print(f"model {model.name}; {args.frames}-frame H.264 clips; ONNX Runtime CPU, {args.threads} threads; "
+          f"medians of {args.repeats} interleaved runs")
+    print(f"{'video':>7s} {'model-only':>11s} {'end-to-end':>11s} {'ratio':>6s} {'ceiling':>8s}   "
+          "work per frame with the model, ms (decode/preprocess/infer/render/write)   ceiling's")
+    for r in results:
+        st = r["stages"]
+        cells = ["/".join(f"{v:.1f}" for v in st.get(kind, {}).values()) for kind in ("model", "ceiling")]  # type: ignore[union-attr]
+        print(f"{r['size']:>7s} {r['model_only']:9.1f}   {r['e2e']:9.1f}   {r['e2e'] / r['model_only']:5.2f} "  # type: ignore[operator]
+              f"{r['ceiling']:7.1f}    {cells[0]:<40s} {cells[1]}   ({r['workers']} workers)")
+    print("bytes moved per frame, host -> device and back (in + out):")
+    for r in results:
+        float_b, raw_b = r["bytes"]  # type: ignore[misc]
+        print(f"{r['size']:>7s}  float path {float_b / 1e6:6.2f} MB   raw-frame path {raw_b / 1e6:6.2f} MB   "
+              f"ratio {float_b / raw_b:.2f}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", nargs="?", help="ONNX model (default: export scaseg-t at --size)")
-    ap.add_argument("--size", type=int, default=512, help="export size of the default scaseg-t model")
-    ap.add_argument("--frames", type=int, default=12, help="frames in the test video")
-    ap.add_argument("--video-hw", default="540x960", help="video frame size HxW")
-    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
-    ap.add_argument("--repeats", type=int, default=3, help="pipeline/sequential passes (median)")
-    ap.add_argument("--runs", type=int, default=10, help="model-only timed runs (median)")
-    args = ap.parse_args()
-    h, w = (int(v) for v in args.video_hw.lower().split("x"))
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        if args.model is None:
-            t0 = time.perf_counter()
-            model_path = export_scaseg_t(tmp, args.size)
-            print(f"exported scaseg-t at {args.size}x{args.size} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        else:
-            model_path = Path(args.model)
-        video = make_video(tmp / "clip.mp4", args.frames, (h, w))
-        predictor = Predictor(open_backend(model_path, device="cpu", threads=args.threads))
-        over = per_frame_overheads(predictor, video)
-        model_only_fps(predictor, video, warmup=2, runs=0)  # warm-up
-        model, seq, pipe, inside = [], [], [], []
-        for _ in range(args.repeats):  # interleaved, so a change of load on the machine hits all three alike
-            model.append(model_only_fps(predictor, video, warmup=0, runs=args.runs))
-            seq.append(sequential_fps(predictor, video, tmp / "seq.mp4"))
-            e2e, m = pipeline_fps(predictor, video, tmp / "pipe.mp4")
-            pipe.append(e2e)
-            inside.append(m)
-        model_fps, seq_fps, pipe_fps, inside_fps = (statistics.median(x) for x in (model, seq, pipe, inside))
-        ratio = statistics.median(p / m for p, m in zip(pipe, model))
+    ap.add_argument("model", nargs="?", help="ONNX model with scaseg metadata (default: the shipped int8 model)")
+    ap.add_argument("--sizes", nargs="+", default=["720p", "1080p", "2160p"], choices=list(SIZES), help="video sizes")
+    ap.add_argument("--frames", type=int, default=61, help="frames in each timed clip (a 1-frame clip is subtracted)")
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved scaseg-infer runs per size (median)")
+    ap.add_argument("--runs", type=int, default=30, help="model-only timed calls (median)")
+    args = ap.parse_args(argv)
+    from scaseg import default_model
 
-    info = predictor.info
-    print(f"model: {model_path.name} ({info.variant}, input {predictor.size}, {predictor.backend.name} "
-          f"{predictor.backend.device}, threads={args.threads or 'default'}); video {args.frames} frames {h}x{w}; "
-          f"cpu count {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}")
-    print("per-frame Python overhead, median ms: " + ", ".join(f"{k} {v:.2f}" for k, v in over.items()))
-    pre_post = over["preprocess"] + over["postprocess"]
-    print(f"  pre+post {pre_post:.2f} ms = {100 * pre_post * model_fps / 1000:.1f}% of one model call")
-    print(f"{'':28s}{'FPS':>8s}{'vs model-only':>16s}")
-    for name, fps in (("model-only (infer only)", model_fps), ("sequential end-to-end", seq_fps),
-                      ("pipeline end-to-end", pipe_fps), ("model inside the pipeline", inside_fps)):
-        print(f"{name:28s}{fps:8.3f}{fps / model_fps:15.1%}")
-    print(f"pipeline / model-only, median of per-repeat ratios: {ratio:.1%} over {args.repeats} repeats")
+    model = Path(args.model or default_model())
+    print(machine_line())
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        tiny = tiny_model(model, tmp / "tiny.onnx")
+        results = []
+        for size in args.sizes:
+            print(f"measuring {size} ...", file=sys.stderr, flush=True)
+            results.append(measure_size(model, tiny, size, args, tmp))
+    report(results, model, args)
 
 
 if __name__ == "__main__":

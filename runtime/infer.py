@@ -23,6 +23,7 @@ from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, bat
                                     memory_option, threads_option)
 from scaseg.runtime.overlay import palette_lut, render_overlay
 from scaseg.runtime.predictor import Predictor
+from scaseg.runtime.preprocess import Geometry
 from scaseg.suffixes import IMAGE_SUFFIXES, LABEL_OUTPUT_SUFFIXES, VIDEO_OUTPUT_SUFFIXES, VIDEO_SUFFIXES
 from scaseg.runtime.pipeline import StopPipeline, run_pipeline
 from scaseg.runtime.sinks import ImageSink, VideoSink
@@ -174,18 +175,25 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, request: Inf
             sink = ImageSink(folder=folder, suffix=".png")
 
         noted: set[tuple[int, ...]] = set()
+        names = info.class_names if request.legend else None
 
-        def consume(frame: Frame, labels: np.ndarray) -> None:
+        def render(frame: Frame, output: np.ndarray, geom: Geometry) -> tuple[np.ndarray, Optional[np.ndarray]]:
+            """In the worker pool: the labels to write and the overlay picture (coloured at the network's size)."""
             assert frame.image is not None
+            labels = predictor.finish(output, geom, to_source=kind == "labels")
+            picture = None
+            if kind == "overlay" or show:
+                picture = render_overlay(frame.image, labels, lut, request.alpha, names)
+            return labels, picture
+
+        def consume(frame: Frame, rendered: tuple[np.ndarray, Optional[np.ndarray]]) -> None:
+            assert frame.image is not None
+            labels, picture = rendered
             if frame.image.shape[:2] not in noted:  # said once per frame size (folders mix sizes)
                 noted.add(frame.image.shape[:2])
                 note = _stretch_note(frame.image.shape[:2], predictor)
                 if note:
                     progress.write(note, file=sys.stderr)
-            picture = None
-            if kind == "overlay" or show:
-                names = info.class_names if request.legend else None
-                picture = render_overlay(frame.image, labels, lut, request.alpha, names)
             if sink is not None:
                 written = picture if kind == "overlay" else labels
                 assert written is not None  # kind overlay: rendered above
@@ -193,8 +201,8 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, request: Inf
             if show and picture is not None:
                 _show(picture)
 
-        stats = run_pipeline(src, predictor, consume, queue_size=request.queue_size, max_frames=request.max_frames,
-                             progress=not request.quiet)
+        stats = run_pipeline(src, predictor, consume, render=render, queue_size=request.queue_size,
+                             max_frames=request.max_frames, progress=not request.quiet)
         if sink is not None:
             sink.close(exact=not stats.interrupted)  # finalise the container before the rename, also after Ctrl-C
         if stats.frames == 0 and stats.interrupted:
@@ -211,6 +219,10 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, request: Inf
     print(f"scaseg-infer: {where}: {stats.frames} frames, {stats.fps:.1f} FPS end-to-end, "
           f"model {stats.model_fps:.1f} FPS ({model_label}; {predictor.backend.name}, {predictor.backend.device})",
           file=sys.stderr)
+    if not request.quiet and stats.frames:
+        print("scaseg-infer: work per frame, ms summed over threads: " + ", ".join(
+            f"{stage} {1000 * seconds / stats.frames:.1f}" for stage, seconds in stats.stage_seconds.items())
+            + f" ({stats.workers} preprocess/render workers)", file=sys.stderr)
     if stats.skipped:
         names = ", ".join(stats.skipped_names[:5]) + (" ..." if len(stats.skipped_names) > 5 else "")
         why = f" (the first: {stats.skip_reason})" if stats.skip_reason else ""

@@ -1,6 +1,20 @@
-"""The threaded decode -> infer -> encode pipeline behind scaseg-infer: three stages joined by bounded queues."""
+"""The pipeline behind scaseg-infer: decode -> preprocess -> infer -> render -> write, frames kept in order.
+
+Stages and who runs them:
+- decode: one thread reads the source (OpenCV's decoder releases the GIL and has threads of its own);
+- preprocess and render: a pool of worker threads (``workers``); their work is OpenCV and NumPy calls that release
+  the GIL, so frames are prepared and rendered in parallel;
+- infer: one thread, one backend call per batch (ONNX Runtime, OpenVINO and TensorRT release the GIL; the backend
+  has its own threads);
+- write: the calling thread, in frame order (so windows, Ctrl-C and the output's writer stay in one place; the
+  encoder has threads of its own).
+Python only schedules: it hands frames and futures between bounded queues, so memory stays bounded and every
+per-pixel operation runs in library code.
+"""
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import queue
 import sys
 import threading
@@ -17,8 +31,21 @@ if TYPE_CHECKING:
     from scaseg.runtime.predictor import Predictor
 
 _END = object()
-# (frame, network input or model output, geometry); the array is None for a frame that could not be decoded.
-_Item = Tuple[Frame, Optional[np.ndarray], Optional[Geometry]]
+#: The stages whose time PipelineStats.stage_seconds adds up (seconds of work, summed over that stage's threads).
+STAGES = ("decode", "preprocess", "infer", "render", "write")
+# (frame, future of its (network input, geometry)); the future is None for a frame that could not be decoded.
+_Decoded = Tuple[Frame, Optional["concurrent.futures.Future[tuple[np.ndarray, Geometry]]"]]
+# (frame, future of what render returned); None for a frame that could not be decoded.
+_Rendered = Tuple[Frame, Optional["concurrent.futures.Future[Any]"]]
+# What a render function gets: the frame, one row of the model's output, and how the frame was resized.
+Render = Callable[[Frame, np.ndarray, Geometry], Any]
+
+
+def default_workers() -> int:
+    """Preprocess and render threads: one per core the process may use, at least 2 (so that rendering one frame
+    overlaps preparing the next), at most 8 (beyond that the queues, not the workers, bound the pace)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(2, min(8, cores))
 
 
 class StopPipeline(Exception):
@@ -27,7 +54,7 @@ class StopPipeline(Exception):
 
 @dataclass
 class PipelineStats:
-    """What one run did and how fast: end-to-end FPS against the model's own FPS."""
+    """What one run did and how fast: end-to-end FPS against the model's own FPS, and where the time went."""
 
     frames: int = 0
     skipped: int = 0
@@ -38,6 +65,9 @@ class PipelineStats:
     stopped: bool = False
     skipped_names: list[str] = field(default_factory=list)
     skip_reason: str = ""  # why the first skipped frame could not be read (the image reader's sentence)
+    workers: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def fps(self) -> float:
@@ -46,6 +76,17 @@ class PipelineStats:
     @property
     def model_fps(self) -> float:
         return self.frames / self.infer_seconds if self.infer_seconds > 0 else 0.0
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:  # the pool's threads add concurrently
+            self.stage_seconds[stage] += seconds
+
+    def timed(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.add(stage, time.perf_counter() - start)
 
 
 class _Stage(threading.Thread):
@@ -82,46 +123,74 @@ def _get(q: "queue.Queue[object]", stop: threading.Event) -> object:
     return _END
 
 
+def _result(future: "concurrent.futures.Future[Any]", stop: threading.Event) -> Any:
+    """The future's result (its exception raised here), or _END once ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            return future.result(timeout=0.1)
+        except concurrent.futures.TimeoutError:
+            continue
+    return _END
+
+
+@dataclass
+class _Run:
+    """What the stage threads share for one run."""
+
+    source: Source
+    predictor: "Predictor"
+    render: Render
+    pool: concurrent.futures.ThreadPoolExecutor
+    decoded: "queue.Queue[object]"
+    rendered: "queue.Queue[object]"
+    stop: threading.Event
+    stats: PipelineStats
+    max_frames: Optional[int]
+
+
 def run_pipeline(
     source: Source,
     predictor: "Predictor",
-    consume: Callable[[Frame, np.ndarray], None],
+    consume: Callable[[Frame, Any], None],
     *,
+    render: Optional[Render] = None,
+    workers: Optional[int] = None,
     queue_size: int = 4,
     max_frames: Optional[int] = None,
     progress: bool = True,
 ) -> PipelineStats:
-    """Decode+preprocess, inference and postprocess+``consume`` run in three threads joined by bounded queues.
+    """Run every frame of ``source`` through ``predictor``, ``render`` and ``consume``; see the module docstring.
 
-    ``predictor`` is a scaseg.runtime.predictor.Predictor. ``consume(frame, labels)`` runs in the calling thread
-    (so windows and Ctrl-C behave); labels are at the frame's own size. Memory stays bounded by the queues.
-    Ctrl-C stops every stage (frames in flight are dropped) and returns with ``interrupted=True``: the caller
-    finalises its outputs, then re-raises. An exception in a stage stops the others and is re-raised here.
+    ``render(frame, output, geometry)`` runs in the worker pool on one row of the model's output (default: the label
+    map at the frame's size, ``predictor.finish``); ``consume(frame, rendered)`` runs in the calling thread, in
+    frame order. Memory stays bounded by the queues (``queue_size`` frames between stages). Ctrl-C stops every
+    stage (frames in flight are dropped) and returns with ``interrupted=True``: the caller finalises its outputs,
+    then re-raises. An exception in a stage or a render stops the others and is re-raised here.
     """
     from scaseg.progress import progress as progress_bar
 
-    stop = threading.Event()
-    decoded: "queue.Queue[object]" = queue.Queue(maxsize=queue_size)
-    inferred: "queue.Queue[object]" = queue.Queue(maxsize=queue_size)
-    stats = PipelineStats()
-    batch_size = predictor.batch
-    stages = [_Stage(lambda: _read_frames(source, predictor, decoded, stop, max_frames), "scaseg-decode"),
-              _Stage(lambda: _infer_batches(predictor, batch_size, decoded, inferred, stop, stats), "scaseg-infer")]
-    bar = progress_bar(total=min(x for x in (source.frame_count, max_frames) if x is not None)
-               if (source.frame_count or max_frames) else None,
-               unit="frame", file=sys.stderr, disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    stats = PipelineStats(workers=workers or default_workers())
+    run = _Run(source, predictor, render or (lambda frame, output, geom: predictor.finish(output, geom)),
+               concurrent.futures.ThreadPoolExecutor(stats.workers, thread_name_prefix="scaseg-work"),
+               queue.Queue(maxsize=queue_size), queue.Queue(maxsize=queue_size), threading.Event(), stats,
+               max_frames)
+    stages = [_Stage(lambda: _read_frames(run), "scaseg-decode"), _Stage(lambda: _infer_batches(run), "scaseg-infer")]
+    total = [x for x in (source.frame_count, max_frames) if x is not None]
+    bar = progress_bar(total=min(total) if total else None, unit="frame", file=sys.stderr, disable=not progress,
+                       dynamic_ncols=True, smoothing=0.1)
     start = time.perf_counter()
     for stage in stages:
         stage.start()
     try:
-        _finish_frames(inferred, predictor, consume, stats, bar)
+        _write_frames(run, consume, bar)
     except KeyboardInterrupt:
         stats.interrupted = True
     except StopPipeline:
         stats.stopped = True
     finally:
-        stop.set()
-        _join_stages(stages, (decoded, inferred))
+        run.stop.set()
+        _join_stages(stages, (run.decoded, run.rendered))
+        run.pool.shutdown(wait=True, cancel_futures=True)
         stats.seconds = time.perf_counter() - start
         bar.close()
     for stage in stages:
@@ -132,74 +201,80 @@ def run_pipeline(
     return stats
 
 
-def _read_frames(source: Source, predictor: "Predictor", decoded: "queue.Queue[object]", stop: threading.Event,
-                 max_frames: Optional[int]) -> None:
-    """Decode stage: each frame with its network input (None for a frame that did not decode), then _END."""
+def _read_frames(run: _Run) -> None:
+    """Decode stage: each frame with the future of its network input (None for a frame that did not decode)."""
     try:
-        for n, frame in enumerate(source):
-            if stop.is_set() or (max_frames is not None and n >= max_frames):
+        frames = iter(run.source)
+        for n in range(sys.maxsize):
+            if run.stop.is_set() or (run.max_frames is not None and n >= run.max_frames):
                 break
-            item: _Item = (frame, None, None)
+            frame = run.stats.timed("decode", next, frames, None)
+            if frame is None:
+                break
+            future = None
             if frame.image is not None:
-                tensor, geom = predictor.prepare(frame.image)
-                item = (frame, tensor, geom)
-            if not _put(decoded, item, stop):
+                future = run.pool.submit(run.stats.timed, "preprocess", run.predictor.prepare, frame.image)
+            if not _put(run.decoded, (frame, future), run.stop):
                 break
     finally:
-        _put(decoded, _END, stop)
+        _put(run.decoded, _END, run.stop)
 
 
-def _next_batch(decoded: "queue.Queue[object]", stop: threading.Event, batch_size: int) -> tuple[list[_Item], bool]:
+def _next_batch(run: _Run, batch_size: int) -> tuple[list[_Decoded], bool]:
     """The next items (at least one wait, then what is already decoded, up to one batch) and whether _END came."""
-    got = [_get(decoded, stop)]
-    # Take what is already decoded, up to one batch, without waiting for more.
+    got = [_get(run.decoded, run.stop)]
     while len(got) < batch_size and got[-1] is not _END:
         try:
-            got.append(decoded.get_nowait())
+            got.append(run.decoded.get_nowait())
         except queue.Empty:
             break
     done = got[-1] is _END
     if done:
         got.pop()
-    return [cast(_Item, it) for it in got], done
+    return [cast(_Decoded, it) for it in got], done
 
 
-def _infer_batches(predictor: "Predictor", batch_size: int, decoded: "queue.Queue[object]",
-                   inferred: "queue.Queue[object]", stop: threading.Event, stats: PipelineStats) -> None:
-    """Inference stage: one model call per batch of decoded frames; each frame passed on with its output."""
+def _infer_batches(run: _Run) -> None:
+    """Inference stage: one model call per batch of prepared frames; each frame's render handed to the pool."""
     try:
         done = False
-        while not done and not stop.is_set():
-            items, done = _next_batch(decoded, stop, batch_size)
-            tensors = [t for _, t, _ in items if t is not None]
+        while not done and not run.stop.is_set():
+            items, done = _next_batch(run, run.predictor.batch)
+            prepared = [(frame, None if fut is None else _result(fut, run.stop)) for frame, fut in items]
+            if any(p is _END for _, p in prepared):
+                return
+            inputs = [p for _, p in prepared if p is not None]
             outputs: list[np.ndarray] = []
-            if tensors:
-                t0 = time.perf_counter()
-                outputs = list(predictor.run(tensors))
-                stats.infer_seconds += time.perf_counter() - t0
-                stats.infer_calls += 1
+            if inputs:
+                start = time.perf_counter()
+                outputs = list(run.predictor.run([tensor for tensor, _ in inputs]))
+                run.stats.infer_seconds += time.perf_counter() - start
+                run.stats.infer_calls += 1
             it_out = iter(outputs)
-            for frame, tensor, geom in items:
-                if not _put(inferred, (frame, None if tensor is None else next(it_out), geom), stop):
+            for frame, p in prepared:
+                future = None if p is None else run.pool.submit(run.stats.timed, "render", run.render, frame,
+                                                                next(it_out), p[1])
+                if not _put(run.rendered, (frame, future), run.stop):
                     return
     finally:
-        _put(inferred, _END, stop)
+        run.stats.stage_seconds["infer"] = run.stats.infer_seconds
+        _put(run.rendered, _END, run.stop)
 
 
-def _finish_frames(inferred: "queue.Queue[object]", predictor: "Predictor",
-                   consume: Callable[[Frame, np.ndarray], None], stats: PipelineStats, bar: Any) -> None:
-    """The calling thread's stage: postprocess and ``consume`` each inferred frame, count skipped ones, until _END."""
+def _write_frames(run: _Run, consume: Callable[[Frame, Any], None], bar: Any) -> None:
+    """The calling thread's stage: ``consume`` each rendered frame in order, count skipped ones, until _END."""
+    stats = run.stats
     while True:
-        got = inferred.get()
+        got = run.rendered.get()
         if got is _END:
             break
-        frame, output, geom = cast(_Item, got)
-        if output is None or geom is None:
+        frame, future = cast(_Rendered, got)
+        if future is None:
             stats.skipped += 1
             stats.skipped_names.append(frame.name)
             stats.skip_reason = stats.skip_reason or frame.error
         else:
-            consume(frame, predictor.finish(output, geom))
+            stats.timed("write", consume, frame, future.result())
             stats.frames += 1
             if stats.infer_seconds > 0:
                 bar.set_postfix_str(f"model {stats.model_fps:.1f} FPS", refresh=False)

@@ -29,14 +29,20 @@ def input_size_for(backend: Backend, imgsz: Optional[Sequence[int]] = None,
     return tuple(backend.info.input_size) if backend.info.input_size else None  # type: ignore[return-value]
 
 
-def output_to_labels(output: np.ndarray, geom: Geometry, num_classes: int) -> np.ndarray:
-    """One image's model output (C, h, w) logits or (h, w) labels -> label map at the source image's size."""
+def output_to_labels(output: np.ndarray, geom: Geometry, num_classes: int, to_source: bool = True) -> np.ndarray:
+    """One image's model output (C, h, w) logits or (h, w) labels -> label map at the source image's size.
+
+    ``to_source=False``: the labels of the image's content at the network's resolution (the letterbox padding cut
+    off, not resized): what an overlay colours before it scales the colours up (runtime/overlay.py).
+    """
     if output.ndim == 3:
         labels = logits_to_labels(output)
     else:
         labels = output.astype(label_dtype(num_classes), copy=False)
     if labels.shape != tuple(geom.dst_hw):  # a model that answers at another stride: back to the input grid first
         labels = resize_label(labels, geom.dst_hw)
+    if not to_source:
+        return labels[: geom.content_hw[0], : geom.content_hw[1]]
     return labels_to_source(labels, geom)
 
 
@@ -75,9 +81,9 @@ class Predictor:
             batch = np.concatenate([batch, pad])
         return self.backend.infer(batch)[:n]
 
-    def finish(self, output: np.ndarray, geom: Geometry) -> np.ndarray:
-        """One row of run()'s result -> label map at the source size."""
-        return output_to_labels(output, geom, self.info.num_classes)
+    def finish(self, output: np.ndarray, geom: Geometry, to_source: bool = True) -> np.ndarray:
+        """One row of run()'s result -> label map at the source size (``to_source=False``: see output_to_labels)."""
+        return output_to_labels(output, geom, self.info.num_classes, to_source)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Segment one RGB image: label map (H, W) at its own size."""

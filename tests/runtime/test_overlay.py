@@ -1,0 +1,59 @@
+"""The overlay at the network's resolution: the same picture as colouring the labels at the frame's size."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from scaseg.metadata import default_palette
+from scaseg.runtime.overlay import blend, colorize, palette_lut, render_overlay
+from scaseg.runtime.predictor import output_to_labels
+from scaseg.runtime.preprocess import labels_to_source, resize_image
+
+
+def _frame_size_overlay(image, labels_full, palette, alpha):
+    """The picture as it was made before: a 65536-entry table indexed by labels at the frame's size, then blended."""
+    return blend(image, palette_lut(palette)[labels_full.astype(np.intp)], alpha)
+
+
+@pytest.mark.parametrize("src_hw, net_hw, policy", [
+    ((1080, 1920), (192, 384), "letterbox"),   # up, with padding cut off
+    ((1080, 1920), (192, 384), "stretch"),
+    ((721, 1283), (96, 160), "letterbox"),     # odd sizes
+    ((60, 90), (128, 256), "stretch"),         # down: the frame is smaller than the network's input
+    ((64, 128), (64, 128), "stretch"),         # same size: no scaling at all
+])
+def test_the_small_overlay_is_the_frame_size_picture(src_hw, net_hw, policy):
+    rng = np.random.default_rng(sum(src_hw))
+    image = rng.integers(0, 256, (*src_hw, 3), dtype=np.uint8)
+    _, geom = resize_image(image, net_hw, policy)
+    logits = rng.standard_normal((19, *net_hw)).astype(np.float32)
+    small = output_to_labels(logits, geom, 19, to_source=False)
+    full = output_to_labels(logits, geom, 19)
+    assert small.shape == tuple(geom.content_hw) and full.shape == src_hw
+    palette = default_palette(19)
+    new = render_overlay(image, small, palette, 0.4)
+    old = _frame_size_overlay(image, full, palette, 0.4)
+    assert new.shape == old.shape and int((new != old).any(axis=-1).sum()) == 0
+
+
+def test_colorize_lut_matches_the_table_index_and_blacks_out_ids_without_a_colour():
+    palette = default_palette(19)
+    labels = np.random.default_rng(0).integers(0, 256, (37, 53), dtype=np.uint8)
+    mask = colorize(labels, palette)
+    assert (mask == palette_lut(palette, 256)[labels]).all()
+    assert (mask[labels >= 19] == 0).all() and mask.flags.c_contiguous
+    wide = labels.astype(np.uint16) + 300  # ids past 255 (a model of many classes): the wide table
+    assert (colorize(wide, palette) == palette_lut(palette)[wide]).all()
+
+
+def test_the_legend_lists_the_classes_of_the_small_labels():
+    palette = default_palette(3)
+    image = np.zeros((400, 600, 3), np.uint8)
+    small = np.zeros((40, 60), np.uint8)
+    small[:, 30:] = 2
+    up = cv2.resize(small, (600, 400), interpolation=cv2.INTER_NEAREST)
+    names = ["road", "car", "sky"]
+    assert (render_overlay(image, small, palette, 0.5, names) == render_overlay(image, up, palette, 0.5, names)).all()
+    # the same legend: labels scaled up first hold the same classes
+    assert (labels_to_source(small, resize_image(image, (40, 60), "stretch")[1]) == up).all()

@@ -1,0 +1,84 @@
+"""The frame pipeline: parallel preprocess and render workers, frames kept in order, errors and Ctrl-C."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from runtime_models import make_onnx, make_video
+
+from scaseg.runtime.backends import open_backend
+from scaseg.runtime.pipeline import STAGES, default_workers, run_pipeline
+from scaseg.runtime.predictor import Predictor
+from scaseg.runtime.sources import open_source
+
+
+@pytest.fixture()
+def predictor(tmp_path):
+    return Predictor(open_backend(make_onnx(tmp_path / "m.onnx", size=(32, 48))))
+
+
+def test_frames_come_out_in_order_whatever_order_the_workers_finish(tmp_path, predictor):
+    src = open_source(str(make_video(tmp_path / "v.mp4", frames=24, size=(40, 56))))
+    delays = np.random.default_rng(0).uniform(0, 0.02, 24)
+    threads = set()
+
+    def render(frame, output, geom):
+        threads.add(threading.current_thread().name)
+        time.sleep(delays[frame.index])  # later frames often finish first
+        return frame.index, predictor.finish(output, geom).shape
+
+    seen = []
+    stats = run_pipeline(src, predictor, lambda f, r: seen.append((f.index, r)), render=render, workers=4,
+                         queue_size=3, progress=False)
+    assert [i for i, _ in seen] == list(range(24)) and all(r == (i, (40, 56)) for i, r in seen)
+    assert len(threads) > 1 and all(t.startswith("scaseg-work") for t in threads)  # rendered in the pool
+    assert stats.workers == 4 and stats.frames == 24 and set(stats.stage_seconds) == set(STAGES)
+    assert all(stats.stage_seconds[s] > 0 for s in STAGES)
+
+
+def test_the_default_worker_count_is_bounded():
+    assert 2 <= default_workers() <= 8
+
+
+def test_an_error_in_a_render_worker_reaches_the_caller(tmp_path, predictor):
+    src = open_source(str(make_video(tmp_path / "v.mp4", frames=12)))
+
+    def render(frame, output, geom):
+        if frame.index == 5:
+            raise ValueError("render broke")
+        return None
+
+    seen = []
+    with pytest.raises(ValueError, match="render broke"):
+        run_pipeline(src, predictor, lambda f, r: seen.append(f.index), render=render, progress=False)
+    assert seen == list(range(5))  # every frame before the broken one was written, none after
+
+
+def test_an_error_in_preprocessing_reaches_the_caller(tmp_path, predictor, monkeypatch):
+    src = open_source(str(make_video(tmp_path / "v.mp4", frames=12)))
+    prepare = predictor.prepare
+
+    def broken(image):
+        broken.calls += 1
+        if broken.calls == 4:
+            raise MemoryError("no memory for this frame")
+        return prepare(image)
+    broken.calls = 0
+    monkeypatch.setattr(predictor, "prepare", broken)
+    with pytest.raises(MemoryError, match="no memory"):
+        run_pipeline(src, predictor, lambda f, r: None, progress=False)
+    assert not [t for t in threading.enumerate() if t.name.startswith(("scaseg-decode", "scaseg-infer"))]
+
+
+def test_ctrl_c_in_the_writer_stops_every_stage(tmp_path, predictor):
+    src = open_source(str(make_video(tmp_path / "v.mp4", frames=40)))
+
+    def consume(frame, labels):
+        if frame.index == 6:
+            raise KeyboardInterrupt
+
+    stats = run_pipeline(src, predictor, consume, workers=3, progress=False)
+    assert stats.interrupted and stats.frames == 6
+    assert not [t for t in threading.enumerate() if t.name.startswith(("scaseg-decode", "scaseg-infer", "scaseg-work"))]
