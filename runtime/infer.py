@@ -59,6 +59,25 @@ class InferRequest:
     max_frames: Optional[int]
     queue_size: int
     quiet: bool
+    video_codec: Optional[str] = None  # an FFmpeg encoder name; None: the container's default (scaseg.data.video)
+
+
+def parse_video_codec(name: Optional[str]) -> Optional[str]:
+    """--video-codec: an encoder the installed FFmpeg (PyAV's) has, or one sentence naming a few that it has."""
+    if name is None:
+        return None
+    import av
+
+    name = name.strip()
+    try:
+        if av.Codec(name, "w").type == "video":
+            return name
+    except (av.FFmpegError, ValueError):
+        pass
+    have = sorted(c for c in ("libx264", "h264_nvenc", "hevc_nvenc", "mpeg4", "mjpeg", "libx265", "h264_v4l2m2m")
+                  if c in av.codecs_available)
+    raise ScasegError(f"--video-codec {name}: PyAV's FFmpeg has no video encoder of that name (it has e.g. "
+                      f"{', '.join(have)})")
 
 
 def default_output(source: Source, spec: str, fmt: str) -> Path:
@@ -126,13 +145,16 @@ def infer(
     batch: Optional[int] = batch_option("Frames"),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames.", show_default="all"),
     queue_size: int = typer.Option(4, "--queue", min=1, max=64, help="Frames buffered between stages."),
+    video_codec: Optional[str] = typer.Option(None, "--video-codec", metavar="ENCODER", help="FFmpeg encoder of a "
+                                              "video output, e.g. h264_nvenc (NVIDIA GPUs), mpeg4.",
+                                              show_default="libx264 (.mp4 .m4v .mov .mkv), mjpeg (.avi)"),
     quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-infer"),
 ) -> None:
     """Segment SOURCE with MODEL and write an overlay video / images or label maps."""
     kind = "labels" if save_labels else fmt
     request = InferRequest(RunSettings.parse(device, threads, memory.value), parse_imgsz(imgsz), batch, resize, kind,
-                           alpha, legend, show, max_frames, queue_size, quiet)
+                           alpha, legend, show, max_frames, queue_size, quiet, parse_video_codec(video_codec))
     if not save and not show:
         raise ScasegError("--no-save without --show would do nothing; add --show or drop --no-save")
     if show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -143,6 +165,9 @@ def infer(
     try:
         out = output.expanduser() if output else default_output(src, source, kind)
         target = _check_output(src, out, kind) if save else "none"
+        if request.video_codec and target != "video":
+            raise ScasegError(f"--video-codec {request.video_codec} applies to a video output; this run writes "
+                              + ("nothing" if target == "none" else "images"))
         if target != "none":
             _check_target(out, target, source, model_path)
         predictor = Predictor(open_backend(model_path, backend.value, settings=request.settings), request.imgsz,
@@ -167,7 +192,7 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, request: Inf
         sink: Optional[VideoSink | ImageSink] = None
         folder: Optional[Path] = None
         if target == "video":
-            sink = VideoSink(stack.enter_context(atomic_path(out)), src.fps, name=str(out))
+            sink = VideoSink(stack.enter_context(atomic_path(out)), src.fps, name=str(out), codec=request.video_codec)
         elif target == "file":
             sink = ImageSink(file=stack.enter_context(atomic_path(out)))
         elif target == "folder":

@@ -264,3 +264,20 @@ def test_a_4_3_source_keeps_its_aspect_ratio_by_default(tmp_path, capsys, monkey
     code, _, err = run_main(main, [image, "-m", model, "--output-kind", "labels", "--resize", "stretch",
                                    "-o", tmp_path / "s.png"], capsys, monkeypatch)
     assert code == 0 and "60x80 frames are stretched to the model's 32x64 input (aspect ratio changed" in err
+
+
+def test_video_codec_picks_the_encoder_and_is_checked_at_the_edge(tmp_path, model, capsys, monkeypatch):
+    import av
+
+    video = make_video(tmp_path / "clip.mp4", frames=3, size=(48, 64))
+    code, _, err = run_main(main, [video, "-m", model, "-o", tmp_path / "m4.mp4", "--video-codec", "mpeg4", "-q"],
+                            capsys, monkeypatch)
+    assert code == 0, err
+    with av.open(str(tmp_path / "m4.mp4")) as container:
+        assert container.streams.video[0].codec_context.name == "mpeg4" and container.streams.video[0].frames == 3
+    code, _, err = run_main(main, [video, "-m", model, "-o", tmp_path / "x.mp4", "--video-codec", "h265x", "-q"],
+                            capsys, monkeypatch)
+    assert code == 2 and "no video encoder of that name" in err and not (tmp_path / "x.mp4").exists()
+    code, _, err = run_main(main, [video, "-m", model, "--save-labels", "-o", tmp_path / "lab", "--video-codec",
+                                   "mpeg4", "-q"], capsys, monkeypatch)
+    assert code == 2 and "applies to a video output" in err and not (tmp_path / "lab").exists()
