@@ -77,7 +77,8 @@ def test_openvino_runs_a_real_scaseg_export_like_onnxruntime(fp32_onnx: Path, tm
 
 
 @needs_openvino
-def test_bench_puts_onnxruntime_and_openvino_in_one_table_with_miou(tmp_path: Path) -> None:
+def test_bench_puts_onnxruntime_and_openvino_in_one_table_with_miou(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(TESTS / "runtime"))  # test_bench.py is one folder up: not on sys.path alone
     from test_bench import _dataset
 
     make_onnx(tmp_path / "m.onnx")
