@@ -68,6 +68,14 @@ def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
     return palette
 
 
+def check_precision(precision: str, what: str = "precision") -> str:
+    """The one membership check of the precision vocabulary (PRECISIONS): ``precision``, or one sentence naming
+    ``what`` asked for it (e.g. "engine precision") and the words it may be."""
+    if precision not in PRECISIONS:
+        raise ScasegError(f"unknown {what} {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return precision
+
+
 class InvalidMetadata(ScasegError):
     """ModelInfo fields no runtime can use; ``why`` names the field, readers add the file."""
 

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from scaseg.errors import ScasegError
 # The engine precisions are the metadata's (the ONNX and engine say theirs in the same words).
-from scaseg.metadata import PRECISIONS
+from scaseg.metadata import PRECISIONS, check_precision  # noqa: F401  (PRECISIONS: the words its plans speak)
 from scaseg.runtime.tensorrt.installed import TensorRT
 
 
@@ -38,8 +38,7 @@ def precision_plan(trt: TensorRT, precision: str, graph_precision: str) -> Preci
     ``graph_precision`` comes from :func:`onnx_precision`. Raises ScasegError for a combination that this
     TensorRT cannot build (e.g. fp16 from an fp32 ONNX on a strongly typed generation, int8 without Q/DQ nodes).
     """
-    if precision not in PRECISIONS:
-        raise ScasegError(f"unknown engine precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    check_precision(precision, "engine precision")
     if precision == "int8" and graph_precision != "int8":
         raise ScasegError(
             "an int8 engine is built from a Q/DQ ONNX, and this ONNX has no QuantizeLinear/DequantizeLinear nodes: "

@@ -9,7 +9,7 @@ import re
 from typing import Any, Optional, Sequence
 
 from scaseg.errors import ScasegError
-from scaseg.metadata import PRECISIONS, ModelInfo
+from scaseg.metadata import ModelInfo, check_precision
 from scaseg.runtime.tensorrt.engine_info import cc_text
 from scaseg.runtime.tensorrt.installed import TensorRT
 
@@ -46,8 +46,7 @@ def check_profile(min_shape: Any, opt_shape: Any, max_shape: Any) -> Optional[tu
 
 def check_options(precision: str, workspace_gib: float, dla_core: Optional[int]) -> None:
     """One sentence for an option no TensorRT could honour."""
-    if precision not in PRECISIONS:
-        raise ScasegError(f"unknown engine precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    check_precision(precision, "engine precision")
     if not workspace_gib > 0:
         raise ScasegError(f"the workspace must be a positive number of GiB, got {workspace_gib}")
     if dla_core is not None:

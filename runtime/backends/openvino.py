@@ -19,8 +19,9 @@ from scaseg.runtime.backends.base import Backend, InputMetadata, RunSettings, Sh
 from scaseg.runtime.memory import apply_process_settings
 from scaseg.suffixes import ONNX_SUFFIXES
 
-#: --backend openvino[:PRECISION] -> OpenVINO's inference precision hint
-PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+#: --backend openvino[:PRECISION] -> OpenVINO's INFERENCE_PRECISION_HINT: how OpenVINO computes, not what the file
+#: holds (that is scaseg.metadata.PRECISIONS, which has no bf16)
+INFERENCE_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 INSTALL_HINT = 'pip install ".[openvino]" in the scaseg checkout'
 
 
@@ -55,8 +56,8 @@ class OpenVinoBackend(Backend):
         if kind not in ("auto", "cpu"):
             raise ScasegError(f"--backend openvino runs on the CPU; --device {settings.device} is ONNX Runtime's or TensorRT's "
                               "(use --device cpu or auto)")
-        if precision not in PRECISIONS:
-            raise ScasegError(f"unknown OpenVINO precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if precision not in INFERENCE_PRECISION_HINTS:
+            raise ScasegError(f"unknown OpenVINO precision {precision!r}: expected one of {', '.join(INFERENCE_PRECISION_HINTS)}")
         self.threads = self.requested_threads = settings.threads  # None (auto): OpenVINO's own count
         apply_process_settings(settings.memory)
         ov = import_openvino()
@@ -80,7 +81,7 @@ class OpenVinoBackend(Backend):
         dtype = np.dtype(model.input(info.input_name).get_element_type().to_dtype())
         self._input = InputMetadata(info.input_name, dtype, inputs[info.input_name])
         self._precision = precision
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": INFERENCE_PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if self.threads is not None:
             config["INFERENCE_NUM_THREADS"] = self.threads
         try:

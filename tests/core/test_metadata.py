@@ -50,3 +50,13 @@ def test_onnx_entry_has_one_writer_and_one_reader(tmp_path):
     del model.metadata_props[:]
     with pytest.raises(ScasegError, match=r"the ONNX model m.onnx has no scaseg metadata; export it with scaseg-export"):
         read_onnx_metadata(model.metadata_props, "m.onnx")
+
+
+def test_check_precision_is_the_one_membership_check_of_the_vocabulary() -> None:
+    from scaseg.metadata import PRECISIONS, check_precision
+
+    assert [check_precision(p) for p in PRECISIONS] == ["fp32", "fp16", "int8"]
+    with pytest.raises(ScasegError, match=r"^unknown engine precision 'bf16': expected one of fp32, fp16, int8$"):
+        check_precision("bf16", "engine precision")
+    with pytest.raises(ScasegError, match=r"^unknown precision 'FP16'"):
+        check_precision("FP16")  # exact words: the command line lower-cases nothing behind the user's back

@@ -210,3 +210,13 @@ def test_parser_preparation_per_generation(capsys: pytest.CaptureFixture[str]) -
         new, used = trt_graph.prepare_for_parser(model, fake_trt("10.13.0"))
         assert used is False and not new.functions
         assert "building without the strip-attention plugin (TensorRT is not installed" in capsys.readouterr().err
+
+
+def test_the_engine_options_and_the_precision_plan_share_the_one_precision_check() -> None:
+    from scaseg.metadata import check_precision
+
+    assert trt_profile.check_precision is check_precision and trt_precision.check_precision is check_precision
+    for refuse in (lambda: trt_profile.check_options("int4", 1.0, None),
+                   lambda: trt_precision.precision_plan(fake_trt("10.3.0"), "int4", "fp32")):
+        with pytest.raises(ScasegError, match=r"^unknown engine precision 'int4': expected one of fp32, fp16, int8$"):
+            refuse()

@@ -7,6 +7,7 @@ script) and reads back JSON.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,7 +77,8 @@ def test_openvino_runs_a_real_scaseg_export_like_onnxruntime(fp32_onnx: Path, tm
 
 
 @needs_openvino
-def test_bench_puts_onnxruntime_and_openvino_in_one_table_with_miou(tmp_path: Path) -> None:
+def test_bench_puts_onnxruntime_and_openvino_in_one_table_with_miou(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(TESTS / "runtime"))  # test_bench.py is one folder up: not on sys.path alone
     from test_bench import _dataset
 
     make_onnx(tmp_path / "m.onnx")
@@ -123,3 +125,42 @@ def test_openvino_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     make_onnx(tmp_path / "m.onnx")
     refused("scaseg-bench", ["m.onnx", "--backend", "openvino", "--device", "cuda", "-q"], tmp_path,
             expect="runs on the CPU")
+
+
+# Direct tests of runtime/backends/openvino.py that stop before openvino is imported (so they run in this process).
+from scaseg.errors import ScasegError  # noqa: E402
+from scaseg.runtime.backends import BACKENDS, RunSettings  # noqa: E402
+from scaseg.runtime.backends import openvino as ov_backend  # noqa: E402
+
+
+@pytest.mark.parametrize("name, settings, precision, message", [
+    ("m.pth", RunSettings(), "fp32", "runs exported ONNX models"),
+    ("m.onnx", RunSettings.parse("cuda"), "fp32", "runs on the CPU; --device cuda"),
+    ("m.onnx", RunSettings.parse("tensorrt"), "fp32", "--device tensorrt"),
+    ("m.onnx", RunSettings(), "fp16", "unknown OpenVINO precision 'fp16': expected one of fp32, bf16"),
+])
+def test_openvino_refuses_before_importing_openvino(tmp_path: Path, monkeypatch, name, settings, precision,
+                                                    message) -> None:
+    monkeypatch.setattr(ov_backend, "import_openvino", lambda: pytest.fail("openvino was imported"))
+    with pytest.raises(ScasegError, match=re.escape(message)):
+        ov_backend.OpenVinoBackend(str(tmp_path / name), settings=settings, precision=precision)
+
+
+def test_missing_openvino_is_one_sentence_with_the_install_hint(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
+    with pytest.raises(ScasegError, match=re.escape(ov_backend.INSTALL_HINT)):
+        ov_backend.import_openvino()
+
+
+def test_inference_precision_hints_are_openvinos_names() -> None:
+    # OpenVINO's element type names (ov.Type.f32, ov.Type.bf16); fp16 is a file precision, not a hint offered here.
+    assert ov_backend.INFERENCE_PRECISION_HINTS == {"fp32": "f32", "bf16": "bf16"}
+    assert "openvino:bf16" in BACKENDS
+
+
+def test_reason_keeps_the_sentence_that_says_why() -> None:
+    exc = RuntimeError("Exception from src/inference/src/core.cpp:99:\nCheck 'x' failed at y\n"
+                       "[ GENERAL_ERROR ] z\nInput shape [1,3,7,7] is not compatible.\n")
+    assert ov_backend._reason(exc) == "Input shape [1,3,7,7] is not compatible"
+    assert ov_backend._reason(RuntimeError("Exception from a\nCheck 'b'")) == "Exception from a"
+    assert len(ov_backend._reason(RuntimeError("x" * 1000))) == 300
