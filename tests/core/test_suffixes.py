@@ -32,7 +32,7 @@ def test_outputs_are_among_the_inputs_and_the_written_suffixes_in_their_tables()
     assert set(s.LABEL_OUTPUT_SUFFIXES) <= set(s.LABEL_SUFFIXES)
     assert set(s.VIDEO_OUTPUT_SUFFIXES) <= set(s.VIDEO_SUFFIXES)
     assert s.ONNX_SUFFIX in s.ONNX_SUFFIXES and s.ENGINE_SUFFIX in s.ENGINE_SUFFIXES
-    assert all(len(code) == 4 for code in s.VIDEO_FOURCC.values())
+    assert all(fmt and codec for fmt, codec in s.VIDEO_CONTAINERS.values())
 
 
 @pytest.mark.parametrize("suffix", s.LABEL_SUFFIXES)
@@ -48,12 +48,19 @@ def test_label_formats_are_lossless_and_outputs_hold_16_bit_ids(suffix: str) -> 
 
 @pytest.mark.parametrize("suffix", s.VIDEO_OUTPUT_SUFFIXES)
 def test_each_output_container_takes_its_codec(suffix: str, tmp_path) -> None:
+    # FFmpeg (PyAV's) muxes the table's encoder into the table's container, and OpenCV's FFmpeg reads it back.
+    import av
+
+    fmt, codec = s.VIDEO_CONTAINERS[suffix]
     path = tmp_path / f"clip{suffix}"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*s.VIDEO_FOURCC[suffix]), 5.0, (64, 48))
-    assert writer.isOpened()
-    for i in range(3):
-        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
-    writer.release()
+    with av.open(str(path), mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=5)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        for i in range(3):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8), "rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
     cap = cv2.VideoCapture(str(path))
     frames = 0
     while cap.read()[0]:
