@@ -7,6 +7,7 @@ For each video size (720p, 1080p, 2160p by default), on H.264 clips of street sc
 - ceiling: the same scaseg-infer run with a near-zero-cost model (a 1x1 convolution with the shipped model's
   input, output and metadata): what decode, preprocess, postprocess, overlay and encode alone allow;
 - work per stage: milliseconds per frame, summed over each stage's threads, as scaseg-infer reports them;
+- with --spin: scaseg-infer's pipeline with ONNX Runtime's idle threads spinning against sleeping (what it uses);
 - bytes host -> device and back per frame for this model (float input, float logits out) and for a raw-frame
   model (uint8 frame in, uint8 labels at the frame's size out), computed from the shapes.
 Runs are interleaved (model, ceiling, model, ...) so a change of load hits both; figures are medians.
@@ -98,6 +99,25 @@ def infer_wall(clip: Path, model: Path, out: Path, threads: int) -> tuple[float,
     return wall, stages, int(found.group(2)) if found else 0
 
 
+def spin_fps(model: Path, clip: Path, out: Path, threads: int, spin: bool) -> float:
+    """scaseg-infer's own run (in this process) with ONNX Runtime's idle threads spinning or sleeping."""
+    from scaseg.runtime.backends import RunSettings, open_backend
+    from scaseg.runtime.infer import InferRequest, _run
+    from scaseg.runtime.predictor import Predictor
+    from scaseg.runtime.sources import open_source
+
+    settings = RunSettings("cpu", threads, spin=spin)
+    request = InferRequest(settings, None, None, "letterbox", "overlay", 0.5, False, False, None, 4, True)
+    predictor = Predictor(open_backend(str(model), settings=settings), resize="letterbox")
+    src = open_source(str(clip))
+    start = time.perf_counter()
+    try:
+        _run(src, predictor, out, "video", request, model.name)
+    finally:
+        src.close()
+    return src.frame_count / (time.perf_counter() - start) if src.frame_count else 0.0
+
+
 def frame_bytes(model: Path, hw: tuple[int, int]) -> tuple[int, int]:
     """Bytes in and out per frame: (float32 input + float32 logits at the network size, uint8 frame + uint8 labels)."""
     from scaseg.runtime.backends import open_backend
@@ -125,7 +145,14 @@ def measure_size(model: Path, tiny: Path, name: str, args: argparse.Namespace, t
     model_fps = model_only_fps(model, hw, args.threads, args.runs)
     median_stages = {kind: {k: statistics.median(s[k] for s in stages[kind]) for k in stages[kind][0]}
                      for kind in stages if stages[kind] and stages[kind][0]}
-    return {"size": name, "hw": hw, "model_only": model_fps, "e2e": statistics.median(rows["model"]),
+    spin = {}
+    if args.spin:
+        runs: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(args.repeats):
+            for on in (True, False):
+                runs[on].append(spin_fps(model, clips[args.frames], tmp / "spin.mp4", args.threads, on))
+        spin = {on: statistics.median(v) for on, v in runs.items()}
+    return {"size": name, "hw": hw, "model_only": model_fps, "spin": spin, "e2e": statistics.median(rows["model"]),
             "ceiling": statistics.median(rows["ceiling"]), "stages": median_stages, "workers": workers,
             "bytes": frame_bytes(model, hw)}
 
@@ -140,6 +167,13 @@ def report(results: list[dict[str, object]], model: Path, args: argparse.Namespa
         cells = ["/".join(f"{v:.1f}" for v in st.get(kind, {}).values()) for kind in ("model", "ceiling")]  # type: ignore[union-attr]
         print(f"{r['size']:>7s} {r['model_only']:9.1f}   {r['e2e']:9.1f}   {r['e2e'] / r['model_only']:5.2f} "  # type: ignore[operator]
               f"{r['ceiling']:7.1f}    {cells[0]:<40s} {cells[1]}   ({r['workers']} workers)")
+    if any(r["spin"] for r in results):
+        print("ONNX Runtime's idle threads spinning (its default) or sleeping (scaseg-infer's choice), in-process "
+              "scaseg-infer FPS including start-up of the pipeline:")
+        for r in results:
+            spin = r["spin"]
+            print(f"{r['size']:>7s}  spinning {spin[True]:6.1f}   sleeping {spin[False]:6.1f}   "  # type: ignore[index]
+                  f"ratio {spin[False] / spin[True]:.2f}")  # type: ignore[index]
     print("bytes moved per frame, host -> device and back (in + out):")
     for r in results:
         float_b, raw_b = r["bytes"]  # type: ignore[misc]
@@ -155,6 +189,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved scaseg-infer runs per size (median)")
     ap.add_argument("--runs", type=int, default=30, help="model-only timed calls (median)")
+    ap.add_argument("--spin", action="store_true", help="also compare ONNX Runtime's idle threads spinning vs "
+                    "sleeping inside scaseg-infer's pipeline (RunSettings.spin)")
     args = ap.parse_args(argv)
     from scaseg import default_model
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -153,7 +154,9 @@ def infer(
 ) -> None:
     """Segment SOURCE with MODEL and write an overlay video / images or label maps."""
     kind = "labels" if save_labels else fmt
-    request = InferRequest(RunSettings.parse(device, threads, memory.value), parse_imgsz(imgsz), batch, resize, kind,
+    # spin=False: the pipeline's other stages need the cores ONNX Runtime's idle threads would spin on (RunSettings)
+    settings = dataclasses.replace(RunSettings.parse(device, threads, memory.value), spin=False)
+    request = InferRequest(settings, parse_imgsz(imgsz), batch, resize, kind,
                            alpha, legend, show, max_frames, queue_size, quiet, parse_video_codec(video_codec))
     if not save and not show:
         raise ScasegError("--no-save without --show would do nothing; add --show or drop --no-save")

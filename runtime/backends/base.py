@@ -42,11 +42,15 @@ class RunSettings:
 
     ``device``: auto | cpu | cuda[:N] | tensorrt. ``threads``: a count, or None for auto (the one encoding of
     auto below the command line; runtime/backends/threads.py chooses). ``memory``: the allocation settings.
+    ``spin``: whether ONNX Runtime's idle CPU threads spin-wait for the next operator (its default: fastest when the
+    model has the cores to itself, as in scaseg-bench); scaseg-infer turns it off, because its decode, render and
+    encode threads need those cores (measured: benchmarks/bench_pipeline.py --spin, docs/performance.md).
     """
 
     device: str = "auto"
     threads: Optional[int] = None
     memory: MemorySettings = field(default_factory=lambda: memory_settings(None))
+    spin: bool = True
 
     def __post_init__(self) -> None:
         assert self.threads is None or (isinstance(self.threads, int) and self.threads >= 1), self.threads

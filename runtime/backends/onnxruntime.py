@@ -26,20 +26,23 @@ __all__ = ["DEVICES", "OnnxRuntimeBackend", "choose_providers", "make_session", 
 def make_session(model: Union[str, bytes, "os.PathLike[str]"], *, threads: Optional[int] = None,
                  providers: Sequence[Any] = (_CPU_EP,), memory: Optional[MemorySettings] = None,
                  log_level: int = 3, optimized_path: Optional[str] = None, profile_prefix: Optional[str] = None,
-                 what: Optional[str] = None) -> ort.InferenceSession:
+                 what: Optional[str] = None, spin: bool = True) -> ort.InferenceSession:
     """An ONNX Runtime session (CPU unless ``providers`` say otherwise), with every graph optimisation.
 
     ``model``: a path or serialized bytes. ``threads``: intra-op threads (None: ONNX Runtime's default).
     ``memory``: arena and memory-pattern settings (None: the library's). ``log_level``: 3 drops ORT's warnings
     (it warns about every unused Constant a rewrite leaves), 4 keeps only fatal ones. ``optimized_path`` saves the
-    graph ORT actually runs; ``profile_prefix`` turns on ORT's profiler. A graph ORT refuses -> one sentence
-    naming ``what`` (default: the path, or "the model" for bytes).
+    graph ORT actually runs; ``profile_prefix`` turns on ORT's profiler. ``spin=False``: idle intra-op threads
+    sleep instead of spin-waiting (RunSettings.spin). A graph ORT refuses -> one sentence naming ``what`` (default:
+    the path, or "the model" for bytes).
     """
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = log_level
     if threads:
         opts.intra_op_num_threads = int(threads)
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if memory is not None:
         opts.enable_cpu_mem_arena = memory.cpu_arena
         opts.enable_mem_pattern = memory.mem_pattern
@@ -87,7 +90,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: str, info: Optional[ModelInfo] = None, settings: RunSettings = RunSettings()) -> None:
-        self.memory = settings.memory
+        self.memory, self.spin = settings.memory, settings.spin
         apply_process_settings(self.memory)
         providers = choose_providers(settings.device, ort.get_available_providers())
         # auto: every core until threads.apply_auto_threads measures
@@ -109,7 +112,8 @@ class OnnxRuntimeBackend(Backend):
     def _open(self, path: str, providers: list[Any], threads: int) -> ort.InferenceSession:
         # Fatal only: a failed run raises an exception that says the same thing (the command prints it as one
         # sentence), and provider fallbacks are reported through .device instead.
-        return make_session(path, threads=threads, providers=providers, memory=self.memory, log_level=4)
+        return make_session(path, threads=threads, providers=providers, memory=self.memory, log_level=4,
+                            spin=self.spin)
 
     def _check_graph(self) -> None:
         """Compare the graph's real inputs and outputs with what the metadata promises."""
