@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from scaseg.models.model import VARIANTS, SCASeg, build, from_config
 from scaseg.models.pretrained import NAMINGS, Encoder, check_complete, find_encoder, hf_folder_files
+from scaseg.cli import require_file
 from scaseg.errors import ScasegError
 from scaseg.fileio import atomic_path, write_error
 from scaseg.metadata import ModelInfo
@@ -134,18 +135,14 @@ def torch_save(obj: Any, tmp: Path, dest: Path) -> None:
 
 
 def check_readable(path: str | os.PathLike) -> Path:
-    """Refuse, in one sentence, a checkpoint path that is missing, a folder, a device or empty (before any work)."""
+    """Refuse, in one sentence, a checkpoint path that is missing, a device or empty (before any work); a folder
+    passes (a Hugging Face model folder; _read says what is wrong with any other folder)."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise ScasegError(f"checkpoint not found: {p}")
-    if p.is_dir():  # a Hugging Face model folder; _read says what is wrong with any other folder
+    if p.is_dir():
         return p
-    if not p.is_file():
-        raise ScasegError(f"the checkpoint {p} is not a regular file (a device or a pipe)")
+    require_file(p, "checkpoint")
     if p.stat().st_size == 0:
         raise ScasegError(f"the checkpoint {p} is empty (0 bytes)")
-    if not os.access(p, os.R_OK):
-        raise ScasegError(f"the checkpoint {p} is not readable (permissions)")
     return p
 
 

@@ -75,7 +75,7 @@ CASES = {
     # checkpoints that are not one
     "missing": (["nope.pth"], "not found"),
     "folder": (["folder.pth"], "is a folder"),
-    "dev_null": (["/dev/null"], "not a regular file"),
+    "dev_null": (["/dev/null"], "is a device; expected a checkpoint file"),
     "empty_file": (["empty.pth"], "empty"),
     "pickle_os_system": (["evil.pth"], "python objects"),
     "pickle_protocol_2": (["evil_p2.pth"], "python objects"),
