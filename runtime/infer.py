@@ -23,6 +23,7 @@ from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, bat
                                     memory_option, threads_option)
 from scaseg.runtime.overlay import palette_lut, render_overlay
 from scaseg.runtime.predictor import Predictor
+from scaseg.runtime.remote import RemotePredictor, check_server_options, open_server
 from scaseg.suffixes import IMAGE_SUFFIXES, LABEL_OUTPUT_SUFFIXES, VIDEO_OUTPUT_SUFFIXES, VIDEO_SUFFIXES
 from scaseg.runtime.pipeline import StopPipeline, run_pipeline
 from scaseg.runtime.sinks import ImageSink, VideoSink
@@ -58,6 +59,8 @@ class InferRequest:
     max_frames: Optional[int]
     queue_size: int
     quiet: bool
+    server: Optional[str] = None  # a Triton server's URL (checked by parse_server_url); None: run the model here
+    model_name: Optional[str] = None  # the served model; None: the server's only one
 
 
 def default_output(source: Source, spec: str, fmt: str) -> Path:
@@ -91,10 +94,10 @@ def _check_output(source: Source, out: Path, fmt: str) -> str:
     return "video"
 
 
-def _check_target(out: Path, target: str, source: str, model: str) -> None:
+def _check_target(out: Path, target: str, source: str, model: Optional[str]) -> None:
     """Before any work: the output can be written, replaces no input and no folder of the user's."""
     local = [] if is_url(source.strip()) or camera_index(source.strip()) is not None else [source]
-    refuse_overwrite([out], local + [model])
+    refuse_overwrite([out], local + ([model] if model else []))
     if target == "folder":
         check_dir_output(out, owned=_is_infer_output, what="scaseg-infer output (it has no " + RECORD + ")")
     else:
@@ -125,18 +128,29 @@ def infer(
     batch: Optional[int] = batch_option("Frames"),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames.", show_default="all"),
     queue_size: int = typer.Option(4, "--queue", min=1, max=64, help="Frames buffered between stages."),
+    server: Optional[str] = typer.Option(None, "--server", metavar="URL", help="Segment through a Triton server (http://HOST:PORT or grpc://HOST:PORT) serving a model written by scaseg-export --format triton --triton-backend python (docs/triton.md); --model, --backend, --device, --threads and --imgsz then belong to the server."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="NAME", help="With --server: the served model.", show_default="the server's only model"),
     quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-infer"),
 ) -> None:
     """Segment SOURCE with MODEL and write an overlay video / images or label maps."""
     kind = "labels" if save_labels else fmt
     request = InferRequest(RunSettings.parse(device, threads, memory.value), parse_imgsz(imgsz), batch, resize, kind,
-                           alpha, legend, show, max_frames, queue_size, quiet)
+                           alpha, legend, show, max_frames, queue_size, quiet, server, model_name)
+    if server is not None:
+        check_server_options(server, model_name, {"--model": model is not None, "--imgsz": imgsz is not None,
+                                                  "--backend": backend.value != "auto", "--device": device != "auto",
+                                                  "--threads": threads != "auto"})
+    elif model_name is not None:
+        raise ScasegError("--model-name names a model on a Triton server: add --server URL")
     if not save and not show:
         raise ScasegError("--no-save without --show would do nothing; add --show or drop --no-save")
     if show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         # OpenCV's Qt/GTK backends abort the whole process without a display; refuse before any work.
         raise ScasegError("--show needs a display (DISPLAY or WAYLAND_DISPLAY is not set); drop --show to only save")
+    if request.server is not None:
+        _infer_remote(source, output, save, request)
+        return
     model_path, origin = (model, "") if model else (default_model(), "the shipped default, trained on synthetic street scenes only")
     src = open_source(source)
     try:
@@ -156,6 +170,25 @@ def infer(
         src.close()
         if show:
             cv2.destroyAllWindows()
+
+
+def _infer_remote(source: str, output: Optional[Path], save: bool, request: InferRequest) -> None:
+    """scaseg-infer --server: the same sources, outputs and contract; the frames go to the server."""
+    assert request.server is not None
+    src = open_source(source)
+    try:
+        out = output.expanduser() if output else default_output(src, source, request.kind)
+        target = _check_output(src, out, request.kind) if save else "none"
+        if target != "none":
+            _check_target(out, target, source, None)
+        predictor = RemotePredictor(open_server(request.server, request.model_name, request.resize), request.batch)
+        if not request.quiet:
+            print(f"scaseg-infer: server {predictor.backend.device}", file=sys.stderr)
+        _run(src, predictor, out, target, request, f"{predictor.backend.model_name} on {request.server}",
+             record={"source": source, "server": request.server, "model_name": predictor.backend.model_name,
+                     "format": request.kind})
+    finally:
+        src.close()
 
 
 def _run(src: Source, predictor: Predictor, out: Path, target: str, request: InferRequest, model_label: str,
