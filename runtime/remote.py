@@ -30,6 +30,9 @@ INPUT_NAME, OUTPUT_NAME = "FRAMES", "LABELS"  # runtime/triton_model.py
 INFO_PARAMETER = "scaseg"  # the config parameter that carries the model's ModelInfo (export/triton.py)
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 REQUEST_TIMEOUT_S = 60.0
+#: numpy -> Triton data type names, for what a request sends (frames are uint8; the server refuses anything else).
+_TRITON_TYPES = {"uint8": "UINT8", "uint16": "UINT16", "int32": "INT32", "int64": "INT64", "float16": "FP16",
+                 "float32": "FP32", "float64": "FP64"}
 START_HINT = "is it running? scaseg-serve REPO starts one"
 
 
@@ -104,7 +107,7 @@ class HttpTransport:
 
     def infer(self, name: str, frames: np.ndarray, resize: str) -> np.ndarray:
         header = json.dumps({
-            "inputs": [{"name": INPUT_NAME, "shape": list(frames.shape), "datatype": "UINT8",
+            "inputs": [{"name": INPUT_NAME, "shape": list(frames.shape), "datatype": _triton_type(frames),
                         "parameters": {"binary_data_size": frames.nbytes}}],
             "outputs": [{"name": OUTPUT_NAME, "parameters": {"binary_data": True}}],
             "parameters": {"resize": resize}}).encode()
@@ -117,6 +120,13 @@ class HttpTransport:
         (out,) = [o for o in meta["outputs"] if o["name"] == OUTPUT_NAME]
         dtype = {"UINT8": np.uint8, "UINT16": np.uint16}[out["datatype"]]
         return np.frombuffer(data[size:size + out["parameters"]["binary_data_size"]], dtype).reshape(out["shape"])
+
+
+def _triton_type(array: np.ndarray) -> str:
+    name = _TRITON_TYPES.get(array.dtype.name)
+    if name is None:
+        raise ScasegError(f"cannot send {array.dtype} data to a Triton server")
+    return name
 
 
 def _error_text(data: bytes) -> str:
@@ -165,7 +175,7 @@ class GrpcTransport:
         return dict(self._do(f"the statistics of {name!r}", lambda c: c.get_inference_statistics(name, as_json=True)))
 
     def infer(self, name: str, frames: np.ndarray, resize: str) -> np.ndarray:
-        tensor = self.grpc.InferInput(INPUT_NAME, list(frames.shape), "UINT8")
+        tensor = self.grpc.InferInput(INPUT_NAME, list(frames.shape), _triton_type(frames))
         tensor.set_data_from_numpy(frames)
         wanted = [self.grpc.InferRequestedOutput(OUTPUT_NAME)]
         result = self._do("the request", lambda c: c.infer(name, [tensor], outputs=wanted, parameters={"resize": resize},
