@@ -98,6 +98,16 @@ def render_config(*, name: str, backend: str, inputs: Sequence[TensorSpec], outp
 # --- the repository --------------------------------------------------------------------------------------------
 
 
+def export_backend(fmt: str, choice: str) -> str:
+    """scaseg-export's --triton-backend, checked at its edge: the backend its repository gets (auto: onnxruntime)."""
+    if choice != "auto" and fmt != "triton":
+        raise ScasegError(f"--triton-backend applies to --format triton, not --format {fmt}")
+    if choice == "tensorrt":
+        raise ScasegError("--triton-backend tensorrt serves a TensorRT engine: build it with --format engine, then "
+                          "write its repository with scaseg.export.triton.write_triton_repository (docs/triton.md)")
+    return "onnxruntime" if choice == "auto" else choice
+
+
 def _choose_backend(path: Path, backend: str) -> str:
     if backend not in BACKENDS:
         raise ScasegError(f"unknown Triton backend {backend!r}: expected one of {', '.join(BACKENDS)}")
