@@ -129,10 +129,9 @@ def export(
     source = checkpoint.expanduser()
     target = int8_target if int8_target is not None else ("tensorrt" if fmt == "engine" else "cpu")
     if source.suffix.lower() in ONNX_SUFFIXES:  # an exported ONNX -> engine: no torch, no re-export
-        export_backend(fmt, triton_backend)
         request = _with_onnx_engine(ExportRequest(source, output.expanduser() if output else None, fmt, precision,
                                                   None, False, variant, allow_partial, parity_images, tolerance,
-                                                  max_batch, None, None, None),
+                                                  max_batch, None, None, None, export_backend(fmt, triton_backend)),
                                     tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose)
         calibration = (_calibration_request(precision, fmt, target, calib, calib_num, calib_method, calib_cache,
                                             max_miou_drop) if precision not in (None, "fp32") else None)

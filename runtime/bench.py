@@ -297,7 +297,7 @@ def bench(
     split: str = typer.Option("val", "--split", help="Dataset split."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate at most N images.", show_default="the whole split"),
     per_class: bool = typer.Option(False, "--per-class", help="With --data: also print the IoU of every class and the weakest class of each model."),
-    server: Optional[str] = typer.Option(None, "--server", metavar="URL", help="Time a Triton server (http://HOST:PORT or grpc://HOST:PORT) serving a scaseg-export --triton-backend python model: --runs frames per stream after --warmup, the synthetic 720p frame, with the server's own statistics (docs/triton.md)."),
+    server: Optional[str] = typer.Option(None, "--server", metavar="URL", help="Time a Triton server (http://HOST:PORT or grpc://HOST:PORT) serving a scaseg-export --triton-backend python model: --runs frames per stream after --warmup, the synthetic 720p frame, with the server's own statistics (docs/triton.md).", show_default="time the models here"),
     model_name: Optional[str] = typer.Option(None, "--model-name", metavar="NAME", help="With --server: the served model.", show_default="the server's only model"),
     streams: int = typer.Option(1, "--streams", min=1, max=256, help="With --server: concurrent client streams (threads, a connection each, one frame per request)."),
     quiet: bool = quiet_option(),

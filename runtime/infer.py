@@ -128,7 +128,7 @@ def infer(
     batch: Optional[int] = batch_option("Frames"),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames.", show_default="all"),
     queue_size: int = typer.Option(4, "--queue", min=1, max=64, help="Frames buffered between stages."),
-    server: Optional[str] = typer.Option(None, "--server", metavar="URL", help="Segment through a Triton server (http://HOST:PORT or grpc://HOST:PORT) serving a model written by scaseg-export --format triton --triton-backend python (docs/triton.md); --model, --backend, --device, --threads and --imgsz then belong to the server."),
+    server: Optional[str] = typer.Option(None, "--server", metavar="URL", help="Segment through a Triton server (http://HOST:PORT or grpc://HOST:PORT) serving a model written by scaseg-export --format triton --triton-backend python (docs/triton.md); --model, --backend, --device, --threads and --imgsz then belong to the server.", show_default="run the model here"),
     model_name: Optional[str] = typer.Option(None, "--model-name", metavar="NAME", help="With --server: the served model.", show_default="the server's only model"),
     quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-infer"),

@@ -51,7 +51,7 @@ def _run_stream(url: str, model_name: str, resize: str, frames: Sequence[np.ndar
 
 def server_stats_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
     """What the server did between two statistics readings, with the average batch and queue time."""
-    delta = {key: after[key] - before.get(key, 0) for key in after}
+    delta: dict[str, Any] = {key: after[key] - before.get(key, 0) for key in after}
     executions, requests = delta["executions"], delta["requests"]
     delta["average_batch"] = delta["frames"] / executions if executions else float("nan")
     delta["queue_ms"] = delta["queue_ns"] / requests / 1e6 if requests else float("nan")

@@ -106,7 +106,9 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils  # only inside Triton's python-backend stub
 
-        groups, resizes, errors = [], [], []
+        groups: list[np.ndarray] = []
+        resizes: list[str] = []
+        errors: list[Optional[str]] = []
         for request in requests:
             try:
                 tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
