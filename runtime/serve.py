@@ -42,6 +42,7 @@ app = make_app(__doc__)
 
 SERVE_EXTRA = "serve"
 SERVE_PATH_VARIABLE = "SCASEG_SERVE_PATH"
+PYTRITON_VERSION = "0.7.0"  # the wheel whose server (Triton 2.51) was tried; .ci/run installs it
 READY_TIMEOUT_S = 60.0
 #: Seconds the server may take to finish requests in flight when asked to stop (Triton's default is 30).
 EXIT_TIMEOUT_S = 5
@@ -70,8 +71,8 @@ class Ports:
 def find_triton() -> TritonInstall:
     """The server files of the installed nvidia-pytriton wheel; one sentence naming the extra where they are missing."""
     spec = importlib.util.find_spec("pytriton")  # found, never imported: its Python API needs packages we do not
-    install = (f"pip install \".[{SERVE_EXTRA}]\" in the scaseg checkout (Linux x86_64 or aarch64, glibc 2.35+), "
-               "or run Triton's container (docs/triton.md)")
+    install = (f"pip install \".[{SERVE_EXTRA}]\" in the scaseg checkout, then pip install --no-deps "
+               f"\"nvidia-pytriton=={PYTRITON_VERSION}\" (Linux x86_64 or aarch64), or run Triton's container (docs/triton.md)")
     if spec is None or not spec.submodule_search_locations:
         raise ScasegError(f"scaseg-serve needs the Triton server of the nvidia-pytriton package, which is not "
                           f"installed: {install}")
