@@ -13,15 +13,19 @@ compute time per execution). Beside them, in the same process and on the same mo
 model-only and end-to-end timings (``time_model``; end-to-end also decodes the JPEG), and the in-process
 equivalent of one server request (prepare + run + finish on the decoded frame, one stream).
 
-perf_analyzer is not used: the only wheel that ships it for this machine (tritonclient 2.51.0) needs libb64 and a
-CUDA runtime library beside it and an older tritonclient than the project installs (docs/triton.md). Machine and
-versions are printed first. Run it on an idle machine: the server and the client threads share its cores.
+``--perf-analyzer PATH`` also runs Triton's perf_analyzer at each concurrency (gRPC, the same frame size, random
+uint8 frames): the tritonclient 2.51.0 wheel ships it; it needs libb64.so.0d and libcudart.so.12 on
+LD_LIBRARY_PATH (docs/triton.md says how to lay them out without touching the environment). It gives up on a
+busy machine ("Failed to obtain stable measurement"); then its row says so. Machine and versions are printed
+first. Run it on an idle machine: the server and the client threads share its cores.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import csv
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,6 +72,23 @@ def in_process(model: str, frame: np.ndarray, frames: int, warmup: int) -> dict:
     return {"scaseg_bench": bench, "same_work": same_work, "threads": predictor.backend.threads}
 
 
+def perf_analyzer(binary: str, url: str, streams: int, hw: tuple[int, int], frames: int) -> str:
+    """One perf_analyzer run at ``streams`` concurrent requests: its table row, or why it gave none."""
+    with tempfile.TemporaryDirectory(prefix="perf-analyzer-") as tmp:
+        out = Path(tmp) / "pa.csv"
+        done = subprocess.run([binary, "-m", "model", "-u", url, "-i", "grpc", "--shape", f"FRAMES:{hw[0]},{hw[1]},3",
+                               f"--concurrency-range={streams}:{streams}", "--measurement-mode", "count_windows",
+                               "--measurement-request-count", str(frames), "-f", str(out)],
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0 or not out.is_file():
+            why = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()][-1:] or ["no output"]
+            return f"| perf_analyzer (grpc) | {streams} | failed: {why[0].strip()} | | | | | | |"
+        row = next(csv.DictReader(out.read_text().splitlines()))
+    us = {key: float(value) / 1e3 for key, value in row.items() if key.endswith("latency") and value}
+    return (f"| perf_analyzer (grpc) | {streams} | {float(row['Inferences/Second']):.1f} | "
+            f"{us.get('p50 latency', float('nan')):.1f} | {us.get('p99 latency', float('nan')):.1f} | | | | |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="an .onnx model (scaseg-export)")
@@ -78,6 +99,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--queue-delay-us", type=int, default=2000)
     ap.add_argument("--instances", type=int, default=1)
+    ap.add_argument("--perf-analyzer", metavar="PATH", help="also run this perf_analyzer at each concurrency")
     ap.add_argument("-o", "--output", type=Path, help="also write every figure as JSON")
     args = ap.parse_args()
     frame = decode_image(sample_jpeg())
@@ -111,6 +133,9 @@ def main() -> None:
                 print(f"| server ({args.protocol}) | {streams} | {record['fps']:.1f} | {record['p50_ms']:.1f} | "
                       f"{record['p99_ms']:.1f} | {s['executions']} | {s['average_batch']:.2f} | {s['queue_ms']:.2f} "
                       f"| {s['compute_ms']:.1f} |", flush=True)
+                if args.perf_analyzer:
+                    print(perf_analyzer(args.perf_analyzer, f"localhost:{ports.grpc}", streams, frame.shape[:2],
+                                        args.frames), flush=True)
     if args.output:
         args.output.write_text(json.dumps({"machine": machine_line(), "settings": vars(args) | {"output": str(args.output)},
                                            "in_process": local, "server": rows}, indent=2, default=str) + "\n")
