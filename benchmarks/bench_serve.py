@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import csv
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,21 +38,11 @@ from scaseg.runtime.backends import open_backend
 from scaseg.runtime.bench import sample_jpeg, time_model
 from scaseg.runtime.predictor import Predictor
 from scaseg.runtime.remote import open_server
-from scaseg.runtime.serve import Ports, triton_server
+from scaseg.runtime.serve import free_ports, triton_server
 from scaseg.runtime.serve_bench import load_test
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perf_machine import machine_line  # noqa: E402
-
-
-def free_ports() -> Ports:
-    socks = [socket.socket() for _ in range(3)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return Ports(*ports)
 
 
 def in_process(model: str, frame: np.ndarray, frames: int, warmup: int) -> dict:

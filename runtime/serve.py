@@ -68,6 +68,18 @@ class Ports:
                 "metrics": f"http://{host}:{self.metrics}/metrics"}
 
 
+def free_ports(host: str = "127.0.0.1") -> Ports:
+    """Three ports no program listens on now (the kernel's picks), for a server of one's own (tests, benchmarks)."""
+    socks = [socket.socket() for _ in range(3)]
+    try:
+        for sock in socks:
+            sock.bind((host, 0))
+        return Ports(*(sock.getsockname()[1] for sock in socks))
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def find_triton() -> TritonInstall:
     """The server files of the installed nvidia-pytriton wheel; one sentence naming the extra where they are missing."""
     spec = importlib.util.find_spec("pytriton")  # found, never imported: its Python API needs packages we do not

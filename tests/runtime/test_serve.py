@@ -20,7 +20,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from badinput import command, env, one_line, refused, run, session_processes
+from badinput import command, env, refused, run, session_processes
 from runtime_models import make_onnx, run_main
 
 from scaseg.errors import ScasegError
@@ -28,8 +28,8 @@ from scaseg.export.triton import write_triton_repository
 from scaseg.runtime import infer as infer_cli
 from scaseg.runtime.backends import open_backend
 from scaseg.runtime.predictor import Predictor
-from scaseg.runtime.remote import RemotePredictor, ServerBackend, open_server
-from scaseg.runtime.serve import Ports, find_triton, triton_server
+from scaseg.runtime.remote import ServerBackend, open_server
+from scaseg.runtime.serve import find_triton, free_ports, triton_server
 from scaseg.runtime.serve_bench import load_test
 
 try:
@@ -40,16 +40,6 @@ except ScasegError as exc:
 pytestmark = pytest.mark.skipif(bool(SKIP) or not sys.platform.startswith("linux"), reason=SKIP or "Linux only")
 
 CLASSES = 5
-
-
-def free_ports() -> Ports:
-    socks = [socket.socket() for _ in range(3)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return Ports(*ports)
 
 
 def tiny_model(path: Path) -> Path:
