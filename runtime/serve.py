@@ -132,6 +132,8 @@ def server_environment(base: Optional[dict[str, str]] = None) -> dict[str, str]:
 
 def check_ports_free(ports: Ports) -> None:
     """One sentence for a port another program already listens on (before the server starts)."""
+    if len({ports.http, ports.grpc, ports.metrics}) < 3:
+        raise ScasegError(f"the HTTP, gRPC and metrics ports must differ, got {ports.http}, {ports.grpc}, {ports.metrics}")
     for label, port in (("HTTP", ports.http), ("gRPC", ports.grpc), ("metrics", ports.metrics)):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -141,8 +143,6 @@ def check_ports_free(ports: Ports) -> None:
                 option = {"HTTP": "--http-port", "gRPC": "--grpc-port", "metrics": "--metrics-port"}[label]
                 raise ScasegError(f"port {port} (the {label} endpoint) is already in use: stop what listens there "
                                   f"or pick another with {option}") from None
-    if len({ports.http, ports.grpc, ports.metrics}) < 3:
-        raise ScasegError(f"the HTTP, gRPC and metrics ports must differ, got {ports.http}, {ports.grpc}, {ports.metrics}")
 
 
 def _die_with_parent() -> None:

@@ -113,7 +113,8 @@ class TritonPythonModel:
             try:
                 tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
                 groups.append(np.from_dlpack(tensor).copy())
-                resizes.append(request_resize(request.parameters(), self.predictor.resize))
+                parameters = request.parameters() if hasattr(request, "parameters") else ""  # Triton >= 23.xx
+                resizes.append(request_resize(parameters, self.predictor.resize))
                 errors.append(None)
             except (ScasegError, ValueError, TypeError) as exc:
                 groups.append(np.zeros((0, 1, 1, 3), np.uint8))

@@ -123,6 +123,18 @@ def test_sixteen_streams_nothing_lost_and_batched(served) -> None:
     assert record["p99_ms"] >= record["p50_ms"] > 0
 
 
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_resize_policy_travels_with_the_request(served, scheme: str) -> None:
+    ports, model = served
+    image = frames(1, seed=5)[0][:, :25]  # another aspect ratio than the model's 24x32: the policies differ
+    for resize in ("stretch", "letterbox"):
+        got = open_server(ports.endpoints()[scheme], resize=resize).infer(image[None])[0]
+        want = Predictor(open_backend(str(model)), resize=resize)(image)
+        assert np.array_equal(got, want), resize
+    stretch = open_server(ports.endpoints()[scheme], resize="stretch").infer(image[None])[0]
+    assert not np.array_equal(stretch, got)
+
+
 def test_bench_cli_prints_the_servers_statistics(served, tmp_path: Path) -> None:
     ports, _ = served
     proc = run("scaseg-bench", ["--server", ports.endpoints()["http"], "--streams", "2", "--runs", "2", "--warmup", "0",
