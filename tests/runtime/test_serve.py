@@ -20,7 +20,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from badinput import command, env, refused, run, session_processes
+from badinput import command, env, interrupt, refused, run, session_processes
 from runtime_models import make_onnx, run_main
 
 from scaseg.errors import ScasegError
@@ -162,6 +162,22 @@ def test_bad_requests_are_one_sentence(served, tmp_path: Path) -> None:
             expect="no ready model 'nope'")
     refused("scaseg-infer", [image, "--server", ports.endpoints()["grpc"], "--resize", "stretch", "--imgsz", "64"],
             tmp_path, expect="--imgsz cannot be combined with --server")
+
+
+def test_ctrl_c_through_the_server_keeps_a_playable_video(served, tmp_path: Path) -> None:
+    ports, _ = served
+    make_video(tmp_path / "long.avi", 400)
+
+    def writing() -> bool:
+        return any(p.stat().st_size for p in tmp_path.glob(".long_seg.mp4.*"))
+
+    _, line = interrupt("scaseg-infer", ["long.avi", "--server", ports.endpoints()["grpc"], "-q"], tmp_path, writing,
+                        settle=0.05)
+    assert "saved in" in line and "long_seg.mp4" in line
+    cap = cv2.VideoCapture(str(tmp_path / "long_seg.mp4"))
+    assert 0 < int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) < 400
+    cap.release()
+    assert not list(tmp_path.glob(".long_seg*"))
 
 
 @pytest.mark.parametrize("scheme", ["http", "grpc"])
