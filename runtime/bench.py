@@ -26,7 +26,7 @@ from scaseg.metadata import ModelInfo
 from scaseg.runtime.backends.threads import apply_auto_threads
 from scaseg.runtime.memory import peak_rss_mb, reset_peak_rss
 from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, batch_option, device_option, imgsz_option,
-                                    memory_option, threads_option)
+                                    memory_option, model_name_option, server_option, threads_option, SERVER_OWNS)
 from scaseg.runtime.predictor import Predictor
 from scaseg.data.images import decode_image, read_encoded
 from scaseg.runtime.preprocess import resize_label
@@ -297,8 +297,8 @@ def bench(
     split: str = typer.Option("val", "--split", help="Dataset split."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate at most N images.", show_default="the whole split"),
     per_class: bool = typer.Option(False, "--per-class", help="With --data: also print the IoU of every class and the weakest class of each model."),
-    server: Optional[str] = typer.Option(None, "--server", metavar="URL", help="Time a Triton server (http://HOST:PORT or grpc://HOST:PORT) serving a scaseg-export --triton-backend python model: --runs frames per stream after --warmup, the synthetic 720p frame, with the server's own statistics (docs/triton.md).", show_default="time the models here"),
-    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="NAME", help="With --server: the served model.", show_default="the server's only model"),
+    server: Optional[str] = server_option("Time concurrent clients (a connection each, one frame per request, the synthetic 720p frame) of", "the table adds the server's own statistics; the model, dataset, batch, " + SERVER_OWNS),
+    model_name: Optional[str] = model_name_option(),
     streams: int = typer.Option(1, "--streams", min=1, max=256, help="With --server: concurrent client streams (threads, a connection each, one frame per request)."),
     quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-bench"),

@@ -20,7 +20,7 @@ from scaseg.errors import Interrupted, ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_dir, atomic_path, check_dir_output, check_output, refuse_overwrite, write_bytes
 from scaseg.runtime.backends.threads import apply_auto_threads
 from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, batch_option, device_option, imgsz_option,
-                                    memory_option, threads_option)
+                                    memory_option, model_name_option, server_option, threads_option, SERVER_OWNS)
 from scaseg.runtime.overlay import palette_lut, render_overlay
 from scaseg.runtime.predictor import Predictor
 from scaseg.runtime.remote import RemotePredictor, check_server_options, open_server
@@ -128,8 +128,8 @@ def infer(
     batch: Optional[int] = batch_option("Frames"),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames.", show_default="all"),
     queue_size: int = typer.Option(4, "--queue", min=1, max=64, help="Frames buffered between stages."),
-    server: Optional[str] = typer.Option(None, "--server", metavar="URL", help="Segment through a Triton server (http://HOST:PORT or grpc://HOST:PORT) serving a model written by scaseg-export --format triton --triton-backend python (docs/triton.md); --model, --backend, --device, --threads and --imgsz then belong to the server.", show_default="run the model here"),
-    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="NAME", help="With --server: the served model.", show_default="the server's only model"),
+    server: Optional[str] = server_option("Segment through", "the model, " + SERVER_OWNS),
+    model_name: Optional[str] = model_name_option(),
     quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-infer"),
 ) -> None:

@@ -271,7 +271,7 @@ def _port(option: str, default: int) -> int:
 
 @app.command()
 def serve(
-    repository: Path = typer.Argument(..., metavar="REPO", help="A Triton model repository (scaseg-export --format triton)."),
+    repository: Path = typer.Argument(..., metavar="REPO", help="A Triton model repository (as scaseg-export writes one)."),
     http_port: int = _port("--http-port", 8000),
     grpc_port: int = _port("--grpc-port", 8001),
     metrics_port: int = _port("--metrics-port", 8002),
