@@ -6,6 +6,7 @@ non-zero and leaves no output behind.
 The command function parses its options once, in groups (the graph, the calibration, the engine), into one
 ``ExportRequest``; everything a user can get wrong is refused there, before minutes of work. The steps below
 (load, export, precision, engine, Triton) take the request and do not check it again.
+Over 400 lines: the one command's options, each checked here once, and the steps that carry them out.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import typer
 from scaseg.cli import SIZE_METAVAR, make_app, parse_imgsz, quiet_option, require_utf8
 from scaseg.errors import ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_path, check_output, created_folders, refuse_overwrite, remove_stale, temp_token
+from scaseg.export.triton import export_backend
 from scaseg.progress import progress, write
 from scaseg.suffixes import ENGINE_SUFFIX, ONNX_SUFFIX, ONNX_SUFFIXES
 
@@ -46,6 +48,7 @@ Int8Target = Literal["cpu", "tensorrt"]
 # scaseg.metadata.PRECISIONS (tests/export/test_export_request.py checks they agree)
 Precision = Literal["fp32", "fp16", "int8"]
 Format = Literal["onnx", "engine", "triton"]
+TritonBackend = Literal["auto", "onnxruntime", "tensorrt", "python"]
 
 WORK_PREFIX = ".scaseg-export-"
 
@@ -68,6 +71,7 @@ class ExportRequest:
     calibration: Optional[Calibration]  # --precision fp16 / int8 asked
     calibration_images: Optional[CalibrationSet]  # int8 from a checkpoint: the images, listed and checked
     engine: Optional[EngineRequest]  # --format engine
+    triton_backend: str = "onnxruntime"  # --format triton: onnxruntime | python (runtime/triton_model.py)
 
 
 def default_output(checkpoint: Path, fmt: str, precision: str) -> Path:
@@ -114,6 +118,7 @@ def export(
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="engine: timing cache file (read and updated).", show_default="none"),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="engine: build for this DLA core (Jetson).", show_default="GPU"),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="engine/triton: largest batch of a dynamic-batch model."),
+    triton_backend: TritonBackend = typer.Option("auto", "--triton-backend", help="triton: onnxruntime serves the ONNX (auto); python serves raw uint8 frames in, labels out through scaseg's own runtime (scaseg-serve runs it; docs/triton.md); tensorrt needs an engine, which this command does not put into a repository."),
     tensorrt: str = typer.Option("auto", "--tensorrt", metavar="auto|standard|rtx", help="engine: which TensorRT builds it: standard (tensorrt) or rtx (tensorrt_rtx).", show_default="the one installed, standard if both"),
     compute_capability: Optional[List[str]] = typer.Option(None, "--compute-capability", metavar="CC", help="engine, TensorRT-RTX: GPU compute capability to build for, e.g. 8.6; repeat for several.", show_default="8.0 8.6 8.9 12.0"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="engine: print TensorRT's own log (its warnings and errors are otherwise summed up in one line)."),
@@ -126,7 +131,7 @@ def export(
     if source.suffix.lower() in ONNX_SUFFIXES:  # an exported ONNX -> engine: no torch, no re-export
         request = _with_onnx_engine(ExportRequest(source, output.expanduser() if output else None, fmt, precision,
                                                   None, False, variant, allow_partial, parity_images, tolerance,
-                                                  max_batch, None, None, None),
+                                                  max_batch, None, None, None, export_backend(fmt, triton_backend)),
                                     tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose)
         calibration = (_calibration_request(precision, fmt, target, calib, calib_num, calib_method, calib_cache,
                                             max_miou_drop) if precision not in (None, "fp32") else None)
@@ -156,7 +161,7 @@ def export(
         raise ScasegError(f"unknown variant {variant!r} for --variant: expected one of {', '.join(scaseg.VARIANTS)}")
     request = ExportRequest(source, _checked_output(source, output, fmt, precision, calib, calib_cache, timing_cache),
                             fmt, precision, graph, size is None, variant, allow_partial, parity_images,
-                            tolerance, max_batch, calibration, None, engine)
+                            tolerance, max_batch, calibration, None, engine, export_backend(fmt, triton_backend))
     if calibration is not None and precision == "int8":  # lists and checks the images, reads none
         request = dataclasses.replace(request, calibration_images=calibration.open_images())
     # Temporaries of an earlier run that was killed (out of memory, SIGKILL) cannot clean themselves up.
@@ -315,11 +320,11 @@ def _precision(request: ExportRequest, fp32: onnx.ModelProto, fp32_info: ModelIn
 
 
 def _triton(request: ExportRequest, final_onnx: Path) -> None:
-    """The Triton model repository at the output, serving the ONNX with ONNX Runtime."""
+    """The Triton model repository at the output, serving the ONNX with ONNX Runtime or scaseg's python model."""
     from scaseg.export.triton import write_triton_repository
 
     result = write_triton_repository(str(final_onnx), str(request.output), name=request.source.with_suffix("").name,
-                                     backend="onnxruntime", max_batch_size=request.max_batch)
+                                     backend=request.triton_backend, max_batch_size=request.max_batch)
     _report("triton", result)
 
 

@@ -19,14 +19,34 @@ from scaseg.fileio import atomic_dir
 from scaseg.metadata import ModelInfo
 from scaseg.suffixes import ENGINE_SUFFIXES, ONNX_SUFFIXES
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "python")
+#: What a python-backend model runs its ONNX file on (scaseg.runtime.backends names).
+PYTHON_RUNTIMES = ("onnxruntime", "openvino", "openvino:bf16")
 KINDS = ("auto", "gpu", "cpu")
 #: Triton's default file name per backend (``default_model_filename`` is written too, for readers).
-MODEL_FILENAMES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+MODEL_FILENAMES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
+#: The python backend's model.py: the project's own model class (runtime/triton_model.py) does the work.
+#: The stub ignores PYTHONPATH; scaseg-serve names the scaseg it runs in SCASEG_SERVE_PATH (absent elsewhere: the
+#: server's Python must have scaseg installed, e.g. pip install in Triton's container).
+PYTHON_MODEL_PY = '''"""Triton python-backend model written by scaseg-export: raw uint8 frames in, labels out (docs/triton.md)."""
+import os
+import sys
+
+for _path in reversed(os.environ.get("SCASEG_SERVE_PATH", "").split(os.pathsep)):
+    if _path and _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from scaseg.runtime.triton_model import TritonPythonModel  # noqa: E402,F401
+'''
 LABELS_FILENAME = "labels.txt"
 #: The model's full ModelInfo JSON, beside config.pbtxt, for clients (normalisation, palette, input size).
 INFO_FILENAME = "scaseg.json"
 
+#: The python backend's tensors (runtime/triton_model.py reads them) and where its ONNX file and ModelInfo go.
+FRAMES_INPUT, LABELS_OUTPUT = "FRAMES", "LABELS"
+PYTHON_MODEL_FILE = "model.onnx"
+INFO_PARAMETER = "scaseg"
+_DEVICE_OK = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
 _NAME_OK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -48,7 +68,8 @@ def _tensor_block(spec: TensorSpec, dims: Sequence[int], label_filename: Optiona
 
 def render_config(*, name: str, backend: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
                   max_batch_size: int, preferred_batch_sizes: Sequence[int] = (), max_queue_delay_us: int = 100,
-                  instance_kind: str = "KIND_GPU", instances: int = 1, label_output: Optional[str] = None) -> str:
+                  instance_kind: str = "KIND_GPU", instances: int = 1, label_output: Optional[str] = None,
+                  parameters: Optional[dict[str, str]] = None) -> str:
     """The config.pbtxt text; with max_batch_size > 0 the batch axis is left out of ``dims`` (Triton's rule)."""
     skip = 1 if max_batch_size > 0 else 0
     lines = [f"name: {_quote(name)}", f"backend: {_quote(backend)}",
@@ -69,10 +90,22 @@ def render_config(*, name: str, backend: str, inputs: Sequence[TensorSpec], outp
         if preferred_batch_sizes:
             lines.append(f"  preferred_batch_size: [ {', '.join(str(b) for b in preferred_batch_sizes)} ]")
         lines += [f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}"]
+    for key, value in (parameters or {}).items():
+        lines.append(f"parameters {{ key: {_quote(key)} value: {{ string_value: {_quote(value)} }} }}")
     return "\n".join(lines) + "\n"
 
 
 # --- the repository --------------------------------------------------------------------------------------------
+
+
+def export_backend(fmt: str, choice: str) -> str:
+    """scaseg-export's --triton-backend, checked at its edge: the backend its repository gets (auto: onnxruntime)."""
+    if choice != "auto" and fmt != "triton":
+        raise ScasegError(f"--triton-backend applies to --format triton, not --format {fmt}")
+    if choice == "tensorrt":
+        raise ScasegError("--triton-backend tensorrt serves a TensorRT engine: build it with --format engine, then "
+                          "write its repository with scaseg.export.triton.write_triton_repository (docs/triton.md)")
+    return "onnxruntime" if choice == "auto" else choice
 
 
 def _choose_backend(path: Path, backend: str) -> str:
@@ -130,12 +163,15 @@ def _check_engine_batch_range(info: ModelInfo, max_batch_size: int, path: Path) 
 def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str] = None, backend: str = "auto",
                             max_batch_size: int = 8, preferred_batch_sizes: Optional[Sequence[int]] = None,
                             max_queue_delay_us: int = 100, instances: int = 1, kind: str = "auto",
-                            version: int = 1) -> dict[str, Any]:
+                            version: int = 1, runtime: str = "onnxruntime", device: str = "auto") -> dict[str, Any]:
     """Write ``out_dir/<name>/`` (config.pbtxt, labels, scaseg.json, ``<version>/model.*``) for Triton; returns a summary.
 
     A model whose batch axis is dynamic gets ``max_batch_size`` and dynamic batching; a fixed-batch model gets
     ``max_batch_size: 0`` with the batch axis written in ``dims`` and no batcher (Triton cannot batch it).
     The ``<name>`` folder is replaced as a whole, atomically; other models in ``out_dir`` are left alone.
+    ``backend="python"``: a python-backend model (runtime/triton_model.py) that runs the ONNX file on ``runtime``
+    (onnxruntime, openvino, openvino:bf16) on ``device``, taking raw uint8 frames and answering labels; it always
+    batches (Triton's dynamic batcher merges requests; the model splits them into batches the ONNX accepts).
     """
     path = Path(model_path).expanduser()
     if not path.is_file():
@@ -150,23 +186,27 @@ def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str
         raise ScasegError(f"max_queue_delay_us must be a whole number of microseconds >= 0, got {max_queue_delay_us!r}")
 
     info, inputs, outputs, extra_files = _read_signature(path, backend)
+    parameters = None
+    if backend == "python":
+        inputs, outputs, parameters = _python_model(info, runtime, device)
     triton_max_batch, preferred = _triton_batching(path, backend, info, inputs, outputs, max_batch_size,
                                                    preferred_batch_sizes)
     config = render_config(name=model_name, backend=backend, inputs=inputs, outputs=outputs,
                            max_batch_size=triton_max_batch, preferred_batch_sizes=preferred,
                            max_queue_delay_us=max_queue_delay_us, instance_kind=instance_kind, instances=instances,
-                           label_output=info.output_name)
+                           label_output=None if backend == "python" else info.output_name, parameters=parameters)
     repo = Path(out_dir).expanduser()
     if repo.exists() and not repo.is_dir():
         raise ScasegError(f"the Triton repository {repo} exists and is not a folder")
     model_file = MODEL_FILENAMES[backend]
-    _write_model_folder(repo / model_name, path, version, model_file, extra_files, config, info)
+    _write_model_folder(repo / model_name, path, version, PYTHON_MODEL_FILE if backend == "python" else model_file,
+                        extra_files, config, info, PYTHON_MODEL_PY if backend == "python" else None)
 
     model_dir = repo / model_name
     skip = 1 if triton_max_batch > 0 else 0
     return {
         "repository": str(repo), "name": model_name, "model_dir": str(model_dir), "backend": backend,
-        "config": str(model_dir / "config.pbtxt"), "model_file": str(model_dir / str(version) / model_file),
+        "config": str(model_dir / "config.pbtxt"), "model_file": str(model_dir / str(version) / (PYTHON_MODEL_FILE if backend == "python" else model_file)),
         "labels_file": str(model_dir / LABELS_FILENAME), "version": version,
         "max_batch_size": triton_max_batch, "dynamic_batching": triton_max_batch > 0,
         "preferred_batch_sizes": preferred, "instance_kind": instance_kind, "instances": instances,
@@ -180,6 +220,8 @@ def _instance_kind(kind: str, backend: str) -> str:
         raise ScasegError(f"unknown instance kind {kind!r}: expected one of {', '.join(KINDS)}")
     if backend == "tensorrt" and kind == "cpu":
         raise ScasegError("a TensorRT plan runs only on a GPU: use kind 'gpu' or 'auto' for the tensorrt backend")
+    if backend == "python":  # the stub runs on the CPU; the model's own runtime picks its device (``device``)
+        return "KIND_GPU" if kind == "gpu" else "KIND_CPU"
     # auto: a plan needs a GPU; an ONNX model goes wherever Triton finds one (KIND_AUTO: GPUs if present, else CPU).
     return {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}.get(kind, "KIND_GPU" if backend == "tensorrt" else "KIND_AUTO")
 
@@ -187,9 +229,9 @@ def _instance_kind(kind: str, backend: str) -> str:
 def _read_signature(path: Path, backend: str) -> tuple[ModelInfo, list[TensorSpec], list[TensorSpec], list[str]]:
     """The model's metadata, inputs and outputs, and the external data files an ONNX model keeps beside it;
     refused where the file does not suit ``backend`` or names an input or output the model does not have."""
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "python"):
         if path.suffix.lower() in ENGINE_SUFFIXES:
-            raise ScasegError(f"{path.name} looks like a TensorRT engine; the onnxruntime backend needs a .onnx model")
+            raise ScasegError(f"{path.name} looks like a TensorRT engine; the {backend} backend needs a .onnx model")
         info, inputs, outputs = onnx_signature(path)
         extra_files = external_files(path)
     else:
@@ -246,8 +288,24 @@ def _triton_batching(path: Path, backend: str, info: ModelInfo, inputs: list[Ten
     return max_batch_size, preferred
 
 
+def _python_model(info: ModelInfo, runtime: str, device: str) -> tuple[list[TensorSpec], list[TensorSpec],
+                                                                      dict[str, str]]:
+    """The python-backend model's tensors (frames in, labels out, batch axis free) and its config parameters."""
+    if runtime not in PYTHON_RUNTIMES:
+        raise ScasegError(f"unknown runtime {runtime!r} for the python backend: expected one of "
+                          f"{', '.join(PYTHON_RUNTIMES)}")
+    if not _DEVICE_OK.match(device):
+        raise ScasegError(f"unknown device {device!r}: expected auto, cpu or cuda[:N]")
+    labels_type = "TYPE_UINT8" if info.num_classes <= 256 else "TYPE_UINT16"
+    inputs = [TensorSpec(FRAMES_INPUT, "TYPE_UINT8", (-1, -1, -1, 3))]
+    outputs = [TensorSpec(LABELS_OUTPUT, labels_type, (-1, -1, -1))]
+    parameters = {"runtime": runtime, "device": device, "threads": "auto", "resize": "letterbox",
+                  "model_file": PYTHON_MODEL_FILE, INFO_PARAMETER: info.to_json()}
+    return inputs, outputs, parameters
+
+
 def _write_model_folder(model_dir: Path, path: Path, version: int, model_file: str, extra_files: list[str],
-                        config: str, info: ModelInfo) -> None:
+                        config: str, info: ModelInfo, model_py: Optional[str] = None) -> None:
     """Replace ``model_dir`` as a whole: the model (and its external data) in ``<version>/``, config, labels, info."""
     # One class name a line, line i = class i; a line break inside a name would shift every later class.
     labels = "".join(" ".join(str(c).split()) + "\n" for c in info.class_names)
@@ -262,6 +320,8 @@ def _write_model_folder(model_dir: Path, path: Path, version: int, model_file: s
                 raise ScasegError(f"the ONNX model {path} keeps weights in {rel}, which is missing beside it")
             (version_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, version_dir / rel)
+        if model_py is not None:
+            (version_dir / MODEL_FILENAMES["python"]).write_text(model_py, encoding="utf-8")
         (tmp / "config.pbtxt").write_text(config, encoding="utf-8")
         (tmp / LABELS_FILENAME).write_text(labels, encoding="utf-8")
         (tmp / INFO_FILENAME).write_text(json.dumps(info.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")

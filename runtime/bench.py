@@ -26,7 +26,7 @@ from scaseg.metadata import ModelInfo
 from scaseg.runtime.backends.threads import apply_auto_threads
 from scaseg.runtime.memory import peak_rss_mb, reset_peak_rss
 from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, batch_option, device_option, imgsz_option,
-                                    memory_option, threads_option)
+                                    memory_option, model_name_option, server_option, threads_option, SERVER_OWNS)
 from scaseg.runtime.predictor import Predictor
 from scaseg.data.images import decode_image, read_encoded
 from scaseg.runtime.preprocess import resize_label
@@ -142,6 +142,9 @@ class BenchRequest:
     split: str
     limit: Optional[int]
     progress: bool
+    server: Optional[str] = None  # --server URL (checked by parse_server_url): time a Triton server instead
+    model_name: Optional[str] = None  # the served model; None: the server's only one
+    streams: int = 1  # concurrent client streams against the server
 
 
 def bench_one(model: ModelFile, backend: str, request: BenchRequest) -> dict[str, Any]:
@@ -294,10 +297,20 @@ def bench(
     split: str = typer.Option("val", "--split", help="Dataset split."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate at most N images.", show_default="the whole split"),
     per_class: bool = typer.Option(False, "--per-class", help="With --data: also print the IoU of every class and the weakest class of each model."),
+    server: Optional[str] = server_option("Time concurrent clients (a connection each, one frame per request, the synthetic 720p frame) of", "the table adds the server's own statistics; the model, dataset, batch, " + SERVER_OWNS),
+    model_name: Optional[str] = model_name_option(),
+    streams: int = typer.Option(1, "--streams", min=1, max=256, help="With --server: concurrent client streams (threads, a connection each, one frame per request)."),
     quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-bench"),
 ) -> None:
     """Benchmark MODELS (on each --backend) and print one table across them."""
+    if server is not None or model_name is not None or streams != 1:
+        given = {"MODEL": bool(models), "--backend": any(b.value != "auto" for b in backend), "--device": device != "auto",
+                 "--threads": threads != "auto", "--imgsz": imgsz is not None, "--batch": batch is not None,
+                 "--data": data is not None}
+        _bench_server(server, BenchRequest(RunSettings(), None, None, warmup, runs, None, dataset, split, None,
+                                           not quiet, server, model_name, streams), given, output)
+        return
     if not models:
         models = [default_model()]
         print(f"scaseg-bench: no model given: timing the shipped default {models[0]} "
@@ -345,6 +358,30 @@ def bench(
             _write_text(str(dest), json.dumps({"settings": settings, "models": records}, indent=2) + "\n")
         else:
             _write_text(str(dest), to_csv(records))
+
+
+def _bench_server(url: Optional[str], request: BenchRequest, given: dict[str, bool], output: list[Path]) -> None:
+    """scaseg-bench --server: the options checked here, then runtime/serve_bench.py times the server."""
+    from scaseg.runtime.remote import check_server_options, open_server
+    from scaseg.runtime.serve_bench import format_load, load_test
+
+    if url is None:
+        raise ScasegError("--streams and --model-name time a Triton server: add --server URL")
+    check_server_options(url, request.model_name, given)
+    if any(dest.suffix.lower() != ".json" for dest in output):
+        raise ScasegError("with --server, -o takes a .json file (the table has other columns than a model's)")
+    refuse_overwrite(output, [])
+    for dest in output:
+        check_output(dest)
+    backend = open_server(url, request.model_name)
+    if request.progress:
+        print(f"scaseg-bench: {backend.device}: {request.streams} stream(s) x {request.runs} frames", file=sys.stderr)
+    record = load_test(backend, url, request.streams, [decode_image(sample_jpeg())] * request.runs, request.warmup)
+    print(format_load(record))
+    for dest in output:
+        _write_text(str(dest), json.dumps({"settings": {"warmup": request.warmup, "runs": request.runs,
+                                                        "sample": f"synthetic {SAMPLE_HW[0]}x{SAMPLE_HW[1]} JPEG"},
+                                           "server": record}, indent=2) + "\n")
 
 
 def main() -> None:

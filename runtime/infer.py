@@ -21,10 +21,11 @@ from scaseg.errors import Interrupted, ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_dir, atomic_path, check_dir_output, check_output, refuse_overwrite, write_bytes
 from scaseg.runtime.backends.threads import apply_auto_threads
 from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, batch_option, device_option, imgsz_option,
-                                    memory_option, threads_option)
+                                    memory_option, model_name_option, server_option, threads_option, SERVER_OWNS)
 from scaseg.runtime.overlay import palette_lut, render_overlay
 from scaseg.runtime.predictor import Predictor
 from scaseg.runtime.preprocess import Geometry
+from scaseg.runtime.remote import RemotePredictor, check_server_options, open_server
 from scaseg.suffixes import IMAGE_SUFFIXES, LABEL_OUTPUT_SUFFIXES, VIDEO_OUTPUT_SUFFIXES, VIDEO_SUFFIXES
 from scaseg.runtime.pipeline import StopPipeline, run_pipeline
 from scaseg.runtime.sinks import ImageSink, VideoSink
@@ -61,6 +62,8 @@ class InferRequest:
     queue_size: int
     quiet: bool
     video_codec: Optional[str] = None  # an FFmpeg encoder name; None: the container's default (scaseg.data.video)
+    server: Optional[str] = None  # a Triton server's URL (checked by parse_server_url); None: run the model here
+    model_name: Optional[str] = None  # the served model; None: the server's only one
 
 
 def parse_video_codec(name: Optional[str]) -> Optional[str]:
@@ -112,10 +115,10 @@ def _check_output(source: Source, out: Path, fmt: str) -> str:
     return "video"
 
 
-def _check_target(out: Path, target: str, source: str, model: str) -> None:
+def _check_target(out: Path, target: str, source: str, model: Optional[str]) -> None:
     """Before any work: the output can be written, replaces no input and no folder of the user's."""
     local = [] if is_url(source.strip()) or camera_index(source.strip()) is not None else [source]
-    refuse_overwrite([out], local + [model])
+    refuse_overwrite([out], local + ([model] if model else []))
     if target == "folder":
         check_dir_output(out, owned=_is_infer_output, what="scaseg-infer output (it has no " + RECORD + ")")
     else:
@@ -149,6 +152,8 @@ def infer(
     video_codec: Optional[str] = typer.Option(None, "--video-codec", metavar="ENCODER", help="FFmpeg encoder of a "
                                               "video output, e.g. h264_nvenc (NVIDIA GPUs), mpeg4.",
                                               show_default="libx264 (.mp4 .m4v .mov .mkv), mjpeg (.avi)"),
+    server: Optional[str] = server_option("Segment through", "the model, " + SERVER_OWNS),
+    model_name: Optional[str] = model_name_option(),
     quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-infer"),
 ) -> None:
@@ -156,13 +161,22 @@ def infer(
     kind = "labels" if save_labels else fmt
     # spin=False: the pipeline's other stages need the cores ONNX Runtime's idle threads would spin on (RunSettings)
     settings = dataclasses.replace(RunSettings.parse(device, threads, memory.value), spin=False)
-    request = InferRequest(settings, parse_imgsz(imgsz), batch, resize, kind,
-                           alpha, legend, show, max_frames, queue_size, quiet, parse_video_codec(video_codec))
+    request = InferRequest(settings, parse_imgsz(imgsz), batch, resize, kind, alpha, legend, show, max_frames,
+                           queue_size, quiet, parse_video_codec(video_codec), server, model_name)
+    if server is not None:
+        check_server_options(server, model_name, {"--model": model is not None, "--imgsz": imgsz is not None,
+                                                  "--backend": backend.value != "auto", "--device": device != "auto",
+                                                  "--threads": threads != "auto"})
+    elif model_name is not None:
+        raise ScasegError("--model-name names a model on a Triton server: add --server URL")
     if not save and not show:
         raise ScasegError("--no-save without --show would do nothing; add --show or drop --no-save")
     if show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         # OpenCV's Qt/GTK backends abort the whole process without a display; refuse before any work.
         raise ScasegError("--show needs a display (DISPLAY or WAYLAND_DISPLAY is not set); drop --show to only save")
+    if request.server is not None:
+        _infer_remote(source, output, save, request)
+        return
     model_path, origin = (model, "") if model else (default_model(), "the shipped default, trained on synthetic street scenes only")
     src = open_source(source)
     try:
@@ -185,6 +199,25 @@ def infer(
         src.close()
         if show:
             cv2.destroyAllWindows()
+
+
+def _infer_remote(source: str, output: Optional[Path], save: bool, request: InferRequest) -> None:
+    """scaseg-infer --server: the same sources, outputs and contract; the frames go to the server."""
+    assert request.server is not None
+    src = open_source(source)
+    try:
+        out = output.expanduser() if output else default_output(src, source, request.kind)
+        target = _check_output(src, out, request.kind) if save else "none"
+        if target != "none":
+            _check_target(out, target, source, None)
+        predictor = RemotePredictor(open_server(request.server, request.model_name, request.resize), request.batch)
+        if not request.quiet:
+            print(f"scaseg-infer: server {predictor.backend.device}", file=sys.stderr)
+        _run(src, predictor, out, target, request, f"{predictor.backend.model_name} on {request.server}",
+             record={"source": source, "server": request.server, "model_name": predictor.backend.model_name,
+                     "format": request.kind})
+    finally:
+        src.close()
 
 
 def _run(src: Source, predictor: Predictor, out: Path, target: str, request: InferRequest, model_label: str,

@@ -66,3 +66,19 @@ def imgsz_option() -> Any:
 def batch_option(what: str) -> Any:
     return typer.Option(None, "--batch", "-b", min=1, help=f"{what} per inference call (dynamic-batch models).",
                         show_default="the model's batch, or 1")
+
+
+SERVER_HELP = ("a Triton server (http://HOST:PORT or grpc://HOST:PORT) serving a frames-in, labels-out scaseg model (the "
+               "python backend of scaseg-export's Triton repositories; scaseg-serve runs one; docs/triton.md)")
+SERVER_OWNS = "the runtime, device, thread count and input size are the server's then"
+
+
+def server_option(what: str, after: str) -> Any:
+    """--server URL: run through a Triton server instead of a local model (scaseg-infer, scaseg-bench)."""
+    return typer.Option(None, "--server", metavar="URL", help=f"{what} {SERVER_HELP}; {after}.",
+                        show_default="none: the model runs here")
+
+
+def model_name_option() -> Any:
+    return typer.Option(None, "--model-name", metavar="NAME", help="With --server: the served model.",
+                        show_default="the server's only model")

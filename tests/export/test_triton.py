@@ -284,3 +284,66 @@ def _drop(keep: Path, remove: Path) -> Path:
 def test_summary_is_json_serialisable(tmp_path: Path) -> None:
     summary = write_triton_repository(str(make_onnx(tmp_path / "m.onnx")), str(tmp_path / "repo"))
     assert json.loads(json.dumps(summary))["inputs"] == [{"name": "images", "data_type": "TYPE_FP32", "dims": [3, 8, 12]}]
+
+
+# --- the python backend: raw frames in, labels out (served for real in tests/runtime/test_serve.py) -------------
+
+
+def test_python_backend_repository(tmp_path: Path) -> None:
+    onnx_path = make_onnx(tmp_path / "seg.onnx", output="labels", batch=1)
+    summary = write_triton_repository(str(onnx_path), str(tmp_path / "repo"), backend="python", max_batch_size=16,
+                                      preferred_batch_sizes=[4, 8], runtime="openvino", device="cpu")
+    model_dir = tmp_path / "repo" / "seg"
+    cfg = parse_config(model_dir)
+    assert (cfg.backend, cfg.max_batch_size, cfg.default_model_filename) == ("python", 16, "model.py")
+    # A fixed-batch ONNX still batches: the model splits Triton's batches into ones the ONNX takes.
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [("FRAMES", mc.TYPE_UINT8, [-1, -1, 3])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [("LABELS", mc.TYPE_UINT8, [-1, -1])]
+    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    params = {key: value.string_value for key, value in cfg.parameters.items()}
+    assert params["runtime"] == "openvino" and params["device"] == "cpu" and params["model_file"] == "model.onnx"
+    assert ModelInfo.from_json(params["scaseg"]).class_names == CLASSES
+    assert (model_dir / "1" / "model.onnx").read_bytes() == onnx_path.read_bytes()
+    assert "from scaseg.runtime.triton_model import TritonPythonModel" in (model_dir / "1" / "model.py").read_text()
+    assert summary["model_file"] == str(model_dir / "1" / "model.onnx")
+
+
+def test_python_backend_names_agree_with_the_runtime_side() -> None:
+    """export/ writes the names; runtime/ (which may not import export/) reads them."""
+    from scaseg.export import triton
+    from scaseg.runtime import remote, triton_model
+
+    assert (triton.FRAMES_INPUT, triton.LABELS_OUTPUT) == (triton_model.INPUT_NAME, triton_model.OUTPUT_NAME)
+    assert (remote.INPUT_NAME, remote.OUTPUT_NAME, remote.INFO_PARAMETER) == (
+        triton.FRAMES_INPUT, triton.LABELS_OUTPUT, triton.INFO_PARAMETER)
+
+
+@pytest.mark.parametrize("case,expect", [("engine", "needs a .onnx"), ("runtime", "unknown runtime"),
+                                         ("device", "unknown device")])
+def test_python_backend_bad_input(tmp_path: Path, case: str, expect: str) -> None:
+    repo = tmp_path / "repo"
+    kwargs = {"runtime": "tensorrt"} if case == "runtime" else {"device": "tpu"} if case == "device" else {}
+    model = make_engine(tmp_path / "e.engine", dynamic_batch=True) if case == "engine" else make_onnx(tmp_path / "m.onnx")
+    with pytest.raises(ScasegError, match=expect):
+        write_triton_repository(str(model), str(repo), backend="python", **kwargs)
+    assert _no_output(repo)
+
+
+def test_export_backend_option() -> None:
+    from scaseg.export.triton import export_backend
+
+    assert export_backend("triton", "auto") == "onnxruntime" and export_backend("triton", "python") == "python"
+    assert export_backend("onnx", "auto") == "onnxruntime"
+    with pytest.raises(ScasegError, match="applies to --format triton"):
+        export_backend("onnx", "python")
+    with pytest.raises(ScasegError, match="--format engine"):
+        export_backend("triton", "tensorrt")
+
+
+def test_export_cli_refuses_triton_backend_without_triton(tmp_path: Path) -> None:
+    from badinput import refused
+
+    onnx_path = make_onnx(tmp_path / "m.onnx")
+    refused("scaseg-export", [onnx_path, "--format", "engine", "--triton-backend", "python"], tmp_path,
+            expect="--triton-backend applies to --format triton")
