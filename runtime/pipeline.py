@@ -190,7 +190,7 @@ def run_pipeline(
     finally:
         run.stop.set()
         _join_stages(stages, (run.decoded, run.rendered))
-        run.pool.shutdown(wait=True, cancel_futures=True)
+        run.pool.shutdown(wait=not any(stage.is_alive() for stage in stages), cancel_futures=True)
         stats.seconds = time.perf_counter() - start
         bar.close()
     for stage in stages:
@@ -281,10 +281,17 @@ def _write_frames(run: _Run, consume: Callable[[Frame, Any], None], bar: Any) ->
         bar.update(1)
 
 
+#: How long a stopped run waits for a stage stuck in a call it cannot leave (a server that does not answer, a long
+#: model call) before it goes on without it: the stage is a daemon thread and its result is dropped.
+JOIN_TIMEOUT_S = 5.0
+
+
 def _join_stages(stages: list[_Stage], queues: tuple["queue.Queue[object]", ...]) -> None:
-    """Wait for every stage to end (``stop`` is set), emptying the queues so that none stays blocked on a full one."""
+    """Wait for every stage to end (``stop`` is set), emptying the queues so that none stays blocked on a full one;
+    a stage still busy after JOIN_TIMEOUT_S is left behind."""
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
     for stage in stages:
-        while stage.is_alive():  # unblock a stage waiting on a full queue
+        while stage.is_alive() and time.monotonic() < deadline:  # unblock a stage waiting on a full queue
             for q in queues:
                 try:
                     q.get_nowait()

@@ -82,3 +82,29 @@ def test_ctrl_c_in_the_writer_stops_every_stage(tmp_path, predictor):
     stats = run_pipeline(src, predictor, consume, workers=3, progress=False)
     assert stats.interrupted and stats.frames == 6
     assert not [t for t in threading.enumerate() if t.name.startswith(("scaseg-decode", "scaseg-infer", "scaseg-work"))]
+
+
+def test_ctrl_c_does_not_wait_for_a_model_call_that_never_returns(tmp_path, predictor, monkeypatch):
+    import scaseg.runtime.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "JOIN_TIMEOUT_S", 0.5)
+    src = open_source(str(make_video(tmp_path / "v.mp4", frames=20)))
+    release = threading.Event()
+    run = predictor.run
+
+    def stuck(tensors):  # a server that stops answering after the first batches
+        if stuck.calls >= 3:
+            release.wait(30)
+        stuck.calls += 1
+        return run(tensors)
+    stuck.calls = 0
+    monkeypatch.setattr(predictor, "run", stuck)
+
+    def consume(frame, labels):
+        if frame.index == 2:
+            raise KeyboardInterrupt
+
+    start = time.perf_counter()
+    stats = run_pipeline(src, predictor, consume, progress=False)
+    assert stats.interrupted and stats.frames == 2 and time.perf_counter() - start < 10
+    release.set()
