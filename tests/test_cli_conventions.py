@@ -1,4 +1,4 @@
-"""One set of conventions across the five commands: -o/--output, -q/--quiet, sizes as N or HxW, a --help that
+"""One set of conventions across the commands: -o/--output (none for scaseg-serve, which writes no file), -q/--quiet, sizes as N or HxW, a --help that
 shows flags as flags, lists choices and gives every option a sentence and a default."""
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ COMMANDS = {
     "scaseg-infer": "scaseg.runtime.infer",
     "scaseg-synth": "scaseg.data.synth.cli",
     "scaseg-train": "scaseg.train.cli",
+    "scaseg-serve": "scaseg.runtime.serve",
 }
+#: Commands that write no file of their own (scaseg-serve runs a server): no -o/--output.
+WRITES_NOTHING = {"scaseg-serve"}
 
 
 def _click_command(module: str):
@@ -65,7 +68,7 @@ def test_help_shows_flags_as_flags_and_every_option_explained_with_its_default(n
 def test_every_command_has_dash_o_output_and_dash_q_quiet(name):
     command = _click_command(COMMANDS[name])
     opts = {tuple(sorted(p.opts)): p for p in command.params if p.param_type_name == "option"}
-    assert ("--output", "-o") in opts, f"{name} has no -o/--output"
+    assert (("--output", "-o") in opts) != (name in WRITES_NOTHING), f"{name}: -o/--output"
     assert ("--quiet", "-q") in opts, f"{name} has no -q/--quiet"
     assert opts[("--quiet", "-q")].is_flag
 
