@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator, List, Literal, Optional
 
 import typer
 
-from scaseg.cli import SIZE_METAVAR, make_app, parse_imgsz, quiet_option, require_utf8
+from scaseg.cli import SIZE_METAVAR, make_app, parse_imgsz, parse_size, quiet_option, require_utf8
 from scaseg.errors import ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_path, check_output, created_folders, refuse_overwrite, remove_stale, temp_token
 from scaseg.progress import progress, write
@@ -41,6 +41,8 @@ app = make_app(__doc__)
 # Choices as Literal types: --help lists them as a|b|c and the parser refuses others (the values arrive as str).
 ScaOp = Literal["decomposed", "function", "grid"]
 Head = Literal["logits", "labels"]
+# scaseg.metadata.INPUT_TYPES: normalised float32 NCHW, or raw uint8 RGB frames NHWC (export/raw_input.py)
+InputType = Literal["float", "uint8"]
 CalibMethod = Literal["percentile", "minmax", "entropy"]
 Int8Target = Literal["cpu", "tensorrt"]
 # scaseg.metadata.PRECISIONS (tests/export/test_export_request.py checks they agree)
@@ -95,7 +97,9 @@ def export(
     opset: int = typer.Option(17, "--opset", help="ONNX opset, 17..20 (TensorRT 8.5 reads up to 17)."),
     sca_op: ScaOp = typer.Option("decomposed", "--sca-op", help="Strip attention as plain ops, as the scaseg:StripCrossAttention local function, or grid (linear-time approximation, plain ops)."),
     grid_points: Optional[int] = typer.Option(None, "--grid-points", metavar="G", help="--sca-op grid: grid points, 2 to 4096.", show_default="the fewest the logit spread on the parity images allows"),
-    head: Head = typer.Option("logits", "--head", help="Graph output: logits (B,K,H,W) float, or labels (B,H,W) int32 with argmax in the graph."),
+    head: Head = typer.Option("logits", "--head", help="Graph output: logits (B,K,H,W) float, or labels (B,H,W) int32 with argmax in the graph (uint8 at the source size with --input uint8)."),
+    input_type: InputType = typer.Option("float", "--input", help="Graph input: float (normalised float32 NCHW at --imgsz) or uint8 (raw frames: RGB uint8 NHWC at --source-size; resize to --imgsz, normalisation and layout in the graph)."),
+    source_size: Optional[str] = typer.Option(None, "--source-size", metavar=SIZE_METAVAR, help="--input uint8: the frame size the graph takes, N or HxW (e.g. 1080x1920).", show_default="needed for --input uint8"),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify with onnxsim."),
     query_chunk: str = typer.Option("auto", "--query-chunk", metavar="N|auto|0", help="Query rows per attention tile (bounded memory): N, auto, or 0 for none."),
     parity_images: int = typer.Option(2, "--parity-images", help="Synthetic scenes for the parity check."),
@@ -124,6 +128,8 @@ def export(
     source = checkpoint.expanduser()
     target = int8_target if int8_target is not None else ("tensorrt" if fmt == "engine" else "cpu")
     if source.suffix.lower() in ONNX_SUFFIXES:  # an exported ONNX -> engine: no torch, no re-export
+        if input_type != "float" or source_size is not None:
+            raise ScasegError("--input and --source-size shape an export from a checkpoint; an ONNX model keeps its own input")
         request = _with_onnx_engine(ExportRequest(source, output.expanduser() if output else None, fmt, precision,
                                                   None, False, variant, allow_partial, parity_images, tolerance,
                                                   max_batch, None, None, None),
@@ -135,6 +141,7 @@ def export(
     precision = precision or "fp32"
     size = parse_imgsz(imgsz)
     graph = _graph_options(size, batch, dynamic, opset, sca_op, grid_points, head, simplify, query_chunk)
+    graph = _input_options(graph, input_type, source_size, fmt)
     if parity_images < 1:
         raise ScasegError(f"--parity-images must be at least 1, got {parity_images}")
     if not 0 <= tolerance < float("inf"):  # nan too: it passed "< 0" and then failed every parity comparison
@@ -178,6 +185,14 @@ def _graph_options(size: Optional[tuple[int, int]], batch: int, dynamic: Optiona
         opset=opset, sca_op=sca_op, output=head, simplify=simplify, query_chunk=parse_query_chunk(query_chunk),
         grid_points=grid_points,
     ).validate()
+
+
+def _input_options(graph: ExportOptions, input_type: str, source_size: Optional[str], fmt: str) -> ExportOptions:
+    """--input and --source-size, checked (a raw-frame graph is for ONNX files and engines)."""
+    if input_type == "uint8" and fmt == "triton":
+        raise ScasegError("--format triton serves float inputs; --input uint8 (raw frames) is for --format onnx or engine")
+    size = parse_size(source_size, "--source-size") if source_size is not None else None
+    return dataclasses.replace(graph, input_type=input_type, source_size=size).validate()
 
 
 def _calibration_request(precision: str, fmt: str, target: str, calib: Optional[Path], calib_num: int,
