@@ -389,7 +389,8 @@ def _export_fp32(model: Any, info: ModelInfo, graph: ExportOptions, dest: Path, 
         print_line(lint_report.summary())
         _parity(tmp, model, out_info, request.parity_images, request.tolerance, steps)
     h, w = graph.imgsz
-    summary = (f"{out_info.variant}, {h}x{w}, batch {'dynamic' if graph.dynamic_batch else graph.batch}"
+    raw = f"uint8 frames {graph.source_size[0]}x{graph.source_size[1]} -> " if graph.source_size else ""
+    summary = (f"{out_info.variant}, {raw}{h}x{w}, batch {'dynamic' if graph.dynamic_batch else graph.batch}"
                f"{', dynamic H/W' if graph.dynamic_spatial else ''}, sca-op {graph.sca_op}, output {graph.output}, "
                f"opset {graph.opset}")
     return summary, proto, out_info
