@@ -1,5 +1,8 @@
 """scaseg-export: a SCASeg checkpoint -> a verified ONNX model (or an fp16/int8 ONNX, a TensorRT engine, a Triton repo).
 
+Over 400 lines: the command's one signature (every option with its help) and the option groups it checks at the
+edge; the work itself lives in the modules each step imports.
+
 Every export prints a TensorRT compatibility lint and a parity report against PyTorch; a parity failure exits
 non-zero and leaves no output behind.
 
@@ -128,20 +131,19 @@ def export(
     source = checkpoint.expanduser()
     target = int8_target if int8_target is not None else ("tensorrt" if fmt == "engine" else "cpu")
     if source.suffix.lower() in ONNX_SUFFIXES:  # an exported ONNX -> engine: no torch, no re-export
-        if input_type != "float" or source_size is not None:
-            raise ScasegError("--input and --source-size shape an export from a checkpoint; an ONNX model keeps its own input")
         request = _with_onnx_engine(ExportRequest(source, output.expanduser() if output else None, fmt, precision,
                                                   None, False, variant, allow_partial, parity_images, tolerance,
                                                   max_batch, None, None, None),
-                                    tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose)
+                                    tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose,
+                                    input_type != "float" or source_size is not None)
         calibration = (_calibration_request(precision, fmt, target, calib, calib_num, calib_method, calib_cache,
                                             max_miou_drop) if precision not in (None, "fp32") else None)
         _engine_from_onnx(dataclasses.replace(request, calibration=calibration))
         return
     precision = precision or "fp32"
     size = parse_imgsz(imgsz)
-    graph = _graph_options(size, batch, dynamic, opset, sca_op, grid_points, head, simplify, query_chunk)
-    graph = _input_options(graph, input_type, source_size, fmt)
+    graph = _graph_options(size, batch, dynamic, opset, sca_op, grid_points, head, simplify, query_chunk,
+                           input_type, source_size, fmt)
     if parity_images < 1:
         raise ScasegError(f"--parity-images must be at least 1, got {parity_images}")
     if not 0 <= tolerance < float("inf"):  # nan too: it passed "< 0" and then failed every parity comparison
@@ -166,33 +168,24 @@ def export(
                             tolerance, max_batch, calibration, None, engine)
     if calibration is not None and precision == "int8":  # lists and checks the images, reads none
         request = dataclasses.replace(request, calibration_images=calibration.open_images())
-    # Temporaries of an earlier run that was killed (out of memory, SIGKILL) cannot clean themselves up.
-    dest = request.output
-    assert dest is not None
-    remove_stale(dest.parent, WORK_PREFIX)
-    remove_stale(dest.parent, f".{dest.name}.")
     _export_checkpoint(request)
 
 
 def _graph_options(size: Optional[tuple[int, int]], batch: int, dynamic: Optional[str], opset: int, sca_op: str,
-                   grid_points: Optional[int], head: str, simplify: bool, query_chunk: str) -> ExportOptions:
-    """The exported graph's options (--imgsz, --batch, --dynamic, --opset, --sca-op, --grid-points, --head...)."""
+                   grid_points: Optional[int], head: str, simplify: bool, query_chunk: str, input_type: str = "float",
+                   source_size: Optional[str] = None, fmt: str = "onnx") -> ExportOptions:
+    """The exported graph's options (--imgsz, --batch, --dynamic, --opset, --sca-op, --grid-points, --head, --input,
+    --source-size); a raw-frame graph is for ONNX files and engines."""
     from scaseg.export.onnx_export import ExportOptions, parse_dynamic, parse_query_chunk
 
+    if input_type == "uint8" and fmt == "triton":
+        raise ScasegError("--format triton serves float inputs; --input uint8 (raw frames) is for --format onnx or engine")
     dyn_batch, dyn_spatial = parse_dynamic(dynamic)
     return ExportOptions(
         imgsz=size or (512, 512), batch=batch, dynamic_batch=dyn_batch, dynamic_spatial=dyn_spatial,
         opset=opset, sca_op=sca_op, output=head, simplify=simplify, query_chunk=parse_query_chunk(query_chunk),
-        grid_points=grid_points,
+        grid_points=grid_points, input_type=input_type, source_size=parse_size(source_size, "--source-size"),
     ).validate()
-
-
-def _input_options(graph: ExportOptions, input_type: str, source_size: Optional[str], fmt: str) -> ExportOptions:
-    """--input and --source-size, checked (a raw-frame graph is for ONNX files and engines)."""
-    if input_type == "uint8" and fmt == "triton":
-        raise ScasegError("--format triton serves float inputs; --input uint8 (raw frames) is for --format onnx or engine")
-    size = parse_size(source_size, "--source-size") if source_size is not None else None
-    return dataclasses.replace(graph, input_type=input_type, source_size=size).validate()
 
 
 def _calibration_request(precision: str, fmt: str, target: str, calib: Optional[Path], calib_num: int,
@@ -231,12 +224,15 @@ def _checked_output(checkpoint: Path, output: Optional[Path], fmt: str, precisio
 
 def _export_checkpoint(request: ExportRequest) -> None:
     """Load, export and verify the fp32 ONNX, then convert it, build the engine or write the Triton repository."""
+    dest = request.output
+    assert dest is not None
+    # Temporaries of an earlier run that was killed (out of memory, SIGKILL) cannot clean themselves up.
+    remove_stale(dest.parent, WORK_PREFIX)
+    remove_stale(dest.parent, f".{dest.name}.")
     bar = "{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
     # A context manager so that an error closes the bar first and prints on a line of its own.
     with progress(total=4, desc="export", unit="step", file=sys.stderr, bar_format=bar) as steps:
         model, info, graph = _load(request, steps)
-        dest = request.output
-        assert dest is not None
         with created_folders(dest.parent), _work_dir(dest.parent) as work:
             direct = request.fmt == "onnx" and request.precision == "fp32"
             onnx_dest = dest if direct else Path(work) / "model.fp32.onnx"
@@ -263,8 +259,11 @@ def _wrote(dest: Path, what: str) -> None:
 
 def _with_onnx_engine(request: ExportRequest, tensorrt: str, compute_capability: Optional[List[str]],
                       workspace: float, timing_cache: Optional[Path], dla_core: Optional[int],
-                      verbose: bool) -> ExportRequest:
-    """An exported ONNX -> engine request: its names and engine options checked once."""
+                      verbose: bool, input_options: bool = False) -> ExportRequest:
+    """An exported ONNX -> engine request: its names and engine options checked once (``input_options``: --input
+    or --source-size was given, which only an export from a checkpoint takes)."""
+    if input_options:
+        raise ScasegError("--input and --source-size shape an export from a checkpoint; an ONNX model keeps its own input")
     if request.fmt != "engine":
         raise ScasegError(f"{request.source.name} is an ONNX model: scaseg-export builds engines from ONNX files "
                           "(--format engine); export a checkpoint for --format onnx or triton")

@@ -271,6 +271,10 @@ class ModelInfo:
             raise ScasegError(f"{where} is not valid JSON (nested too deeply)") from None
         return cls.from_dict(d, source)
 
+    def spatial(self, shape: Any) -> tuple[Any, Any]:
+        """The (H, W) axes of an input shape in this model's layout (NHWC for a raw-frame graph, else NCHW)."""
+        return (shape[1], shape[2]) if self.layout == "NHWC" else (shape[2], shape[3])
+
     def replace(self, **changes: Any) -> "ModelInfo":
         return dataclasses.replace(self, **changes)
 

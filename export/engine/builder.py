@@ -31,7 +31,6 @@ from scaseg.export.engine.profile import (Shape, check_flavor_options, check_opt
                                           rtx_capabilities)
 from scaseg.fileio import atomic_path, check_writable_dir
 from scaseg.metadata import PRECISIONS, ModelInfo
-from scaseg.runtime.backends.base import spatial
 from scaseg.runtime.tensorrt.engine_info import FACTS_KEY, side_file
 from scaseg.runtime.tensorrt.installed import TensorRT, require_tensorrt
 
@@ -357,8 +356,8 @@ def engine_model_info(info: ModelInfo, precision: str, shapes: Optional[tuple[Sh
                                "extra": {**info.extra, FACTS_KEY: facts}}
     if shapes is not None:
         lo, opt, hi = shapes
-        lo_hw, opt_hw, hi_hw = (spatial(s, info) for s in shapes)  # (H, W) in the input's layout
+        lo_hw, opt_hw, hi_hw = (info.spatial(s) for s in shapes)  # (H, W) in the input's layout
         changes.update(batch=int(opt[0]), dynamic_batch=lo[0] != hi[0], dynamic_spatial=lo_hw != hi_hw)
         if lo_hw == hi_hw:
-            changes["input_size"] = (int(opt_hw[0]), int(opt_hw[1]))  # type: ignore[arg-type]
+            changes["input_size"] = (int(opt_hw[0]), int(opt_hw[1]))
     return info.replace(**changes)

@@ -77,7 +77,7 @@ def check_graph(info: ModelInfo, where: str, inputs: Mapping[str, Shape], output
     if len(shape) != 4 or shape[3 if nhwc else 1] not in (None, 3):
         raise ScasegError(f"the input of {where} has shape {_words(shape)}; expected "
                           f"{'(batch, height, width, 3)' if nhwc else '(batch, 3, height, width)'}")
-    static_hw = spatial(shape, info)
+    static_hw = info.spatial(shape)
     if None not in static_hw and info.input_size is not None and tuple(static_hw) != tuple(info.input_size):
         raise ScasegError(f"the metadata of {where} says input size {tuple(info.input_size)} but the graph takes {tuple(static_hw)}")
     out = outputs[info.output_name]
@@ -86,11 +86,6 @@ def check_graph(info: ModelInfo, where: str, inputs: Mapping[str, Shape], output
         raise ScasegError(f"the metadata of {where} says the output is {info.output} but the output has rank {len(out)}")
     if info.output == "logits" and out[1] not in (None, info.num_classes):
         raise ScasegError(f"the metadata of {where} says {info.num_classes} classes but the model outputs {out[1]}")
-
-
-def spatial(shape: Shape, info: ModelInfo) -> Shape:
-    """The (H, W) axes of an input shape in the model's layout (NHWC for a raw-frame graph)."""
-    return tuple(shape[1:3]) if info.layout == "NHWC" else tuple(shape[2:4])
 
 
 def _words(shape: Shape) -> str:
@@ -141,7 +136,7 @@ class Backend(abc.ABC):
     @property
     def fixed_size(self) -> Optional[tuple[int, int]]:
         """(H, W) the graph insists on, or None when a spatial axis is dynamic."""
-        h, w = spatial(self.get_input_metadata().shape, self.info)
+        h, w = self.info.spatial(self.get_input_metadata().shape)
         return None if h is None or w is None else (h, w)
 
     def set_threads(self, count: int) -> None:

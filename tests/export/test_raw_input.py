@@ -113,11 +113,10 @@ def test_bad_raw_input_options_are_refused_before_any_work(tmp_path: Path, args:
 ])
 def test_the_graph_options_refuse_what_a_raw_input_cannot_be(input_type: str, source: str, dynamic: str | None,
                                                             message: str) -> None:
-    from scaseg.export.cli import _graph_options, _input_options
+    from scaseg.export.cli import _graph_options
 
-    graph = _graph_options(None, 1, dynamic, 17, "decomposed", None, "labels", True, "auto")
     with pytest.raises(ScasegError, match=message.replace("(", r"\(")):
-        _input_options(graph, input_type, source, "onnx")
+        _graph_options(None, 1, dynamic, 17, "decomposed", None, "labels", True, "auto", input_type, source, "onnx")
 
 
 @pytest.mark.slow
