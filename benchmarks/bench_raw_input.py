@@ -154,13 +154,13 @@ def core_agreement(raw_path: str, frames: Sequence[np.ndarray]) -> float:
 
 
 def _export(checkpoint: str, out: Path, imgsz: Optional[tuple[int, int]], precision: str, calib: Path,
-            source: Optional[tuple[int, int]]) -> None:
+            source: Optional[tuple[int, int]], int8_target: str = "cpu") -> None:
     """scaseg-export with a labels head: a raw-frame graph at ``source``, or (None) the float-input graph."""
     cmd = [sys.executable, "-m", "scaseg.export.cli", checkpoint, "-o", str(out), "--head", "labels",
            "--precision", precision, "-q"]
     cmd += ["--input", "uint8", "--source-size", f"{source[0]}x{source[1]}"] if source else []
     cmd += ["--imgsz", f"{imgsz[0]}x{imgsz[1]}"] if imgsz else []
-    cmd += ["--calib", str(calib), "--calib-num", "8"] if precision == "int8" else []
+    cmd += ["--calib", str(calib), "--calib-num", "8", "--int8-target", int8_target] if precision == "int8" else []
     subprocess.run(cmd, check=True)
 
 
@@ -171,6 +171,7 @@ def main() -> None:
     ap.add_argument("--imgsz", type=size_type, default=None, metavar=SIZE_METAVAR, help="network size (default: the checkpoint's)")
     ap.add_argument("--scenes", type=int, default=8, help="synthetic scenes to compare on")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "fp16", "int8"])
+    ap.add_argument("--int8-target", choices=["cpu", "tensorrt"], default="cpu", help="int8 Q/DQ placement")
     ap.add_argument("--network-sizes", type=size_type, nargs="+", default=[(192, 384), (512, 1024), (1024, 2048)],
                     metavar=SIZE_METAVAR, help="network sizes of the bytes table")
     ap.add_argument("--classes", type=int, default=19, help="classes of the bytes table")
@@ -200,14 +201,16 @@ def main() -> None:
         _export(checkpoint, float_model, args.imgsz, "fp32", calib, None)
         for precision in args.precisions:
             out = Path(tmp) / f"raw.{precision}.onnx"
-            _export(checkpoint, out, args.imgsz, precision, calib, args.source_size)
+            _export(checkpoint, out, args.imgsz, precision, calib, args.source_size, args.int8_target)
             where = f"{args.scenes} scenes at {args.source_size[0]}x{args.source_size[1]}"
             own = core_agreement(str(out), frames)
-            print(f"{precision}: raw-frame graph vs the numpy path of its own network ({precision}), {where}: "
+            label = f"{precision}, {args.int8_target} placement" if precision == "int8" else precision
+            print(f"{label}: raw-frame graph vs the numpy path of its own network ({precision}), {where}: "
                   f"label agreement {100 * own:.4f}%")
             fp32 = agreement(str(out), str(float_model), frames)
-            print(f"{precision}: raw-frame graph vs the numpy path of the fp32 float-input model, {where}: "
+            print(f"{label}: raw-frame graph vs the numpy path of the fp32 float-input model, {where}: "
                   f"label agreement {100 * fp32:.4f}%")
+
 
 if __name__ == "__main__":
     main()
