@@ -82,7 +82,7 @@ def describe(count: int, how: str) -> str:
 
 def _probe(backend: "Backend", shape: tuple[int, ...], counts: list[int]) -> dict[int, float]:
     """Median ms of PROBE_RUNS calls (after one warm-up call) per thread count, on a zero input of ``shape``."""
-    x = np.zeros(shape, backend.get_input_metadata().dtype)  # uint8 frames for a raw-frame model
+    x = np.zeros(shape, np.uint8 if backend.info.input_type == "uint8" else np.float32)  # raw frames are uint8
     ms: dict[int, float] = {}
     for count in counts:
         backend.set_threads(count)
