@@ -28,6 +28,9 @@ def labels_dtype(num_classes: int) -> torch.dtype:
 class RawFrames(nn.Module):
     """(B, H, W, 3) uint8 RGB at the source size -> (B, 3, h, w) float32 normalised at the network size."""
 
+    mean: Tensor  # (1, 3, 1, 1) buffers
+    scale: Tensor
+
     def __init__(self, network_size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.network_size = (int(network_size[0]), int(network_size[1]))
