@@ -105,6 +105,16 @@ def test_bad_raw_input_options_are_refused_before_any_work(tmp_path: Path, args:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]
 
 
+def test_an_onnx_source_keeps_its_own_input(tmp_path: Path) -> None:
+    from runtime_models import make_onnx
+
+    make_onnx(tmp_path / "m.onnx")
+    refused("scaseg-export", ["m.onnx", "--format", "engine", "--input", "uint8", "--source-size", "64"], tmp_path,
+            expect="--input and --source-size shape an export from a checkpoint; an ONNX model keeps its own input",
+            timeout=120)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
 @pytest.mark.parametrize("input_type, source, dynamic, message", [
     ("float", "1080x1920", None, "--source-size is for --input uint8"),
     ("uint8", "1080x1920", "spatial", "--dynamic spatial is for --input float"),
