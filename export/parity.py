@@ -114,6 +114,8 @@ def check_parity(
     points = int(info.extra.get("export", {}).get("grid_points", 0)) if info.sca_op == "grid" else 0
     max_abs, flipped, exact_abs, nonfinite = 0.0, 0, 0.0, 0
     preds, refs, exact_refs, numpy_refs = [], [], [], []
+    # A raw-frame graph is compared at its source size: PyTorch's labels and margins (at the network size) go there.
+    up = (lambda maps: _at_source(maps, info)) if info.input_type == "uint8" else (lambda maps: maps)
     runs = -(-images // batch)
     for r in range(runs):
         x = scene_batch(batch, size, info, seed + r * batch)  # type: ignore[arg-type]
@@ -123,23 +125,21 @@ def check_parity(
         nonfinite += int((~np.isfinite(ref)).sum())
         if np.issubdtype(got.dtype, np.floating):
             nonfinite += int((~np.isfinite(got)).sum())
-        ref_labels = ref.argmax(axis=1)
+        ref_labels = up(ref.argmax(axis=1))
         if points:
             exact = _reference(model, x, None, query_chunk=EXACT_REFERENCE_CHUNK, info=info)
-            exact_refs.append(exact.argmax(axis=1))
+            exact_refs.append(up(exact.argmax(axis=1)))
             if info.output != "labels":
                 exact_abs = max(exact_abs, float(np.abs(got - exact).max()))
         if info.output == "labels":
             labels = got.astype(np.int64)
             top2 = np.sort(ref, axis=1)[:, -2:]
-            margin = top2[:, 1] - top2[:, 0]
+            margin = up(top2[:, 1] - top2[:, 0])
             flipped += int(((labels != ref_labels) & (margin > 2 * tolerance)).sum())
         else:
             max_abs = max(max_abs, float(np.abs(got - ref).max()))
-            labels = got.argmax(axis=1)
+            labels = up(got.argmax(axis=1))
         if info.input_type == "uint8":
-            labels = _raw_labels(labels, info)
-            ref_labels = _raw_labels(ref_labels, info)
             with _attention(model, points or None):
                 numpy_refs.append(np.stack([numpy_path_labels(model, frame, info) for frame in x]))
         preds.append(labels)
@@ -154,10 +154,13 @@ def check_parity(
     )
 
 
-def _raw_labels(labels: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """A raw-frame graph's (B, h, w) labels at the source size (a logits graph answers at the network size)."""
-    size = tuple(info.input_size or labels.shape[-2:])
-    return labels if labels.shape[-2:] == size else np.stack([resize_label(lab.astype(np.int32), size) for lab in labels])
+def _at_source(maps: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """(B, h, w) labels or margins at a raw-frame graph's network size -> its source size, nearest neighbour (as
+    the graph brings its labels there)."""
+    size = tuple(info.input_size or maps.shape[-2:])
+    if maps.shape[-2:] == size:
+        return maps
+    return np.stack([resize_label(m if m.dtype == np.float32 else m.astype(np.int32), size) for m in maps])
 
 
 def refuse_disagreement(report: ParityReport, tolerance: float) -> None:
@@ -190,10 +193,10 @@ def _attention(model: nn.Module, grid_points: Optional[int], query_chunk: Option
 def _reference(model: nn.Module, x: np.ndarray, grid_points: Optional[int], query_chunk: Optional[int] = None,
                info: Optional[ModelInfo] = None) -> np.ndarray:
     """The eval-mode model's logits on ``x`` with grid attention (``grid_points``) or exact; for a raw-frame graph
-    (``info``) through its in-graph preprocessing, at the source size when the graph answers labels."""
+    (``info``) through its in-graph preprocessing (logits at the network size)."""
     with _attention(model, grid_points, query_chunk), torch.no_grad():
         if info is not None and info.input_type == "uint8":
-            return reference_logits(model, x, info, at_source=info.output == "labels")
+            return reference_logits(model, x, info)
         return model(torch.from_numpy(x)).float().numpy()  # type: ignore[no-any-return]
 
 

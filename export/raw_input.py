@@ -75,18 +75,13 @@ def example_frames(batch: int, source_size: tuple[int, int]) -> Tensor:
     return torch.randint(0, 256, (batch, *source_size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
-def reference_logits(model: nn.Module, frames: np.ndarray, info: ModelInfo, at_source: bool) -> np.ndarray:
-    """PyTorch's logits for uint8 ``frames`` through the same in-graph preprocessing (the parity reference).
-
-    ``at_source``: brought to the source size by nearest neighbour, as a labels graph brings its argmax.
-    """
-    assert info.network_size is not None and info.input_size is not None
+def reference_logits(model: nn.Module, frames: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """PyTorch's logits (B, K, h, w) at the network size for uint8 ``frames`` through the same in-graph
+    preprocessing (the parity reference)."""
+    assert info.network_size is not None
     pre = RawFrames(info.network_size, info.mean, info.std)
     with torch.no_grad():
-        logits = model(pre(torch.from_numpy(np.ascontiguousarray(frames))))
-        if at_source and tuple(logits.shape[-2:]) != tuple(info.input_size):
-            logits = F.interpolate(logits, size=tuple(info.input_size), mode="nearest")
-    return logits.float().numpy()  # type: ignore[no-any-return]
+        return model(pre(torch.from_numpy(np.ascontiguousarray(frames)))).float().numpy()  # type: ignore[no-any-return]
 
 
 def numpy_path_labels(model: nn.Module, image: np.ndarray, info: ModelInfo) -> np.ndarray:
