@@ -25,7 +25,7 @@ from scaseg.fileio import atomic_path
 from scaseg.metadata import ModelInfo
 from scaseg.progress import write
 from scaseg.runtime.predictor import output_to_labels
-from scaseg.runtime.preprocess import Geometry, preprocess
+from scaseg.runtime.preprocess import Geometry, preprocess, resize_image
 from scaseg.suffixes import IMAGE_SUFFIXES
 
 MIN_CALIB_IMAGES = 4
@@ -178,7 +178,10 @@ def batch_size(info: ModelInfo) -> int:
 
 
 def to_input(image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, Geometry]:
-    """One RGB uint8 image -> the model's input layout (3, H, W) or (H, W, 3), exactly as the runtime does it."""
+    """One RGB uint8 image -> the model's input layout (3, H, W) or (H, W, 3), exactly as the runtime does it; for a
+    raw-frame graph (uint8 input) the frame at the graph's source size, which the graph itself normalises."""
+    if info.input_type == "uint8":
+        return resize_image(image, info.input_size, "stretch")
     x, geom = preprocess(image, info.input_size, info.mean, info.std, info.resize)
     return (np.ascontiguousarray(x.transpose(1, 2, 0)) if info.layout == "NHWC" else x), geom
 
@@ -242,7 +245,8 @@ def cache_key(graph_bytes: bytes, info: ModelInfo, items: Sequence[Item]) -> dic
     return {
         "version": CACHE_VERSION,
         "model": hashlib.sha256(graph_bytes).hexdigest(),
-        "preprocessing": {"input_size": list(info.input_size) if info.input_size else None, "mean": list(info.mean),
+        "preprocessing": {"input_size": list(info.input_size) if info.input_size else None, "input_type": info.input_type,
+                          "mean": list(info.mean),
                           "std": list(info.std), "resize": info.resize, "layout": info.layout, "color": info.color},
         "images": files.hexdigest(),
         "num_images": len(items),

@@ -1,12 +1,14 @@
 """scaseg-export: a SCASeg checkpoint -> a verified ONNX model (or an fp16/int8 ONNX, a TensorRT engine, a Triton repo).
 
+Over 400 lines: the command's one signature (every option with its help) and the option groups it checks at the
+edge; the work itself lives in the modules each step imports.
+
 Every export prints a TensorRT compatibility lint and a parity report against PyTorch; a parity failure exits
 non-zero and leaves no output behind.
 
 The command function parses its options once, in groups (the graph, the calibration, the engine), into one
 ``ExportRequest``; everything a user can get wrong is refused there, before minutes of work. The steps below
 (load, export, precision, engine, Triton) take the request and do not check it again.
-Over 400 lines: the one command's options, each checked here once, and the steps that carry them out.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator, List, Literal, Optional
 
 import typer
 
-from scaseg.cli import SIZE_METAVAR, make_app, parse_imgsz, quiet_option, require_utf8
+from scaseg.cli import SIZE_METAVAR, make_app, parse_imgsz, parse_size, quiet_option, require_utf8
 from scaseg.errors import ScasegError, run_cli, version_option
 from scaseg.fileio import atomic_path, check_output, created_folders, refuse_overwrite, remove_stale, temp_token
 from scaseg.export.triton import export_backend
@@ -43,6 +45,8 @@ app = make_app(__doc__)
 # Choices as Literal types: --help lists them as a|b|c and the parser refuses others (the values arrive as str).
 ScaOp = Literal["decomposed", "function", "grid"]
 Head = Literal["logits", "labels"]
+# scaseg.metadata.INPUT_TYPES: normalised float32 NCHW, or raw uint8 RGB frames NHWC (export/raw_input.py)
+InputType = Literal["float", "uint8"]
 CalibMethod = Literal["percentile", "minmax", "entropy"]
 Int8Target = Literal["cpu", "tensorrt"]
 # scaseg.metadata.PRECISIONS (tests/export/test_export_request.py checks they agree)
@@ -99,7 +103,9 @@ def export(
     opset: int = typer.Option(17, "--opset", help="ONNX opset, 17..20 (TensorRT 8.5 reads up to 17)."),
     sca_op: ScaOp = typer.Option("decomposed", "--sca-op", help="Strip attention as plain ops, as the scaseg:StripCrossAttention local function, or grid (linear-time approximation, plain ops)."),
     grid_points: Optional[int] = typer.Option(None, "--grid-points", metavar="G", help="--sca-op grid: grid points, 2 to 4096.", show_default="the fewest the logit spread on the parity images allows"),
-    head: Head = typer.Option("logits", "--head", help="Graph output: logits (B,K,H,W) float, or labels (B,H,W) int32 with argmax in the graph."),
+    head: Head = typer.Option("logits", "--head", help="Graph output: logits (B,K,H,W) float, or labels (B,H,W) int32 with argmax in the graph (uint8 at the source size with --input uint8)."),
+    input_type: InputType = typer.Option("float", "--input", help="Graph input: float (normalised float32 NCHW at --imgsz) or uint8 (raw frames: RGB uint8 NHWC at --source-size; resize to --imgsz, normalisation and layout in the graph)."),
+    source_size: Optional[str] = typer.Option(None, "--source-size", metavar=SIZE_METAVAR, help="--input uint8: the frame size the graph takes, N or HxW (e.g. 1080x1920).", show_default="needed for --input uint8"),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify with onnxsim."),
     query_chunk: str = typer.Option("auto", "--query-chunk", metavar="N|auto|0", help="Query rows per attention tile (bounded memory): N, auto, or 0 for none."),
     parity_images: int = typer.Option(2, "--parity-images", help="Synthetic scenes for the parity check."),
@@ -132,14 +138,16 @@ def export(
         request = _with_onnx_engine(ExportRequest(source, output.expanduser() if output else None, fmt, precision,
                                                   None, False, variant, allow_partial, parity_images, tolerance,
                                                   max_batch, None, None, None, export_backend(fmt, triton_backend)),
-                                    tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose)
+                                    tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose,
+                                    input_type != "float" or source_size is not None)
         calibration = (_calibration_request(precision, fmt, target, calib, calib_num, calib_method, calib_cache,
                                             max_miou_drop) if precision not in (None, "fp32") else None)
         _engine_from_onnx(dataclasses.replace(request, calibration=calibration))
         return
     precision = precision or "fp32"
     size = parse_imgsz(imgsz)
-    graph = _graph_options(size, batch, dynamic, opset, sca_op, grid_points, head, simplify, query_chunk)
+    graph = _graph_options(size, batch, dynamic, opset, sca_op, grid_points, head, simplify, query_chunk,
+                           input_type, source_size, fmt)
     if parity_images < 1:
         raise ScasegError(f"--parity-images must be at least 1, got {parity_images}")
     if not 0 <= tolerance < float("inf"):  # nan too: it passed "< 0" and then failed every parity comparison
@@ -164,24 +172,23 @@ def export(
                             tolerance, max_batch, calibration, None, engine, export_backend(fmt, triton_backend))
     if calibration is not None and precision == "int8":  # lists and checks the images, reads none
         request = dataclasses.replace(request, calibration_images=calibration.open_images())
-    # Temporaries of an earlier run that was killed (out of memory, SIGKILL) cannot clean themselves up.
-    dest = request.output
-    assert dest is not None
-    remove_stale(dest.parent, WORK_PREFIX)
-    remove_stale(dest.parent, f".{dest.name}.")
     _export_checkpoint(request)
 
 
 def _graph_options(size: Optional[tuple[int, int]], batch: int, dynamic: Optional[str], opset: int, sca_op: str,
-                   grid_points: Optional[int], head: str, simplify: bool, query_chunk: str) -> ExportOptions:
-    """The exported graph's options (--imgsz, --batch, --dynamic, --opset, --sca-op, --grid-points, --head...)."""
+                   grid_points: Optional[int], head: str, simplify: bool, query_chunk: str, input_type: str = "float",
+                   source_size: Optional[str] = None, fmt: str = "onnx") -> ExportOptions:
+    """The exported graph's options (--imgsz, --batch, --dynamic, --opset, --sca-op, --grid-points, --head, --input,
+    --source-size); a raw-frame graph is for ONNX files and engines."""
     from scaseg.export.onnx_export import ExportOptions, parse_dynamic, parse_query_chunk
 
+    if input_type == "uint8" and fmt == "triton":
+        raise ScasegError("--format triton serves float inputs; --input uint8 (raw frames) is for --format onnx or engine")
     dyn_batch, dyn_spatial = parse_dynamic(dynamic)
     return ExportOptions(
         imgsz=size or (512, 512), batch=batch, dynamic_batch=dyn_batch, dynamic_spatial=dyn_spatial,
         opset=opset, sca_op=sca_op, output=head, simplify=simplify, query_chunk=parse_query_chunk(query_chunk),
-        grid_points=grid_points,
+        grid_points=grid_points, input_type=input_type, source_size=parse_size(source_size, "--source-size"),
     ).validate()
 
 
@@ -221,12 +228,15 @@ def _checked_output(checkpoint: Path, output: Optional[Path], fmt: str, precisio
 
 def _export_checkpoint(request: ExportRequest) -> None:
     """Load, export and verify the fp32 ONNX, then convert it, build the engine or write the Triton repository."""
+    dest = request.output
+    assert dest is not None
+    # Temporaries of an earlier run that was killed (out of memory, SIGKILL) cannot clean themselves up.
+    remove_stale(dest.parent, WORK_PREFIX)
+    remove_stale(dest.parent, f".{dest.name}.")
     bar = "{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
     # A context manager so that an error closes the bar first and prints on a line of its own.
     with progress(total=4, desc="export", unit="step", file=sys.stderr, bar_format=bar) as steps:
         model, info, graph = _load(request, steps)
-        dest = request.output
-        assert dest is not None
         with created_folders(dest.parent), _work_dir(dest.parent) as work:
             direct = request.fmt == "onnx" and request.precision == "fp32"
             onnx_dest = dest if direct else Path(work) / "model.fp32.onnx"
@@ -253,8 +263,11 @@ def _wrote(dest: Path, what: str) -> None:
 
 def _with_onnx_engine(request: ExportRequest, tensorrt: str, compute_capability: Optional[List[str]],
                       workspace: float, timing_cache: Optional[Path], dla_core: Optional[int],
-                      verbose: bool) -> ExportRequest:
-    """An exported ONNX -> engine request: its names and engine options checked once."""
+                      verbose: bool, input_options: bool = False) -> ExportRequest:
+    """An exported ONNX -> engine request: its names and engine options checked once (``input_options``: --input
+    or --source-size was given, which only an export from a checkpoint takes)."""
+    if input_options:
+        raise ScasegError("--input and --source-size shape an export from a checkpoint; an ONNX model keeps its own input")
     if request.fmt != "engine":
         raise ScasegError(f"{request.source.name} is an ONNX model: scaseg-export builds engines from ONNX files "
                           "(--format engine); export a checkpoint for --format onnx or triton")
@@ -379,7 +392,8 @@ def _export_fp32(model: Any, info: ModelInfo, graph: ExportOptions, dest: Path, 
         print_line(lint_report.summary())
         _parity(tmp, model, out_info, request.parity_images, request.tolerance, steps)
     h, w = graph.imgsz
-    summary = (f"{out_info.variant}, {h}x{w}, batch {'dynamic' if graph.dynamic_batch else graph.batch}"
+    raw = f"uint8 frames {graph.source_size[0]}x{graph.source_size[1]} -> " if graph.source_size else ""
+    summary = (f"{out_info.variant}, {raw}{h}x{w}, batch {'dynamic' if graph.dynamic_batch else graph.batch}"
                f"{', dynamic H/W' if graph.dynamic_spatial else ''}, sca-op {graph.sca_op}, output {graph.output}, "
                f"opset {graph.opset}")
     return summary, proto, out_info

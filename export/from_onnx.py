@@ -73,9 +73,13 @@ def build_exported(request: ExportRequest, graph: ExportOptions, onnx_path: Path
     engine = request.engine
     assert engine is not None and request.precision is not None and request.output is not None
     h, w = graph.imgsz
+
+    def shape(batch: int) -> tuple[int, int, int, int]:  # a raw-frame graph takes (B, H, W, 3) at the source size
+        return (batch, *graph.source_size, 3) if graph.source_size else (batch, 3, h, w)  # type: ignore[return-value]
+
     profile = None
     if graph.dynamic_batch:
-        profile = ((1, 3, h, w), (graph.batch, 3, h, w), (max(request.max_batch, graph.batch), 3, h, w))
+        profile = (shape(1), shape(graph.batch), shape(max(request.max_batch, graph.batch)))
     return build_loaded_engine(
         model, info, str(onnx_path), str(request.output), trt=engine.tensorrt, precision=request.precision,
         carried=info.precision, compute_capabilities=engine.compute_capabilities, profile=profile,

@@ -1,4 +1,5 @@
-"""PyTorch SCASeg -> ONNX: strip-attention mode, query tiling, logits or labels output, dynamic axes, metadata.
+"""PyTorch SCASeg -> ONNX: strip-attention mode, query tiling, logits or labels output, dynamic axes, metadata,
+and the input: normalised float32 NCHW, or raw uint8 frames with the preprocessing in the graph (export/raw_input.py).
 
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. On this model it exports in a few seconds
 (the dynamo exporter took ~3.4x longer, measured side by side at 64x128), a ``torch.autograd.Function.symbolic`` gives
@@ -24,7 +25,7 @@ from scaseg.export.sca import (MAX_GRID_POINTS, SCA_MODES, QueryChunk, attach_fu
                                rows_per_tile)
 from scaseg.cli import MIN_IMGSZ, parse_auto_or_count
 from scaseg.errors import ScasegError
-from scaseg.metadata import SCA_DOMAIN, SCA_DOMAIN_VERSION, ModelInfo, write_onnx_metadata
+from scaseg.metadata import INPUT_TYPES, MAX_SIDE, SCA_DOMAIN, SCA_DOMAIN_VERSION, ModelInfo, write_onnx_metadata
 from scaseg.models.decoder import StripCrossAttention
 
 # The TorchScript exporter writes opsets up to 20; 17 is the floor (LayerNormalization-era ops, TensorRT 8.5's maximum).
@@ -50,6 +51,8 @@ class ExportOptions:
     simplify: bool = True
     query_chunk: QueryChunk = "auto"
     grid_points: Optional[int] = None  # sca_op grid: points of the grid (chosen by the CLI from the spread when None)
+    input_type: str = "float"  # float: normalised NCHW at imgsz; uint8: raw RGB frames NHWC at source_size
+    source_size: Optional[tuple[int, int]] = None  # uint8: the frame size the graph takes (imgsz is the network's)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "ExportOptions":
@@ -72,7 +75,25 @@ class ExportOptions:
         if self.query_chunk not in (None, "auto") and int(self.query_chunk) < 0:  # type: ignore[arg-type]
             raise ScasegError(f"--query-chunk must be a positive number of rows, 0 (off) or auto, got {self.query_chunk}")
         self.imgsz = (h, w)
+        self._validate_input()
         return self
+
+    def _validate_input(self) -> None:
+        """--input and --source-size: a raw-frame graph takes a fixed frame size (resized to --imgsz in the graph)."""
+        if self.input_type not in INPUT_TYPES:
+            raise ScasegError(f"--input {self.input_type!r} is unknown: expected {' or '.join(INPUT_TYPES)}")
+        if self.input_type == "float":
+            if self.source_size is not None:
+                raise ScasegError("--source-size is for --input uint8 (raw frames); a float graph takes --imgsz")
+            return
+        if self.source_size is None:
+            raise ScasegError("--input uint8 needs --source-size HxW (the frame size the graph takes, e.g. 1080x1920)")
+        sh, sw = (int(v) for v in self.source_size)
+        if max(sh, sw) > MAX_SIDE:
+            raise ScasegError(f"--source-size {sh}x{sw} is too large: at most {MAX_SIDE} pixels per side")
+        if self.dynamic_spatial:
+            raise ScasegError("--input uint8 takes frames of one size (--source-size); --dynamic spatial is for --input float")
+        self.source_size = (sh, sw)
 
 
 def parse_dynamic(text: Optional[str]) -> tuple[bool, bool]:
@@ -114,6 +135,7 @@ class _Deployable(nn.Module):
 
 def _trace(module: nn.Module, example: Tensor, opts: ExportOptions) -> onnx.ModelProto:
     """Run the TorchScript exporter into memory and return the ModelProto."""
+    # A uint8 graph is never spatially dynamic (validate), so only its batch axis (0) is named below.
     out_axes = {0: "batch", 2: "height", 3: "width"} if opts.output == "logits" else {0: "batch", 1: "height", 2: "width"}
     dynamic_axes: dict[str, dict[int, str]] = {"images": {}, "output": {}}
     if opts.dynamic_batch:
@@ -134,6 +156,20 @@ def _trace(module: nn.Module, example: Tensor, opts: ExportOptions) -> onnx.Mode
             custom_opsets={SCA_DOMAIN: SCA_DOMAIN_VERSION} if opts.sca_op == "function" else None,
         )
     return onnx.load_from_string(buffer.getvalue())
+
+
+def _wrapped(model: nn.Module, info: ModelInfo, opts: ExportOptions) -> tuple[nn.Module, Tensor]:
+    """The module to trace (the model with its input and output conventions) and its example input."""
+    if opts.input_type == "uint8":
+        from scaseg.export.raw_input import RawDeployable, check_raw_options, example_frames
+
+        assert opts.source_size is not None
+        check_raw_options(info)
+        raw = RawDeployable(model, info, opts.imgsz, opts.source_size, opts.output).eval()
+        return raw, example_frames(int(opts.batch), opts.source_size)
+    h, w = opts.imgsz
+    return _Deployable(model, opts.output).eval(), torch.randn(int(opts.batch), 3, h, w,
+                                                                generator=torch.Generator().manual_seed(0))
 
 
 def package_versions() -> dict[str, str]:
@@ -165,10 +201,12 @@ def export_info(info: ModelInfo, opts: ExportOptions) -> ModelInfo:
         },
         "versions": package_versions(),
     }
+    raw = opts.input_type == "uint8"
     return info.replace(
-        input_size=tuple(opts.imgsz), batch=int(opts.batch), dynamic_batch=opts.dynamic_batch,
-        dynamic_spatial=opts.dynamic_spatial, input_name="images", output_name="output", output=opts.output,
-        layout="NCHW", color="RGB", precision="fp32", sca_op=opts.sca_op, extra=extra,
+        input_size=tuple(opts.source_size if raw else opts.imgsz), batch=int(opts.batch),  # type: ignore[arg-type]
+        dynamic_batch=opts.dynamic_batch, dynamic_spatial=opts.dynamic_spatial, input_name="images",
+        output_name="output", output=opts.output, layout="NHWC" if raw else "NCHW", color="RGB", precision="fp32",
+        sca_op=opts.sca_op, input_type=opts.input_type, network_size=tuple(opts.imgsz) if raw else None, extra=extra,
     )
 
 
@@ -189,9 +227,7 @@ def to_onnx(model: nn.Module, info: ModelInfo, opts: ExportOptions) -> tuple[onn
         if any(isinstance(m, StripCrossAttention) and m.attention != "strip" for m in model.modules()):
             raise ScasegError("--sca-op grid needs strip attention (one query/key channel per head); this model is vanilla")
     model = model.eval()
-    wrapper = _Deployable(model, opts.output).eval()
-    h, w = opts.imgsz
-    example = torch.randn(int(opts.batch), 3, h, w, generator=torch.Generator().manual_seed(0))
+    wrapper, example = _wrapped(model, info, opts)
     with torch.no_grad(), export_attention(model, opts.sca_op, opts.query_chunk, opts.grid_points):
         proto = _trace(wrapper, example, opts)
     attach_function(proto)

@@ -7,6 +7,10 @@ top-2 margin exceeds 2 x tolerance gets another label: logits within the toleran
 A grid export (sca-op grid) is checked against PyTorch running the same grid (that is the pass/fail above), and also
 compared with exact attention: max |logit difference| and label agreement, printed beside it, and the measure of the
 approximation itself (the G rule in export/sca.py keeps that agreement at >= 99.99%).
+
+A raw-frame export (``--input uint8``) is fed the scenes as uint8 frames at its source size and checked against
+PyTorch running the same in-graph preprocessing (export/raw_input.py); its labels are also compared with the float
+model on the runtime's numpy path (OpenCV resize, normalisation, argmax, labels back to the frame's size), printed.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from scaseg.errors import ScasegError
 from scaseg.export.sca import grid_points_for, measure_spread
 from scaseg.metadata import ModelInfo
 from scaseg.models.decoder import StripAttentionCore, set_grid_points, set_query_chunk
-from scaseg.runtime.preprocess import preprocess
+from scaseg.export.raw_input import numpy_path_labels, reference_logits
+from scaseg.runtime.preprocess import preprocess, resize_label
 from scaseg.data.metrics import label_agreement
 from scaseg.data.synth import render_scene
 
@@ -47,6 +52,7 @@ class ParityReport:
     exact_max_abs: Optional[float] = None  # ONNX vs PyTorch with exact attention (None for a labels graph)
     exact_agreement: Optional[float] = None
     nonfinite: int = 0  # NaN/Inf values in either output: a failure whatever the difference
+    numpy_agreement: Optional[float] = None  # a raw-frame graph: its labels vs the float model on the numpy path
 
     @property
     def ok(self) -> bool:
@@ -68,13 +74,19 @@ class ParityReport:
             exact_err = f"max |logit diff| {self.exact_max_abs:.3g}, " if self.exact_max_abs is not None else ""
             text += (f"\ngrid vs exact attention (PyTorch) on the same scenes: {exact_err}"
                      f"argmax agreement {100 * self.exact_agreement:.4f}%")
+        if self.numpy_agreement is not None:
+            text += (f"\nraw-frame graph vs the float model on the numpy path (OpenCV resize): label agreement "
+                     f"{100 * self.numpy_agreement:.4f}%")
         if self.nonfinite:
             text += f"; {self.nonfinite} output value(s) are NaN or infinite"
         return text
 
 
 def scene_batch(count: int, size: tuple[int, int], info: ModelInfo, seed: int = 0) -> np.ndarray:
-    """``count`` synthetic street scenes, preprocessed as the runtime does: float32 (count, 3, H, W)."""
+    """``count`` synthetic street scenes, preprocessed as the runtime does: float32 (count, 3, H, W); for a raw-frame
+    graph the frames themselves, uint8 (count, H, W, 3)."""
+    if info.input_type == "uint8":
+        return np.stack([render_scene(seed + i, size)[0] for i in range(count)])
     images = [preprocess(render_scene(seed + i, size)[0], size, info.mean, info.std, info.resize)[0] for i in range(count)]
     return np.stack(images).astype(np.float32)
 
@@ -101,30 +113,35 @@ def check_parity(
     model = model.eval()
     points = int(info.extra.get("export", {}).get("grid_points", 0)) if info.sca_op == "grid" else 0
     max_abs, flipped, exact_abs, nonfinite = 0.0, 0, 0.0, 0
-    preds, refs, exact_refs = [], [], []
+    preds, refs, exact_refs, numpy_refs = [], [], [], []
+    # A raw-frame graph is compared at its source size: PyTorch's labels and margins (at the network size) go there.
+    up = (lambda maps: _at_source(maps, info)) if info.input_type == "uint8" else (lambda maps: maps)
     runs = -(-images // batch)
     for r in range(runs):
         x = scene_batch(batch, size, info, seed + r * batch)  # type: ignore[arg-type]
         got = session.run([info.output_name], {info.input_name: x})[0]
-        ref = _reference(model, x, points or None)
+        ref = _reference(model, x, points or None, info=info)
         # max() and comparisons pass NaN silently (max(0.0, nan) is 0.0): count non-finite values on their own.
         nonfinite += int((~np.isfinite(ref)).sum())
         if np.issubdtype(got.dtype, np.floating):
             nonfinite += int((~np.isfinite(got)).sum())
-        ref_labels = ref.argmax(axis=1)
+        ref_labels = up(ref.argmax(axis=1))
         if points:
-            exact = _reference(model, x, None, query_chunk=EXACT_REFERENCE_CHUNK)
-            exact_refs.append(exact.argmax(axis=1))
+            exact = _reference(model, x, None, query_chunk=EXACT_REFERENCE_CHUNK, info=info)
+            exact_refs.append(up(exact.argmax(axis=1)))
             if info.output != "labels":
                 exact_abs = max(exact_abs, float(np.abs(got - exact).max()))
         if info.output == "labels":
             labels = got.astype(np.int64)
             top2 = np.sort(ref, axis=1)[:, -2:]
-            margin = top2[:, 1] - top2[:, 0]
+            margin = up(top2[:, 1] - top2[:, 0])
             flipped += int(((labels != ref_labels) & (margin > 2 * tolerance)).sum())
         else:
             max_abs = max(max_abs, float(np.abs(got - ref).max()))
-            labels = got.argmax(axis=1)
+            labels = up(got.argmax(axis=1))
+        if info.input_type == "uint8":
+            with _attention(model, points or None):
+                numpy_refs.append(np.stack([numpy_path_labels(model, frame, info) for frame in x]))
         preds.append(labels)
         refs.append(ref_labels)
     return ParityReport(
@@ -133,7 +150,17 @@ def check_parity(
         confident_mismatches=flipped, tolerance=float(tolerance), grid_points=points or None,
         exact_max_abs=None if (not points or info.output == "labels") else exact_abs,
         exact_agreement=label_agreement(preds, exact_refs) if points else None, nonfinite=nonfinite,
+        numpy_agreement=label_agreement(preds, numpy_refs) if numpy_refs else None,
     )
+
+
+def _at_source(maps: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """(B, h, w) labels or margins at a raw-frame graph's network size -> its source size, nearest neighbour (as
+    the graph brings its labels there)."""
+    size = tuple(info.input_size or maps.shape[-2:])
+    if maps.shape[-2:] == size:
+        return maps
+    return np.stack([resize_label(m if m.dtype == np.float32 else m.astype(np.int32), size) for m in maps])
 
 
 def refuse_disagreement(report: ParityReport, tolerance: float) -> None:
@@ -163,10 +190,13 @@ def _attention(model: nn.Module, grid_points: Optional[int], query_chunk: Option
             c.grid_points, c.query_chunk = g, chunk
 
 
-def _reference(model: nn.Module, x: np.ndarray, grid_points: Optional[int], query_chunk: Optional[int] = None
-               ) -> np.ndarray:
-    """The eval-mode model's logits on ``x`` with grid attention (``grid_points``) or exact."""
+def _reference(model: nn.Module, x: np.ndarray, grid_points: Optional[int], query_chunk: Optional[int] = None,
+               info: Optional[ModelInfo] = None) -> np.ndarray:
+    """The eval-mode model's logits on ``x`` with grid attention (``grid_points``) or exact; for a raw-frame graph
+    (``info``) through its in-graph preprocessing (logits at the network size)."""
     with _attention(model, grid_points, query_chunk), torch.no_grad():
+        if info is not None and info.input_type == "uint8":
+            return reference_logits(model, x, info)
         return model(torch.from_numpy(x)).float().numpy()  # type: ignore[no-any-return]
 
 

@@ -88,7 +88,8 @@ def time_model(predictor: Predictor, image_bytes: bytes, warmup: int, runs: int,
 
     model = summarize(_timed(model_only, warmup, runs, "model-only", progress), n)
     e2e = summarize(_timed(end_to_end, min(warmup, 3), runs, "end-to-end", progress), n)
-    return {**model, "end_to_end": e2e, "input_shape": list(batch.shape), "source_hw": list(image.shape[:2])}
+    return {**model, "end_to_end": e2e, "input_shape": list(batch.shape), "input_dtype": str(batch.dtype),
+            "source_hw": list(image.shape[:2])}
 
 
 def open_eval_dataset(data: str, kind: str, split: str, info: ModelInfo) -> Any:
@@ -192,10 +193,12 @@ def format_table(records: list[dict[str, Any]]) -> str:
     rows = []
     for r in records:
         shape = r["input_shape"]
+        raw = r.get("input_dtype") == "uint8"  # a raw-frame model: uint8 frames (B, H, W, 3)
+        h, w = shape[1:3] if raw else shape[2:4]
         e2e = r["end_to_end"]
         rows.append([
             r["file"], r["backend"], r["device"], r["precision"], f"{r['size_mb']:.1f}",
-            f"{shape[0]}x{shape[2]}x{shape[3]}", _fmt(None if r.get("miou") is None else 100 * r["miou"], ".2f"),
+            f"{shape[0]}x{h}x{w}{' uint8' if raw else ''}", _fmt(None if r.get("miou") is None else 100 * r["miou"], ".2f"),
             f"{r['latency_ms']['mean'] / r['batch']:.2f}", f"{r['fps']:.1f}",
             f"{e2e['latency_ms']['mean'] / r['batch']:.2f}", f"{e2e['fps']:.1f}", _fmt(r.get("peak_rss_mb"), ".0f"),
         ])

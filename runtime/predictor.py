@@ -1,4 +1,10 @@
-"""A backend plus the model's own input conventions: image in, label map at the image's size out."""
+"""A backend plus the model's own input conventions: image in, label map at the image's size out.
+
+A raw-frame model (``info.input_type`` uint8, ``scaseg-export --input uint8``) resizes, normalises and transposes in
+its graph: prepare() hands an RGB frame of the graph's source size through untouched (a frame of another size is
+first resized on the host to the source size, by the predictor's resize policy), run() sends uint8, and a labels
+graph answers uint8 labels at the source size, which finish() returns as they are.
+"""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -8,7 +14,7 @@ import numpy as np
 from scaseg.runtime.backends import Backend
 from scaseg.errors import ScasegError
 from scaseg.runtime.preprocess import (Geometry, label_dtype, labels_to_source, logits_to_labels, preprocess,
-                                      resize_label)
+                                      resize_image, resize_label)
 
 
 def input_size_for(backend: Backend, imgsz: Optional[Sequence[int]] = None,
@@ -69,11 +75,18 @@ class Predictor:
         self.batch = batch or self.fixed_batch or 1
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
-        """RGB uint8 image -> (3, H, W) float32 network input and its Geometry."""
+        """RGB uint8 image -> (3, H, W) float32 network input and its Geometry; for a raw-frame model the (H, W, 3)
+        uint8 frame itself (resized on the host only when its size differs from the graph's)."""
+        if self.info.input_type == "uint8":
+            hw = (int(image.shape[0]), int(image.shape[1]))
+            if hw == self.size:
+                return image, Geometry(hw, hw, hw)
+            return resize_image(image, self.size, self.resize)
         return preprocess(image, self.size, self.info.mean, self.info.std, self.resize)
 
     def run(self, tensors: Sequence[np.ndarray]) -> np.ndarray:
-        """Stack (3, H, W) inputs into one call; pads to a fixed batch and returns only the real rows."""
+        """Stack (3, H, W) inputs (raw frames: (H, W, 3) uint8) into one call; pads to a fixed batch and returns only
+        the real rows."""
         batch = np.stack(tensors) if len(tensors) > 1 else tensors[0][None]
         n = batch.shape[0]
         if self.fixed_batch is not None and n < self.fixed_batch:

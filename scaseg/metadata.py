@@ -36,7 +36,11 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 # The words each field may hold. The exporter, calibration and the TensorRT builder write them; the runtime reads them.
 OUTPUTS = ("logits", "labels")
 RESIZES = ("stretch", "letterbox")
-LAYOUTS = ("NCHW", "NHWC")  # calibration feeds both (calibration/data.py); the runtime checks that a graph takes NCHW
+LAYOUTS = ("NCHW", "NHWC")  # calibration feeds both (calibration/data.py); a float graph takes NCHW, a uint8 one NHWC
+# What the graph's input is: "float" (normalised float32 NCHW at input_size, the runtime preprocesses) or "uint8"
+# (raw frames: RGB uint8 NHWC at input_size, the source size; resize to network_size, normalisation and layout are in
+# the graph, export/raw_input.py). A model written before this field existed is "float".
+INPUT_TYPES = ("float", "uint8")
 COLORS = ("RGB",)  # the one channel order the runtime and calibration feed
 PRECISIONS = ("fp32", "fp16", "int8")  # the one precision vocabulary: --precision, ONNX files and engines
 SCA_OPS = ("decomposed", "function", "grid")  # how strip attention is in the graph (export/sca.py)
@@ -133,7 +137,7 @@ def _words_problem(fields: Mapping[str, Any]) -> Optional[str]:
         if not isinstance(fields[name], str) or not fields[name]:
             return f"{name} must be a non-empty string, got {_shown(fields[name])}"
     vocabularies = (("output", OUTPUTS), ("resize", RESIZES), ("layout", LAYOUTS), ("color", COLORS),
-                    ("precision", PRECISIONS), ("sca_op", SCA_OPS))
+                    ("precision", PRECISIONS), ("sca_op", SCA_OPS), ("input_type", INPUT_TYPES))
     for name, words in vocabularies:
         if not isinstance(fields[name], str) or fields[name] not in words:
             return f"{name} must be one of {', '.join(words)}, got {_shown(fields[name])}"
@@ -152,6 +156,20 @@ def _shape_problem(fields: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
+def _raw_input_problem(fields: Mapping[str, Any]) -> Optional[str]:
+    """A uint8 (raw-frame) graph: NHWC at a fixed source size, stretched to network_size in the graph."""
+    net = fields["network_size"]
+    if fields["input_type"] == "float":
+        return None if net is None else f"network_size must be null for a float input, got {_shown(net)}"
+    if not _ints_within(net, 2, 1, MAX_SIDE):
+        return f"network_size must be [height, width], each from 1 to {MAX_SIDE} pixels, for a uint8 input, got {_shown(net)}"
+    if fields["input_size"] is None or fields["dynamic_spatial"]:
+        return "a uint8 input needs a fixed input_size (the source size) and dynamic_spatial false"
+    if fields["layout"] != "NHWC" or fields["resize"] != "stretch":
+        return f"a uint8 input is NHWC and stretched, got layout {_shown(fields['layout'])}, resize {_shown(fields['resize'])}"
+    return None
+
+
 def _normalisation_problem(mean: Any, std: Any) -> Optional[str]:
     if not _numbers_within(mean, 3, 0, 255):
         return f"mean must be 3 finite numbers from 0 to 255 (RGB, on the 0..255 scale), got {_shown(mean)}"
@@ -163,7 +181,7 @@ def _normalisation_problem(mean: Any, std: Any) -> Optional[str]:
 def metadata_problem(fields: Mapping[str, Any]) -> Optional[str]:
     """Why these ModelInfo field values cannot describe a model a runtime can feed (one clause naming the field), or None."""
     why = (_class_problem(fields["num_classes"], fields["class_names"], fields["palette"])
-           or _words_problem(fields) or _shape_problem(fields)
+           or _words_problem(fields) or _shape_problem(fields) or _raw_input_problem(fields)
            or _normalisation_problem(fields["mean"], fields["std"]))
     if why:
         return why
@@ -184,7 +202,7 @@ class ModelInfo:
     palette: list[tuple[int, int, int]] = field(default_factory=list)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    # (H, W) of a static graph, or the size the model was trained at for a dynamic one.
+    # (H, W) of a static graph's input (for a uint8 input: the source size), or the trained size for a dynamic one.
     input_size: Optional[tuple[int, int]] = None
     dynamic_batch: bool = False
     dynamic_spatial: bool = False
@@ -199,6 +217,10 @@ class ModelInfo:
     resize: str = "stretch"
     precision: str = "fp32"
     sca_op: str = "decomposed"
+    # "float": normalised float32 NCHW; "uint8": raw RGB frames NHWC at input_size, resized in the graph to
+    # network_size (the size the network itself runs at; null for a float input).
+    input_type: str = "float"
+    network_size: Optional[tuple[int, int]] = None
     # Free-form provenance: export options, package versions, calibration summary, TensorRT facts...
     extra: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
@@ -217,12 +239,15 @@ class ModelInfo:
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
         if self.input_size is not None:
             self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
+        if self.network_size is not None:
+            self.network_size = (int(self.network_size[0]), int(self.network_size[1]))
         self.num_classes, self.batch = int(self.num_classes), int(self.batch)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["palette"] = [list(c) for c in self.palette]
         d["input_size"] = list(self.input_size) if self.input_size else None
+        d["network_size"] = list(self.network_size) if self.network_size else None
         return d
 
     def to_json(self) -> str:
@@ -253,6 +278,10 @@ class ModelInfo:
         except RecursionError:
             raise ScasegError(f"{where} is not valid JSON (nested too deeply)") from None
         return cls.from_dict(d, source)
+
+    def spatial(self, shape: Any) -> tuple[Any, Any]:
+        """The (H, W) axes of an input shape in this model's layout (NHWC for a raw-frame graph, else NCHW)."""
+        return (shape[1], shape[2]) if self.layout == "NHWC" else (shape[2], shape[3])
 
     def replace(self, **changes: Any) -> "ModelInfo":
         return dataclasses.replace(self, **changes)

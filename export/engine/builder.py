@@ -356,7 +356,8 @@ def engine_model_info(info: ModelInfo, precision: str, shapes: Optional[tuple[Sh
                                "extra": {**info.extra, FACTS_KEY: facts}}
     if shapes is not None:
         lo, opt, hi = shapes
-        changes.update(batch=int(opt[0]), dynamic_batch=lo[0] != hi[0], dynamic_spatial=lo[2:] != hi[2:])
-        if lo[2:] == hi[2:]:
-            changes["input_size"] = (int(opt[2]), int(opt[3]))
+        lo_hw, opt_hw, hi_hw = (info.spatial(s) for s in shapes)  # (H, W) in the input's layout
+        changes.update(batch=int(opt[0]), dynamic_batch=lo[0] != hi[0], dynamic_spatial=lo_hw != hi_hw)
+        if lo_hw == hi_hw:
+            changes["input_size"] = (int(opt_hw[0]), int(opt_hw[1]))
     return info.replace(**changes)

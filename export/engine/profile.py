@@ -100,7 +100,8 @@ def resolve_profile(onnx_shape: Sequence[int], info: ModelInfo,
     """
     dims = [int(d) for d in onnx_shape]
     if len(dims) != 4:
-        raise ScasegError(f"the ONNX input has shape {tuple(dims)}; a SCASeg model takes (B, 3, H, W)")
+        raise ScasegError(f"the ONNX input has shape {tuple(dims)}; a SCASeg model takes (B, 3, H, W) "
+                          "(raw frames: (B, H, W, 3))")
     if -1 not in dims:
         if profile is not None and any(tuple(dims) != s for s in profile):
             raise ScasegError(f"this ONNX has the static input shape {tuple(dims)}, so the engine cannot take the "
@@ -114,9 +115,10 @@ def resolve_profile(onnx_shape: Sequence[int], info: ModelInfo,
                                       f"for {got}")
         return profile
     size = info.input_size
-    fill = {0: int(info.batch), 1: 3}
+    h_axis, c_axis = (1, 3) if info.layout == "NHWC" else (2, 1)  # a raw-frame graph takes (B, H, W, 3) uint8
+    fill = {0: int(info.batch), c_axis: 3}
     if size is not None:
-        fill.update({2: int(size[0]), 3: int(size[1])})
+        fill.update({h_axis: int(size[0]), h_axis + 1: int(size[1])})
     sized = [d if d != -1 else fill.get(axis, -1) for axis, d in enumerate(dims)]
     if -1 in sized:
         raise ScasegError("the ONNX input has dynamic axes the metadata does not size: pass min_shape, opt_shape "

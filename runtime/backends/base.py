@@ -77,9 +77,11 @@ def check_graph(info: ModelInfo, where: str, inputs: Mapping[str, Shape], output
     if info.output_name not in outputs:
         raise ScasegError(f"the metadata of {where} names output {info.output_name!r} but the graph has {sorted(outputs)}")
     shape = inputs[info.input_name]
-    if len(shape) != 4 or shape[1] not in (None, 3):
-        raise ScasegError(f"the input of {where} has shape {_words(shape)}; expected (batch, 3, height, width)")
-    static_hw = shape[2:]
+    nhwc = info.layout == "NHWC"  # a raw-frame (uint8) graph takes frames as they are
+    if len(shape) != 4 or shape[3 if nhwc else 1] not in (None, 3):
+        raise ScasegError(f"the input of {where} has shape {_words(shape)}; expected "
+                          f"{'(batch, height, width, 3)' if nhwc else '(batch, 3, height, width)'}")
+    static_hw = info.spatial(shape)
     if None not in static_hw and info.input_size is not None and tuple(static_hw) != tuple(info.input_size):
         raise ScasegError(f"the metadata of {where} says input size {tuple(info.input_size)} but the graph takes {tuple(static_hw)}")
     out = outputs[info.output_name]
@@ -97,7 +99,8 @@ def _words(shape: Shape) -> str:
 class Backend(abc.ABC):
     """A loaded model that maps a preprocessed batch to the model's output.
 
-    ``infer`` takes float32 NCHW (already normalised, at the model's input size) and returns
+    ``infer`` takes float32 NCHW (already normalised, at the model's input size), or for a raw-frame model
+    (``info.input_type`` uint8) uint8 NHWC frames at its source size, and returns
     float32 logits (B, C, H, W) or integer labels (B, H, W), as ``info.output`` says.
     ``get_input_metadata`` says what the graph takes; ``fixed_batch`` and ``fixed_size`` follow from it.
     Backends are context managers; ``close`` releases device memory and sessions.
@@ -137,7 +140,7 @@ class Backend(abc.ABC):
     @property
     def fixed_size(self) -> Optional[tuple[int, int]]:
         """(H, W) the graph insists on, or None when a spatial axis is dynamic."""
-        h, w = self.get_input_metadata().shape[-2:]
+        h, w = self.info.spatial(self.get_input_metadata().shape)
         return None if h is None or w is None else (h, w)
 
     def set_threads(self, count: int) -> None:

@@ -121,8 +121,8 @@ class OnnxRuntimeBackend(Backend):
         check_graph(self.info, self.path, {n: tuple(_dim(d) for d in i.shape) for n, i in inputs.items()},
                     {o.name: tuple(_dim(d) for d in o.shape) for o in self.session.get_outputs()})
         inp = inputs[self.info.input_name]
-        self._input = InputMetadata(inp.name, np.dtype(np.float16 if inp.type == "tensor(float16)" else np.float32),
-                                    tuple(_dim(d) for d in inp.shape))
+        dtype = {"tensor(float16)": np.float16, "tensor(uint8)": np.uint8}.get(inp.type, np.float32)
+        self._input = InputMetadata(inp.name, np.dtype(dtype), tuple(_dim(d) for d in inp.shape))
 
     def get_input_metadata(self) -> InputMetadata:
         return self._input

@@ -82,7 +82,7 @@ def describe(count: int, how: str) -> str:
 
 def _probe(backend: "Backend", shape: tuple[int, ...], counts: list[int]) -> dict[int, float]:
     """Median ms of PROBE_RUNS calls (after one warm-up call) per thread count, on a zero input of ``shape``."""
-    x = np.zeros(shape, np.float32)
+    x = np.zeros(shape, np.uint8 if backend.info.input_type == "uint8" else np.float32)  # raw frames are uint8
     ms: dict[int, float] = {}
     for count in counts:
         backend.set_threads(count)
@@ -113,7 +113,8 @@ def apply_auto_threads(backend: "Backend", size: Optional[tuple[int, int]], batc
         backend.set_threads(cores)
         return describe(cores, "auto: every core" + ("" if pixels is None else f" for {pixels} px per call"))
     assert size is not None
-    ms = _probe(backend, (batch, 3, size[0], size[1]), sorted({1, cores}))
+    shape = (batch, size[0], size[1], 3) if backend.info.layout == "NHWC" else (batch, 3, size[0], size[1])
+    ms = _probe(backend, shape, sorted({1, cores}))
     best = min(ms, key=lambda k: ms[k])
     backend.set_threads(best)
     timed = " vs ".join(f"{ms[k]:.1f}" for k in sorted(ms))

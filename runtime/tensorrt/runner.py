@@ -303,14 +303,17 @@ class TensorRTBackend(Backend):
             self._graph = None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch (float32 NCHW, normalised, at the engine's input size); returns logits or labels."""
+        """Run one batch (float32 NCHW, normalised, at the engine's input size; uint8 NHWC frames for a raw-frame
+        engine); returns logits or labels."""
         if self._closed:
             raise ScasegError("this TensorRT backend is closed")
         cuda = self.cuda
         assert cuda is not None
         x = np.asarray(batch)
-        if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating):
-            raise ScasegError(f"expected a float batch of shape (B, 3, H, W), got {x.dtype} {tuple(x.shape)}")
+        raw = self.info.input_type == "uint8"
+        if x.ndim != 4 or (x.dtype != np.uint8 if raw else not np.issubdtype(x.dtype, np.floating)):
+            want = "a uint8 batch of frames (B, H, W, 3)" if raw else "a float batch of shape (B, 3, H, W)"
+            raise ScasegError(f"expected {want}, got {x.dtype} {tuple(x.shape)}")
         self._prepare(tuple(int(d) for d in x.shape))
         assert self._input.host is not None and self._output.host is not None
         np.copyto(self._input.host, x, casting="same_kind")

@@ -12,6 +12,7 @@ import pytest
 from badinput import refused
 from runtime_models import make_onnx
 from scaseg.errors import ScasegError
+from scaseg.metadata import ModelInfo
 from scaseg.runtime.backends import open_backend
 from scaseg.runtime.backends import threads as T
 from scaseg.runtime.predictor import Predictor
@@ -50,6 +51,7 @@ class _Slow:
     """A CPU backend whose calls take ``ms[threads]`` milliseconds."""
 
     device = "CPU"
+    info = ModelInfo(variant="tiny", num_classes=3)  # a float model: the probe feeds float32 NCHW
 
     def __init__(self, ms: dict[int, float]) -> None:
         self.ms, self.threads, self.requested_threads, self.shapes = ms, 2, None, set()
