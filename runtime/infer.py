@@ -236,7 +236,7 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, request: Inf
             sink = ImageSink(folder=folder, suffix=".png")
 
         noted: set[tuple[int, ...]] = set()
-        names = info.class_names if request.legend else None
+        legend_names = info.class_names if request.legend else None
 
         def render(frame: Frame, output: np.ndarray, geom: Geometry) -> tuple[np.ndarray, Optional[np.ndarray]]:
             """In the worker pool: the labels to write and the overlay picture (coloured at the network's size)."""
@@ -244,7 +244,7 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, request: Inf
             labels = predictor.finish(output, geom, to_source=kind == "labels")
             picture = None
             if kind == "overlay" or show:
-                picture = render_overlay(frame.image, labels, lut, request.alpha, names)
+                picture = render_overlay(frame.image, labels, lut, request.alpha, legend_names)
             return labels, picture
 
         def consume(frame: Frame, rendered: tuple[np.ndarray, Optional[np.ndarray]]) -> None:

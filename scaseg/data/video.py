@@ -103,9 +103,10 @@ class VideoFile:
         import av
 
         if self.codec in _FULL_RANGE:  # FFmpeg's scaler makes the full-range planes JPEG wants
-            return av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24" if rgb else "bgr24")
+            return av.VideoFrame.from_ndarray(np.ascontiguousarray(image, dtype=np.uint8),
+                                              format="rgb24" if rgb else "bgr24")
         planes = cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420 if rgb else cv2.COLOR_BGR2YUV_I420)
-        return av.VideoFrame.from_ndarray(planes, format="yuv420p")
+        return av.VideoFrame.from_ndarray(np.asarray(planes, dtype=np.uint8), format="yuv420p")
 
     def _encode(self, frame: Any) -> None:
         import av
