@@ -119,15 +119,16 @@ def spin_fps(model: Path, clip: Path, out: Path, threads: int, spin: bool) -> fl
 
 
 def frame_bytes(model: Path, hw: tuple[int, int]) -> tuple[int, int]:
-    """Bytes in and out per frame: (float32 input + float32 logits at the network size, uint8 frame + uint8 labels)."""
+    """Bytes in and out per frame: (float32 input + float32 logits at the network size, uint8 frame + uint8 labels),
+    by bench_raw_input.transfer_bytes (the one formula)."""
+    from bench_raw_input import transfer_bytes
+
     from scaseg.runtime.backends import open_backend
     from scaseg.runtime.predictor import Predictor
 
     predictor = Predictor(open_backend(str(model)))
-    h, w = predictor.size or hw
-    float_path = 4 * 3 * h * w + 4 * predictor.info.num_classes * h * w
-    raw_path = 3 * hw[0] * hw[1] + hw[0] * hw[1]
-    return float_path, raw_path
+    b = transfer_bytes(hw, predictor.info.network_size or predictor.size or hw, predictor.info.num_classes)
+    return b["float_in"] + b["float_logits_out"], b["raw_in"] + b["raw_labels_out"]
 
 
 def measure_size(model: Path, tiny: Path, name: str, args: argparse.Namespace, tmp: Path) -> dict[str, object]:
