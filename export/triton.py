@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from scaseg.cli import require_file
 from scaseg.errors import ScasegError
 from scaseg.export.triton_signature import TensorSpec, engine_signature, external_files, onnx_signature
 from scaseg.fileio import atomic_dir
@@ -173,9 +174,7 @@ def write_triton_repository(model_path: str, out_dir: str, *, name: Optional[str
     (onnxruntime, openvino, openvino:bf16) on ``device``, taking raw uint8 frames and answering labels; it always
     batches (Triton's dynamic batcher merges requests; the model splits them into batches the ONNX accepts).
     """
-    path = Path(model_path).expanduser()
-    if not path.is_file():
-        raise ScasegError(f"model not found: {model_path} (expected an exported .onnx model or a TensorRT engine)")
+    path = Path(require_file(Path(model_path).expanduser(), "model"))
     backend = _choose_backend(path, backend)
     model_name = _model_name(path, name)
     instance_kind = _instance_kind(kind, backend)
