@@ -33,11 +33,10 @@ class PruneRequest:
     importance: str  # l2 | taylor
     data: Optional[Path]  # taylor: the dataset whose images give the gradients
     images: int
-    quiet: bool
 
 
 def check_request(source: str, output: str, macs: float, imgsz: Optional[str], importance: str, data: Optional[str],
-                  images: int, quiet: bool) -> PruneRequest:
+                  images: int) -> PruneRequest:
     """Every option checked once, in one sentence each; nothing is read beyond the file system's metadata."""
     from scaseg.checkpoint import check_readable
     from scaseg.fileio import check_output, refuse_overwrite
@@ -61,7 +60,7 @@ def check_request(source: str, output: str, macs: float, imgsz: Optional[str], i
     refuse_overwrite([out], [src])
     check_output(out)
     return PruneRequest(src, out, float(macs), parse_imgsz(imgsz), importance,
-                        Path(data).expanduser() if data else None, int(images), quiet)
+                        Path(data).expanduser() if data else None, int(images))
 
 
 def taylor_images(data: Path, size: tuple[int, int], count: int, num_classes: int) -> list[Any]:
@@ -91,31 +90,33 @@ def taylor_images(data: Path, size: tuple[int, int], count: int, num_classes: in
 def run(req: PruneRequest) -> str:
     """Load, prune, save; the one summary line."""
     import scaseg
-    from scaseg.prune.core import prune, taylor_gradients
+    from scaseg.progress import progress
+    from scaseg.prune.core import check_prunable, find_ratio, prune, taylor_gradients
 
     model, info = scaseg.load_model(req.source)
     size = req.imgsz or info.input_size
     if size is None:
         raise ScasegError(f"{req.source} records no input size; pass --imgsz N|HxW (the size the MACs are counted at)")
     size = (int(size[0]), int(size[1]))
+    check_prunable(model, req.source)
+    ratio, b, a = find_ratio(model, size, req.macs)  # refuses a target that cannot be met
     grads = None
     if req.data is not None:
         grads = taylor_gradients(taylor_images(req.data, size, req.images, info.num_classes))
-    if not req.quiet:
-        print(f"scaseg-prune: pruning {req.source} ({info.variant}) to {req.macs:g} of its MACs at {size[0]}x{size[1]}",
-              file=sys.stderr, flush=True)
-    result = prune(model, size, req.macs, importance=req.importance, gradients=grads)
     extra = {**info.extra, "pruning": {
-        "source": req.source.name, "macs_kept": result.after.macs / result.before.macs, "macs_asked": req.macs,
-        "imgsz": list(size), "ratio": result.ratio, "importance": req.importance,
-        "macs_before": result.before.macs, "macs_after": result.after.macs,
-        "params_before": result.before.params, "params_after": result.after.params}}
-    scaseg.save_checkpoint(result.model, req.output, class_names=info.class_names, palette=info.palette,
-                           input_size=info.input_size, extra=extra)
-    b, a = result.before, result.after
+        "source": req.source.name, "macs_kept": a.macs / b.macs, "macs_asked": req.macs, "imgsz": list(size),
+        "ratio": ratio, "importance": req.importance, "macs_before": b.macs, "macs_after": a.macs,
+        "params_before": b.params, "params_after": a.params}}
+    # A context manager so that an error closes the bar first and prints on a line of its own.
+    with progress(total=2, desc="prune", unit="step", file=sys.stderr) as steps:
+        pruned = prune(model, ratio, importance=req.importance, gradients=grads)
+        steps.update(1)
+        scaseg.save_checkpoint(pruned, req.output, class_names=info.class_names, palette=info.palette,
+                               input_size=info.input_size, extra=extra)
+        steps.update(1)
     return (f"scaseg-prune: {info.variant} at {size[0]}x{size[1]}: {b.macs / 1e9:.3f} -> {a.macs / 1e9:.3f} GMACs "
             f"({a.macs / b.macs:.3f} of them, asked {req.macs:g}), {b.params / 1e6:.2f} -> {a.params / 1e6:.2f} M params; "
-            f"{result.ratio:.3f} of every prunable channel group removed ({req.importance}); wrote {req.output}")
+            f"{ratio:.3f} of every prunable channel group removed ({req.importance}); wrote {req.output}")
 
 
 @app.command()
@@ -131,7 +132,7 @@ def main_command(
     version: bool = version_option("scaseg-prune"),
 ) -> None:
     """Prune MODEL's channels (structured, torch-pruning) to --macs of its MACs; prints the before/after line."""
-    print(run(check_request(model, output, macs, imgsz, importance, data, images, quiet)), flush=True)
+    print(run(check_request(model, output, macs, imgsz, importance, data, images)), flush=True)
 
 
 def main() -> None:

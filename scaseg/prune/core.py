@@ -40,16 +40,6 @@ class Cost:
     params: int
 
 
-@dataclass
-class Pruned:
-    """A pruned model and what it cost before and after."""
-
-    model: SCASeg
-    before: Cost
-    after: Cost
-    ratio: float  # the fraction of each prunable group's channels removed
-
-
 def cost(model: nn.Module, size: Sequence[int]) -> Cost:
     """MACs at ``size`` (counted on a meta-device copy built from the config: no arithmetic) and parameters."""
     config = dict(model.config)  # type: ignore[union-attr]
@@ -142,18 +132,16 @@ def find_ratio(model: SCASeg, size: Sequence[int], keep: float) -> tuple[float, 
     return high * RESOLUTION, before, after
 
 
-def prune(model: SCASeg, size: Sequence[int], keep: float, *, importance: str = "l2",
-          gradients: Optional[Callable[[nn.Module], None]] = None) -> Pruned:
-    """Prune a copy of ``model`` so that its MACs at ``size`` are at most ``keep`` of the original's, and as close to
-    that as a uniform ratio allows.
+def prune(model: SCASeg, ratio: float, *, importance: str = "l2",
+          gradients: Optional[Callable[[nn.Module], None]] = None) -> SCASeg:
+    """A copy of ``model`` with ``ratio`` of every prunable channel group removed (``find_ratio`` gives the ratio of a
+    MACs target), the least important channels by ``importance``, rebuilt from its widths.
 
-    ``gradients(model)``: fills the parameters' ``.grad`` (Taylor importance needs them). Refused: a target the
-    pruner cannot reach (MAX_RATIO of every group removed leaves more MACs than asked).
+    ``gradients(model)``: fills the parameters' ``.grad`` (Taylor importance needs them).
     """
     if importance not in IMPORTANCE:
         raise ScasegError(f"unknown importance {importance!r}: expected {' or '.join(IMPORTANCE)}")
     check_prunable(model, model.config["variant"])
-    ratio, before, after = find_ratio(model, size, keep)
     work = copy.deepcopy(model).eval()
     expected = shrunk(widths_of(work), ratio)
     pruner = _pruner(work, _importance(importance), ratio)
@@ -163,7 +151,7 @@ def prune(model: SCASeg, size: Sequence[int], keep: float, *, importance: str = 
     work.zero_grad(set_to_none=True)
     if widths_of(work) != expected:  # pragma: no cover - torch-pruning changed its rule
         raise RuntimeError(f"torch-pruning left other widths than predicted: {widths_of(work)} vs {expected}")
-    return Pruned(rebuild(work), before, after, ratio)
+    return rebuild(work)
 
 
 def rebuild(pruned: nn.Module) -> SCASeg:
