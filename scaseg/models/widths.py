@@ -87,7 +87,8 @@ def plain(widths: Mapping[str, Any]) -> dict[str, Any]:
 
 def widths_of(model: nn.Module) -> dict[str, Any]:
     """The widths of an MSCAN SCASeg as its modules are now (after structured pruning), read off the layers."""
-    enc, head = model.backbone, model.decode_head  # type: ignore[union-attr]
+    enc: Any = getattr(model, "backbone")
+    head: Any = getattr(model, "decode_head")
     blocks = [list(getattr(enc, f"block{i}")) for i in range(1, 5)]
     return {
         "embed_dims": [int(getattr(enc, f"norm{i}").weight.shape[0]) for i in range(1, 5)],

@@ -82,6 +82,8 @@ def taylor_images(data: Path, size: tuple[int, int], count: int, num_classes: in
     pairs = []
     for i in range(0, len(ds), step)[:count]:
         sample = ds[i]
+        if sample.label is None:
+            raise ScasegError(f"the train image {sample.name} of {data} has no label; --importance taylor needs them")
         x, _ = preprocess(sample.image, size, IMAGENET_MEAN, IMAGENET_STD, "stretch")
         pairs.append((torch.from_numpy(x), torch.from_numpy(sample.label.astype("int64"))))
     return pairs

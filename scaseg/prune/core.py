@@ -42,7 +42,7 @@ class Cost:
 
 def cost(model: nn.Module, size: Sequence[int]) -> Cost:
     """MACs at ``size`` (counted on a meta-device copy built from the config: no arithmetic) and parameters."""
-    config = dict(model.config)  # type: ignore[union-attr]
+    config = dict(getattr(model, "config"))
     if "widths" not in config:
         config["widths"] = widths_of(model)
     with torch.device("meta"):
@@ -67,8 +67,8 @@ def _importance(kind: str) -> Any:
 
 def check_prunable(model: SCASeg, source: Any) -> None:
     """Refuse, in one sentence, a model this pruner does not handle (a MiT encoder, vanilla attention)."""
-    config = model.config
-    if not hasattr(model.backbone, "block1") or not hasattr(model.backbone.block1[0], "layer_scale_1"):
+    config, backbone = model.config, getattr(model, "backbone")
+    if not hasattr(backbone, "block1") or not hasattr(backbone.block1[0], "layer_scale_1"):
         raise ScasegError(f"{source} is a {config['variant']} model; scaseg-prune prunes the MSCAN variants "
                           "(scaseg-t/s/b/l) only")
     if config.get("attention", "strip") != "strip":
@@ -79,7 +79,7 @@ def check_prunable(model: SCASeg, source: Any) -> None:
 def _pruner(model: SCASeg, importance: Any, ratio: float) -> Any:
     """torch-pruning's MetaPruner over ``model``: one step removing ``ratio`` of every prunable group."""
     tp = _tp()
-    head = model.decode_head
+    head: Any = model.decode_head
     ignored: list[nn.Module] = [head.classifier]
     for block in head.blocks:
         ignored += [block.attn.q, block.attn.k]  # one channel per head: nothing to prune
@@ -157,7 +157,7 @@ def prune(model: SCASeg, ratio: float, *, importance: str = "l2",
 def rebuild(pruned: nn.Module) -> SCASeg:
     """The model ``scaseg.load_model`` builds from the pruned one's config and widths, holding its weights; checked to
     compute the same logits (a width the record missed would fail here, not in a user's hands)."""
-    config = {**pruned.config, "widths": widths_of(pruned)}  # type: ignore[union-attr]
+    config = {**getattr(pruned, "config"), "widths": widths_of(pruned)}
     model = from_config(config).eval()
     model.load_state_dict(pruned.state_dict())
     x = torch.randn(1, 3, *TRACE_SIZE, generator=torch.Generator().manual_seed(0))

@@ -64,7 +64,7 @@ def load_teacher(path: str, student: nn.Module, device: torch.device, channels_l
     """The ``--distill`` teacher, frozen in eval mode on ``device``; refused in one sentence when its variant or class
     count is not the student's (a teacher of another task or family has nothing pixel-wise to teach)."""
     teacher, info = load_model(path)
-    config = student.config  # type: ignore[union-attr]
+    config: dict[str, Any] = getattr(student, "config")
     if info.variant != config["variant"]:
         raise ScasegError(f"the --distill teacher {path} is a {info.variant} model and the student a "
                           f"{config['variant']}; distil from the model the student was pruned from")
@@ -74,7 +74,8 @@ def load_teacher(path: str, student: nn.Module, device: torch.device, channels_l
     for p in teacher.parameters():
         p.requires_grad_(False)
     teacher = teacher.to(device).eval()
-    return teacher.to(memory_format=torch.channels_last) if channels_last else teacher
+    # Module.to takes memory_format (as Tensor.to does); its type stubs do not say so.
+    return teacher.to(memory_format=torch.channels_last) if channels_last else teacher  # type: ignore[call-overload]
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
