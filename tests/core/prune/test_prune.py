@@ -1,6 +1,6 @@
 """scaseg-prune on the shipped scaseg-t-synth: the MACs drop as asked, the pruned checkpoint records its widths and
 loads as any model, exports with parity and runs in scaseg-bench; the widths record is validated like the rest of a
-checkpoint; Taylor importance from a dataset's gradients."""
+checkpoint; Taylor importance from a dataset's gradients; scaseg-infer runs the pruned .pth."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -100,3 +100,17 @@ def test_taylor_importance_prunes_from_a_datasets_gradients(tmp_path):
     model, info = scaseg.load_model(out)
     assert info.extra["pruning"]["importance"] == "taylor"
     assert 0.75 - TOLERANCE <= info.extra["pruning"]["macs_kept"] <= 0.75
+
+
+def test_scaseg_infer_segments_with_the_pruned_checkpoint(pruned, tmp_path):
+    import cv2
+
+    from scaseg.data.synth import render_scene
+
+    path, _ = pruned
+    image, _ = render_scene(7, SIZE)
+    assert cv2.imwrite(str(tmp_path / "scene.png"), image[:, :, ::-1])
+    proc = run("scaseg-infer", [tmp_path / "scene.png", "-m", path, "-o", tmp_path / "out.png", "-q"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    overlay = cv2.imread(str(tmp_path / "out.png"))
+    assert overlay is not None and overlay.shape[:2] == SIZE
