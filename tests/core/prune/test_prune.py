@@ -33,6 +33,7 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return out, proc.stdout
 
 
+@pytest.mark.slow
 def test_macs_drop_as_asked_and_the_checkpoint_loads_with_its_widths(pruned):
     path, stdout = pruned
     original, _ = scaseg.load_model(SHIPPED)
@@ -54,12 +55,29 @@ def test_macs_drop_as_asked_and_the_checkpoint_loads_with_its_widths(pruned):
         assert model(x).shape == original(x).shape == (1, 19, *SIZE)
 
 
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A narrow scaseg-t built from widths alone (no pruning): the checkpoint a pruned model is, random weights."""
+    model = scaseg.build("scaseg-t", num_classes=3, widths=shrunk(full_widths(VARIANTS["scaseg-t"], True), 0.313))
+    return scaseg.save_checkpoint(model, tmp_path_factory.mktemp("narrow") / "narrow.pth", input_size=SIZE)
+
+
+def test_a_checkpoint_with_widths_loads_as_that_architecture(narrow):
+    model, info = scaseg.load_model(narrow)
+    assert model.config["widths"] == widths_of(model) and widths_of(model)["embed_dims"] == [21, 43, 109, 175]
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, *SIZE)).shape == (1, 3, *SIZE)
+    unpruned, _ = scaseg.load_model(SHIPPED)
+    assert "widths" not in unpruned.config  # an unpruned checkpoint is unchanged
+
+
 def test_the_widths_rule_is_torch_prunings():
     full = full_widths(VARIANTS["scaseg-t"], True)
     w = shrunk(full, 0.313)
     assert w["embed_dims"] == [21, 43, 109, 175] and w["stem"] == 10 and w["fuse"] == 87 and w["value"] == full["value"]
 
 
+@pytest.mark.slow
 def test_pruned_model_exports_with_parity_and_runs_in_bench(pruned, tmp_path):
     path, _ = pruned
     onnx_path = tmp_path / "half.onnx"
@@ -78,9 +96,8 @@ def test_pruned_model_exports_with_parity_and_runs_in_bench(pruned, tmp_path):
     (lambda w: w.update(value=[32, 63, 160, 256]), "value[1] is 63, not a multiple"),
     (lambda w: w.pop("stem"), "exactly"),
 ])
-def test_a_damaged_widths_record_is_refused_in_one_sentence(pruned, tmp_path, change, expect):
-    path, _ = pruned
-    ckpt = torch.load(path, weights_only=True)
+def test_a_damaged_widths_record_is_refused_in_one_sentence(narrow, tmp_path, change, expect):
+    ckpt = torch.load(narrow, weights_only=True)
     change(ckpt["config"]["widths"])
     bad = tmp_path / "bad.pth"
     torch.save(ckpt, bad)
@@ -89,6 +106,7 @@ def test_a_damaged_widths_record_is_refused_in_one_sentence(pruned, tmp_path, ch
     assert expect in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_taylor_importance_prunes_from_a_datasets_gradients(tmp_path):
     data = tmp_path / "synth"
     proc = run("scaseg-synth", [data, "--num", "4", "--val-fraction", "0.25", "--size", "64x128", "--video-frames", "0", "-q"], tmp_path)
@@ -102,6 +120,7 @@ def test_taylor_importance_prunes_from_a_datasets_gradients(tmp_path):
     assert 0.75 - TOLERANCE <= info.extra["pruning"]["macs_kept"] <= 0.75
 
 
+@pytest.mark.slow
 def test_scaseg_infer_segments_with_the_pruned_checkpoint(pruned, tmp_path):
     import cv2
 

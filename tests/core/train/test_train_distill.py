@@ -63,6 +63,7 @@ def _gap(student: torch.nn.Module, teacher: torch.nn.Module, images: torch.Tenso
         return float(distill_loss(student.eval()(images), teacher(images), 1.0))
 
 
+@pytest.mark.slow
 def test_a_pruned_student_learns_from_its_teacher_and_the_run_resumes_with_its_settings(setup, tmp_path):
     out = tmp_path / "run"
     teacher, _ = scaseg.load_model(SHIPPED)
@@ -88,6 +89,7 @@ def test_a_pruned_student_learns_from_its_teacher_and_the_run_resumes_with_its_s
     assert after < 0.8 * before, (before, after)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("teacher, expect", [
     ("five", "has 5 classes and the student 19"),
     ("b0", "is a scaseg-b0 model and the student a scaseg-t"),
@@ -98,6 +100,7 @@ def test_a_teacher_that_cannot_teach_is_refused_in_one_line(setup, teacher, expe
     refused("scaseg-train", args, setup["root"], expect=expect)
 
 
+@pytest.mark.slow
 def test_init_refuses_a_model_of_other_classes_or_an_encoder_option(setup, tmp_path):
     with pytest.raises(ScasegError, match="has 5 classes and the data"):
         Trainer(_cfg(setup, tmp_path / "a", init=str(setup["five"]), distill=None), DistEnv())
