@@ -6,7 +6,8 @@ Four phases, each with the project's own commands (docs/pruning.md, "The curve")
     python benchmarks/bench_prune.py --phase prepare --work runs/prune     # data, prune, fine-tune, export (long)
     python benchmarks/bench_prune.py --phase score --work runs/prune       # MACs, params, val mIoU (no timing)
     python benchmarks/bench_prune.py --phase time --work runs/prune --threads 2   # latency (idle machine only)
-    python benchmarks/bench_prune.py --phase report --work runs/prune --doc docs/pruning.md --plot docs/pruning_curve.png
+    python benchmarks/bench_prune.py --phase report --work runs/prune --doc docs/pruning.md \
+        --plot docs/pruning_curve.png
 
 prepare: ``scaseg-synth`` writes the CPU recipe's data (600 scenes of 256x512, seed 0, 60 val: recipes/cpu_synth.sh),
 ``scaseg-prune --macs K --imgsz 512x1024`` prunes the shipped model, ``scaseg-train --init`` fine-tunes each pruned
@@ -177,9 +178,11 @@ def _plot(result: dict[str, Any], dest: Path) -> None:
     for suffix, style in (("pruned", "x:"), ("plain", "s--"), ("distill", "o-")):
         pts = [rows[k] for k in rows if k.endswith(suffix)]
         if pts:
-            ax.plot([p["gmacs"] for p in pts], [p["miou"] for p in pts], style, label=f"pruned to 0.75/0.5/0.25, {suffix}")
+            ax.plot([p["gmacs"] for p in pts], [p["miou"] for p in pts], style,
+                    label=f"pruned to 0.75/0.5/0.25, {suffix}")
     if "scaseg-t-synth" in rows:
-        ax.plot([rows["scaseg-t-synth"]["gmacs"]], [rows["scaseg-t-synth"]["miou"]], "k*", ms=12, label="scaseg-t-synth")
+        shipped = rows["scaseg-t-synth"]
+        ax.plot([shipped["gmacs"]], [shipped["miou"]], "k*", ms=12, label="scaseg-t-synth")
     ax.set(xlabel=f"GMACs at {result['imgsz']}", ylabel="val mIoU (%)", title="pruning trade-off, synthetic streets")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
@@ -191,7 +194,8 @@ def _plot(result: dict[str, Any], dest: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--phase", choices=("prepare", "score", "time", "report"), required=True)
-    ap.add_argument("--work", type=Path, default=REPO / "runs" / "prune", help="folder of every file (default runs/prune)")
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "prune",
+                    help="folder of every file (default runs/prune)")
     ap.add_argument("--iters", type=int, default=200, help="fine-tuning steps per run (default 200)")
     ap.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak learning rate (default 1e-3)")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")

@@ -228,8 +228,9 @@ class SCASegHead(nn.Module):
 
     M_i = Cat[rho(F_1)..rho(F_i), rho(D_{i+1})..rho(D_4)] on the stride-32 grid, C_1+..+C_4 channels.
     ``widths`` (a pruned model's, scaseg.models.widths): the rho output widths (``pool_enc`` of stages 1-3,
-    ``pool_dec`` of stages 2-3; stage 4's rho is the identity), so each M_i has its own width, the value and LPM widths per block and the fusion
-    width ``fuse`` (then ``embed_dim``); ``scale_dims``: the unpruned stage widths the attention scales come from.
+    ``pool_dec`` of stages 2-3; stage 4's rho is the identity), so each M_i has its own width, the value and LPM
+    widths per block and the fusion width ``fuse`` (then ``embed_dim``); ``scale_dims``: the unpruned stage widths
+    the attention scales come from.
     """
 
     def __init__(
@@ -260,7 +261,8 @@ class SCASegHead(nn.Module):
         self.pool_enc = nn.ModuleList([GridPool(c, r, o) for c, r, o in zip(in_dims, ratios, enc)])
         # D_1 is decoded last and feeds no later M_i, so stage 1 has no decoder-side rho (an unused module would
         # also break DDP without find_unused_parameters).
-        self.pool_dec = nn.ModuleList([nn.Identity()] + [GridPool(c, r, o) for c, r, o in zip(in_dims[1:], ratios[1:], dec[1:])])
+        self.pool_dec = nn.ModuleList(
+            [nn.Identity()] + [GridPool(c, r, o) for c, r, o in zip(in_dims[1:], ratios[1:], dec[1:])])
         scale_dims = list(in_dims) if scale_dims is None else list(scale_dims)
         self.blocks = nn.ModuleList(
             [CrossLayerBlock(c, sum(enc[: i + 1]) + sum(dec[i + 1:]), h, attention, lpm, lpm_ratio, attn_drop,

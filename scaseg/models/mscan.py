@@ -148,7 +148,8 @@ class MSCAN(nn.Module):
         cur = 0
         w: Mapping[str, Any] = widths or {}
         for i in range(4):
-            embed = StemConv(in_chans, embed_dims[0], w.get("stem")) if i == 0 else PatchEmbed(embed_dims[i - 1], embed_dims[i])
+            embed = (StemConv(in_chans, embed_dims[0], w.get("stem")) if i == 0
+                     else PatchEmbed(embed_dims[i - 1], embed_dims[i]))
             setattr(self, f"patch_embed{i + 1}", embed)
             blocks = [MSCANBlock(embed_dims[i], mlp_ratios[i], drop_rate, dpr[cur + j],
                                  w["attn"][i][j] if w else None, w["mlp"][i][j] if w else None)

@@ -33,10 +33,11 @@ class PruneRequest:
     importance: str  # l2 | taylor
     data: Optional[Path]  # taylor: the dataset whose images give the gradients
     images: int
+    round_to: int  # pruned widths rounded down to a multiple of this (1: no rounding)
 
 
 def check_request(source: str, output: str, macs: float, imgsz: Optional[str], importance: str, data: Optional[str],
-                  images: int) -> PruneRequest:
+                  images: int, round_to: int = 1) -> PruneRequest:
     """Every option checked once, in one sentence each; nothing is read beyond the file system's metadata."""
     from scaseg.checkpoint import check_readable
     from scaseg.fileio import check_output, refuse_overwrite
@@ -53,6 +54,8 @@ def check_request(source: str, output: str, macs: float, imgsz: Optional[str], i
         raise ScasegError(f"--data {data} is not a folder")
     if images < 1:
         raise ScasegError(f"--images must be at least 1, not {images}")
+    if not 1 <= round_to <= 64:
+        raise ScasegError(f"--round-to must be from 1 (no rounding) to 64, not {round_to}")
     out = Path(output).expanduser()
     if out.suffix not in CHECKPOINT_SUFFIXES:
         raise ScasegError(f"-o/--output {output} must end in {', '.join(CHECKPOINT_SUFFIXES)} (a checkpoint)")
@@ -60,7 +63,7 @@ def check_request(source: str, output: str, macs: float, imgsz: Optional[str], i
     refuse_overwrite([out], [src])
     check_output(out)
     return PruneRequest(src, out, float(macs), parse_imgsz(imgsz), importance,
-                        Path(data).expanduser() if data else None, int(images))
+                        Path(data).expanduser() if data else None, int(images), int(round_to))
 
 
 def taylor_images(data: Path, size: tuple[int, int], count: int, num_classes: int) -> list[Any]:
@@ -101,24 +104,26 @@ def run(req: PruneRequest) -> str:
         raise ScasegError(f"{req.source} records no input size; pass --imgsz N|HxW (the size the MACs are counted at)")
     size = (int(size[0]), int(size[1]))
     check_prunable(model, req.source)
-    ratio, b, a = find_ratio(model, size, req.macs)  # refuses a target that cannot be met
+    ratio, b, a = find_ratio(model, size, req.macs, req.round_to)  # refuses a target that cannot be met
     grads = None
     if req.data is not None:
         grads = taylor_gradients(taylor_images(req.data, size, req.images, info.num_classes))
     extra = {**info.extra, "pruning": {
         "source": req.source.name, "macs_kept": a.macs / b.macs, "macs_asked": req.macs, "imgsz": list(size),
-        "ratio": ratio, "importance": req.importance, "macs_before": b.macs, "macs_after": a.macs,
-        "params_before": b.params, "params_after": a.params}}
+        "ratio": ratio, "importance": req.importance, "round_to": req.round_to, "macs_before": b.macs,
+        "macs_after": a.macs, "params_before": b.params, "params_after": a.params}}
     # A context manager so that an error closes the bar first and prints on a line of its own.
     with progress(total=2, desc="prune", unit="step", file=sys.stderr) as steps:
-        pruned = prune(model, ratio, importance=req.importance, gradients=grads)
+        pruned = prune(model, ratio, importance=req.importance, round_to=req.round_to, gradients=grads)
         steps.update(1)
         scaseg.save_checkpoint(pruned, req.output, class_names=info.class_names, palette=info.palette,
                                input_size=info.input_size, extra=extra)
         steps.update(1)
     return (f"scaseg-prune: {info.variant} at {size[0]}x{size[1]}: {b.macs / 1e9:.3f} -> {a.macs / 1e9:.3f} GMACs "
-            f"({a.macs / b.macs:.3f} of them, asked {req.macs:g}), {b.params / 1e6:.2f} -> {a.params / 1e6:.2f} M params; "
-            f"{ratio:.3f} of every prunable channel group removed ({req.importance}); wrote {req.output}")
+            f"({a.macs / b.macs:.3f} of them, asked {req.macs:g}), "
+            f"{b.params / 1e6:.2f} -> {a.params / 1e6:.2f} M params; "
+            f"{ratio:.3f} of every prunable channel group removed ({req.importance}"
+            + (f", widths multiples of {req.round_to}" if req.round_to > 1 else "") + f"); wrote {req.output}")
 
 
 @app.command()
@@ -130,11 +135,12 @@ def main_command(
     importance: str = typer.Option("l2", "--importance", metavar="|".join(IMPORTANCE), help="How channels are ranked: l2 (the L2 norm of their weights) or taylor (|weight x gradient| of the loss on --images train images of --data)."),
     data: Optional[str] = typer.Option(None, "--data", metavar="DIR", help="Dataset folder (as scaseg-train reads) for --importance taylor.", show_default="none"),
     images: int = typer.Option(8, "--images", metavar="N", help="Train images the taylor gradients are summed over (spread over the split)."),
+    round_to: int = typer.Option(1, "--round-to", metavar="N", help="Round every pruned width down to a multiple of N (8 suits tensor cores and SIMD lanes); a width that would round to 0 stays unpruned. 1: no rounding."),
     quiet: bool = quiet_option(),
     version: bool = version_option("scaseg-prune"),
 ) -> None:
     """Prune MODEL's channels (structured, torch-pruning) to --macs of its MACs; prints the before/after line."""
-    print(run(check_request(model, output, macs, imgsz, importance, data, images)), flush=True)
+    print(run(check_request(model, output, macs, imgsz, importance, data, images, round_to)), flush=True)
 
 
 def main() -> None:

@@ -9,7 +9,8 @@ product, so it stays as it is.
 
 Pruning is uniform and one-shot: one step removes the same fraction of every prunable group (the least important
 channels by the chosen criterion), the smallest fraction whose model has at most the target MACs at the given input
-size (found by bisection over widths alone, on the meta device); the pruned model is then rebuilt from its widths (scaseg.models.widths) and checked to compute
+size (found by bisection over widths alone, on the meta device); the pruned model is then rebuilt from its widths
+(scaseg.models.widths) and checked to compute
 the same logits, so what is saved is exactly what ``scaseg.load_model`` will build.
 """
 from __future__ import annotations
@@ -76,7 +77,7 @@ def check_prunable(model: SCASeg, source: Any) -> None:
                           "only (their one-channel queries and keys stay, the rest is pruned)")
 
 
-def _pruner(model: SCASeg, importance: Any, ratio: float) -> Any:
+def _pruner(model: SCASeg, importance: Any, ratio: float, round_to: int) -> Any:
     """torch-pruning's MetaPruner over ``model``: one step removing ``ratio`` of every prunable group."""
     tp = _tp()
     head: Any = model.decode_head
@@ -87,18 +88,23 @@ def _pruner(model: SCASeg, importance: Any, ratio: float) -> Any:
     return tp.pruner.MetaPruner(
         model, torch.randn(1, 3, *TRACE_SIZE), importance=importance, pruning_ratio=ratio,
         iterative_steps=1, ignored_layers=ignored, unwrapped_parameters=scales,
+        round_to=round_to if round_to > 1 else None,
         num_heads={b.attn.v: h for b, h in zip(head.blocks, NUM_HEADS)},
     )
 
 
-def shrunk(widths: dict[str, Any], ratio: float) -> dict[str, Any]:
+def shrunk(widths: dict[str, Any], ratio: float, round_to: int = 1) -> dict[str, Any]:
     """The widths torch-pruning leaves after removing ``ratio`` of every prunable group in one step: ``int(n * (1 -
-    ratio))`` channels of n (its rule for a local, uniform ratio; a group that would lose every channel is left as it
-    is). The value widths are not prunable (see the module's docstring)."""
+    ratio))`` channels of n (its rule for a local, uniform ratio), rounded down to a multiple of ``round_to`` where
+    the group is pruned at all; a group that would lose every channel is left as it is. The value widths are not
+    prunable (see the module's docstring). Checked against torch-pruning 1.6 at ratios 0.05 to 0.85."""
     def shrink(v: Any) -> Any:
         if isinstance(v, list):
             return [shrink(x) for x in v]
         n = int(v * (1 - ratio))
+        if n < 1 or n >= v:
+            return v
+        n -= n % round_to
         return n if n >= 1 else v
 
     return {k: v if k == "value" or v is None else shrink(v) for k, v in widths.items()}
@@ -110,21 +116,21 @@ def _cost_of(config: dict[str, Any], widths: dict[str, Any], size: Sequence[int]
         return Cost(count_macs(meta, size), count_params(meta))
 
 
-def find_ratio(model: SCASeg, size: Sequence[int], keep: float) -> tuple[float, Cost, Cost]:
+def find_ratio(model: SCASeg, size: Sequence[int], keep: float, round_to: int = 1) -> tuple[float, Cost, Cost]:
     """The smallest uniform ratio (to RESOLUTION) whose pruned model has at most ``keep`` of ``model``'s MACs at
     ``size``: a bisection over models built on the meta device (shapes only). Returns (ratio, before, after)."""
     start = widths_of(model)
     before = _cost_of(model.config, start, size)
     target = keep * before.macs
     high = round(MAX_RATIO / RESOLUTION)
-    after = _cost_of(model.config, shrunk(start, high * RESOLUTION), size)
+    after = _cost_of(model.config, shrunk(start, high * RESOLUTION, round_to), size)
     if after.macs > target:
         raise ScasegError(f"cannot prune to {keep:g} of the MACs: removing {MAX_RATIO:.0%} of every prunable channel "
                           f"group leaves {after.macs / before.macs:.3f} of them")
     low = 0  # invariant: low misses the target (or is 0), high meets it
     while high - low > 1:
         mid = (low + high) // 2
-        cost_mid = _cost_of(model.config, shrunk(start, mid * RESOLUTION), size)
+        cost_mid = _cost_of(model.config, shrunk(start, mid * RESOLUTION, round_to), size)
         if cost_mid.macs <= target:
             high, after = mid, cost_mid
         else:
@@ -132,7 +138,7 @@ def find_ratio(model: SCASeg, size: Sequence[int], keep: float) -> tuple[float, 
     return high * RESOLUTION, before, after
 
 
-def prune(model: SCASeg, ratio: float, *, importance: str = "l2",
+def prune(model: SCASeg, ratio: float, *, importance: str = "l2", round_to: int = 1,
           gradients: Optional[Callable[[nn.Module], None]] = None) -> SCASeg:
     """A copy of ``model`` with ``ratio`` of every prunable channel group removed (``find_ratio`` gives the ratio of a
     MACs target), the least important channels by ``importance``, rebuilt from its widths.
@@ -143,8 +149,8 @@ def prune(model: SCASeg, ratio: float, *, importance: str = "l2",
         raise ScasegError(f"unknown importance {importance!r}: expected {' or '.join(IMPORTANCE)}")
     check_prunable(model, model.config["variant"])
     work = copy.deepcopy(model).eval()
-    expected = shrunk(widths_of(work), ratio)
-    pruner = _pruner(work, _importance(importance), ratio)
+    expected = shrunk(widths_of(work), ratio, round_to)
+    pruner = _pruner(work, _importance(importance), ratio, round_to)
     if gradients is not None:
         gradients(work)
     pruner.step()

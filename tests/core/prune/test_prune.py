@@ -109,7 +109,8 @@ def test_a_damaged_widths_record_is_refused_in_one_sentence(narrow, tmp_path, ch
 @pytest.mark.slow
 def test_taylor_importance_prunes_from_a_datasets_gradients(tmp_path):
     data = tmp_path / "synth"
-    proc = run("scaseg-synth", [data, "--num", "4", "--val-fraction", "0.25", "--size", "64x128", "--video-frames", "0", "-q"], tmp_path)
+    proc = run("scaseg-synth", [data, "--num", "4", "--val-fraction", "0.25", "--size", "64x128", "--video-frames", "0",
+                                "-q"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "taylor.pth"
     proc = run("scaseg-prune", [SHIPPED, "-o", out, "--macs", "0.75", "--imgsz", "64x128", "--importance", "taylor",
@@ -133,3 +134,28 @@ def test_scaseg_infer_segments_with_the_pruned_checkpoint(pruned, tmp_path):
     assert proc.returncode == 0, proc.stderr
     overlay = cv2.imread(str(tmp_path / "out.png"))
     assert overlay is not None and overlay.shape[:2] == SIZE
+
+
+def _flat(widths: dict) -> list[int]:
+    """Every prunable width of a widths record (the value widths are not prunable), in a fixed order."""
+    out: list[int] = []
+    for key in ("embed_dims", "stem", "attn", "mlp", "pool_enc", "pool_dec", "lpm", "fuse"):
+        stack = [widths[key]]
+        while stack:
+            item = stack.pop()
+            stack.extend(item) if isinstance(item, list) else out.append(item)
+    return out
+
+
+@pytest.mark.slow
+def test_round_to_keeps_every_pruned_width_a_multiple():
+    from scaseg.prune.core import find_ratio, prune
+
+    model, _ = scaseg.load_model(SHIPPED)
+    ratio, before, after = find_ratio(model, SIZE, 0.5, round_to=8)
+    assert after.macs <= 0.5 * before.macs
+    pruned = prune(model, ratio, round_to=8)  # raises if torch-pruning left other widths than predicted
+    full = _flat(full_widths(VARIANTS["scaseg-t"], True))
+    kept = _flat(widths_of(pruned))
+    assert all(n % 8 == 0 or n == f for n, f in zip(kept, full)) and kept != full
+    assert cost(pruned, SIZE).macs == after.macs
