@@ -31,6 +31,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.param([SHIPPED, "-o", "out.pth", "--macs", "0.01", "--imgsz", "64"], "cannot prune to 0.01 of the MACs",
                  marks=pytest.mark.slow),
     ([SHIPPED, "-o", "out.onnx", "--macs", "0.5"], "must end in"),
+    ([SHIPPED, "-o", "out.pth", "--macs", "0.5", "--round-to", "0"], "--round-to must be from 1"),
     ([SHIPPED, "-o", "out.pth", "--macs", "0.5", "--importance", "taylor"], "needs --data"),
     (["notes.pth", "-o", "out.pth", "--macs", "0.5"], "not a PyTorch checkpoint"),
     (["encoder.pth", "-o", "out.pth", "--macs", "0.5"], "holds only encoder weights"),
