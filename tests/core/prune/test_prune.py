@@ -3,6 +3,7 @@ loads as any model, exports with parity and runs in scaseg-bench; the widths rec
 checkpoint; Taylor importance from a dataset's gradients; scaseg-infer runs the pruned .pth."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,7 @@ def test_the_widths_rule_is_torch_prunings():
 
 
 @pytest.mark.slow
-def test_pruned_model_exports_with_parity_and_runs_in_bench(pruned, tmp_path):
+def test_pruned_model_exports_with_parity_runs_in_bench_and_builds_an_engine(pruned, tmp_path):
     path, _ = pruned
     onnx_path = tmp_path / "half.onnx"
     proc = run("scaseg-export", [path, "-o", onnx_path, "--imgsz", "64x128", "--parity-images", "1"], tmp_path)
@@ -87,6 +88,12 @@ def test_pruned_model_exports_with_parity_and_runs_in_bench(pruned, tmp_path):
     proc = run("scaseg-bench", [onnx_path, "--runs", "2", "--warmup", "1", "--threads", "1", "-q"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "half.onnx" in proc.stdout and "1x64x128" in proc.stdout
+    if importlib.util.find_spec("tensorrt_rtx") is not None:  # builds on a CPU machine; running it needs a GPU
+        engine = tmp_path / "half.engine"
+        proc = run("scaseg-export", [onnx_path, "--format", "engine", "--tensorrt", "rtx", "--compute-capability", "8.6",
+                                     "-o", engine, "-q"], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert engine.stat().st_size > 1_000_000
 
 
 @pytest.mark.parametrize("change, expect", [
