@@ -198,9 +198,9 @@ class Trainer:
     def _save_state(self, rngs: list[Any]) -> None:
         # Absolute paths, so that a resume from another directory finds the data; the output folder is a note
         # only (a resume writes where it is pointed).
-        config = {**dataclasses.asdict(self.cfg), "data": str(Path(self.cfg.data).expanduser().absolute()),
-                  "out": str(self.out.absolute()),
-                  **{k: str(Path(v).expanduser().absolute()) for k in ("init", "distill") if (v := getattr(self.cfg, k))}}
+        config = {**dataclasses.asdict(self.cfg), "out": str(self.out.absolute()),
+                  **{k: str(Path(v).expanduser().absolute())
+                     for k in ("data", "init", "distill") if (v := getattr(self.cfg, k))}}
         state = {
             "format": STATE_FORMAT, "version": STATE_VERSION, "iteration": self.iteration, "samples": self.samples,
             "num_classes": self.num_classes, "classes": list(self.train_data.classes),

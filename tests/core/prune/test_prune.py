@@ -90,8 +90,8 @@ def test_pruned_model_exports_with_parity_runs_in_bench_and_builds_an_engine(pru
     assert "half.onnx" in proc.stdout and "1x64x128" in proc.stdout
     if importlib.util.find_spec("tensorrt_rtx") is not None:  # builds on a CPU machine; running it needs a GPU
         engine = tmp_path / "half.engine"
-        proc = run("scaseg-export", [onnx_path, "--format", "engine", "--tensorrt", "rtx", "--compute-capability", "8.6",
-                                     "-o", engine, "-q"], tmp_path)
+        proc = run("scaseg-export", [onnx_path, "--format", "engine", "--tensorrt", "rtx",
+                                     "--compute-capability", "8.6", "-o", engine, "-q"], tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert engine.stat().st_size > 1_000_000
 
