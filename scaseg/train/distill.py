@@ -3,8 +3,8 @@
 The distillation loss is pixel-wise: at every pixel, the KL divergence from the teacher's class distribution to the
 student's, both softened by a temperature T, times T^2 (Hinton et al., so the gradient's scale does not shrink with
 T), averaged over the pixels, added to the segmentation loss with a weight. It needs no extra module (no adapter
-between feature widths, unlike feature or channel-wise distillation), so a pruned student of any widths learns from
-its unpruned teacher: only their class counts must agree. docs/pruning.md.
+between feature widths, unlike feature distillation), so a pruned student of any widths learns from its unpruned
+teacher: only their class counts must agree. docs/pruning.md says why this form and not channel-wise distillation.
 """
 from __future__ import annotations
 
