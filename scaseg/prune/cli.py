@@ -120,7 +120,7 @@ def run(req: PruneRequest) -> str:
                                input_size=info.input_size, extra=extra)
         steps.update(1)
     return (f"scaseg-prune: {info.variant} at {size[0]}x{size[1]}: {b.macs / 1e9:.3f} -> {a.macs / 1e9:.3f} GMACs "
-            f"({a.macs / b.macs:.3f} of them, asked {req.macs:g}), "
+            f"({a.macs / b.macs:.4f} of them, asked {req.macs:g}), "
             f"{b.params / 1e6:.2f} -> {a.params / 1e6:.2f} M params; "
             f"{ratio:.3f} of every prunable channel group removed ({req.importance}"
             + (f", widths multiples of {req.round_to}" if req.round_to > 1 else "") + f"); wrote {req.output}")
