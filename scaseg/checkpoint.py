@@ -26,7 +26,8 @@ from typing import Any, Mapping, Optional, Sequence, cast
 import torch
 from torch import Tensor, nn
 
-from scaseg.models.model import VARIANTS, SCASeg, build, from_config
+from scaseg.models.model import NUM_HEADS, VARIANTS, SCASeg, build, from_config
+from scaseg.models.widths import widths_problem
 from scaseg.models.pretrained import NAMINGS, Encoder, check_complete, find_encoder, hf_folder_files
 from scaseg.cli import require_file
 from scaseg.errors import ScasegError
@@ -448,6 +449,9 @@ def _model_options_problem(config: Mapping[str, Any]) -> Optional[str]:
         if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
                                       and 0 <= value <= 1):
             return f"{name} must be a number from 0 to 1, got {value!r}"
+    spec = VARIANTS.get(str(config.get("variant")).lower())
+    if config.get("widths") is not None and spec is not None:  # a pruned model (scaseg-prune)
+        return widths_problem(config["widths"], spec, config.get("lpm", True), NUM_HEADS)
     return None
 
 

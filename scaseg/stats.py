@@ -44,13 +44,26 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _count(model: torch.nn.Module, size: Sequence[int]) -> FlopCounterMode:
+    """The FLOP counter after one forward pass of ``model`` (eval mode) on one ``size`` (H, W) image."""
+    device = next(model.parameters()).device
+    x = torch.empty(1, 3, int(size[0]), int(size[1]), device=device)
+    with FlopCounterMode(display=False, depth=64) as counter, torch.no_grad():
+        model(x)
+    return counter
+
+
+def count_macs(model: torch.nn.Module, size: Sequence[int]) -> int:
+    """Multiply-accumulates of one forward pass of ``model`` (in eval mode) on one ``size`` (H, W) image, counted as
+    ``measure`` counts them; build the model on the meta device (``with torch.device("meta")``) to count for free."""
+    return int(_count(model, size).get_total_flops()) // 2
+
+
 def measure(variant: str, size: Sequence[int] = (512, 512), attention: str = "strip", lpm: bool = True) -> Cost:
     """Parameters and GMACs of ``variant`` on one ``size`` (H, W) image, counted on the meta device."""
     with torch.device("meta"):
         model = build(variant, num_classes=19, attention=attention, lpm=lpm).eval()
-        x = torch.empty(1, 3, int(size[0]), int(size[1]))
-        with FlopCounterMode(display=False, depth=64) as counter, torch.no_grad():
-            model(x)
+        counter = _count(model, size)
     counts = counter.get_flop_counts()
     root = type(model).__name__
 

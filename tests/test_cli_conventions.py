@@ -1,4 +1,5 @@
-"""One set of conventions across the commands: -o/--output (none for scaseg-serve, which writes no file), -q/--quiet, sizes as N or HxW, a --help that
+"""One set of conventions across the commands: -o/--output (none for scaseg-serve, which writes no file),
+-q/--quiet, sizes as N or HxW, a --help that
 shows flags as flags, lists choices and gives every option a sentence and a default."""
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ COMMANDS = {
     "scaseg-synth": "scaseg.data.synth.cli",
     "scaseg-train": "scaseg.train.cli",
     "scaseg-serve": "scaseg.runtime.serve",
+    "scaseg-prune": "scaseg.prune.cli",
 }
 #: Commands that write no file of their own (scaseg-serve runs a server): no -o/--output.
 WRITES_NOTHING = {"scaseg-serve"}
@@ -90,6 +92,7 @@ def test_choices_are_listed_and_enforced(name, option, choices, args, helps):
 @pytest.mark.parametrize("name, option", [
     ("scaseg-export", "--imgsz"), ("scaseg-bench", "--imgsz"), ("scaseg-infer", "--imgsz"),
     ("scaseg-synth", "--size"), ("scaseg-train", "--crop"), ("scaseg-train", "--val-size"),
+    ("scaseg-prune", "--imgsz"),
 ])
 def test_every_size_option_takes_one_value_in_the_one_syntax(name, option, helps):
     command = _click_command(COMMANDS[name])

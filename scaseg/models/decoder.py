@@ -6,7 +6,7 @@ listed in docs/model.md. Shapes: encoder features F_1..F_4 at strides 4, 8, 16, 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -105,15 +105,16 @@ class StripCrossAttention(nn.Module):
 
     ``strip``: the query and the key are compressed to ONE channel per head, so the logits of a head are the
     outer product of two vectors; the value keeps its full width. ``vanilla``: q and k keep ``dim`` channels
-    (dim // heads per head), for the ablation and to measure what the strip form saves.
+    (dim // heads per head), for the ablation and to measure what the strip form saves. A pruned model narrows
+    the value to ``value_dim`` channels (a multiple of the heads) and keeps the scale of its unpruned ``scale_dim``.
     """
 
     def __init__(self, dim: int, kv_dim: int, num_heads: int, attention: str = "strip", attn_drop: float = 0.0,
-                 proj_drop: float = 0.0):
+                 proj_drop: float = 0.0, value_dim: Optional[int] = None, scale_dim: Optional[int] = None):
         super().__init__()
         if attention not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
-        if dim % num_heads:
+        if dim % num_heads and attention != "strip":  # vanilla q and k split dim over the heads
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim = dim
         self.num_heads = num_heads
@@ -121,11 +122,15 @@ class StripCrossAttention(nn.Module):
         qk_dim = num_heads if attention == "strip" else dim
         self.q = nn.Linear(dim, qk_dim)
         self.k = nn.Linear(kv_dim, qk_dim)
-        self.v = nn.Linear(kv_dim, dim)
-        self.proj = nn.Linear(dim, dim)
+        value_dim = dim if value_dim is None else value_dim
+        if value_dim % num_heads:
+            raise ValueError(f"value width {value_dim} is not divisible by num_heads {num_heads}")
+        self.v = nn.Linear(kv_dim, value_dim)
+        self.proj = nn.Linear(value_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         # The scale uses the full per-head width even for strip q/k (the paper's (C_i/heads)^-0.5).
-        self.core = StripAttentionCore((dim // num_heads) ** -0.5, attn_drop=attn_drop)
+        self.core = StripAttentionCore(((dim if scale_dim is None else scale_dim) // num_heads) ** -0.5,
+                                       attn_drop=attn_drop)
 
     def forward(self, x: Tensor, kv: Tensor) -> Tensor:
         """x (B, N, dim) queries, kv (B, M, kv_dim) keys/values -> (B, N, dim)."""
@@ -135,17 +140,17 @@ class StripCrossAttention(nn.Module):
         q = self.q(x).reshape(B, N, h, -1).transpose(1, 2)  # B, h, N, dq (dq = 1 for strip)
         k = self.k(kv).reshape(B, M, h, -1).transpose(1, 2)  # B, h, M, dq
         v = self.v(kv).reshape(B, M, h, -1).transpose(1, 2)  # B, h, M, dim // h
-        out = self.core(q, k, v)  # B, h, N, dim // h
-        out = out.transpose(1, 2).reshape(B, N, self.dim)
+        out = self.core(q, k, v)  # B, h, N, value_dim // h
+        out = out.transpose(1, 2).reshape(B, N, -1)
         return self.proj_drop(self.proj(out))
 
 
 class LocalPerception(nn.Module):
     """LPM, a convolutional feed-forward: 1x1 expand -> 3x3 depthwise -> GELU -> 1x1 project, on (B, C, H, W)."""
 
-    def __init__(self, dim: int, ratio: int = 4, drop: float = 0.0):
+    def __init__(self, dim: int, ratio: int = 4, drop: float = 0.0, hidden: Optional[int] = None):
         super().__init__()
-        hidden = dim * ratio
+        hidden = dim * ratio if hidden is None else hidden
         self.fc1 = nn.Conv2d(dim, hidden, 1)
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
         self.act = nn.GELU()
@@ -165,13 +170,14 @@ class CrossLayerBlock(nn.Module):
     """CLB: Z = F + SCA(LN(F), LN(M)); D = Z + LPM(LN(Z)). ``lpm=False`` drops the second residual."""
 
     def __init__(self, dim: int, kv_dim: int, num_heads: int, attention: str = "strip", lpm: bool = True,
-                 lpm_ratio: int = 4, attn_drop: float = 0.0, drop: float = 0.0):
+                 lpm_ratio: int = 4, attn_drop: float = 0.0, drop: float = 0.0, value_dim: Optional[int] = None,
+                 lpm_hidden: Optional[int] = None, scale_dim: Optional[int] = None):
         super().__init__()
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(kv_dim)
-        self.attn = StripCrossAttention(dim, kv_dim, num_heads, attention, attn_drop, drop)
+        self.attn = StripCrossAttention(dim, kv_dim, num_heads, attention, attn_drop, drop, value_dim, scale_dim)
         self.norm_lpm = nn.LayerNorm(dim) if lpm else None
-        self.lpm = LocalPerception(dim, lpm_ratio, drop) if lpm else None
+        self.lpm = LocalPerception(dim, lpm_ratio, drop, lpm_hidden) if lpm else None
 
     def forward(self, feat: Tensor, memory: Tensor) -> Tensor:
         """feat (B, C, H, W) queries, memory (B, Cm, h, w) keys/values -> (B, C, H, W)."""
@@ -208,10 +214,10 @@ def pool_to_grid(x: Tensor, ratio: int) -> Tensor:
 class GridPool(nn.Module):
     """rho: bring a stride-s map to the stride-32 grid (average pool by 32/s, then 1x1 conv); identity at s = 32."""
 
-    def __init__(self, dim: int, ratio: int):
+    def __init__(self, dim: int, ratio: int, out: Optional[int] = None):
         super().__init__()
         self.ratio = ratio
-        self.proj = nn.Conv2d(dim, dim, 1) if ratio > 1 else nn.Identity()
+        self.proj = nn.Conv2d(dim, dim if out is None else out, 1) if ratio > 1 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(pool_to_grid(x, self.ratio))
@@ -221,6 +227,10 @@ class SCASegHead(nn.Module):
     """The SCASeg decoder: stage 4 down to 1, D_i = CLB_i(F_i, M_i), then fuse D_1..D_4 and classify at stride 4.
 
     M_i = Cat[rho(F_1)..rho(F_i), rho(D_{i+1})..rho(D_4)] on the stride-32 grid, C_1+..+C_4 channels.
+    ``widths`` (a pruned model's, scaseg.models.widths): the rho output widths (``pool_enc`` of stages 1-3,
+    ``pool_dec`` of stages 2-3; stage 4's rho is the identity), so each M_i has its own width, the value and LPM
+    widths per block and the fusion width ``fuse`` (then ``embed_dim``); ``scale_dims``: the unpruned stage widths
+    the attention scales come from.
     """
 
     def __init__(
@@ -235,24 +245,33 @@ class SCASegHead(nn.Module):
         strides: Sequence[int] = (4, 8, 16, 32),
         dropout: float = 0.1,
         attn_drop: float = 0.0,
+        widths: Optional[Mapping[str, Any]] = None,
+        scale_dims: Optional[Sequence[int]] = None,
     ):
         super().__init__()
         if len(in_dims) != 4 or len(num_heads) != 4 or len(strides) != 4:
             raise ValueError("SCASegHead expects four stages (in_dims, num_heads, strides)")
         self.in_dims = tuple(in_dims)
         self.strides = tuple(strides)
-        kv_dim = sum(in_dims)
+        w: Mapping[str, Any] = widths or {}
         ratios = [strides[-1] // s for s in strides]
+        enc = list(w["pool_enc"]) + [in_dims[3]] if w else list(in_dims)  # stage 4 is on the grid already
+        dec = [0] + list(w["pool_dec"]) + [in_dims[3]] if w else [0] + list(in_dims[1:])
         # Separate rho for encoder features and decoder outputs of a stage: they are different signals.
-        self.pool_enc = nn.ModuleList([GridPool(c, r) for c, r in zip(in_dims, ratios)])
+        self.pool_enc = nn.ModuleList([GridPool(c, r, o) for c, r, o in zip(in_dims, ratios, enc)])
         # D_1 is decoded last and feeds no later M_i, so stage 1 has no decoder-side rho (an unused module would
         # also break DDP without find_unused_parameters).
-        self.pool_dec = nn.ModuleList([nn.Identity()] + [GridPool(c, r) for c, r in zip(in_dims[1:], ratios[1:])])
+        self.pool_dec = nn.ModuleList(
+            [nn.Identity()] + [GridPool(c, r, o) for c, r, o in zip(in_dims[1:], ratios[1:], dec[1:])])
+        scale_dims = list(in_dims) if scale_dims is None else list(scale_dims)
         self.blocks = nn.ModuleList(
-            [CrossLayerBlock(c, kv_dim, h, attention, lpm, lpm_ratio, attn_drop) for c, h in zip(in_dims, num_heads)]
+            [CrossLayerBlock(c, sum(enc[: i + 1]) + sum(dec[i + 1:]), h, attention, lpm, lpm_ratio, attn_drop,
+                             value_dim=w["value"][i] if w else None, lpm_hidden=w["lpm"][i] if w and lpm else None,
+                             scale_dim=scale_dims[i])
+             for i, (c, h) in enumerate(zip(in_dims, num_heads))]
         )
         self.fuse = nn.Sequential(
-            nn.Conv2d(kv_dim, embed_dim, 1, bias=False),
+            nn.Conv2d(sum(in_dims), embed_dim, 1, bias=False),
             nn.BatchNorm2d(embed_dim),
             nn.ReLU(inplace=True),
         )

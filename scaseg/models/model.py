@@ -6,7 +6,7 @@ mmsegmentation layout, so mmseg-style whole-model files map onto it one to one.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Mapping, Optional
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from scaseg.models.decoder import ATTENTION_KINDS, SCASegHead, init_decoder_weights
 from scaseg.models.mit import MixVisionTransformer
 from scaseg.models.mscan import MSCAN
+from scaseg.models.widths import plain, widths_problem
 from scaseg.errors import ScasegError
 
 _MSCAN_WIDE = (64, 128, 320, 512)
@@ -37,11 +38,16 @@ NUM_HEADS = (1, 2, 5, 8)
 MIT_SR_RATIOS = (8, 4, 2, 1)
 
 
-def build_encoder(spec: dict[str, Any], drop_path_rate: float | None = None) -> nn.Module:
-    """Build the encoder a variant names; its state-dict keys are the official checkpoint names."""
+def build_encoder(spec: dict[str, Any], drop_path_rate: float | None = None,
+                  widths: Optional[Mapping[str, Any]] = None) -> nn.Module:
+    """Build the encoder a variant names; its state-dict keys are the official checkpoint names.
+
+    ``widths``: a pruned model's channel widths (scaseg.models.widths; MSCAN only).
+    """
     dpr = spec["drop_path_rate"] if drop_path_rate is None else drop_path_rate
     if spec["encoder"] == "mscan":
-        return MSCAN(spec["embed_dims"], spec["depths"], spec["mlp_ratios"], drop_path_rate=dpr)
+        dims = widths["embed_dims"] if widths else spec["embed_dims"]
+        return MSCAN(dims, spec["depths"], spec["mlp_ratios"], drop_path_rate=dpr, widths=widths)
     return MixVisionTransformer(spec["embed_dims"], spec["depths"], NUM_HEADS, MIT_SR_RATIOS, (4, 4, 4, 4), drop_path_rate=dpr)
 
 
@@ -57,9 +63,15 @@ class SCASeg(nn.Module):
         drop_path_rate: float | None = None,
         dropout: float = 0.1,
         attn_drop: float = 0.0,
+        widths: Optional[Mapping[str, Any]] = None,
     ):
         super().__init__()
         spec = _variant_spec(variant)
+        if widths is not None:
+            why = widths_problem(widths, spec, bool(lpm), NUM_HEADS)
+            if why:
+                raise ScasegError(f"cannot build a pruned {variant}: {why}")
+            widths = plain(widths)
         if attention not in ATTENTION_KINDS:
             raise ScasegError(f"unknown attention {attention!r}: expected one of {', '.join(ATTENTION_KINDS)}")
         if int(num_classes) < 1:
@@ -74,11 +86,14 @@ class SCASeg(nn.Module):
             "dropout": float(dropout),
             "attn_drop": float(attn_drop),
         }
+        if widths is not None:  # a pruned model (scaseg-prune); the unpruned config has no such entry
+            self.config["widths"] = widths
         self.num_classes = int(num_classes)
-        self.backbone = build_encoder(spec, dpr)
+        self.backbone = build_encoder(spec, dpr, widths)
         self.decode_head = SCASegHead(
-            spec["embed_dims"], int(num_classes), spec["decoder_dim"], NUM_HEADS, attention, bool(lpm),
-            dropout=dropout, attn_drop=attn_drop,
+            widths["embed_dims"] if widths else spec["embed_dims"], int(num_classes),
+            widths["fuse"] if widths else spec["decoder_dim"], NUM_HEADS, attention, bool(lpm),
+            dropout=dropout, attn_drop=attn_drop, widths=widths, scale_dims=spec["embed_dims"],
         )
         init_decoder_weights(self)
 
@@ -97,9 +112,10 @@ def _variant_spec(name: str) -> dict[str, Any]:
 def build(name: str, num_classes: int = 19, attention: str = "strip", lpm: bool = True, **kwargs: Any) -> SCASeg:
     """Build a SCASeg variant (``scaseg-t/s/b/l`` on MSCAN, ``scaseg-b0``..``b5`` on MiT), randomly initialised.
 
-    kwargs: ``drop_path_rate``, ``dropout`` (before the classifier), ``attn_drop``.
+    kwargs: ``drop_path_rate``, ``dropout`` (before the classifier), ``attn_drop``, ``widths`` (a pruned model's
+    channel widths, scaseg.models.widths).
     """
-    known = {"drop_path_rate", "dropout", "attn_drop"}
+    known = {"drop_path_rate", "dropout", "attn_drop", "widths"}
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise ScasegError(f"unknown build option(s) {', '.join(unknown)}: expected any of {', '.join(sorted(known))}")
@@ -108,7 +124,7 @@ def build(name: str, num_classes: int = 19, attention: str = "strip", lpm: bool 
 
 def from_config(config: dict[str, Any]) -> SCASeg:
     """Rebuild a model from its ``config`` dict (as embedded in a checkpoint); unknown entries are ignored."""
-    opts = {k: config[k] for k in ("drop_path_rate", "dropout", "attn_drop") if config.get(k) is not None}
+    opts = {k: config[k] for k in ("drop_path_rate", "dropout", "attn_drop", "widths") if config.get(k) is not None}
     return build(
         config["variant"], int(config["num_classes"]), config.get("attention", "strip"), bool(config.get("lpm", True)), **opts
     )

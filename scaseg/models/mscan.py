@@ -7,7 +7,7 @@ it into SyncBN for multi-GPU training); the per-stage output norm is LayerNorm. 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -18,13 +18,14 @@ from scaseg.models.layers import DropPath, DWConv, drop_path_rates
 class StemConv(nn.Module):
     """Stage-1 embedding: two 3x3 stride-2 convs with BN (GELU between), stride 4 in all."""
 
-    def __init__(self, in_chans: int, dim: int):
+    def __init__(self, in_chans: int, dim: int, mid: Optional[int] = None):
         super().__init__()
+        mid = dim // 2 if mid is None else mid
         self.proj = nn.Sequential(
-            nn.Conv2d(in_chans, dim // 2, 3, 2, 1),
-            nn.BatchNorm2d(dim // 2),
+            nn.Conv2d(in_chans, mid, 3, 2, 1),
+            nn.BatchNorm2d(mid),
             nn.GELU(),
-            nn.Conv2d(dim // 2, dim, 3, 2, 1),
+            nn.Conv2d(mid, dim, 3, 2, 1),
             nn.BatchNorm2d(dim),
         )
 
@@ -76,14 +77,15 @@ class MultiScaleConvAttention(nn.Module):
 
 
 class SpatialAttention(nn.Module):
-    """1x1 conv -> GELU -> MSCA -> 1x1 conv, with an inner residual."""
+    """1x1 conv -> GELU -> MSCA -> 1x1 conv, with an inner residual; ``inner`` (default ``dim``): the MSCA width."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, inner: Optional[int] = None):
         super().__init__()
-        self.proj_1 = nn.Conv2d(dim, dim, 1)
+        inner = dim if inner is None else inner
+        self.proj_1 = nn.Conv2d(dim, inner, 1)
         self.activation = nn.GELU()
-        self.spatial_gating_unit = MultiScaleConvAttention(dim)
-        self.proj_2 = nn.Conv2d(dim, dim, 1)
+        self.spatial_gating_unit = MultiScaleConvAttention(inner)
+        self.proj_2 = nn.Conv2d(inner, dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.proj_2(self.spatial_gating_unit(self.activation(self.proj_1(x))))
@@ -107,13 +109,14 @@ class ConvFFN(nn.Module):
 class MSCANBlock(nn.Module):
     """x + ls1 * attn(BN(x)), then x + ls2 * ffn(BN(x)); layer scales start at 1e-2."""
 
-    def __init__(self, dim: int, mlp_ratio: float, drop: float = 0.0, drop_path: float = 0.0):
+    def __init__(self, dim: int, mlp_ratio: float, drop: float = 0.0, drop_path: float = 0.0,
+                 attn_dim: Optional[int] = None, hidden: Optional[int] = None):
         super().__init__()
         self.norm1 = nn.BatchNorm2d(dim)
-        self.attn = SpatialAttention(dim)
+        self.attn = SpatialAttention(dim, attn_dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.BatchNorm2d(dim)
-        self.mlp = ConvFFN(dim, int(dim * mlp_ratio), drop)
+        self.mlp = ConvFFN(dim, int(dim * mlp_ratio) if hidden is None else hidden, drop)
         self.layer_scale_1 = nn.Parameter(1e-2 * torch.ones(dim))
         self.layer_scale_2 = nn.Parameter(1e-2 * torch.ones(dim))
 
@@ -123,7 +126,11 @@ class MSCANBlock(nn.Module):
 
 
 class MSCAN(nn.Module):
-    """Four stages of conv embedding + MSCAN blocks; returns maps at strides 4, 8, 16, 32."""
+    """Four stages of conv embedding + MSCAN blocks; returns maps at strides 4, 8, 16, 32.
+
+    ``widths`` (a pruned model's, scaseg.models.widths): ``stem`` (the stem's middle width), ``attn`` and ``mlp``
+    (per stage, per block: the MSCA width and the FFN hidden width); ``embed_dims`` then holds the pruned stage widths.
+    """
 
     def __init__(
         self,
@@ -133,15 +140,20 @@ class MSCAN(nn.Module):
         in_chans: int = 3,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
+        widths: Optional[Mapping[str, Any]] = None,
     ):
         super().__init__()
         self.embed_dims = tuple(embed_dims)
         dpr = drop_path_rates(drop_path_rate, list(depths))
         cur = 0
+        w: Mapping[str, Any] = widths or {}
         for i in range(4):
-            embed = StemConv(in_chans, embed_dims[0]) if i == 0 else PatchEmbed(embed_dims[i - 1], embed_dims[i])
+            embed = (StemConv(in_chans, embed_dims[0], w.get("stem")) if i == 0
+                     else PatchEmbed(embed_dims[i - 1], embed_dims[i]))
             setattr(self, f"patch_embed{i + 1}", embed)
-            blocks = [MSCANBlock(embed_dims[i], mlp_ratios[i], drop_rate, dpr[cur + j]) for j in range(depths[i])]
+            blocks = [MSCANBlock(embed_dims[i], mlp_ratios[i], drop_rate, dpr[cur + j],
+                                 w["attn"][i][j] if w else None, w["mlp"][i][j] if w else None)
+                      for j in range(depths[i])]
             setattr(self, f"block{i + 1}", nn.ModuleList(blocks))
             setattr(self, f"norm{i + 1}", nn.LayerNorm(embed_dims[i]))
             cur += depths[i]

@@ -46,6 +46,10 @@ class TrainConfig:
     ohem_min_kept: int = 100_000
     logit_adjust: bool = False  # after the last step: scaseg.train.logit_adjust fitted on the train split
     logit_adjust_images: int = 128
+    init: Optional[str] = None  # a whole trained (or pruned) model to start from (scaseg.train.distill)
+    distill: Optional[str] = None  # the teacher checkpoint of pixel-wise distillation
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
 
     def checked(self) -> "TrainConfig":
         """Refuse values that cannot work, each with one sentence."""
@@ -78,6 +82,10 @@ class TrainConfig:
             raise ScasegError(f"--amp must be auto, off, bf16 or fp16, not {self.amp!r}")
         if not 0 <= self.seed < 2**63:
             raise ScasegError(f"--seed must be in [0, 2^63), not {self.seed}")
+        from scaseg.train.distill import check_options
+
+        check_options(self.init, self.distill, self.distill_weight, self.distill_temperature, self.pretrained,
+                      self.model_kwargs)
         return self
 
 

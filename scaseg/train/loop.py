@@ -28,7 +28,7 @@ from scaseg.checkpoint import torch_save
 from scaseg.errors import Interrupted, ScasegError
 from scaseg.fileio import atomic_path, created_folders, refuse_overwrite
 from scaseg.progress import progress as progress_bar, write
-from scaseg.train import dist as D, logit_adjust
+from scaseg.train import dist as D, distill, logit_adjust
 from scaseg.train.config import TrainConfig
 from scaseg.train.data import Augment, StreamSampler, TrainSet, collate, unwrap
 from scaseg.train.evaluate import evaluate
@@ -117,8 +117,8 @@ class Trainer:
         self.train_data = _open_labelled(cfg.data, cfg.dataset, cfg.train_split)
         self.val_data = _open_labelled(cfg.data, cfg.dataset, cfg.val_split) if cfg.val_interval else None
         self.num_classes = self.train_data.num_classes
-        if cfg.pretrained:
-            refuse_overwrite([self.out / n for n in OUTPUT_FILES], [cfg.pretrained])
+        if cfg.pretrained or cfg.init or cfg.distill:
+            refuse_overwrite([self.out / n for n in OUTPUT_FILES], [cfg.pretrained, cfg.init, cfg.distill])
         if self.state is None:
             check_new_output(self.out)
         torch.manual_seed(cfg.seed + env.rank)
@@ -127,7 +127,8 @@ class Trainer:
         self.saved_iteration: Optional[int] = None
         self.class_weight = (balanced_class_weights(self.train_data, self.num_classes).to(env.device)
                              if cfg.class_weight == "balanced" else None)
-        model = scaseg.build(cfg.variant, num_classes=self.num_classes, **cfg.model_kwargs)
+        model = distill.student(cfg, self.state, self.num_classes, self.out / STATE_FILE)
+        self.teacher = distill.load_teacher(cfg.distill, model, env.device, cfg.channels_last) if cfg.distill else None
         if cfg.pretrained and self.state is None:
             report = scaseg.load_backbone(model, cfg.pretrained)
             if env.is_main:  # a result, not progress: printed with -q too
@@ -197,15 +198,16 @@ class Trainer:
     def _save_state(self, rngs: list[Any]) -> None:
         # Absolute paths, so that a resume from another directory finds the data; the output folder is a note
         # only (a resume writes where it is pointed).
-        config = {**dataclasses.asdict(self.cfg), "data": str(Path(self.cfg.data).expanduser().absolute()),
-                  "out": str(self.out.absolute())}
+        config = {**dataclasses.asdict(self.cfg), "out": str(self.out.absolute()),
+                  **{k: str(Path(v).expanduser().absolute())
+                     for k in ("data", "init", "distill") if (v := getattr(self.cfg, k))}}
         state = {
             "format": STATE_FORMAT, "version": STATE_VERSION, "iteration": self.iteration, "samples": self.samples,
             "num_classes": self.num_classes, "classes": list(self.train_data.classes),
             "config": config, "model": D.unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng": rngs, "best_miou": self.best_miou, "history": self.history,
-            "logit_adjustment": self.logit_adjustment,
+            "logit_adjustment": self.logit_adjustment, "model_config": D.unwrap_model(self.model).config,
         }
         with atomic_path(self.out / STATE_FILE) as tmp:
             torch_save(state, tmp, self.out / STATE_FILE)
@@ -309,6 +311,8 @@ class Trainer:
             logits = self.model(image)
         loss = segmentation_loss(logits, label, self.class_weight, ohem_thresh=self.cfg.ohem_thresh,
                                  ohem_min_kept=self.cfg.ohem_min_kept)
+        if self.teacher is not None:
+            loss = loss + distill.teacher_term(self.teacher, image, logits, self.cfg, self.amp)
         if not torch.isfinite(loss):
             raise ScasegError(f"the loss is {loss.item()} at iteration {self.iteration}; lower --lr or check the labels")
         self.optimizer.zero_grad(set_to_none=True)

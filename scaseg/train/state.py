@@ -128,9 +128,10 @@ def state_problem(state: Any) -> Optional[str]:
         ("history", lambda v: isinstance(v, list) and all(_record_fits(r) for r in v)),
         ("logit_adjustment", lambda v: v is None or (isinstance(v, dict) and _is_number(v.get("alpha")) and _plain(v))),
         ("classes", lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v)),
+        ("model_config", lambda v: isinstance(v, dict) and _plain(v)),
     )
     for key, fits in checks:
-        if key not in state and key in ("logit_adjustment", "classes"):  # written by later versions of the trainer
+        if key not in state and key in ("logit_adjustment", "classes", "model_config"):  # written by later versions
             continue
         if not fits(state.get(key)):
             return config_problem(state.get(key)) if key == "config" else f"its {key!r} is damaged"
@@ -169,9 +170,14 @@ def _rng_fits(rng: Any) -> bool:
 
 def check_same_run(saved: dict[str, Any], cfg: TrainConfig) -> None:
     """Settings a run cannot change midway (the model it builds, the labels it reads), before any data is read."""
-    for key in ("variant", "dataset"):
-        if saved.get(key) != getattr(cfg, key):
-            raise ScasegError(f"cannot resume: the run used --{key} {saved.get(key)}, not {getattr(cfg, key)}")
+    for key in ("variant", "dataset", "distill_weight", "distill_temperature"):
+        if saved.get(key, getattr(TrainConfig, key)) != getattr(cfg, key):
+            flag = "--" + key.replace("_", "-")
+            raise ScasegError(f"cannot resume: the run used {flag} {saved.get(key)}, not {getattr(cfg, key)}")
+    for key in ("init", "distill"):  # the model a run started from and its teacher: files, compared as files
+        was, now = saved.get(key), getattr(cfg, key)
+        if (was is None) != (now is None) or (was and now and not same_path(was, now)):
+            raise ScasegError(f"cannot resume: the run used --{key} {was or '(none)'}, not {now or '(none)'}")
     if saved.get("model_kwargs", {}) != cfg.model_kwargs:
         raise ScasegError(f"cannot resume: the run used --model-opt {_model_opts(saved.get('model_kwargs', {}))}, "
                           f"not {_model_opts(cfg.model_kwargs)}")

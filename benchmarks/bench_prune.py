@@ -1,0 +1,228 @@
+"""The pruning trade-off curve of the shipped scaseg-t-synth: pruned to 0.75, 0.5 and 0.25 of its MACs, each
+fine-tuned with and without distillation; MACs, params, val mIoU, ONNX Runtime fp32 and int8 latency.
+
+Four phases, each with the project's own commands (docs/pruning.md, "The curve"):
+
+    python benchmarks/bench_prune.py --phase prepare --work runs/prune     # data, prune, fine-tune, export (long)
+    python benchmarks/bench_prune.py --phase score --work runs/prune       # MACs, params, val mIoU (no timing)
+    python benchmarks/bench_prune.py --phase time --work runs/prune --threads 2   # latency (idle machine only)
+    python benchmarks/bench_prune.py --phase report --work runs/prune --doc docs/pruning.md \
+        --plot docs/pruning_curve.png
+
+prepare: ``scaseg-synth`` writes the CPU recipe's data (600 scenes of 256x512, seed 0, 60 val: recipes/cpu_synth.sh),
+``scaseg-prune --macs K --imgsz 512x1024`` prunes the shipped model, ``scaseg-train --init`` fine-tunes each pruned
+model with the recipe's loss and crops (``--iters``, default 200), once plain and once with ``--distill`` the shipped
+model, and ``scaseg-export`` writes fp32 and int8 (``--int8-target cpu``, 32 calibration images) ONNX files at
+512x1024 of the shipped model and of every fine-tuned one. score: MACs and params at 512x1024 from the checkpoints
+(scaseg.stats's counter) and val mIoU at the recipe's 192x384 input (scaseg.train.evaluate, the trainer's own
+validation) of the shipped model, each pruned model before fine-tuning and each fine-tuned one. time: the ONNX files
+in interleaved rounds (perf_measure.in_blocks), one batch-1 512x1024 scene. Results go to WORK/result.json.
+``--quick`` shrinks everything (12 scenes of 64x128, 2 steps, exports at 64x128, no int8) to check the script runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CHECKPOINT = REPO / "scaseg" / "weights" / "scaseg-t-synth.pth"
+KEEPS = (0.75, 0.5, 0.25)
+MODES = ("plain", "distill")
+SECTION = "prune-curve"
+ENTRY = {"scaseg-export": "scaseg.export.cli", "scaseg-synth": "scaseg.data.synth.cli",
+         "scaseg-prune": "scaseg.prune.cli", "scaseg-train": "scaseg.train.cli"}
+
+
+def settings(quick: bool) -> dict[str, Any]:
+    """What prepare and score use: the full curve, or the tiny check of ``--quick``."""
+    if quick:
+        return {"synth": ["--num", "12", "--size", "64x128", "--val-fraction", "0.25"], "imgsz": "64x128",
+                "crop": "64x128", "val": "64x128", "int8": False, "train": ["--batch", "2", "--warmup-iters", "0"]}
+    return {"synth": ["--num", "600", "--size", "256x512", "--val-fraction", "0.1", "--workers", "2"],
+            "imgsz": "512x1024", "crop": "128x256", "val": "192x384", "int8": True,
+            "train": ["--batch", "4", "--scale-range", "0.4", "0.75", "--class-weight", "balanced", "--logit-adjust",
+                      "--warmup-iters", "20", "--channels-last"]}
+
+
+def _cli(args: list[str]) -> None:
+    print("+ " + " ".join(args), file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-c", f"import sys; sys.argv[0] = {args[0]!r}; "
+                    f"from {ENTRY[args[0]]} import main; main()", *args[1:]], check=True, cwd=str(REPO))
+
+
+def models(work: Path) -> dict[str, Path]:
+    """Every checkpoint of the curve by its row name (the shipped one first)."""
+    found = {"scaseg-t-synth": CHECKPOINT}
+    for keep in KEEPS:
+        found[f"{keep:g} pruned"] = work / f"pruned-{keep:g}.pth"
+        for mode in MODES:
+            found[f"{keep:g} {mode}"] = work / f"ft-{keep:g}-{mode}" / "last.pth"
+    return found
+
+
+def prepare(work: Path, iters: int, lr: float, quick: bool) -> None:
+    """Data, the three pruned models, six fine-tuning runs and the ONNX files, each skipped when already there."""
+    s = settings(quick)
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "data"
+    if not data.is_dir():
+        _cli(["scaseg-synth", str(data), "--seed", "0", "--video-frames", "0", "-q", *s["synth"]])
+    for keep in KEEPS:
+        pruned = work / f"pruned-{keep:g}.pth"
+        if not pruned.is_file():
+            _cli(["scaseg-prune", str(CHECKPOINT), "-o", str(pruned), "--macs", f"{keep:g}", "--imgsz", s["imgsz"]])
+        for mode in MODES:
+            run = work / f"ft-{keep:g}-{mode}"
+            if (run / "last.pth").is_file():
+                continue
+            args = ["scaseg-train", "--data", str(data), "--dataset", "cityscapes", "--init", str(pruned), "-o",
+                    str(run), "--device", "cpu", "--threads", "2", "--iters", str(iters), "--crop", s["crop"],
+                    "--val-size", s["val"], "--val-interval", str(iters), "--lr", str(lr), "--head-lr-mult", "1",
+                    "--workers", "1", "--seed", "0", "-q", *s["train"]]
+            _cli(args + (["--distill", str(CHECKPOINT)] if mode == "distill" else []))
+    calib = ["--calib", str(data), "--calib-num", "32", "--int8-target", "cpu"]
+    for name, ckpt in models(work).items():
+        if name.endswith("pruned"):
+            continue
+        (work / "onnx").mkdir(exist_ok=True)
+        for precision in ("fp32", "int8") if s["int8"] else ("fp32",):
+            dest = work / "onnx" / f"{name.replace(' ', '-')}.{precision}.onnx"
+            if not dest.is_file():
+                _cli(["scaseg-export", str(ckpt), "-o", str(dest), "--imgsz", s["imgsz"], "--precision", precision,
+                      "-q", *(calib if precision == "int8" else [])])
+
+
+def score(work: Path, quick: bool) -> dict[str, Any]:
+    """MACs and params at the timing size, val mIoU at the recipe's validation size; no timing."""
+    import torch
+
+    import scaseg
+    from scaseg.cli import parse_size
+    from scaseg.data.datasets import open_dataset
+    from scaseg.prune.core import cost
+    from scaseg.train.evaluate import evaluate
+
+    s = settings(quick)
+    size, val = parse_size(s["imgsz"]), parse_size(s["val"])
+    torch.set_num_threads(2)
+    ds = open_dataset(work / "data", "cityscapes", "val")
+    rows = []
+    for name, ckpt in models(work).items():
+        if not ckpt.is_file():
+            continue
+        model, _ = scaseg.load_model(ckpt)
+        c = cost(model, size)
+        miou = 100 * float(evaluate(model, ds, size=val, progress=False)["miou"])
+        rows.append({"model": name, "gmacs": c.macs / 1e9, "params_m": c.params / 1e6, "miou": miou})
+        print(f"{name:16s} {c.macs / 1e9:7.2f} GMACs {c.params / 1e6:6.2f} M params  val mIoU {miou:6.2f}%",
+              file=sys.stderr, flush=True)
+    return {"rows": rows, "imgsz": s["imgsz"], "val_size": s["val"], "val_images": len(ds)}
+
+
+def time_onnx(work: Path, threads: int, runs: int, quick: bool) -> dict[str, float]:
+    """Median ms of every ONNX file, batch 1, rounds interleaved across files (perf_measure.in_blocks)."""
+    import numpy as np
+    import onnxruntime as ort
+    from perf_measure import in_blocks
+
+    from scaseg.cli import parse_size
+
+    h, w = parse_size(settings(quick)["imgsz"])  # type: ignore[misc]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    sessions = {p.name: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+                for p in sorted((work / "onnx").glob("*.onnx"))}
+    x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
+    return in_blocks(sessions, x, runs)
+
+
+def render(result: dict[str, Any], doc: Path | None, plot: Path | None) -> str:
+    """The Markdown table (and the plot) of a result; written between the doc's prune-curve markers."""
+    ms = result.get("latency_ms", {})
+    lines = [f"Machine: {result.get('machine', 'not recorded')}; MACs at {result['imgsz']}, val mIoU at "
+             f"{result['val_size']} on {result['val_images']} synthetic val scenes"
+             + (f"; latency: ONNX Runtime CPU, batch 1, {result['threads']} threads, median of {result['runs']} "
+                "interleaved runs" if ms else "; latency not measured") + ".", "",
+             "| model | GMACs | params (M) | val mIoU | fp32 ms | int8 ms |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        stem = r["model"].replace(" ", "-")
+        fp32, int8 = ms.get(f"{stem}.fp32.onnx"), ms.get(f"{stem}.int8.onnx")
+        cells = [r["model"], f"{r['gmacs']:.2f}", f"{r['params_m']:.2f}", f"{r['miou']:.2f}%",
+                 f"{fp32:.1f}" if fp32 else "-", f"{int8:.1f}" if int8 else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    if plot is not None:
+        _plot(result, plot)
+    if doc is not None:
+        from scaseg.readme import replace_section
+
+        link = os.path.relpath(plot, doc.parent) if plot is not None else None
+        replace_section(doc, SECTION, (f"![val mIoU against GMACs]({link})\n\n" if link else "") + text)
+    return text
+
+
+def _plot(result: dict[str, Any], dest: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rows = {r["model"]: r for r in result["rows"]}
+    for suffix, style in (("pruned", "x:"), ("plain", "s--"), ("distill", "o-")):
+        pts = [rows[k] for k in rows if k.endswith(suffix)]
+        if pts:
+            ax.plot([p["gmacs"] for p in pts], [p["miou"] for p in pts], style,
+                    label=f"pruned to 0.75/0.5/0.25, {suffix}")
+    if "scaseg-t-synth" in rows:
+        shipped = rows["scaseg-t-synth"]
+        ax.plot([shipped["gmacs"]], [shipped["miou"]], "k*", ms=12, label="scaseg-t-synth")
+    ax.set(xlabel=f"GMACs at {result['imgsz']}", ylabel="val mIoU (%)", title="pruning trade-off, synthetic streets")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--phase", choices=("prepare", "score", "time", "report"), required=True)
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "prune",
+                    help="folder of every file (default runs/prune)")
+    ap.add_argument("--iters", type=int, default=200, help="fine-tuning steps per run (default 200)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak learning rate (default 1e-3)")
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
+    ap.add_argument("--runs", type=int, default=20, help="timed runs per file (default 20)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes and 2 steps: check that the script runs")
+    ap.add_argument("--doc", type=Path, help="report: write the table into this doc's prune-curve markers")
+    ap.add_argument("--plot", type=Path, help="report: write the plot (PNG) here")
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from perf_machine import machine_line
+
+    out = args.work / "result.json"
+    if args.phase == "prepare":
+        start = time.perf_counter()
+        prepare(args.work, 2 if args.quick else args.iters, args.lr, args.quick)
+        print(f"prepared {args.work} in {time.perf_counter() - start:.0f} s on {machine_line()}", file=sys.stderr)
+    elif args.phase == "score":
+        result = {**score(args.work, args.quick), "machine": machine_line(), "date": time.strftime("%Y-%m-%d %H:%M")}
+        out.write_text(json.dumps(result, indent=1))
+    elif args.phase == "time":
+        result = json.loads(out.read_text())
+        result.update(latency_ms=time_onnx(args.work, args.threads, args.runs, args.quick), threads=args.threads,
+                      runs=args.runs, machine=machine_line(), load_after=os.getloadavg()[0])
+        out.write_text(json.dumps(result, indent=1))
+    else:
+        print(render(json.loads(out.read_text()), args.doc, args.plot))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""scaseg-prune: structured channel pruning of a trained SCASeg (docs/pruning.md)."""
