@@ -1,12 +1,14 @@
 """scaseg-infer's frame path at camera resolution: end-to-end FPS against the model's own, and the pipeline's ceiling.
 
 For each video size (720p, 1080p, 2160p by default), on H.264 clips of street scenes:
-- model-only: the backend alone on one prepared frame (ONNX Runtime, --threads), median of --runs calls;
+- model-only: the backend alone on one prepared frame (ONNX Runtime, --threads), median of --runs calls, timed in
+  each repeat between the scaseg-infer runs (the ratio is the median of each repeat's own ratio);
 - end-to-end: the wall time of the real `scaseg-infer CLIP -o out.mp4` on an N-frame clip minus its wall time on a
   1-frame clip (start-up, model load and the first frame cancel), as frames per second; then end-to-end / model-only;
 - ceiling: the same scaseg-infer run with a near-zero-cost model (a 1x1 convolution with the shipped model's
   input, output and metadata): what decode, preprocess, postprocess, overlay and encode alone allow;
 - work per stage: milliseconds per frame, summed over each stage's threads, as scaseg-infer reports them;
+- with --compare CHECKOUT: the same runs with another checkout's scaseg-infer (a previous version), interleaved;
 - with --spin: scaseg-infer's pipeline with ONNX Runtime's idle threads spinning against sleeping (what it uses);
 - bytes host -> device and back per frame for this model (float input, float logits out) and for a raw-frame
   model (uint8 frame in, uint8 labels at the frame's size out), computed from the shapes.
@@ -18,6 +20,7 @@ Runs are interleaved (model, ceiling, model, ...) so a change of load hits both;
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -25,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -67,8 +70,8 @@ def tiny_model(model: Path, dest: Path) -> Path:
     return dest
 
 
-def model_only_fps(model: Path, hw: tuple[int, int], threads: int, runs: int) -> float:
-    """Frames per second of the backend alone on one prepared frame of size ``hw``."""
+def model_only(model: Path, hw: tuple[int, int], threads: int) -> Callable[[int], float]:
+    """A function timing the backend alone on one prepared frame of size ``hw``: frames per second, median of n calls."""
     from scaseg.runtime.backends import RunSettings, open_backend
     from scaseg.runtime.predictor import Predictor
 
@@ -77,20 +80,27 @@ def model_only_fps(model: Path, hw: tuple[int, int], threads: int, runs: int) ->
     batch = predictor.prepare(frame)[0][None]
     for _ in range(3):
         predictor.backend.infer(batch)
-    laps = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        predictor.backend.infer(batch)
-        laps.append(time.perf_counter() - start)
-    return 1.0 / statistics.median(laps)
+
+    def fps(runs: int) -> float:
+        laps = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            predictor.backend.infer(batch)
+            laps.append(time.perf_counter() - start)
+        return 1.0 / statistics.median(laps)
+    return fps
 
 
-def infer_wall(clip: Path, model: Path, out: Path, threads: int) -> tuple[float, dict[str, float], int]:
-    """Wall seconds of one scaseg-infer run, and the work per stage (ms per frame) and workers it reported."""
+def infer_wall(clip: Path, model: Path, out: Path, threads: int, checkout: Optional[Path] = None
+               ) -> tuple[float, dict[str, float], int]:
+    """Wall seconds of one scaseg-infer run, and the work per stage (ms per frame) and workers it reported.
+
+    ``checkout``: run the scaseg-infer of that checkout instead (PYTHONPATH), e.g. a previous release."""
     command = [sys.executable, "-c", "import sys; sys.argv[0] = 'scaseg-infer'; from scaseg.runtime.infer import main; "
                "main()", str(clip), "-m", str(model), "-o", str(out), "--threads", str(threads)]
+    env = dict(os.environ, PYTHONPATH=str(checkout)) if checkout else None
     start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"scaseg-infer failed: {proc.stderr.strip()}")
@@ -134,16 +144,23 @@ def frame_bytes(model: Path, hw: tuple[int, int]) -> tuple[int, int]:
 def measure_size(model: Path, tiny: Path, name: str, args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     hw = SIZES[name]
     clips = {n: make_clip(tmp / f"{name}_{n}.mp4", n, hw) for n in (1, args.frames)}
-    rows: dict[str, list[float]] = {"model": [], "ceiling": []}
+    runs = [("model", model, None), ("ceiling", tiny, None)]
+    if args.compare:
+        runs += [("compare", model, args.compare), ("compare ceiling", tiny, args.compare)]
+    rows: dict[str, list[float]] = {kind: [] for kind, _, _ in runs}
     stages: dict[str, list[dict[str, float]]] = {"model": [], "ceiling": []}
     workers = 0
-    for _ in range(args.repeats):  # interleaved: a change of load hits both alike
-        for kind, m in (("model", model), ("ceiling", tiny)):
-            one, _, _ = infer_wall(clips[1], m, tmp / "one.mp4", args.threads)
-            many, st, workers = infer_wall(clips[args.frames], m, tmp / "many.mp4", args.threads)
+    time_model = model_only(model, hw, args.threads)
+    alone: list[float] = []
+    for _ in range(args.repeats):  # interleaved: a change of load hits every kind alike
+        alone.append(time_model(args.runs))
+        for kind, m, checkout in runs:
+            one, _, _ = infer_wall(clips[1], m, tmp / "one.mp4", args.threads, checkout)
+            many, st, w = infer_wall(clips[args.frames], m, tmp / "many.mp4", args.threads, checkout)
             rows[kind].append((args.frames - 1) / max(many - one, 1e-9))
-            stages[kind].append(st)
-    model_fps = model_only_fps(model, hw, args.threads, args.runs)
+            if kind in stages:
+                stages[kind].append(st)
+                workers = w
     median_stages = {kind: {k: statistics.median(s[k] for s in stages[kind]) for k in stages[kind][0]}
                      for kind in stages if stages[kind] and stages[kind][0]}
     spin = {}
@@ -153,21 +170,30 @@ def measure_size(model: Path, tiny: Path, name: str, args: argparse.Namespace, t
             for on in (True, False):
                 runs[on].append(spin_fps(model, clips[args.frames], tmp / "spin.mp4", args.threads, on))
         spin = {on: statistics.median(v) for on, v in runs.items()}
-    return {"size": name, "hw": hw, "model_only": model_fps, "spin": spin, "e2e": statistics.median(rows["model"]),
-            "ceiling": statistics.median(rows["ceiling"]), "stages": median_stages, "workers": workers,
+    return {"size": name, "hw": hw, "model_only": statistics.median(alone),
+            "ratio": statistics.median(e / m for e, m in zip(rows["model"], alone)), "spin": spin, "e2e": statistics.median(rows["model"]),
+            "ceiling": statistics.median(rows["ceiling"]), "stages": median_stages,
+            "compare": {k: statistics.median(v) for k, v in rows.items() if k.startswith("compare")}, "workers": workers,
             "bytes": frame_bytes(model, hw)}
 
 
 def report(results: list[dict[str, object]], model: Path, args: argparse.Namespace) -> None:
     print(f"model {model.name}; {args.frames}-frame H.264 clips; ONNX Runtime CPU, {args.threads} threads; "
-          f"medians of {args.repeats} interleaved runs")
+          f"medians of {args.repeats} interleaved runs (ratio: median of each repeat's end-to-end / model-only)")
     print(f"{'video':>7s} {'model-only':>11s} {'end-to-end':>11s} {'ratio':>6s} {'ceiling':>8s}   "
           "work per frame with the model, ms (decode/preprocess/infer/render/write)   ceiling's")
     for r in results:
         st = r["stages"]
         cells = ["/".join(f"{v:.1f}" for v in st.get(kind, {}).values()) for kind in ("model", "ceiling")]  # type: ignore[union-attr]
-        print(f"{r['size']:>7s} {r['model_only']:9.1f}   {r['e2e']:9.1f}   {r['e2e'] / r['model_only']:5.2f} "  # type: ignore[operator]
+        print(f"{r['size']:>7s} {r['model_only']:9.1f}   {r['e2e']:9.1f}   {r['ratio']:5.2f} "  # type: ignore[operator]
               f"{r['ceiling']:7.1f}    {cells[0]:<40s} {cells[1]}   ({r['workers']} workers)")
+    if args.compare:
+        print(f"the same scaseg-infer runs with the checkout {args.compare}, interleaved with the above:")
+        for r in results:
+            c = r["compare"]
+            print(f"{r['size']:>7s}  end-to-end {c['compare']:6.1f} FPS = {c['compare'] / r['model_only']:.2f} of "  # type: ignore[index,operator]
+                  f"model-only (this checkout: {r['e2e'] / c['compare']:.2f}x that)   ceiling "  # type: ignore[index,operator]
+                  f"{c['compare ceiling']:6.1f} FPS (this checkout: {r['ceiling'] / c['compare ceiling']:.2f}x)")  # type: ignore[index,operator]
     if any(r["spin"] for r in results):
         print("ONNX Runtime's idle threads spinning (its default) or sleeping (scaseg-infer's choice), in-process "
               "scaseg-infer FPS including start-up of the pipeline:")
@@ -190,6 +216,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved scaseg-infer runs per size (median)")
     ap.add_argument("--runs", type=int, default=30, help="model-only timed calls (median)")
+    ap.add_argument("--compare", type=Path, metavar="CHECKOUT", help="also time the scaseg-infer of another checkout "
+                    "(e.g. git worktree add ../old v0.4) on the same clips, interleaved")
     ap.add_argument("--spin", action="store_true", help="also compare ONNX Runtime's idle threads spinning vs "
                     "sleeping inside scaseg-infer's pipeline (RunSettings.spin)")
     args = ap.parse_args(argv)

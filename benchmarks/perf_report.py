@@ -193,7 +193,9 @@ def run(args: argparse.Namespace) -> None:
 # (the reading written under a table stays with it).
 OTHER_SECTIONS = ("grid-scaling",  # benchmarks/bench_grid_scaling.py
                   "cpu-backends",  # benchmarks/bench_cpu_backends.py
-                  "cpu-memory")  # benchmarks/bench_cpu_memory.py
+                  "cpu-memory",  # benchmarks/bench_cpu_memory.py
+                  "frame-path",  # benchmarks/bench_pipeline.py
+                  "video-io")  # benchmarks/bench_video_io.py
 
 
 def _owned_elsewhere(doc: Path) -> str:
