@@ -1,7 +1,8 @@
 """Raw-frame graphs (``scaseg-export --input uint8``): the per-pixel work of the runtime, inside the graph.
 
 The graph takes RGB uint8 frames NHWC at a fixed source size and does what runtime/preprocess.py does on the host:
-a bilinear stretch to the network size (half-pixel centres, rounded to whole levels as OpenCV's uint8 resize is),
+a bilinear stretch to the network size (half-pixel centres; in float, where OpenCV's uint8 resize rounds to whole
+levels: rounding in the graph too was tried and moved the int8 label agreement by 0.003 points, so it is left out),
 (x - mean) / std with the model's own statistics, and NHWC -> NCHW. With ``--head labels`` the argmax follows and
 the label map is brought back to the source size by nearest neighbour (OpenCV's INTER_NEAREST rule:
 source index floor(i * in / out)), as uint8 (int32 beyond 256 classes). With ``--head logits`` the logits stay at
