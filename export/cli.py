@@ -124,7 +124,7 @@ def export(
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="engine: timing cache file (read and updated).", show_default="none"),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="engine: build for this DLA core (Jetson).", show_default="GPU"),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="engine/triton: largest batch of a dynamic-batch model."),
-    triton_backend: TritonBackend = typer.Option("auto", "--triton-backend", help="triton: onnxruntime serves the ONNX (auto); python serves raw uint8 frames in, labels out through scaseg's own runtime (scaseg-serve runs it; docs/triton.md); tensorrt needs an engine, which this command does not put into a repository."),
+    triton_backend: TritonBackend = typer.Option("auto", "--triton-backend", help="triton: onnxruntime serves the ONNX (auto); tensorrt serves a TensorRT engine built here (the engine options apply); python serves raw uint8 frames in, labels out through scaseg's own runtime (scaseg-serve runs it; docs/triton.md)."),
     tensorrt: str = typer.Option("auto", "--tensorrt", metavar="auto|standard|rtx", help="engine: which TensorRT builds it: standard (tensorrt) or rtx (tensorrt_rtx).", show_default="the one installed, standard if both"),
     compute_capability: Optional[List[str]] = typer.Option(None, "--compute-capability", metavar="CC", help="engine, TensorRT-RTX: GPU compute capability to build for, e.g. 8.6; repeat for several.", show_default="8.0 8.6 8.9 12.0"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="engine: print TensorRT's own log (its warnings and errors are otherwise summed up in one line)."),
@@ -133,7 +133,8 @@ def export(
 ) -> None:
     """Export CHECKPOINT to ONNX (and optionally on to fp16/int8, a TensorRT engine or a Triton repository)."""
     source = checkpoint.expanduser()
-    target = int8_target if int8_target is not None else ("tensorrt" if fmt == "engine" else "cpu")
+    builds_engine = fmt == "engine" or (fmt == "triton" and triton_backend == "tensorrt")
+    target = int8_target if int8_target is not None else ("tensorrt" if builds_engine else "cpu")
     if source.suffix.lower() in ONNX_SUFFIXES:  # an exported ONNX -> engine: no torch, no re-export
         request = _with_onnx_engine(ExportRequest(source, output.expanduser() if output else None, fmt, precision,
                                                   None, False, variant, allow_partial, parity_images, tolerance,
@@ -155,12 +156,17 @@ def export(
     calibration = (_calibration_request(precision, fmt, target, calib, calib_num, calib_method, calib_cache,
                                         max_miou_drop) if precision != "fp32" else None)
     engine: Optional[EngineRequest] = None
-    if fmt == "engine":  # no TensorRT, or options it cannot build: say so before the export
+    if builds_engine:  # no TensorRT, or options it cannot build: say so before the export (a tensorrt Triton
+        # repository holds an engine built here)
         from scaseg.export.from_onnx import check_engine_options
         from scaseg.export.engine.profile import check_options
 
         engine = check_engine_options(tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose)
         check_options(precision, workspace, dla_core)
+        if fmt == "triton" and engine.tensorrt.flavor == "rtx":
+            raise ScasegError("--triton-backend tensorrt needs standard TensorRT (Triton's tensorrt backend does not run "
+                              "TensorRT-RTX engines), and the TensorRT here is TensorRT-RTX; use --triton-backend "
+                              "onnxruntime, or build on a machine with tensorrt installed")
     elif fmt == "triton":
         import scaseg.export.triton  # noqa: F401  (a missing package is refused now, not after the export)
     import scaseg
@@ -242,12 +248,14 @@ def _export_checkpoint(request: ExportRequest) -> None:
             onnx_dest = dest if direct else Path(work) / "model.fp32.onnx"
             summary, proto, onnx_info = _export_fp32(model, info, graph, onnx_dest, request, steps)
             final_onnx, proto, onnx_info = _precision(request, proto, onnx_info, onnx_dest, work)
-            if request.fmt == "engine":
+            if request.engine is not None:  # --format engine, or a tensorrt Triton repository's engine
                 from scaseg.export.from_onnx import build_exported
 
-                _report("engine", build_exported(request, graph, final_onnx, proto, onnx_info, say=print_line))
-            elif request.fmt == "triton":
-                _triton(request, final_onnx)
+                built = dest if request.fmt == "engine" else Path(work) / f"{request.source.stem}.engine"
+                _report("engine", build_exported(dataclasses.replace(request, output=built), graph, final_onnx, proto,
+                                                 onnx_info, say=print_line))
+            if request.fmt == "triton":
+                _triton(request, built if request.engine is not None else final_onnx)
     _wrote(dest, f"{summary}, {request.precision}")
 
 

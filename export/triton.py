@@ -103,9 +103,6 @@ def export_backend(fmt: str, choice: str) -> str:
     """scaseg-export's --triton-backend, checked at its edge: the backend its repository gets (auto: onnxruntime)."""
     if choice != "auto" and fmt != "triton":
         raise ScasegError(f"--triton-backend applies to --format triton, not --format {fmt}")
-    if choice == "tensorrt":
-        raise ScasegError("--triton-backend tensorrt serves a TensorRT engine: build it with --format engine, then "
-                          "write its repository with scaseg.export.triton.write_triton_repository (docs/triton.md)")
     return "onnxruntime" if choice == "auto" else choice
 
 

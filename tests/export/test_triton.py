@@ -337,8 +337,23 @@ def test_export_backend_option() -> None:
     assert export_backend("onnx", "auto") == "onnxruntime"
     with pytest.raises(ScasegError, match="applies to --format triton"):
         export_backend("onnx", "python")
-    with pytest.raises(ScasegError, match="--format engine"):
-        export_backend("triton", "tensorrt")
+    assert export_backend("triton", "tensorrt") == "tensorrt"
+
+
+def test_a_tensorrt_repository_needs_standard_tensorrt_and_is_refused_before_the_export(tmp_path: Path) -> None:
+    # Triton's tensorrt backend runs standard TensorRT plans; with only TensorRT-RTX here, the command refuses before
+    # minutes of export and build (on a machine with tensorrt it builds the engine into the repository: not run here).
+    from scaseg.runtime.tensorrt.installed import installed_flavors
+
+    if installed_flavors() != ["rtx"]:
+        pytest.skip(f"TensorRT here: {installed_flavors() or 'none'} (the refusal needs TensorRT-RTX alone)")
+    from badinput import refused
+
+    import scaseg
+
+    scaseg.save_checkpoint(scaseg.build("scaseg-t", 5), tmp_path / "ck.pth", input_size=(64, 128))
+    refused("scaseg-export", ["ck.pth", "--format", "triton", "--triton-backend", "tensorrt", "-o", "repo"], tmp_path,
+            expect="needs standard TensorRT")
 
 
 def test_export_cli_refuses_triton_backend_without_triton(tmp_path: Path) -> None:
