@@ -116,7 +116,7 @@ def export(
     calib: Optional[Path] = typer.Option(None, "--calib", metavar="DIR", help="int8 calibration images: an image folder or a dataset root (train split calibrates, val split checks).", show_default="needed for int8"),
     calib_num: int = typer.Option(200, "--calib-num", min=1, help="Calibration images to use."),
     calib_method: CalibMethod = typer.Option("percentile", "--calib-method", help="How activation ranges are picked (docs/precision.md compares them)."),
-    int8_target: Optional[Int8Target] = typer.Option(None, "--int8-target", help="Q/DQ placement: cpu (ONNX Runtime CPU) or tensorrt.", show_default="tensorrt for --format engine, else cpu"),
+    int8_target: Optional[Int8Target] = typer.Option(None, "--int8-target", help="Q/DQ placement: cpu (ONNX Runtime CPU) or tensorrt.", show_default="tensorrt when an engine is built (--format engine, --triton-backend tensorrt), else cpu"),
     calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", metavar="DIR", help="int8: folder for the activation-statistics cache (reused when model and preprocessing match).", show_default="no cache"),
     max_miou_drop: float = typer.Option(1.0, "--max-miou-drop", help="int8: largest mIoU loss (points) accepted."),
     fmt: Format = typer.Option("onnx", "--format", help="onnx, engine (TensorRT plan) or triton (model repository)."),
