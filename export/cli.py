@@ -155,19 +155,9 @@ def export(
         raise ScasegError(f"--tolerance must be a finite number >= 0 (the largest |logit diff| accepted), got {tolerance}")
     calibration = (_calibration_request(precision, fmt, target, calib, calib_num, calib_method, calib_cache,
                                         max_miou_drop) if precision != "fp32" else None)
-    engine: Optional[EngineRequest] = None
-    if builds_engine:  # no TensorRT, or options it cannot build: say so before the export (a tensorrt Triton
-        # repository holds an engine built here)
-        from scaseg.export.from_onnx import check_engine_options
-        from scaseg.export.engine.profile import check_options
-
-        engine = check_engine_options(tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose)
-        check_options(precision, workspace, dla_core)
-        if fmt == "triton" and engine.tensorrt.flavor == "rtx":
-            raise ScasegError("--triton-backend tensorrt needs standard TensorRT (Triton's tensorrt backend does not run "
-                              "TensorRT-RTX engines), and the TensorRT here is TensorRT-RTX; use --triton-backend "
-                              "onnxruntime, or build on a machine with tensorrt installed")
-    elif fmt == "triton":
+    engine = _engine_options(fmt, precision, tensorrt, compute_capability, workspace, timing_cache, dla_core,
+                             verbose) if builds_engine else None
+    if fmt == "triton":
         import scaseg.export.triton  # noqa: F401  (a missing package is refused now, not after the export)
     import scaseg
 
@@ -179,6 +169,23 @@ def export(
     if calibration is not None and precision == "int8":  # lists and checks the images, reads none
         request = dataclasses.replace(request, calibration_images=calibration.open_images())
     _export_checkpoint(request)
+
+
+def _engine_options(fmt: str, precision: str, tensorrt: str, compute_capability: Optional[List[str]],
+                    workspace: float, timing_cache: Optional[Path], dla_core: Optional[int],
+                    verbose: bool) -> EngineRequest:
+    """The engine a checkpoint export builds (--format engine, or the engine of a tensorrt Triton repository):
+    no TensorRT, or options it cannot build, are refused before the export."""
+    from scaseg.export.engine.profile import check_options
+    from scaseg.export.from_onnx import check_engine_options
+
+    engine = check_engine_options(tensorrt, compute_capability, workspace, timing_cache, dla_core, verbose)
+    check_options(precision, workspace, dla_core)
+    if fmt == "triton" and engine.tensorrt.flavor == "rtx":
+        raise ScasegError("--triton-backend tensorrt needs standard TensorRT (Triton's tensorrt backend does not run "
+                          "TensorRT-RTX engines), and the TensorRT here is TensorRT-RTX; use --triton-backend "
+                          "onnxruntime, or build on a machine with tensorrt installed")
+    return engine
 
 
 def _graph_options(size: Optional[tuple[int, int]], batch: int, dynamic: Optional[str], opset: int, sca_op: str,
