@@ -141,7 +141,7 @@ class StripCrossAttention(nn.Module):
         k = self.k(kv).reshape(B, M, h, -1).transpose(1, 2)  # B, h, M, dq
         v = self.v(kv).reshape(B, M, h, -1).transpose(1, 2)  # B, h, M, dim // h
         out = self.core(q, k, v)  # B, h, N, value_dim // h
-        out = out.transpose(1, 2).reshape(B, N, -1)
+        out = out.transpose(1, 2).reshape(B, N, self.proj.in_features)
         return self.proj_drop(self.proj(out))
 
 
