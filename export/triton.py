@@ -36,6 +36,8 @@ import sys
 for _path in reversed(os.environ.get("SCASEG_SERVE_PATH", "").split(os.pathsep)):
     if _path and _path not in sys.path:
         sys.path.insert(0, _path)
+if os.environ.get("PYTHONDONTWRITEBYTECODE"):  # the stub ignores it as it ignores PYTHONPATH: honour it here
+    sys.dont_write_bytecode = True
 
 from scaseg.runtime.triton_model import TritonPythonModel  # noqa: E402,F401
 '''
