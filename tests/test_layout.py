@@ -202,7 +202,7 @@ print(scaseg.__file__)
 def test_an_editable_install_is_not_shadowed_by_a_test_folder():
     # tests/ is on sys.path for the helpers; a folder there named like the package (tests/scaseg/) would be found as
     # a namespace package before an editable install's finder runs, and `pip install -e .; pytest` would fail.
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", _EDITABLE_PROBE, str(ROOT), str(ROOT / "tests")],
+    out = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", _EDITABLE_PROBE, str(ROOT), str(ROOT / "tests")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(ROOT / "scaseg" / "__init__.py")
