@@ -14,7 +14,6 @@ per-pixel operation runs in library code.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import queue
 import sys
 import threading
@@ -44,8 +43,9 @@ Render = Callable[[Frame, np.ndarray, Geometry], Any]
 def default_workers() -> int:
     """Preprocess and render threads: one per core the process may use, at least 2 (so that rendering one frame
     overlaps preparing the next), at most 8 (beyond that the queues, not the workers, bound the pace)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(2, min(8, cores))
+    from scaseg.runtime.backends.threads import cpu_cores
+
+    return max(2, min(8, cpu_cores()))
 
 
 class StopPipeline(Exception):
