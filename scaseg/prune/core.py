@@ -77,43 +77,74 @@ def check_prunable(model: SCASeg, source: Any) -> None:
                           "only (their one-channel queries and keys stay, the rest is pruned)")
 
 
-def _pruner(model: SCASeg, importance: Any, ratio: float, round_to: int) -> Any:
-    """torch-pruning's MetaPruner over ``model``: one step removing ``ratio`` of every prunable group."""
-    tp = _tp()
-    head: Any = model.decode_head
-    ignored: list[nn.Module] = [head.classifier]
-    for block in head.blocks:
-        ignored += [block.attn.q, block.attn.k]  # one channel per head: nothing to prune
-    scales = [(p, 0) for name, p in model.named_parameters() if "layer_scale" in name]
-    return tp.pruner.MetaPruner(
-        model, torch.randn(1, 3, *TRACE_SIZE), importance=importance, pruning_ratio=ratio,
-        iterative_steps=1, ignored_layers=ignored, unwrapped_parameters=scales,
-        round_to=round_to if round_to > 1 else None,
-        num_heads={b.attn.v: h for b, h in zip(head.blocks, NUM_HEADS)},
-    )
+@dataclass(frozen=True)
+class Ratios:
+    """The fraction of channels removed, per encoder stage. ``stage[i]``: from stage i+1's residual width C_i (with
+    the stem's middle width for stage 1), every block's MSCA width and the stage's rho output widths; the fusion
+    width counts as stage 1's (it runs at stride 4). ``hidden[i]``: from stage i+1's FFN and LPM hidden widths (4-8x
+    the stage's width, at its resolution). Uniform pruning is the same ratio everywhere."""
+
+    stage: tuple[float, float, float, float]
+    hidden: tuple[float, float, float, float]
+
+    @classmethod
+    def uniform(cls, ratio: float) -> "Ratios":
+        return cls((ratio,) * 4, (ratio,) * 4)
+
+    def text(self) -> str:
+        """How the summary line names it."""
+        if len(set(self.stage + self.hidden)) == 1:
+            return f"{self.stage[0]:.3f} of every prunable channel group removed"
+        return ("removed per stage: " + ",".join(f"{r:g}" for r in self.stage) + " of the widths, "
+                + ",".join(f"{r:g}" for r in self.hidden) + " of the hidden widths")
 
 
-def shrunk(widths: dict[str, Any], ratio: float, round_to: int = 1) -> dict[str, Any]:
-    """The widths torch-pruning leaves after removing ``ratio`` of every prunable group in one step: ``int(n * (1 -
-    ratio))`` channels of n (its rule for a local, uniform ratio), rounded down to a multiple of ``round_to`` where
-    the group is pruned at all; a group that would lose every channel is left as it is. The value widths are not
-    prunable (see the module's docstring). Checked against torch-pruning 1.6 at ratios 0.05 to 0.85."""
-    def shrink(v: Any) -> Any:
-        if isinstance(v, list):
-            return [shrink(x) for x in v]
-        n = int(v * (1 - ratio))
-        if n < 1 or n >= v:
-            return v
-        n -= n % round_to
-        return n if n >= 1 else v
+def _keep(n: int, ratio: float, round_to: int) -> int:
+    """torch-pruning's rule for a local ratio: ``int(n * (1 - ratio))`` channels of n, rounded down to a multiple
+    of ``round_to``; a group that would lose every channel (or none) is left as it is."""
+    k = int(n * (1 - ratio))
+    if k < 1 or k >= n:
+        return n
+    k -= k % round_to
+    return k if k >= 1 else n
 
-    return {k: v if k == "value" or v is None else shrink(v) for k, v in widths.items()}
+
+def shrunk(widths: dict[str, Any], ratios: "Ratios | float", round_to: int = 1) -> dict[str, Any]:
+    """The widths left after removing ``ratios`` (a Ratios, or one uniform fraction) of every prunable group: each
+    width by ``_keep`` with its stage's ratio. The value widths are not prunable (see the module's docstring)."""
+    r = ratios if isinstance(ratios, Ratios) else Ratios.uniform(ratios)
+
+    def keep(n: int, ratio: float) -> int:
+        return _keep(n, ratio, round_to)
+
+    return {
+        "embed_dims": [keep(n, r.stage[i]) for i, n in enumerate(widths["embed_dims"])],
+        "stem": keep(widths["stem"], r.stage[0]),
+        "attn": [[keep(n, r.stage[i]) for n in stage] for i, stage in enumerate(widths["attn"])],
+        "mlp": [[keep(n, r.hidden[i]) for n in stage] for i, stage in enumerate(widths["mlp"])],
+        "pool_enc": [keep(n, r.stage[i]) for i, n in enumerate(widths["pool_enc"])],
+        "pool_dec": [keep(n, r.stage[i + 1]) for i, n in enumerate(widths["pool_dec"])],
+        "value": widths["value"],
+        "lpm": None if widths["lpm"] is None else [keep(n, r.hidden[i]) for i, n in enumerate(widths["lpm"])],
+        "fuse": keep(widths["fuse"], r.stage[0]),
+    }
 
 
 def _cost_of(config: dict[str, Any], widths: dict[str, Any], size: Sequence[int]) -> Cost:
     with torch.device("meta"):
         meta = from_config({**config, "widths": widths}).eval()
         return Cost(count_macs(meta, size), count_params(meta))
+
+
+def cost_of_ratios(model: SCASeg, size: Sequence[int], ratios: Ratios, round_to: int = 1) -> tuple[Cost, Cost]:
+    """(before, after) of pruning ``model`` by ``ratios``, counted on the meta device; refuses ratios that remove
+    nothing."""
+    start = widths_of(model)
+    after_widths = shrunk(start, ratios, round_to)
+    if after_widths == start:
+        raise ScasegError("these ratios remove no channel (every width would stay, after rounding to whole channels"
+                          + (f" and multiples of {round_to})" if round_to > 1 else ")"))
+    return _cost_of(model.config, start, size), _cost_of(model.config, after_widths, size)
 
 
 def find_ratio(model: SCASeg, size: Sequence[int], keep: float, round_to: int = 1) -> tuple[float, Cost, Cost]:
@@ -138,24 +169,65 @@ def find_ratio(model: SCASeg, size: Sequence[int], keep: float, round_to: int = 
     return high * RESOLUTION, before, after
 
 
-def prune(model: SCASeg, ratio: float, *, importance: str = "l2", round_to: int = 1,
-          gradients: Optional[Callable[[nn.Module], None]] = None) -> SCASeg:
-    """A copy of ``model`` with ``ratio`` of every prunable channel group removed (``find_ratio`` gives the ratio of a
-    MACs target), the least important channels by ``importance``, rebuilt from its widths.
+def _places(model: SCASeg) -> dict[str, Any]:
+    """The convolution whose output channels are each width of ``widths_of`` (the root of that width's group), in
+    the widths' nesting; the value widths have none (not prunable)."""
+    enc: Any = model.backbone
+    head: Any = model.decode_head
+    blocks = [list(getattr(enc, f"block{i}")) for i in range(1, 5)]
+    return {
+        "embed_dims": [enc.patch_embed1.proj[3]] + [getattr(enc, f"patch_embed{i}").proj for i in range(2, 5)],
+        "stem": enc.patch_embed1.proj[0],
+        "attn": [[b.attn.proj_1 for b in stage] for stage in blocks],
+        "mlp": [[b.mlp.fc1 for b in stage] for stage in blocks],
+        "pool_enc": [head.pool_enc[i].proj for i in range(3)],
+        "pool_dec": [head.pool_dec[i].proj for i in (1, 2)],
+        "lpm": None if head.blocks[0].lpm is None else [b.lpm.fc1 for b in head.blocks],
+        "fuse": head.fuse[0],
+    }
 
+
+def _pairs(places: Any, widths: Any) -> list[tuple[nn.Conv2d, int]]:
+    """(root convolution, width to keep) for every place, flattened."""
+    if isinstance(places, list):
+        return [pair for p, w in zip(places, widths) for pair in _pairs(p, w)]
+    return [(places, int(widths))]
+
+
+def prune(model: SCASeg, ratios: "Ratios | float", *, importance: str = "l2", round_to: int = 1,
+          gradients: Optional[Callable[[nn.Module], None]] = None) -> SCASeg:
+    """A copy of ``model`` with ``ratios`` (a Ratios, or one uniform fraction: ``find_ratio`` gives the one of a
+    MACs target) of every prunable channel group removed, the least important channels of each group by
+    ``importance``, rebuilt from its widths.
+
+    Each width is one group of torch-pruning's dependency graph, reached from the convolution that makes it (its
+    root, ``_places``): every importance is computed first (on the unpruned model), then each group is pruned.
     ``gradients(model)``: fills the parameters' ``.grad`` (Taylor importance needs them).
     """
     if importance not in IMPORTANCE:
         raise ScasegError(f"unknown importance {importance!r}: expected {' or '.join(IMPORTANCE)}")
     check_prunable(model, model.config["variant"])
+    tp = _tp()
     work = copy.deepcopy(model).eval()
-    expected = shrunk(widths_of(work), ratio, round_to)
-    pruner = _pruner(work, _importance(importance), ratio, round_to)
+    expected = shrunk(widths_of(work), ratios, round_to)
+    scales = [(p, 0) for name, p in work.named_parameters() if "layer_scale" in name]
+    graph = tp.DependencyGraph().build_dependency(work, torch.randn(1, 3, *TRACE_SIZE), unwrapped_parameters=scales)
     if gradients is not None:
         gradients(work)
-    pruner.step()
+    rank = _importance(importance)
+    places = _places(work)
+    plan = []
+    for key in places:
+        for conv, keep in _pairs(places[key], expected[key]):
+            n = conv.out_channels
+            if keep < n:
+                group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, list(range(n)))
+                order = torch.argsort(rank(group).cpu())
+                plan.append((conv, sorted(order[: n - keep].tolist())))
+    for conv, idxs in plan:
+        graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs).prune()
     work.zero_grad(set_to_none=True)
-    if widths_of(work) != expected:  # pragma: no cover - torch-pruning changed its rule
+    if widths_of(work) != expected:  # pragma: no cover - a group reached more than its width
         raise RuntimeError(f"torch-pruning left other widths than predicted: {widths_of(work)} vs {expected}")
     return rebuild(work)
 

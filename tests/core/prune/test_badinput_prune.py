@@ -38,6 +38,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (["mit.pth", "-o", "out.pth", "--macs", "0.5"], "prunes the MSCAN variants"),
     (["vanilla.pth", "-o", "out.pth", "--macs", "0.5"], "strip attention models only"),
     (["mit.pth", "-o", "mit.pth", "--macs", "0.5"], "is the input"),
+    ([SHIPPED, "-o", "out.pth"], "give the target: --macs FRACTION, or --stage-ratios"),
+    ([SHIPPED, "-o", "out.pth", "--macs", "0.5", "--hidden-ratios", "0,0,0,0.5"], "two ways to give the target"),
+    ([SHIPPED, "-o", "out.pth", "--stage-ratios", "0.5,0.5,0.5"], "takes four fractions R1,R2,R3,R4 from 0 to 0.9"),
+    ([SHIPPED, "-o", "out.pth", "--stage-ratios", "0.5,x,0,0"], "not '0.5,x,0,0'"),
+    ([SHIPPED, "-o", "out.pth", "--hidden-ratios", "0,0,0,0.95"], "--hidden-ratios takes four fractions"),
+    ([SHIPPED, "-o", "out.pth", "--stage-ratios", "0,0,0,0"], "these ratios remove no channel"),
 ])
 def test_refused_in_one_sentence_and_nothing_written(files, args, expect):
     refused("scaseg-prune", args, files, expect=expect)

@@ -3,6 +3,7 @@ loads as any model, exports with parity and runs in scaseg-bench; the widths rec
 checkpoint; Taylor importance from a dataset's gradients; scaseg-infer runs the pruned .pth."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from badinput import run
 from scaseg.errors import ScasegError
 from scaseg.models.widths import full_widths, widths_of
 from scaseg.models.model import VARIANTS
-from scaseg.prune.core import cost, shrunk
+from scaseg.prune.core import Ratios, cost, shrunk
 
 pytest.importorskip("torch_pruning")
 
@@ -166,3 +167,53 @@ def test_round_to_keeps_every_pruned_width_a_multiple():
     kept = _flat(widths_of(pruned))
     assert all(n % 8 == 0 or n == f for n, f in zip(kept, full)) and kept != full
     assert cost(pruned, SIZE).macs == after.macs
+
+
+@pytest.mark.slow
+def test_uniform_pruning_removes_the_channels_torch_prunings_metapruner_removes():
+    """Our per-group loop against torch-pruning's own MetaPruner (local, one step, the same importance and ignored
+    layers): the same channels go, so the same weights are left."""
+    import torch_pruning as tp
+
+    from scaseg.models.model import NUM_HEADS
+    from scaseg.prune.core import TRACE_SIZE, prune
+
+    model, _ = scaseg.load_model(SHIPPED)
+    ours = prune(model, 0.34, round_to=8)
+    theirs = copy.deepcopy(model).eval()
+    head = theirs.decode_head
+    ignored = [head.classifier] + [m for b in head.blocks for m in (b.attn.q, b.attn.k)]
+    tp.pruner.MetaPruner(
+        theirs, torch.randn(1, 3, *TRACE_SIZE), importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=0.34, iterative_steps=1, ignored_layers=ignored, round_to=8,
+        unwrapped_parameters=[(p, 0) for n, p in theirs.named_parameters() if "layer_scale" in n],
+        num_heads={b.attn.v: h for b, h in zip(head.blocks, NUM_HEADS)}).step()
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stage_ratios_shrink_each_stage_by_its_own_fraction():
+    full = full_widths(VARIANTS["scaseg-t"], True)
+    w = shrunk(full, Ratios((0.5, 0.5, 0.25, 0.0), (0.75, 0.75, 0.5, 0.0)), round_to=8)
+    assert w["embed_dims"] == [16, 32, 120, 256] and w["stem"] == 8 and w["fuse"] == 64
+    assert [s[0] for s in w["attn"]] == [16, 32, 120, 256] and [s[0] for s in w["mlp"]] == [64, 128, 320, 1024]
+    assert w["pool_enc"] == [16, 32, 120] and w["pool_dec"] == [32, 120] and w["lpm"] == [32, 64, 320, 1024]
+    assert w["value"] == full["value"]
+    assert shrunk(full, Ratios.uniform(0.313)) == shrunk(full, 0.313)
+
+
+@pytest.mark.slow
+def test_scaseg_prune_by_stage_ratios(tmp_path):
+    out = tmp_path / "stages.pth"
+    proc = run("scaseg-prune", [SHIPPED, "-o", out, "--stage-ratios", "0.5,0.5,0.25,0", "--hidden-ratios",
+                                "0.75,0.75,0.5,0", "--round-to", "8", "--imgsz", "64x128"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    model, info = scaseg.load_model(out)
+    widths = widths_of(model)
+    assert widths["embed_dims"] == [16, 32, 120, 256] and [s[0] for s in widths["mlp"]] == [64, 128, 320, 1024]
+    record = info.extra["pruning"]
+    assert record["stage_ratios"] == [0.5, 0.5, 0.25, 0] and record["hidden_ratios"] == [0.75, 0.75, 0.5, 0]
+    assert "macs_asked" in record and record["macs_asked"] is None and "ratio" not in record
+    original, _ = scaseg.load_model(SHIPPED)
+    kept = cost(model, SIZE).macs / cost(original, SIZE).macs
+    assert f"({kept:.4f} of them)" in proc.stdout and "removed per stage: 0.5,0.5,0.25,0 of the widths" in proc.stdout
