@@ -30,9 +30,7 @@ import numpy as np
 
 from scaseg.cli import SIZE_METAVAR, size_type
 
-# Ops between a raw-frame graph's input and its resized image (export/raw_input.py RawFrames), and between its ArgMax
-# and its output (labels_at).
-PRE_OPS = ("Cast", "Transpose", "Resize")
+# Ops between a raw-frame graph's ArgMax and its output (export/raw_input.py labels_at).
 POST_OPS = ("Cast", "Resize", "Unsqueeze", "Squeeze", "Gather")
 
 
@@ -63,23 +61,15 @@ def bytes_table(source_hw: Sequence[int], network_sizes: Sequence[Sequence[int]]
     return "\n".join(rows)
 
 
-def _chain(graph: Any, start: str, ops: Sequence[str], forward: bool, last: str = "") -> str:
-    """Follow single-link nodes of ``ops`` from tensor ``start`` (forward: to consumers; else to producers), up to
-    and including a node of type ``last``."""
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+def _producers(graph: Any, start: str, ops: Sequence[str]) -> str:
+    """Follow the producers of tensor ``start`` back while they are nodes of ``ops``; the tensor reached."""
     producer = {o: n for n in graph.node for o in n.output}
     current = start
     while True:
-        node = (consumers.get(current, [None])[0] if len(consumers.get(current, [])) == 1 else None) if forward \
-            else producer.get(current)
+        node = producer.get(current)
         if node is None or node.op_type not in ops:
             return current
-        current = node.output[0] if forward else node.input[0]
-        if node.op_type == last:
-            return current
+        current = node.input[0]
 
 
 def float_core(proto: Any) -> Any:
@@ -96,10 +86,11 @@ def float_core(proto: Any) -> Any:
     assert info.input_type == "uint8" and info.network_size is not None
     core = onnx.shape_inference.infer_shapes(proto)
     graph = core.graph
-    resized = _chain(graph, graph.input[0].name, PRE_OPS, forward=True, last="Resize")
+    # The resized image: the NHWC -> NCHW transpose of RawFrames (the exporter names its nodes /pre/...).
+    resized = [n for n in graph.node if n.op_type == "Transpose" and n.name.startswith("/pre/")][-1].output[0]
     types = {v.name: v.type.tensor_type.elem_type for v in graph.value_info}
     out = graph.output[0].name
-    labels = _chain(graph, out, POST_OPS, forward=False) if info.output == "labels" else out
+    labels = _producers(graph, out, POST_OPS) if info.output == "labels" else out
     b = graph.input[0].type.tensor_type.shape.dim[0]
     new_in = helper.make_tensor_value_info("resized", types.get(resized, TensorProto.FLOAT),
                                            [b.dim_param or b.dim_value, 3, *info.network_size])

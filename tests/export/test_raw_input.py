@@ -73,9 +73,53 @@ def test_labels_agree_with_the_numpy_path_of_the_float_model(raw_labels: Path, s
     assert report.ok and report.agreement > 0.9999, report.summary()
     # Against runtime/preprocess.py (OpenCV resize) + the float model + runtime/predictor.py's label upsampling.
     assert report.numpy_agreement is not None and report.numpy_agreement >= TARGET, report.summary()
-    # The same through ONNX Runtime on both sides (the raw graph's own network part fed by the numpy path).
+    # The same through ONNX Runtime on both sides (the raw graph's own network part fed by the numpy path): the
+    # graph resizes as OpenCV does, bit for bit, so every label agrees.
     frames = _frames(3)
-    assert benchmark("bench_raw_input").core_agreement(str(raw_labels), frames) >= TARGET
+    assert benchmark("bench_raw_input").core_agreement(str(raw_labels), frames) == 1.0
+
+
+# (source, network): down in both axes, the exact halving (OpenCV's area path: the same sums), odd sizes, 4K, one
+# axis up; RawFrames' resize must give cv2.resize(INTER_LINEAR)'s uint8 image bit for bit.
+EXACT_SIZES = [((1080, 1920), (192, 384)), ((384, 768), (192, 384)), ((333, 517), (128, 256)),
+               ((2160, 3840), (512, 1024)), ((192, 300), (192, 384)), ((101, 384), (192, 384))]
+
+
+def _resized(source: tuple[int, int], network: tuple[int, int], frame: np.ndarray, tmp_path: Path) -> tuple:
+    """(cv2.resize's image, RawFrames' in PyTorch, RawFrames' through ONNX Runtime), float HWC on the 0..255 scale."""
+    import cv2
+    import onnxruntime as ort
+    import torch
+
+    from scaseg.export.raw_input import RawFrames
+
+    pre = RawFrames(network, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), source).eval()
+    x = torch.from_numpy(frame)[None]
+    with torch.no_grad():
+        ours = pre(x)[0].permute(1, 2, 0).numpy()
+    path = tmp_path / "pre.onnx"
+    torch.onnx.export(pre, (x,), str(path), opset_version=17, input_names=["frames"], output_names=["image"],
+                      dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    graph = session.run(None, {"frames": frame[None]})[0][0].transpose(1, 2, 0)
+    return cv2.resize(frame, network[::-1], interpolation=cv2.INTER_LINEAR).astype(np.float32), ours, graph
+
+
+@pytest.mark.parametrize("source, network", EXACT_SIZES)
+def test_the_graph_resizes_as_opencv_bit_for_bit(source, network, tmp_path: Path) -> None:
+    frames = [np.random.default_rng(1).integers(0, 256, (*source, 3), dtype=np.uint8), _frames(1, source)[0]]
+    for frame in frames:
+        reference, ours, graph = _resized(source, network, np.ascontiguousarray(frame), tmp_path)
+        assert np.array_equal(ours, reference) and np.array_equal(graph, reference)
+
+
+def test_a_frame_shorter_than_the_network_differs_from_opencv_by_one_level_at_most(tmp_path: Path) -> None:
+    """Upsampling rows while resampling columns, OpenCV 5.1 rounds a few pixels otherwise (docs/export.md)."""
+    frame = np.random.default_rng(2).integers(0, 256, (150, 600, 3), dtype=np.uint8)
+    reference, ours, graph = _resized((150, 600), (192, 384), frame, tmp_path)
+    assert np.array_equal(ours, graph)
+    off = np.abs(ours - reference)
+    assert off.max() <= 1 and (off > 0).mean() < 0.005
 
 
 def test_openvino_answers_as_onnx_runtime(raw_labels: Path) -> None:
