@@ -41,10 +41,12 @@ POINTS = {
     "0.75": ["--macs", "0.75"],
     "0.5": ["--macs", "0.5"],
     "0.25": ["--macs", "0.25"],
+    "half": ["--stage-ratios", "0.5,0.5,0.5,0.5"],
     "stages": ["--stage-ratios", "0,0.5,0.5,0.5", "--hidden-ratios", "0.75,0.75,0.75,0.75"],
 }
 MODES = ("plain", "distill")
 SECTION = "prune-curve"
+PARTS_SECTION = "prune-parts"
 SPEEDUP, LOSS = 2.0, 1.5  # the issue's target: >= 2x faster than the shipped model in fp32, <= 1.5 mIoU points lost
 ENTRY = {"scaseg-export": "scaseg.export.cli", "scaseg-synth": "scaseg.data.synth.cli",
          "scaseg-prune": "scaseg.prune.cli", "scaseg-train": "scaseg.train.cli"}
@@ -71,43 +73,46 @@ def models(work: Path) -> dict[str, Path]:
     """Every checkpoint of the curve by its row name (the shipped one first)."""
     found = {"scaseg-t-synth": CHECKPOINT}
     for point in POINTS:
+        if not (work / f"pruned-{point}.pth").is_file():
+            continue  # not a point of this run (--points)
         found[f"{point} pruned"] = work / f"pruned-{point}.pth"
         for mode in MODES:
             found[f"{point} {mode}"] = work / f"ft-{point}-{mode}" / "last.pth"
     return found
 
 
-def prepare(work: Path, iters: int, lr: float, round_to: int, quick: bool) -> None:
+def prepare(work: Path, points: list[str], iters: int, lr: float, round_to: int, quick: bool) -> None:
     """Data, the pruned models, two fine-tuning runs each and the ONNX files, each skipped when already there."""
     s = settings(quick)
     work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
     if not data.is_dir():
         _cli(["scaseg-synth", str(data), "--seed", "0", "--video-frames", "0", "-q", *s["synth"]])
-    for point, how in POINTS.items():
-        pruned = work / f"pruned-{point}.pth"
-        if not pruned.is_file():
-            _cli(["scaseg-prune", str(CHECKPOINT), "-o", str(pruned), *how, "--round-to", str(round_to), "--imgsz",
-                  s["imgsz"]])
-        for mode in MODES:
-            run = work / f"ft-{point}-{mode}"
-            if (run / "last.pth").is_file():
-                continue
-            args = ["scaseg-train", "--data", str(data), "--dataset", "cityscapes", "--init", str(pruned), "-o",
-                    str(run), "--device", "cpu", "--threads", "2", "--iters", str(iters), "--crop", s["crop"],
-                    "--val-size", s["val"], "--val-interval", str(iters), "--lr", str(lr), "--head-lr-mult", "1",
-                    "--workers", "1", "--seed", "0", "-q", *s["train"]]
-            _cli(args + (["--distill", str(CHECKPOINT)] if mode == "distill" else []))
     calib = ["--calib", str(data), "--calib-num", "32", "--int8-target", "cpu"]
-    for name, ckpt in models(work).items():
-        if name.endswith("pruned"):
-            continue
+
+    def export(name: str, ckpt: Path) -> None:
         (work / "onnx").mkdir(exist_ok=True)
         for precision in ("fp32", "int8") if s["int8"] else ("fp32",):
             dest = work / "onnx" / f"{name.replace(' ', '-')}.{precision}.onnx"
             if not dest.is_file():
                 _cli(["scaseg-export", str(ckpt), "-o", str(dest), "--imgsz", s["imgsz"], "--precision", precision,
                       "-q", *(calib if precision == "int8" else [])])
+
+    export("scaseg-t-synth", CHECKPOINT)
+    for point in points:  # each point whole (pruned, fine-tuned, exported) before the next
+        pruned = work / f"pruned-{point}.pth"
+        if not pruned.is_file():
+            _cli(["scaseg-prune", str(CHECKPOINT), "-o", str(pruned), *POINTS[point], "--round-to", str(round_to),
+                  "--imgsz", s["imgsz"]])
+        for mode in MODES:
+            run = work / f"ft-{point}-{mode}"
+            if not (run / "last.pth").is_file():
+                args = ["scaseg-train", "--data", str(data), "--dataset", "cityscapes", "--init", str(pruned), "-o",
+                        str(run), "--device", "cpu", "--threads", "2", "--iters", str(iters), "--crop", s["crop"],
+                        "--val-size", s["val"], "--val-interval", str(iters), "--lr", str(lr), "--head-lr-mult", "1",
+                        "--workers", "1", "--seed", "0", "-q", *s["train"]]
+                _cli(args + (["--distill", str(CHECKPOINT)] if mode == "distill" else []))
+            export(f"{point} {mode}", run / "last.pth")
 
 
 def score(work: Path, quick: bool) -> dict[str, Any]:
@@ -129,7 +134,7 @@ def score(work: Path, quick: bool) -> dict[str, Any]:
         if not ckpt.is_file():
             continue
         model, _ = scaseg.load_model(ckpt)
-        c = cost(model, size)
+        c = cost(model, size)  # type: ignore[arg-type]
         miou = 100 * float(evaluate(model, ds, size=val, progress=False)["miou"])
         rows.append({"model": name, "gmacs": c.macs / 1e9, "params_m": c.params / 1e6, "miou": miou})
         print(f"{name:16s} {c.macs / 1e9:7.2f} GMACs {c.params / 1e6:6.2f} M params  val mIoU {miou:6.2f}%",
@@ -154,8 +159,80 @@ def time_onnx(work: Path, threads: int, runs: int, quick: bool) -> dict[str, flo
     return in_blocks(sessions, x, runs)
 
 
-def render(result: dict[str, Any], doc: Path | None, plot: Path | None) -> str:
-    """The Markdown table (and the plot) of a result; written between the doc's prune-curve markers."""
+PARTS = ("encoder stage 1", "encoder stage 2", "encoder stage 3", "encoder stage 4", "decoder attention",
+         "decoder LPM", "decoder up-sampling and fusion", "layout and output")
+
+
+def part_of(node: str) -> str:
+    """Which part of the model an ONNX Runtime node belongs to, from the module path in its name (the exporter
+    names nodes after modules); what ONNX Runtime adds itself (layout reorders, the output resize) is "layout and
+    output"."""
+    import re
+
+    m = re.search(r"backbone/(?:patch_embed|block|norm)(\d)", node)
+    if m:
+        return f"encoder stage {m.group(1)}"
+    if "decode_head/blocks." in node:
+        return "decoder LPM" if "/lpm" in node else "decoder attention"
+    if "decode_head" in node:
+        return "decoder up-sampling and fusion"
+    return "layout and output"
+
+
+def time_parts(work: Path, threads: int, runs: int, quick: bool) -> dict[str, dict[str, float]]:
+    """Where the time goes: ONNX Runtime's own profile (kernel time per node, mean of ``runs`` runs after one
+    warm-up) of every fp32 ONNX file, summed by ``part_of``; ms per run."""
+    import collections
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from scaseg.cli import parse_size
+
+    h, w = parse_size(settings(quick)["imgsz"])  # type: ignore[misc]
+    x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
+    out: dict[str, dict[str, float]] = {}
+    shipped = work / "onnx" / "scaseg-t-synth.fp32.onnx"  # and one file per architecture (plain: as distill)
+    for path in [shipped, *sorted((work / "onnx").glob("*-plain.fp32.onnx"))]:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.enable_profiling, opts.profile_file_prefix = True, str(work / "profile")
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for _ in range(runs + 1):
+            session.run(None, {name: x})
+        trace = Path(session.end_profiling())
+        events = json.loads(trace.read_text())
+        trace.unlink()
+        first = min((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+        warm = first["ts"] + first["dur"]  # the warm-up run is not counted
+        parts: collections.Counter[str] = collections.Counter()
+        for event in events:
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= warm:
+                parts[part_of(event["name"])] += event["dur"] / 1000 / runs
+        out[path.name] = {k: parts.get(k, 0.0) for k in PARTS}
+        print(f"{path.name}: {sum(parts.values()):.1f} ms of kernels", file=sys.stderr, flush=True)
+    return out
+
+
+def render_parts(result: dict[str, Any]) -> str:
+    """The table of where the time goes, one column per fp32 model."""
+    parts = result["parts_ms"]
+    names = list(parts)
+    lines = [f"Machine: {result.get('parts_machine', 'not recorded')}; ONNX Runtime CPU profile, fp32, batch 1, "
+             f"{result.get('parts_threads')} threads, kernel ms per run (mean of {result.get('parts_runs')}).", "",
+             "| part | " + " | ".join(n.replace(".fp32.onnx", "") for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    totals = {n: sum(parts[n].values()) for n in names}
+    for part in PARTS:
+        lines.append(f"| {part} | " + " | ".join(f"{parts[n][part]:.1f} ({parts[n][part] / totals[n]:.0%})"
+                                                  for n in names) + " |")
+    lines.append("| all kernels | " + " | ".join(f"{totals[n]:.1f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def render(result: dict[str, Any], doc: Path | None, plot: Path | None, section: str = SECTION) -> str:
+    """The Markdown table (and the plot) of a result; written between the doc's ``section`` markers."""
     ms = result.get("latency_ms", {})
     lines = [f"Machine: {result.get('machine', 'not recorded')}; MACs at {result['imgsz']}, val mIoU at "
              f"{result['val_size']} on {result['val_images']} synthetic val scenes"
@@ -186,7 +263,7 @@ def render(result: dict[str, Any], doc: Path | None, plot: Path | None) -> str:
         from scaseg.readme import replace_section
 
         link = os.path.relpath(plot, doc.parent) if plot is not None else None
-        replace_section(doc, SECTION, (f"![val mIoU against GMACs]({link})\n\n" if link else "") + text)
+        replace_section(doc, section, (f"![val mIoU against GMACs]({link})\n\n" if link else "") + text)
     return text
 
 
@@ -198,14 +275,14 @@ def _plot(result: dict[str, Any], dest: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     rows = {r["model"]: r for r in result["rows"]}
-    uniform = [p for p in POINTS if POINTS[p][0] == "--macs"]
+    uniform = [p for p in POINTS if POINTS[p][0] == "--macs" and f"{p} pruned" in rows]
     for suffix, style in (("pruned", "x:"), ("plain", "s--"), ("distill", "o-")):
         pts = [rows[f"{p} {suffix}"] for p in uniform if f"{p} {suffix}" in rows]
         if pts:
             ax.plot([p["gmacs"] for p in pts], [p["miou"] for p in pts], style,
                     label=f"MACs {'/'.join(uniform)}, {suffix}")
         for p in POINTS:
-            if p not in uniform and f"{p} {suffix}" in rows:
+            if p not in uniform and f"{p} pruned" in rows and f"{p} {suffix}" in rows:
                 r = rows[f"{p} {suffix}"]
                 ax.plot([r["gmacs"]], [r["miou"]], style[0], ms=9, mfc="none", label=f"{p}, {suffix}")
     if "scaseg-t-synth" in rows:
@@ -221,11 +298,14 @@ def _plot(result: dict[str, Any], dest: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--phase", choices=("prepare", "score", "time", "report"), required=True)
+    ap.add_argument("--phase", choices=("prepare", "score", "time", "parts", "report"), required=True)
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "prune",
                     help="folder of every file (default runs/prune)")
     ap.add_argument("--iters", type=int, default=1000, help="fine-tuning steps per run (default 1000)")
     ap.add_argument("--round-to", type=int, default=8, help="scaseg-prune --round-to of every point (default 8)")
+    ap.add_argument("--points", default=",".join(POINTS),
+                    help=f"prepare: the points of the curve, of {', '.join(POINTS)} (default all)")
+    ap.add_argument("--section", default=SECTION, help=f"report: the doc's markers for the table (default {SECTION})")
     ap.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak learning rate (default 1e-3)")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     ap.add_argument("--runs", type=int, default=20, help="timed runs per file (default 20)")
@@ -239,7 +319,10 @@ def main() -> None:
     out = args.work / "result.json"
     if args.phase == "prepare":
         start = time.perf_counter()
-        prepare(args.work, 2 if args.quick else args.iters, args.lr, args.round_to, args.quick)
+        points = args.points.split(",")
+        if not set(points) <= set(POINTS):
+            ap.error(f"--points takes names of {', '.join(POINTS)}, not {args.points}")
+        prepare(args.work, points, 2 if args.quick else args.iters, args.lr, args.round_to, args.quick)
         print(f"prepared {args.work} in {time.perf_counter() - start:.0f} s on {machine_line()}", file=sys.stderr)
     elif args.phase == "score":
         result = {**score(args.work, args.quick), "machine": machine_line(), "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -249,8 +332,21 @@ def main() -> None:
         result.update(latency_ms=time_onnx(args.work, args.threads, args.runs, args.quick), threads=args.threads,
                       runs=args.runs, machine=machine_line(), load_after=os.getloadavg()[0])
         out.write_text(json.dumps(result, indent=1))
+    elif args.phase == "parts":
+        result = json.loads(out.read_text())
+        result.update(parts_ms=time_parts(args.work, args.threads, args.runs, args.quick), parts_threads=args.threads,
+                      parts_runs=args.runs, parts_machine=machine_line())
+        out.write_text(json.dumps(result, indent=1))
     else:
-        print(render(json.loads(out.read_text()), args.doc, args.plot))
+        result = json.loads(out.read_text())
+        print(render(result, args.doc, args.plot, args.section))
+        if "parts_ms" in result:
+            text = render_parts(result)
+            print(text)
+            if args.doc is not None:
+                from scaseg.readme import replace_section
+
+                replace_section(args.doc, PARTS_SECTION, text)
 
 
 if __name__ == "__main__":
