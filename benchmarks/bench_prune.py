@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKPOINT = REPO / "scaseg" / "weights" / "scaseg-t-synth.pth"
@@ -160,13 +160,12 @@ def time_onnx(work: Path, threads: int, runs: int, quick: bool) -> dict[str, flo
 
 
 PARTS = ("encoder stage 1", "encoder stage 2", "encoder stage 3", "encoder stage 4", "decoder attention",
-         "decoder LPM", "decoder up-sampling and fusion", "layout and output")
+         "decoder LPM", "decoder fusion and output", "other")
 
 
-def part_of(node: str) -> str:
-    """Which part of the model an ONNX Runtime node belongs to, from the module path in its name (the exporter
-    names nodes after modules); what ONNX Runtime adds itself (layout reorders, the output resize) is "layout and
-    output"."""
+def part_of(node: str) -> str | None:
+    """Which part of the model a node belongs to, from the module path in its name (the exporter names nodes after
+    modules: ``/model/backbone/block2.1/...``); None for a name without one."""
     import re
 
     m = re.search(r"backbone/(?:patch_embed|block|norm)(\d)", node)
@@ -174,17 +173,41 @@ def part_of(node: str) -> str:
         return f"encoder stage {m.group(1)}"
     if "decode_head/blocks." in node:
         return "decoder LPM" if "/lpm" in node else "decoder attention"
-    if "decode_head" in node:
-        return "decoder up-sampling and fusion"
-    return "layout and output"
+    if "decode_head/" in node:
+        return "decoder fusion and output"  # rho pools, D_2..D_4 up-sampled, fusion, classifier (and, by the
+    return None                             # rule of graph_parts, the logits' resize to the input size)
+
+
+def graph_parts(nodes: Sequence[Any]) -> dict[str, str]:
+    """The part of every node of a graph (ONNX Runtime's optimized one: its node names are the profile's): from the
+    name where it has a module path, else the part of its first consumer that has one (ONNX Runtime's layout
+    reorders and fused nodes, e.g. LayerNormFusion, serve the node they feed), else of its producer, else "other"."""
+    part = {n.name: part_of(n.name) for n in nodes}
+    consumers: dict[str, list[str]] = {}
+    producer: dict[str, str] = {}
+    for n in nodes:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n.name)
+        for t in n.output:
+            producer[t] = n.name
+    for n in reversed(nodes):
+        if part[n.name] is None:
+            part[n.name] = next((part[c] for t in n.output for c in consumers.get(t, []) if part[c]), None)
+    for n in nodes:
+        if part[n.name] is None:
+            part[n.name] = next((part[producer[t]] for t in n.input if t in producer and part[producer[t]]), None)
+    return {k: v or "other" for k, v in part.items()}
 
 
 def time_parts(work: Path, threads: int, runs: int, quick: bool) -> dict[str, dict[str, float]]:
     """Where the time goes: ONNX Runtime's own profile (kernel time per node, mean of ``runs`` runs after one
-    warm-up) of every fp32 ONNX file, summed by ``part_of``; ms per run."""
+    warm-up) of the shipped model's and every plain fine-tuned fp32 ONNX file (the distilled ones have the same
+    architecture), summed by ``graph_parts`` of the graph ONNX Runtime runs; ms per run."""
     import collections
+    import tempfile
 
     import numpy as np
+    import onnx
     import onnxruntime as ort
 
     from scaseg.cli import parse_size
@@ -192,12 +215,16 @@ def time_parts(work: Path, threads: int, runs: int, quick: bool) -> dict[str, di
     h, w = parse_size(settings(quick)["imgsz"])  # type: ignore[misc]
     x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
     out: dict[str, dict[str, float]] = {}
-    shipped = work / "onnx" / "scaseg-t-synth.fp32.onnx"  # and one file per architecture (plain: as distill)
+    shipped = work / "onnx" / "scaseg-t-synth.fp32.onnx"
     for path in [shipped, *sorted((work / "onnx").glob("*-plain.fp32.onnx"))]:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         opts.enable_profiling, opts.profile_file_prefix = True, str(work / "profile")
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        opts.log_severity_level = 3  # not the warning that an optimized graph is machine-specific: it is not kept
+        with tempfile.TemporaryDirectory() as tmp:
+            opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            parts_of = graph_parts(list(onnx.load(opts.optimized_model_filepath, load_external_data=False).graph.node))
         name = session.get_inputs()[0].name
         for _ in range(runs + 1):
             session.run(None, {name: x})
@@ -209,7 +236,7 @@ def time_parts(work: Path, threads: int, runs: int, quick: bool) -> dict[str, di
         parts: collections.Counter[str] = collections.Counter()
         for event in events:
             if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= warm:
-                parts[part_of(event["name"])] += event["dur"] / 1000 / runs
+                parts[parts_of.get(event["name"][: -len("_kernel_time")], "other")] += event["dur"] / 1000 / runs
         out[path.name] = {k: parts.get(k, 0.0) for k in PARTS}
         print(f"{path.name}: {sum(parts.values()):.1f} ms of kernels", file=sys.stderr, flush=True)
     return out
