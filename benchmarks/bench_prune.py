@@ -252,6 +252,8 @@ def render_parts(result: dict[str, Any]) -> str:
              "|---|" + "---|" * len(names)]
     totals = {n: sum(parts[n].values()) for n in names}
     for part in PARTS:
+        if not any(parts[n][part] for n in names):
+            continue  # "other" when every node was attributed
         lines.append(f"| {part} | " + " | ".join(f"{parts[n][part]:.1f} ({parts[n][part] / totals[n]:.0%})"
                                                   for n in names) + " |")
     lines.append("| all kernels | " + " | ".join(f"{totals[n]:.1f}" for n in names) + " |")
@@ -279,7 +281,9 @@ def render(result: dict[str, Any], doc: Path | None, plot: Path | None, section:
                  f"{fp32:.1f}" if fp32 else "-", f"{speedup:.2f}x" if speedup else "-", f"{int8:.1f}" if int8 else "-"]
         lines.append("| " + " | ".join(cells) + " |")
         if speedup and r is not base and speedup >= SPEEDUP and base["miou"] - r["miou"] <= LOSS:
-            met.append(f"{r['model']} ({speedup:.2f}x, {base['miou'] - r['miou']:.2f} points lost)")
+            lost = base["miou"] - r["miou"]
+            met.append(f"{r['model']} ({speedup:.2f}x, " + (f"{lost:.2f} points lost)" if lost >= 0 else
+                                                             f"{-lost:.2f} points gained)"))
     if base_ms:
         lines += ["", f"Target (>= {SPEEDUP:g}x faster in fp32, <= {LOSS:g} mIoU points lost): "
                   + ("met by " + ", ".join(met) if met else "not met by any point") + "."]
