@@ -260,8 +260,8 @@ def render_parts(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render(result: dict[str, Any], doc: Path | None, plot: Path | None, section: str = SECTION) -> str:
-    """The Markdown table (and the plot) of a result; written between the doc's ``section`` markers."""
+def render(result: dict[str, Any], doc: Path | None, plot: Path | None) -> str:
+    """The Markdown table (and the plot) of a result; written between the doc's prune-curve markers."""
     ms = result.get("latency_ms", {})
     lines = [f"Machine: {result.get('machine', 'not recorded')}; MACs at {result['imgsz']}, val mIoU at "
              f"{result['val_size']} on {result['val_images']} synthetic val scenes"
@@ -294,7 +294,7 @@ def render(result: dict[str, Any], doc: Path | None, plot: Path | None, section:
         from scaseg.readme import replace_section
 
         link = os.path.relpath(plot, doc.parent) if plot is not None else None
-        replace_section(doc, section, (f"![val mIoU against GMACs]({link})\n\n" if link else "") + text)
+        replace_section(doc, SECTION, (f"![val mIoU against GMACs]({link})\n\n" if link else "") + text)
     return text
 
 
@@ -336,7 +336,6 @@ def main() -> None:
     ap.add_argument("--round-to", type=int, default=8, help="scaseg-prune --round-to of every point (default 8)")
     ap.add_argument("--points", default=",".join(POINTS),
                     help=f"prepare: the points of the curve, of {', '.join(POINTS)} (default all)")
-    ap.add_argument("--section", default=SECTION, help=f"report: the doc's markers for the table (default {SECTION})")
     ap.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak learning rate (default 1e-3)")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     ap.add_argument("--runs", type=int, default=20, help="timed runs per file (default 20)")
@@ -370,7 +369,7 @@ def main() -> None:
         out.write_text(json.dumps(result, indent=1))
     else:
         result = json.loads(out.read_text())
-        print(render(result, args.doc, args.plot, args.section))
+        print(render(result, args.doc, args.plot))
         if "parts_ms" in result:
             text = render_parts(result)
             print(text)

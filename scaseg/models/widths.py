@@ -85,19 +85,31 @@ def plain(widths: Mapping[str, Any]) -> dict[str, Any]:
     return {k: conv(widths[k]) for k in KEYS}
 
 
-def widths_of(model: nn.Module) -> dict[str, Any]:
-    """The widths of an MSCAN SCASeg as its modules are now (after structured pruning), read off the layers."""
+def width_layers(model: nn.Module) -> dict[str, Any]:
+    """The layer whose output channels are each width, in the widths' nesting: a convolution for every prunable
+    width (the root of its channel group, scaseg.prune.core), the value projection (a Linear) for the value widths;
+    ``lpm`` None without LPM."""
     enc: Any = getattr(model, "backbone")
     head: Any = getattr(model, "decode_head")
     blocks = [list(getattr(enc, f"block{i}")) for i in range(1, 5)]
     return {
-        "embed_dims": [int(getattr(enc, f"norm{i}").weight.shape[0]) for i in range(1, 5)],
-        "stem": int(enc.patch_embed1.proj[0].out_channels),
-        "attn": [[int(b.attn.proj_1.out_channels) for b in stage] for stage in blocks],
-        "mlp": [[int(b.mlp.fc1.out_channels) for b in stage] for stage in blocks],
-        "pool_enc": [int(head.pool_enc[i].proj.out_channels) for i in range(3)],
-        "pool_dec": [int(head.pool_dec[i].proj.out_channels) for i in (1, 2)],
-        "value": [int(b.attn.v.out_features) for b in head.blocks],
-        "lpm": None if head.blocks[0].lpm is None else [int(b.lpm.fc1.out_channels) for b in head.blocks],
-        "fuse": int(head.fuse[0].out_channels),
+        "embed_dims": [enc.patch_embed1.proj[3]] + [getattr(enc, f"patch_embed{i}").proj for i in range(2, 5)],
+        "stem": enc.patch_embed1.proj[0],
+        "attn": [[b.attn.proj_1 for b in stage] for stage in blocks],
+        "mlp": [[b.mlp.fc1 for b in stage] for stage in blocks],
+        "pool_enc": [head.pool_enc[i].proj for i in range(3)],
+        "pool_dec": [head.pool_dec[i].proj for i in (1, 2)],
+        "value": [b.attn.v for b in head.blocks],
+        "lpm": None if head.blocks[0].lpm is None else [b.lpm.fc1 for b in head.blocks],
+        "fuse": head.fuse[0],
     }
+
+
+def widths_of(model: nn.Module) -> dict[str, Any]:
+    """The widths of an MSCAN SCASeg as its modules are now (after structured pruning), read off ``width_layers``."""
+    def width(layer: Any) -> Any:
+        if isinstance(layer, list):
+            return [width(x) for x in layer]
+        return None if layer is None else int(getattr(layer, "out_channels", None) or layer.out_features)
+
+    return {key: width(layer) for key, layer in width_layers(model).items()}

@@ -1,4 +1,5 @@
-"""Structured channel pruning of a trained SCASeg to a MACs target, with torch-pruning's dependency graph.
+"""Structured channel pruning of a trained SCASeg to a MACs target or by per-stage ratios, with torch-pruning's
+dependency graph.
 
 The graph couples every channel that must go together: an MSCAN stage's residual stream (its patch embedding,
 every block's norms, 1x1 convs and layer scales, the stage's LayerNorm, the next embedding and the decoder's
@@ -7,11 +8,11 @@ concatenations, the LPM widths and the fusion width. Ignored (never pruned): the
 channel per head) and the classifier. The value width is coupled with those queries and keys through the attention
 product, so it stays as it is.
 
-Pruning is uniform and one-shot: one step removes the same fraction of every prunable group (the least important
-channels by the chosen criterion), the smallest fraction whose model has at most the target MACs at the given input
-size (found by bisection over widths alone, on the meta device); the pruned model is then rebuilt from its widths
-(scaseg.models.widths) and checked to compute
-the same logits, so what is saved is exactly what ``scaseg.load_model`` will build.
+Pruning is one-shot: each prunable group loses a fraction of its channels (the least important by the chosen
+criterion): the same fraction everywhere for a MACs target (the smallest whose model has at most the target MACs at
+the given input size, found by bisection over widths alone, on the meta device), or per stage (``Ratios``). The
+pruned model is then rebuilt from its widths (scaseg.models.widths) and checked to compute the same logits, so what
+is saved is exactly what ``scaseg.load_model`` will build.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ import torch
 from torch import nn
 
 from scaseg.errors import ScasegError, missing_package
-from scaseg.models.model import NUM_HEADS, SCASeg, from_config
-from scaseg.models.widths import widths_of
+from scaseg.models.model import SCASeg, from_config
+from scaseg.models.widths import width_layers, widths_of
 from scaseg.stats import count_macs, count_params
 
 RESOLUTION = 0.001  # the uniform ratio is searched to this precision
@@ -169,29 +170,11 @@ def find_ratio(model: SCASeg, size: Sequence[int], keep: float, round_to: int = 
     return high * RESOLUTION, before, after
 
 
-def _places(model: SCASeg) -> dict[str, Any]:
-    """The convolution whose output channels are each width of ``widths_of`` (the root of that width's group), in
-    the widths' nesting; the value widths have none (not prunable)."""
-    enc: Any = model.backbone
-    head: Any = model.decode_head
-    blocks = [list(getattr(enc, f"block{i}")) for i in range(1, 5)]
-    return {
-        "embed_dims": [enc.patch_embed1.proj[3]] + [getattr(enc, f"patch_embed{i}").proj for i in range(2, 5)],
-        "stem": enc.patch_embed1.proj[0],
-        "attn": [[b.attn.proj_1 for b in stage] for stage in blocks],
-        "mlp": [[b.mlp.fc1 for b in stage] for stage in blocks],
-        "pool_enc": [head.pool_enc[i].proj for i in range(3)],
-        "pool_dec": [head.pool_dec[i].proj for i in (1, 2)],
-        "lpm": None if head.blocks[0].lpm is None else [b.lpm.fc1 for b in head.blocks],
-        "fuse": head.fuse[0],
-    }
-
-
-def _pairs(places: Any, widths: Any) -> list[tuple[nn.Conv2d, int]]:
-    """(root convolution, width to keep) for every place, flattened."""
-    if isinstance(places, list):
-        return [pair for p, w in zip(places, widths) for pair in _pairs(p, w)]
-    return [(places, int(widths))]
+def _pairs(layers: Any, widths: Any) -> list[tuple[nn.Conv2d, int]]:
+    """(root convolution, width to keep) for every layer of ``width_layers``, flattened."""
+    if isinstance(layers, list):
+        return [pair for layer, w in zip(layers, widths) for pair in _pairs(layer, w)]
+    return [(layers, int(widths))]
 
 
 def prune(model: SCASeg, ratios: "Ratios | float", *, importance: str = "l2", round_to: int = 1,
@@ -201,7 +184,7 @@ def prune(model: SCASeg, ratios: "Ratios | float", *, importance: str = "l2", ro
     ``importance``, rebuilt from its widths.
 
     Each width is one group of torch-pruning's dependency graph, reached from the convolution that makes it (its
-    root, ``_places``): every importance is computed first (on the unpruned model), then each group is pruned.
+    root, ``scaseg.models.widths.width_layers``): every importance is computed first (on the unpruned model), then each group is pruned.
     ``gradients(model)``: fills the parameters' ``.grad`` (Taylor importance needs them).
     """
     if importance not in IMPORTANCE:
@@ -215,10 +198,12 @@ def prune(model: SCASeg, ratios: "Ratios | float", *, importance: str = "l2", ro
     if gradients is not None:
         gradients(work)
     rank = _importance(importance)
-    places = _places(work)
+    layers = width_layers(work)
     plan = []
-    for key in places:
-        for conv, keep in _pairs(places[key], expected[key]):
+    for key in layers:
+        if key == "value":
+            continue  # not prunable (the module's docstring)
+        for conv, keep in _pairs(layers[key], expected[key]):
             n = conv.out_channels
             if keep < n:
                 group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, list(range(n)))

@@ -45,6 +45,7 @@ def _result(miou: float, fp32_ms: float) -> dict:
     (80.0, 150.0, "met by half plain (2.00x, 1.00 points lost)"),
     (79.4, 150.0, "not met by any point"),   # 1.6 points lost
     (80.0, 151.0, "not met by any point"),   # 1.99x
+    (81.5, 140.0, "met by half plain (2.14x, 0.50 points gained)"),
 ])
 def test_the_target_line_names_the_points_that_meet_it(miou: float, fp32_ms: float, verdict: str) -> None:
     text = bench.render(_result(miou, fp32_ms), None, None)
