@@ -10,12 +10,15 @@ For each video size (720p, 1080p, 2160p by default), on H.264 clips of street sc
 - work per stage: milliseconds per frame, summed over each stage's threads, as scaseg-infer reports them;
 - with --compare CHECKOUT: the same runs with another checkout's scaseg-infer (a previous version), interleaved;
 - with --spin: scaseg-infer's pipeline with ONNX Runtime's idle threads spinning against sleeping (what it uses);
+- with --streams N: the same scaseg-infer runs with --streams N (N model calls side by side, the threads split
+  between them), and the model alone the same way (N threads each calling it: frames per second of all together);
 - bytes host -> device and back per frame for this model (float input, float logits out) and for a raw-frame
   model (uint8 frame in, uint8 labels at the frame's size out), computed from the shapes.
 Runs are interleaved (model, ceiling, model, ...) so a change of load hits both; figures are medians.
 
     python benchmarks/bench_pipeline.py                                # the shipped int8 model, 2 threads
     python benchmarks/bench_pipeline.py model.onnx --sizes 1080p --frames 121 --repeats 3
+    python benchmarks/bench_pipeline.py --sizes 1080p --streams 2              # + scaseg-infer --streams 2
 """
 from __future__ import annotations
 
@@ -70,34 +73,48 @@ def tiny_model(model: Path, dest: Path) -> Path:
     return dest
 
 
-def model_only(model: Path, hw: tuple[int, int], threads: int) -> Callable[[int], float]:
-    """A function timing the backend alone on one prepared frame of size ``hw``: frames per second, median of n calls."""
+def model_only(model: Path, hw: tuple[int, int], threads: int, streams: int = 1) -> Callable[[int], float]:
+    """A function timing the backend alone on one prepared frame of size ``hw``: frames per second, median of n calls;
+    with ``streams`` > 1, that many threads each make n calls at once (RunSettings.streams): all frames / wall time."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from scaseg.runtime.backends import RunSettings, open_backend
     from scaseg.runtime.predictor import Predictor
 
-    predictor = Predictor(open_backend(str(model), settings=RunSettings.parse("cpu", str(threads), "fast")))
+    settings = RunSettings.parse("cpu", str(threads), "fast", streams)
+    predictor = Predictor(open_backend(str(model), settings=settings))
     frame = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
     batch = predictor.prepare(frame)[0][None]
     for _ in range(3):
         predictor.backend.infer(batch)
 
-    def fps(runs: int) -> float:
+    def calls(runs: int) -> list[float]:
         laps = []
         for _ in range(runs):
             start = time.perf_counter()
             predictor.backend.infer(batch)
             laps.append(time.perf_counter() - start)
-        return 1.0 / statistics.median(laps)
+        return laps
+
+    def fps(runs: int) -> float:
+        if streams == 1:
+            return 1.0 / statistics.median(calls(runs))
+        with ThreadPoolExecutor(streams) as pool:
+            start = time.perf_counter()
+            list(pool.map(calls, [runs] * streams))
+            return streams * runs / (time.perf_counter() - start)
     return fps
 
 
-def infer_wall(clip: Path, model: Path, out: Path, threads: int, checkout: Optional[Path] = None
+def infer_wall(clip: Path, model: Path, out: Path, threads: int, checkout: Optional[Path] = None, streams: int = 1
                ) -> tuple[float, dict[str, float], int]:
     """Wall seconds of one scaseg-infer run, and the work per stage (ms per frame) and workers it reported.
 
-    ``checkout``: run the scaseg-infer of that checkout instead (PYTHONPATH), e.g. a previous release."""
+    ``checkout``: run the scaseg-infer of that checkout instead (PYTHONPATH), e.g. a previous release.
+    ``streams``: its --streams."""
     command = [sys.executable, "-c", "import sys; sys.argv[0] = 'scaseg-infer'; from scaseg.runtime.infer import main; "
                "main()", str(clip), "-m", str(model), "-o", str(out), "--threads", str(threads)]
+    command += ["--streams", str(streams)] if streams > 1 else []
     env = dict(os.environ, PYTHONPATH=str(checkout)) if checkout else None
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -144,19 +161,25 @@ def frame_bytes(model: Path, hw: tuple[int, int]) -> tuple[int, int]:
 def measure_size(model: Path, tiny: Path, name: str, args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     hw = SIZES[name]
     clips = {n: make_clip(tmp / f"{name}_{n}.mp4", n, hw) for n in (1, args.frames)}
-    runs = [("model", model, None), ("ceiling", tiny, None)]
+    runs = [("model", model, None, 1), ("ceiling", tiny, None, 1)]
+    if args.streams > 1:
+        runs += [("streams", model, None, args.streams)]
     if args.compare:
-        runs += [("compare", model, args.compare), ("compare ceiling", tiny, args.compare)]
-    rows: dict[str, list[float]] = {kind: [] for kind, _, _ in runs}
-    stages: dict[str, list[dict[str, float]]] = {"model": [], "ceiling": []}
+        runs += [("compare", model, args.compare, 1), ("compare ceiling", tiny, args.compare, 1)]
+    rows: dict[str, list[float]] = {kind: [] for kind, _, _, _ in runs}
+    stages: dict[str, list[dict[str, float]]] = {"model": [], "ceiling": [], "streams": []}
     workers = 0
     time_model = model_only(model, hw, args.threads)
+    time_streams = model_only(model, hw, args.threads, args.streams) if args.streams > 1 else None
     alone: list[float] = []
+    alone_streams: list[float] = []
     for _ in range(args.repeats):  # interleaved: a change of load hits every kind alike
         alone.append(time_model(args.runs))
-        for kind, m, checkout in runs:
-            one, _, _ = infer_wall(clips[1], m, tmp / "one.mp4", args.threads, checkout)
-            many, st, w = infer_wall(clips[args.frames], m, tmp / "many.mp4", args.threads, checkout)
+        if time_streams is not None:
+            alone_streams.append(time_streams(args.runs))
+        for kind, m, checkout, streams in runs:
+            one, _, _ = infer_wall(clips[1], m, tmp / "one.mp4", args.threads, checkout, streams)
+            many, st, w = infer_wall(clips[args.frames], m, tmp / "many.mp4", args.threads, checkout, streams)
             rows[kind].append((args.frames - 1) / max(many - one, 1e-9))
             if kind in stages:
                 stages[kind].append(st)
@@ -170,7 +193,11 @@ def measure_size(model: Path, tiny: Path, name: str, args: argparse.Namespace, t
             for on in (True, False):
                 runs[on].append(spin_fps(model, clips[args.frames], tmp / "spin.mp4", args.threads, on))
         spin = {on: statistics.median(v) for on, v in runs.items()}
-    return {"size": name, "hw": hw, "model_only": statistics.median(alone),
+    streams_row = {}
+    if alone_streams:
+        streams_row = {"e2e": statistics.median(rows["streams"]), "model_only": statistics.median(alone_streams),
+                       "ratio": statistics.median(e / m for e, m in zip(rows["streams"], alone))}
+    return {"size": name, "hw": hw, "model_only": statistics.median(alone), "streams": streams_row,
             "ratio": statistics.median(e / m for e, m in zip(rows["model"], alone)), "spin": spin, "e2e": statistics.median(rows["model"]),
             "ceiling": statistics.median(rows["ceiling"]), "stages": median_stages,
             "compare": {k: statistics.median(v) for k, v in rows.items() if k.startswith("compare")}, "workers": workers,
@@ -194,6 +221,15 @@ def report(results: list[dict[str, object]], model: Path, args: argparse.Namespa
             print(f"{r['size']:>7s}  end-to-end {c['compare']:6.1f} FPS = {c['compare'] / r['model_only']:.2f} of "  # type: ignore[index,operator]
                   f"model-only (this checkout: {r['e2e'] / c['compare']:.2f}x that)   ceiling "  # type: ignore[index,operator]
                   f"{c['compare ceiling']:6.1f} FPS (this checkout: {r['ceiling'] / c['compare ceiling']:.2f}x)")  # type: ignore[index,operator]
+    if args.streams > 1:
+        print(f"the same scaseg-infer runs with --streams {args.streams} ({args.streams} model calls side by side, "
+              f"{args.threads} threads split between them), interleaved with the above; model-only with "
+              f"{args.streams} streams: {args.streams} threads calling the model at once, all frames / wall time:")
+        for r in results:
+            s, st = r["streams"], r["stages"].get("streams", {})  # type: ignore[union-attr,attr-defined]
+            print(f"{r['size']:>7s}  end-to-end {s['e2e']:6.1f} FPS = {s['ratio']:.2f} of model-only ({args.threads} threads, one "  # type: ignore[index]
+                  f"call at a time)   model-only with {args.streams} streams {s['model_only']:6.1f} FPS   work per frame "  # type: ignore[index]
+                  + "/".join(f"{v:.1f}" for v in st.values()))
     if any(r["spin"] for r in results):
         print("ONNX Runtime's idle threads spinning (its default) or sleeping (scaseg-infer's choice), in-process "
               "scaseg-infer FPS including start-up of the pipeline:")
@@ -218,6 +254,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--runs", type=int, default=30, help="model-only timed calls (median)")
     ap.add_argument("--compare", type=Path, metavar="CHECKOUT", help="also time the scaseg-infer of another checkout "
                     "(e.g. git worktree add ../old v0.4) on the same clips, interleaved")
+    ap.add_argument("--streams", type=int, default=1, help="also time scaseg-infer --streams N and the model alone "
+                    "with N calls side by side")
     ap.add_argument("--spin", action="store_true", help="also compare ONNX Runtime's idle threads spinning vs "
                     "sleeping inside scaseg-infer's pipeline (RunSettings.spin)")
     args = ap.parse_args(argv)

@@ -149,6 +149,10 @@ def infer(
     batch: Optional[int] = batch_option("Frames"),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames.", show_default="all"),
     queue_size: int = typer.Option(4, "--queue", min=1, max=64, help="Frames buffered between stages."),
+    streams: int = typer.Option(1, "--streams", metavar="N", help="Model calls run side by side (ONNX Runtime on the "
+                                "CPU), the --threads split between them: more frames per second where one call does "
+                                "not keep every core busy (a small model: docs/performance.md), each frame no sooner. "
+                                "1 to the thread count."),
     video_codec: Optional[str] = typer.Option(None, "--video-codec", metavar="ENCODER", help="FFmpeg encoder of a "
                                               "video output, e.g. h264_nvenc (NVIDIA GPUs), mpeg4.",
                                               show_default="libx264 (.mp4 .m4v .mov .mkv), mjpeg (.avi)"),
@@ -160,13 +164,13 @@ def infer(
     """Segment SOURCE with MODEL and write an overlay video / images or label maps."""
     kind = "labels" if save_labels else fmt
     # spin=False: the pipeline's other stages need the cores ONNX Runtime's idle threads would spin on (RunSettings)
-    settings = dataclasses.replace(RunSettings.parse(device, threads, memory.value), spin=False)
+    settings = dataclasses.replace(RunSettings.parse(device, threads, memory.value, streams), spin=False)
     request = InferRequest(settings, parse_imgsz(imgsz), batch, resize, kind, alpha, legend, show, max_frames,
                            queue_size, quiet, parse_video_codec(video_codec), server, model_name)
     if server is not None:
         check_server_options(server, model_name, {"--model": model is not None, "--imgsz": imgsz is not None,
                                                   "--backend": backend.value != "auto", "--device": device != "auto",
-                                                  "--threads": threads != "auto"})
+                                                  "--threads": threads != "auto", "--streams": streams != 1})
     elif model_name is not None:
         raise ScasegError("--model-name names a model on a Triton server: add --server URL")
     if not save and not show:
@@ -278,7 +282,8 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, request: Inf
         raise Interrupted(f" after {stats.frames} frames; {kept}")
     where = f"wrote {out}" if target != "none" else "displayed"
     print(f"scaseg-infer: {where}: {stats.frames} frames, {stats.fps:.1f} FPS end-to-end, "
-          f"model {stats.model_fps:.1f} FPS ({model_label}; {predictor.backend.name}, {predictor.backend.device})",
+          f"model {stats.model_fps:.1f} FPS" + (f" per stream x {stats.streams} streams" if stats.streams > 1 else "")
+          + f" ({model_label}; {predictor.backend.name}, {predictor.backend.device})",
           file=sys.stderr)
     if not request.quiet and stats.frames:
         print("scaseg-infer: work per frame, ms summed over threads: " + ", ".join(

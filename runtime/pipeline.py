@@ -4,8 +4,9 @@ Stages and who runs them:
 - decode: one thread reads the source (OpenCV's decoder releases the GIL and has threads of its own);
 - preprocess and render: a pool of worker threads (``workers``); their work is OpenCV and NumPy calls that release
   the GIL, so frames are prepared and rendered in parallel;
-- infer: one thread, one backend call per batch (ONNX Runtime, OpenVINO and TensorRT release the GIL; the backend
-  has its own threads);
+- infer: one thread hands each batch to the model: one backend call per batch, ``predictor.backend.streams`` calls
+  at once (1 unless scaseg-infer --streams asked ONNX Runtime on the CPU for more; ONNX Runtime, OpenVINO and
+  TensorRT release the GIL and have threads of their own); each frame's render follows its call's result;
 - write: the calling thread, in frame order (so windows, Ctrl-C and the output's writer stay in one place; the
   encoder has threads of its own).
 Python only schedules: it hands frames and futures between bounded queues, so memory stays bounded and every
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
@@ -66,6 +67,7 @@ class PipelineStats:
     skipped_names: list[str] = field(default_factory=list)
     skip_reason: str = ""  # why the first skipped frame could not be read (the image reader's sentence)
     workers: int = 0
+    streams: int = 1
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -75,11 +77,19 @@ class PipelineStats:
 
     @property
     def model_fps(self) -> float:
+        """Frames per second of one stream's model calls (with several streams they also run side by side)."""
         return self.frames / self.infer_seconds if self.infer_seconds > 0 else 0.0
 
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:  # the pool's threads add concurrently
             self.stage_seconds[stage] += seconds
+
+    def add_call(self, seconds: float) -> None:
+        """One model call's time (the streams' threads add concurrently)."""
+        with self._lock:
+            self.infer_seconds += seconds
+            self.stage_seconds["infer"] += seconds
+            self.infer_calls += 1
 
     def timed(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
         start = time.perf_counter()
@@ -146,6 +156,7 @@ class _Run:
     stop: threading.Event
     stats: PipelineStats
     max_frames: Optional[int]
+    calls: list[threading.Thread] = field(default_factory=list)  # model calls not yet seen finished
 
 
 def run_pipeline(
@@ -169,7 +180,7 @@ def run_pipeline(
     """
     from scaseg.progress import progress as progress_bar
 
-    stats = PipelineStats(workers=workers or default_workers())
+    stats = PipelineStats(workers=workers or default_workers(), streams=predictor.backend.streams)
     run = _Run(source, predictor, render or (lambda frame, output, geom: predictor.finish(output, geom)),
                concurrent.futures.ThreadPoolExecutor(stats.workers, thread_name_prefix="scaseg-work"),
                queue.Queue(maxsize=queue_size), queue.Queue(maxsize=queue_size), threading.Event(), stats,
@@ -190,6 +201,7 @@ def run_pipeline(
     finally:
         run.stop.set()
         _join_stages(stages, (run.decoded, run.rendered))
+        _join_stages(list(run.calls), (run.decoded, run.rendered))  # a model call must not outlive the run
         run.pool.shutdown(wait=not any(stage.is_alive() for stage in stages), cancel_futures=True)
         stats.seconds = time.perf_counter() - start
         bar.close()
@@ -235,7 +247,9 @@ def _next_batch(run: _Run, batch_size: int) -> tuple[list[_Decoded], bool]:
 
 
 def _infer_batches(run: _Run) -> None:
-    """Inference stage: one model call per batch of prepared frames; each frame's render handed to the pool."""
+    """Inference stage: one model call per batch of prepared frames, up to ``streams`` calls at once in threads of
+    their own; each frame goes on in order with the future of its render, which starts when its call answers."""
+    slots = threading.BoundedSemaphore(run.stats.streams)
     try:
         done = False
         while not done and not run.stop.is_set():
@@ -244,21 +258,70 @@ def _infer_batches(run: _Run) -> None:
             if any(p is _END for _, p in prepared):
                 return
             inputs = [p for _, p in prepared if p is not None]
-            outputs: list[np.ndarray] = []
+            call = None
             if inputs:
-                start = time.perf_counter()
-                outputs = list(run.predictor.run([tensor for tensor, _ in inputs]))
-                run.stats.infer_seconds += time.perf_counter() - start
-                run.stats.infer_calls += 1
-            it_out = iter(outputs)
+                while not slots.acquire(timeout=0.1):  # at most ``streams`` calls in flight
+                    if run.stop.is_set():
+                        return
+                call = _start_call(run, [tensor for tensor, _ in inputs])
+                call.add_done_callback(lambda _: slots.release())
+            row = 0
             for frame, p in prepared:
-                future = None if p is None else run.pool.submit(run.stats.timed, "render", run.render, frame,
-                                                                next(it_out), p[1])
+                future = None
+                if p is not None:
+                    assert call is not None
+                    future = _render_after(run, call, row, frame, p[1])
+                    row += 1
                 if not _put(run.rendered, (frame, future), run.stop):
                     return
     finally:
-        run.stats.stage_seconds["infer"] = run.stats.infer_seconds
         _put(run.rendered, _END, run.stop)
+
+
+def _start_call(run: _Run, tensors: list[np.ndarray]) -> "concurrent.futures.Future[list[np.ndarray]]":
+    """One model call in a daemon thread of its own (a call that never returns must not keep the process alive
+    after Ctrl-C, JOIN_TIMEOUT_S), its time added to the infer stage (summed over streams)."""
+    call: "concurrent.futures.Future[list[np.ndarray]]" = concurrent.futures.Future()
+
+    def work() -> None:
+        call.set_running_or_notify_cancel()
+        start = time.perf_counter()
+        try:
+            outputs = list(run.predictor.run(tensors))
+        except BaseException as exc:  # handed to the frames' render futures, so to the writer
+            call.set_exception(exc)
+            return
+        run.stats.add_call(time.perf_counter() - start)
+        call.set_result(outputs)
+
+    thread = threading.Thread(target=work, name="scaseg-model", daemon=True)
+    run.calls[:] = [t for t in run.calls if t.is_alive()] + [thread]
+    thread.start()
+    return call
+
+
+def _render_after(run: _Run, call: "concurrent.futures.Future[list[np.ndarray]]", row: int, frame: Frame,
+                  geom: Geometry) -> "concurrent.futures.Future[Any]":
+    """The future of ``render(frame, row of the call's outputs, geom)``, submitted to the pool once the call answers;
+    the call's exception (or a pool already shut down by a stopping run) becomes this future's."""
+    rendered: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
+
+    def settle(done: "concurrent.futures.Future[Any]") -> None:  # the call answered, then the render did
+        if done.cancelled():
+            rendered.cancel()
+        elif done.exception() is not None:
+            rendered.set_exception(done.exception())
+        elif done is not call:
+            rendered.set_result(done.result())
+        else:
+            try:
+                run.pool.submit(run.stats.timed, "render", run.render, frame, done.result()[row],
+                                geom).add_done_callback(settle)
+            except RuntimeError as exc:  # the pool is shut down: the run is stopping
+                rendered.set_exception(exc)
+
+    call.add_done_callback(settle)
+    return rendered
 
 
 def _write_frames(run: _Run, consume: Callable[[Frame, Any], None], bar: Any) -> None:
@@ -286,7 +349,7 @@ def _write_frames(run: _Run, consume: Callable[[Frame, Any], None], bar: Any) ->
 JOIN_TIMEOUT_S = 5.0
 
 
-def _join_stages(stages: list[_Stage], queues: tuple["queue.Queue[object]", ...]) -> None:
+def _join_stages(stages: "Sequence[threading.Thread]", queues: tuple["queue.Queue[object]", ...]) -> None:
     """Wait for every stage to end (``stop`` is set), emptying the queues so that none stays blocked on a full one;
     a stage still busy after JOIN_TIMEOUT_S is left behind."""
     deadline = time.monotonic() + JOIN_TIMEOUT_S

@@ -74,6 +74,9 @@ def open_backend(
         raise ScasegError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     path = (model if isinstance(model, ModelFile) else model_file(model)).path
     kind = backend_for(path) if backend == "auto" else backend
+    if settings.streams > 1 and kind != "onnxruntime":
+        raise ScasegError(f"--streams {settings.streams} runs model calls side by side on ONNX Runtime's CPU provider; "
+                          f"{path} runs on the {kind} backend, one call at a time")
     if kind != "torch":  # ONNX Runtime, OpenVINO and TensorRT open the file by name (PyTorch reads a Python file)
         require_utf8(path, "the model")
     if kind == "onnxruntime":

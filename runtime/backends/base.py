@@ -10,7 +10,7 @@ import numpy as np
 
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
-from scaseg.runtime.backends.threads import parse_threads
+from scaseg.runtime.backends.threads import cpu_cores, parse_threads
 from scaseg.runtime.memory import Memory, MemorySettings, memory_settings
 
 Shape = tuple[Optional[int], ...]
@@ -45,23 +45,39 @@ class RunSettings:
     ``spin``: whether ONNX Runtime's idle CPU threads spin-wait for the next operator (its default: fastest when the
     model has the cores to itself, as in scaseg-bench); scaseg-infer turns it off, because its decode, render and
     encode threads need those cores (measured: benchmarks/bench_pipeline.py --spin, docs/performance.md).
+    ``streams``: how many model calls may run at once (scaseg-infer --streams), the threads split between them; more
+    than 1 only for ONNX Runtime on the CPU (``check_streams``).
     """
 
     device: str = "auto"
     threads: Optional[int] = None
     memory: MemorySettings = field(default_factory=lambda: memory_settings(None))
     spin: bool = True
+    streams: int = 1
 
     def __post_init__(self) -> None:
         assert self.threads is None or (isinstance(self.threads, int) and self.threads >= 1), self.threads
+        assert isinstance(self.streams, int) and self.streams >= 1, self.streams
         assert isinstance(self.memory, MemorySettings), self.memory
 
     @classmethod
     def parse(cls, device: Optional[str] = None, threads: Union[str, int, None] = None,
-              memory: Memory = None) -> "RunSettings":
-        """The one check of --device, --threads (auto|N) and --memory, as typed or as a library caller passes them."""
+              memory: Memory = None, streams: int = 1) -> "RunSettings":
+        """The one check of --device, --threads (auto|N), --memory and --streams, as typed or as a library caller
+        passes them."""
         parse_device(device)
-        return cls((device or "auto").strip().lower(), parse_threads(threads), memory_settings(memory))
+        count = parse_threads(threads)
+        return cls((device or "auto").strip().lower(), count, memory_settings(memory),
+                   streams=check_streams(streams, count))
+
+
+def check_streams(streams: int, threads: Optional[int]) -> int:
+    """--streams: 1 to the thread count (given, or every core under auto): each stream runs on threads of its own."""
+    limit = threads if threads is not None else cpu_cores()
+    if not isinstance(streams, int) or isinstance(streams, bool) or not 1 <= streams <= limit:
+        how = f"--threads {threads}" if threads is not None else f"the {limit} cores of this machine"
+        raise ScasegError(f"--streams must be from 1 to {limit} ({how}: each stream needs a thread), got {streams}")
+    return streams
 
 
 def first_line(exc: BaseException) -> str:
@@ -113,6 +129,8 @@ class Backend(abc.ABC):
     threads: Optional[int] = None
     #: the count asked for (kept), or None: --threads auto, so runtime/backends/threads.py may change ``threads``
     requested_threads: Optional[int] = None
+    #: how many ``infer`` calls may run at once from different threads (RunSettings.streams); 1: one at a time
+    streams: int = 1
 
     def __init__(self, path: str, info: ModelInfo) -> None:
         self.path = path

@@ -95,6 +95,10 @@ class OnnxRuntimeBackend(Backend):
         providers = choose_providers(settings.device, ort.get_available_providers())
         # auto: every core until threads.apply_auto_threads measures
         self.threads = settings.threads or auto_threads()
+        self.streams = settings.streams
+        if self.streams > 1 and providers[0] != _CPU_EP:
+            raise ScasegError(f"--streams {self.streams} runs model calls side by side on the CPU; this run would use "
+                              f"{providers[0][0]} (pass --device cpu)")
         self._providers = providers
         self.session = self._open(path, providers, self.threads)
         if info is None:
@@ -111,9 +115,10 @@ class OnnxRuntimeBackend(Backend):
 
     def _open(self, path: str, providers: list[Any], threads: int) -> ort.InferenceSession:
         # Fatal only: a failed run raises an exception that says the same thing (the command prints it as one
-        # sentence), and provider fallbacks are reported through .device instead.
-        return make_session(path, threads=threads, providers=providers, memory=self.memory, log_level=4,
-                            spin=self.spin)
+        # sentence), and provider fallbacks are reported through .device instead. With several streams, calls run
+        # side by side in one session (its run() is thread-safe), each on its share of the threads.
+        return make_session(path, threads=max(1, threads // self.streams), providers=providers, memory=self.memory,
+                            log_level=4, spin=self.spin)
 
     def _check_graph(self) -> None:
         """Compare the graph's real inputs and outputs with what the metadata promises."""

@@ -105,9 +105,13 @@ def apply_auto_threads(backend: "Backend", size: Optional[tuple[int, int]], batc
     count = backend.threads
     if count is None or backend.device != "CPU":
         return "-"
+    split = "" if backend.streams == 1 else f", {max(1, count // backend.streams)} per stream x {backend.streams} streams"
     if backend.requested_threads is not None:
-        return describe(count, "given")
+        return describe(count, "given" + split)
     cores = cpu_cores()
+    if backend.streams > 1:  # the streams share every core; timing 1 thread against all answers another question
+        backend.set_threads(cores)
+        return describe(cores, "auto: every core" + split)
     pixels = None if size is None else batch * size[0] * size[1]
     if pixels is None or pixels > PROBE_MAX_PIXELS or cores == 1:
         backend.set_threads(cores)

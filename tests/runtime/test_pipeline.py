@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from runtime_models import make_onnx, make_video
 
-from scaseg.runtime.backends import open_backend
+from scaseg.runtime.backends import RunSettings, open_backend
 from scaseg.runtime.pipeline import STAGES, default_workers, run_pipeline
 from scaseg.runtime.predictor import Predictor
 from scaseg.runtime.sources import open_source
@@ -108,3 +108,48 @@ def test_ctrl_c_does_not_wait_for_a_model_call_that_never_returns(tmp_path, pred
     stats = run_pipeline(src, predictor, consume, progress=False)
     assert stats.interrupted and stats.frames == 2 and time.perf_counter() - start < 10
     release.set()
+
+
+def test_with_two_streams_model_calls_overlap_and_frames_stay_in_order(tmp_path):
+    predictor = Predictor(open_backend(make_onnx(tmp_path / "m.onnx", size=(32, 48)),
+                                       settings=RunSettings.parse("cpu", 2, streams=2)))
+    assert predictor.backend.streams == 2
+    assert predictor.backend.session.get_session_options().intra_op_num_threads == 1  # the 2 threads split
+    src = open_source(str(make_video(tmp_path / "v.mp4", frames=16, size=(40, 56))))
+    run, lock, busy, peak = predictor.run, threading.Lock(), [0], [0]
+    delays = np.random.default_rng(1).uniform(0.005, 0.03, 16)
+
+    def slow(tensors):  # calls of uneven length: later frames' calls often answer first
+        with lock:
+            busy[0] += 1
+            peak[0] = max(peak[0], busy[0])
+        time.sleep(delays[slow.calls % 16])
+        slow.calls += 1
+        try:
+            return run(tensors)
+        finally:
+            with lock:
+                busy[0] -= 1
+    slow.calls = 0
+    predictor.run = slow
+    seen = []
+    stats = run_pipeline(src, predictor, lambda f, r: seen.append((f.index, r.shape)), progress=False)
+    assert seen == [(i, (40, 56)) for i in range(16)]
+    assert peak[0] == 2 and stats.streams == 2 and stats.infer_calls == 16  # two at once, never three
+
+
+def test_an_error_in_a_model_call_reaches_the_caller(tmp_path, predictor, monkeypatch):
+    src = open_source(str(make_video(tmp_path / "v.mp4", frames=12)))
+    run = predictor.run
+
+    def broken(tensors):
+        broken.calls += 1
+        if broken.calls == 5:
+            raise RuntimeError("the model call failed")
+        return run(tensors)
+    broken.calls = 0
+    monkeypatch.setattr(predictor, "run", broken)
+    seen = []
+    with pytest.raises(RuntimeError, match="the model call failed"):
+        run_pipeline(src, predictor, lambda f, r: seen.append(f.index), progress=False)
+    assert seen == list(range(4))

@@ -13,7 +13,7 @@ from badinput import refused
 from runtime_models import make_onnx
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
-from scaseg.runtime.backends import open_backend
+from scaseg.runtime.backends import RunSettings, open_backend
 from scaseg.runtime.backends import threads as T
 from scaseg.runtime.predictor import Predictor
 
@@ -51,6 +51,7 @@ class _Slow:
     """A CPU backend whose calls take ``ms[threads]`` milliseconds."""
 
     device = "CPU"
+    streams = 1
     info = ModelInfo(variant="tiny", num_classes=3)  # a float model: the probe feeds float32 NCHW
 
     def __init__(self, ms: dict[int, float]) -> None:
@@ -80,6 +81,15 @@ def test_apply_auto_threads_uses_every_core_for_large_or_unknown_sizes(monkeypat
     big = int(T.PROBE_MAX_PIXELS ** 0.5) + 1
     assert T.apply_auto_threads(be, (big, big), 1).startswith("2 (auto: every core") and be.shapes == set()
     assert T.apply_auto_threads(be, None, 1) == "2 (auto: every core)" and be.threads == 2
+
+
+def test_with_streams_auto_threads_are_every_core_split_between_them_untimed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(T, "cpu_cores", lambda: 2)
+    be = open_backend(make_onnx(tmp_path / "d.onnx", size=None), settings=RunSettings.parse("cpu", None, None, 2))
+    said = T.apply_auto_threads(be, (32, 32), 1)
+    assert said == "2 (auto: every core, 1 per stream x 2 streams)" and be.threads == 2 and _session_threads(be) == 1
+    given = open_backend(make_onnx(tmp_path / "d.onnx", size=None), settings=RunSettings.parse("cpu", 4, None, 2))
+    assert T.apply_auto_threads(given, (32, 32), 1) == "4 (given, 2 per stream x 2 streams)" and _session_threads(given) == 2
 
 
 def test_apply_auto_threads_on_a_real_session_reopens_it_with_the_chosen_count(tmp_path: Path, monkeypatch) -> None:
