@@ -12,6 +12,7 @@ For each video size (720p, 1080p, 2160p by default), on H.264 clips of street sc
 - with --spin: scaseg-infer's pipeline with ONNX Runtime's idle threads spinning against sleeping (what it uses);
 - with --streams N: the same scaseg-infer runs with --streams N (N model calls side by side, the threads split
   between them), and the model alone the same way (N threads each calling it: frames per second of all together);
+- with --video-codec ENCODER: this checkout's scaseg-infer runs write with that encoder (e.g. mpeg4) instead of libx264;
 - bytes host -> device and back per frame for this model (float input, float logits out) and for a raw-frame
   model (uint8 frame in, uint8 labels at the frame's size out), computed from the shapes.
 Runs are interleaved (model, ceiling, model, ...) so a change of load hits both; figures are medians.
@@ -106,15 +107,16 @@ def model_only(model: Path, hw: tuple[int, int], threads: int, streams: int = 1)
     return fps
 
 
-def infer_wall(clip: Path, model: Path, out: Path, threads: int, checkout: Optional[Path] = None, streams: int = 1
-               ) -> tuple[float, dict[str, float], int]:
+def infer_wall(clip: Path, model: Path, out: Path, threads: int, checkout: Optional[Path] = None, streams: int = 1,
+               codec: Optional[str] = None) -> tuple[float, dict[str, float], int]:
     """Wall seconds of one scaseg-infer run, and the work per stage (ms per frame) and workers it reported.
 
     ``checkout``: run the scaseg-infer of that checkout instead (PYTHONPATH), e.g. a previous release.
-    ``streams``: its --streams."""
+    ``streams``, ``codec``: its --streams and --video-codec."""
     command = [sys.executable, "-c", "import sys; sys.argv[0] = 'scaseg-infer'; from scaseg.runtime.infer import main; "
                "main()", str(clip), "-m", str(model), "-o", str(out), "--threads", str(threads)]
     command += ["--streams", str(streams)] if streams > 1 else []
+    command += ["--video-codec", codec] if codec else []
     env = dict(os.environ, PYTHONPATH=str(checkout)) if checkout else None
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -178,8 +180,9 @@ def measure_size(model: Path, tiny: Path, name: str, args: argparse.Namespace, t
         if time_streams is not None:
             alone_streams.append(time_streams(args.runs))
         for kind, m, checkout, streams in runs:
-            one, _, _ = infer_wall(clips[1], m, tmp / "one.mp4", args.threads, checkout, streams)
-            many, st, w = infer_wall(clips[args.frames], m, tmp / "many.mp4", args.threads, checkout, streams)
+            codec = None if checkout else args.video_codec
+            one, _, _ = infer_wall(clips[1], m, tmp / "one.mp4", args.threads, checkout, streams, codec)
+            many, st, w = infer_wall(clips[args.frames], m, tmp / "many.mp4", args.threads, checkout, streams, codec)
             rows[kind].append((args.frames - 1) / max(many - one, 1e-9))
             if kind in stages:
                 stages[kind].append(st)
@@ -205,7 +208,8 @@ def measure_size(model: Path, tiny: Path, name: str, args: argparse.Namespace, t
 
 
 def report(results: list[dict[str, object]], model: Path, args: argparse.Namespace) -> None:
-    print(f"model {model.name}; {args.frames}-frame H.264 clips; ONNX Runtime CPU, {args.threads} threads; "
+    print(f"model {model.name}; {args.frames}-frame H.264 clips, written as {args.video_codec or 'libx264'}; "
+          f"ONNX Runtime CPU, {args.threads} threads; "
           f"medians of {args.repeats} interleaved runs (ratio: median of each repeat's end-to-end / model-only)")
     print(f"{'video':>7s} {'model-only':>11s} {'end-to-end':>11s} {'ratio':>6s} {'ceiling':>8s}   "
           "work per frame with the model, ms (decode/preprocess/infer/render/write)   ceiling's")
@@ -256,6 +260,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                     "(e.g. git worktree add ../old v0.4) on the same clips, interleaved")
     ap.add_argument("--streams", type=int, default=1, help="also time scaseg-infer --streams N and the model alone "
                     "with N calls side by side")
+    ap.add_argument("--video-codec", metavar="ENCODER", help="scaseg-infer --video-codec of this checkout's runs "
+                    "(default: its own, libx264)")
     ap.add_argument("--spin", action="store_true", help="also compare ONNX Runtime's idle threads spinning vs "
                     "sleeping inside scaseg-infer's pipeline (RunSettings.spin)")
     args = ap.parse_args(argv)
