@@ -65,6 +65,29 @@ def test_video_to_label_pngs(tmp_path, model, capsys, monkeypatch):
     assert (lab[:, :24] == expected[:, :24]).all() and (lab[:, 32:] == expected[:, 32:]).all()
 
 
+def test_two_streams_write_the_same_label_maps_as_one(tmp_path, capsys, monkeypatch):
+    from scaseg import default_model
+    from scaseg.data.synth import render_video
+    from scaseg.data.video import VideoFile
+
+    video = tmp_path / "clip.mp4"  # a drive down a synthetic street: every frame differs
+    writer = VideoFile(video, 10.0)
+    for image, _ in render_video(0, 12, (96, 160)):
+        writer.write(image, rgb=True)
+    writer.close()
+    outs = {}
+    for streams in ("1", "2"):
+        out = tmp_path / f"labels{streams}"
+        code, _, err = run_main(main, [video, "-m", default_model(), "--save-labels", "-o", out, "--threads", "2",
+                                       "--streams", streams], capsys, monkeypatch)
+        assert code == 0, err
+        assert ("per stream x 2 streams" in err) == (streams == "2")
+        outs[streams] = {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(out.glob("*.png"))}
+    assert list(outs["1"]) == [f"clip_{i:06d}.png" for i in range(12)] and list(outs["2"]) == list(outs["1"])
+    assert all((outs["1"][k] == outs["2"][k]).all() for k in outs["1"])
+    assert len({outs["1"][k].tobytes() for k in outs["1"]}) > 1  # the frames differ, so order matters
+
+
 def test_folder_with_bad_and_odd_images(tmp_path, model, capsys, monkeypatch):
     src = tmp_path / "pics"
     src.mkdir()
