@@ -60,7 +60,6 @@ class PipelineStats:
     frames: int = 0
     skipped: int = 0
     seconds: float = 0.0
-    infer_seconds: float = 0.0
     infer_calls: int = 0
     interrupted: bool = False
     stopped: bool = False
@@ -76,6 +75,11 @@ class PipelineStats:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
     @property
+    def infer_seconds(self) -> float:
+        """The model calls' time, summed over streams."""
+        return self.stage_seconds["infer"]
+
+    @property
     def model_fps(self) -> float:
         """Frames per second of one stream's model calls (with several streams they also run side by side)."""
         return self.frames / self.infer_seconds if self.infer_seconds > 0 else 0.0
@@ -87,7 +91,6 @@ class PipelineStats:
     def add_call(self, seconds: float) -> None:
         """One model call's time (the streams' threads add concurrently)."""
         with self._lock:
-            self.infer_seconds += seconds
             self.stage_seconds["infer"] += seconds
             self.infer_calls += 1
 

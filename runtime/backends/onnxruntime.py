@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from scaseg.runtime.backends.base import (DEVICES, Backend, InputMetadata, RunSettings, check_graph, first_line,
                                           parse_device)
-from scaseg.runtime.backends.threads import auto_threads
+from scaseg.runtime.backends.threads import auto_threads, per_stream
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo, read_onnx_metadata
 from scaseg.runtime.memory import MemorySettings, apply_process_settings
@@ -117,7 +117,7 @@ class OnnxRuntimeBackend(Backend):
         # Fatal only: a failed run raises an exception that says the same thing (the command prints it as one
         # sentence), and provider fallbacks are reported through .device instead. With several streams, calls run
         # side by side in one session (its run() is thread-safe), each on its share of the threads.
-        return make_session(path, threads=max(1, threads // self.streams), providers=providers, memory=self.memory,
+        return make_session(path, threads=per_stream(threads, self.streams), providers=providers, memory=self.memory,
                             log_level=4, spin=self.spin)
 
     def _check_graph(self) -> None:

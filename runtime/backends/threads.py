@@ -75,6 +75,11 @@ def auto_threads(cores: Optional[int] = None) -> int:
     return cpu_cores() if cores is None else max(1, int(cores))
 
 
+def per_stream(count: int, streams: int) -> int:
+    """The threads each of ``streams`` side-by-side model calls gets out of ``count`` (RunSettings.streams)."""
+    return max(1, count // streams)
+
+
 def describe(count: int, how: str) -> str:
     """One phrase for outputs: ``2 (given)``, ``1 (auto: timed 1 vs 2 threads at load: 15.1 vs 38.0 ms)``."""
     return f"{count} ({how})"
@@ -105,7 +110,7 @@ def apply_auto_threads(backend: "Backend", size: Optional[tuple[int, int]], batc
     count = backend.threads
     if count is None or backend.device != "CPU":
         return "-"
-    split = "" if backend.streams == 1 else f", {max(1, count // backend.streams)} per stream x {backend.streams} streams"
+    split = "" if backend.streams == 1 else f", {per_stream(count, backend.streams)} per stream x {backend.streams} streams"
     if backend.requested_threads is not None:
         return describe(count, "given" + split)
     cores = cpu_cores()

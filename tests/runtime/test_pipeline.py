@@ -56,19 +56,27 @@ def test_an_error_in_a_render_worker_reaches_the_caller(tmp_path, predictor):
     assert seen == list(range(5))  # every frame before the broken one was written, none after
 
 
-def test_an_error_in_preprocessing_reaches_the_caller(tmp_path, predictor, monkeypatch):
-    src = open_source(str(make_video(tmp_path / "v.mp4", frames=12)))
-    prepare = predictor.prepare
+def _failing_on_call(fn, n, error):
+    """``fn`` whose ``n``-th call raises ``error`` instead."""
+    calls = []
 
-    def broken(image):
-        broken.calls += 1
-        if broken.calls == 4:
-            raise MemoryError("no memory for this frame")
-        return prepare(image)
-    broken.calls = 0
-    monkeypatch.setattr(predictor, "prepare", broken)
+    def broken(*args):
+        calls.append(1)
+        if len(calls) == n:
+            raise error
+        return fn(*args)
+    return broken
+
+
+@pytest.mark.parametrize("stage,call", [("prepare", 4), ("run", 5)])
+def test_an_error_in_preprocessing_or_a_model_call_reaches_the_caller(tmp_path, predictor, monkeypatch, stage, call):
+    src = open_source(str(make_video(tmp_path / "v.mp4", frames=12)))
+    monkeypatch.setattr(predictor, stage, _failing_on_call(getattr(predictor, stage), call, MemoryError("no memory")))
+    seen = []
     with pytest.raises(MemoryError, match="no memory"):
-        run_pipeline(src, predictor, lambda f, r: None, progress=False)
+        run_pipeline(src, predictor, lambda f, r: seen.append(f.index), progress=False)
+    if stage == "run":  # one frame per call: every frame before the failed call was written, none after
+        assert seen == list(range(call - 1))
     assert not [t for t in threading.enumerate() if t.name.startswith(("scaseg-decode", "scaseg-infer"))]
 
 
@@ -136,20 +144,3 @@ def test_with_two_streams_model_calls_overlap_and_frames_stay_in_order(tmp_path)
     stats = run_pipeline(src, predictor, lambda f, r: seen.append((f.index, r.shape)), progress=False)
     assert seen == [(i, (40, 56)) for i in range(16)]
     assert peak[0] == 2 and stats.streams == 2 and stats.infer_calls == 16  # two at once, never three
-
-
-def test_an_error_in_a_model_call_reaches_the_caller(tmp_path, predictor, monkeypatch):
-    src = open_source(str(make_video(tmp_path / "v.mp4", frames=12)))
-    run = predictor.run
-
-    def broken(tensors):
-        broken.calls += 1
-        if broken.calls == 5:
-            raise RuntimeError("the model call failed")
-        return run(tensors)
-    broken.calls = 0
-    monkeypatch.setattr(predictor, "run", broken)
-    seen = []
-    with pytest.raises(RuntimeError, match="the model call failed"):
-        run_pipeline(src, predictor, lambda f, r: seen.append(f.index), progress=False)
-    assert seen == list(range(4))
