@@ -8,7 +8,8 @@ For each video size (720p, 1080p, 2160p by default), on H.264 clips of street sc
 - ceiling: the same scaseg-infer run with a near-zero-cost model (a 1x1 convolution with the shipped model's
   input, output and metadata): what decode, preprocess, postprocess, overlay and encode alone allow;
 - work per stage: milliseconds per frame, summed over each stage's threads, as scaseg-infer reports them;
-- with --compare CHECKOUT: the same runs with another checkout's scaseg-infer (a previous version), interleaved;
+- with --compare CHECKOUT: the same runs with another checkout's scaseg-infer (a previous version), interleaved
+  (with --streams N also its --streams N runs);
 - with --spin: scaseg-infer's pipeline with ONNX Runtime's idle threads spinning against sleeping (what it uses);
 - with --streams N: the same scaseg-infer runs with --streams N (N model calls side by side, the threads split
   between them), and the model alone the same way (N threads each calling it: frames per second of all together);
@@ -168,6 +169,8 @@ def measure_size(model: Path, tiny: Path, name: str, args: argparse.Namespace, t
         runs += [("streams", model, None, args.streams)]
     if args.compare:
         runs += [("compare", model, args.compare, 1), ("compare ceiling", tiny, args.compare, 1)]
+        if args.streams > 1:
+            runs += [("compare streams", model, args.compare, args.streams)]
     rows: dict[str, list[float]] = {kind: [] for kind, _, _, _ in runs}
     stages: dict[str, list[dict[str, float]]] = {"model": [], "ceiling": [], "streams": []}
     workers = 0
@@ -225,6 +228,10 @@ def report(results: list[dict[str, object]], model: Path, args: argparse.Namespa
             print(f"{r['size']:>7s}  end-to-end {c['compare']:6.1f} FPS = {c['compare'] / r['model_only']:.2f} of "  # type: ignore[index,operator]
                   f"model-only (this checkout: {r['e2e'] / c['compare']:.2f}x that)   ceiling "  # type: ignore[index,operator]
                   f"{c['compare ceiling']:6.1f} FPS (this checkout: {r['ceiling'] / c['compare ceiling']:.2f}x)")  # type: ignore[index,operator]
+            if "compare streams" in c:  # type: ignore[operator]
+                print(f"{'':>7s}  with --streams {args.streams}: end-to-end {c['compare streams']:6.1f} FPS = "  # type: ignore[index]
+                      f"{c['compare streams'] / r['model_only']:.2f} of model-only (this checkout: "  # type: ignore[index,operator]
+                      f"{r['streams']['e2e'] / c['compare streams']:.2f}x that)")  # type: ignore[index,operator]
     if args.streams > 1:
         print(f"the same scaseg-infer runs with --streams {args.streams} ({args.streams} model calls side by side, "
               f"{args.threads} threads split between them), interleaved with the above; model-only with "

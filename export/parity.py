@@ -27,7 +27,7 @@ from scaseg.export.sca import grid_points_for, measure_spread
 from scaseg.metadata import ModelInfo
 from scaseg.models.decoder import StripAttentionCore, set_grid_points, set_query_chunk
 from scaseg.export.raw_input import numpy_path_labels, reference_logits
-from scaseg.runtime.preprocess import preprocess, resize_label
+from scaseg.runtime.preprocess import preprocess, resize_nearest
 from scaseg.data.metrics import label_agreement
 from scaseg.data.synth import render_scene
 
@@ -160,7 +160,7 @@ def _at_source(maps: np.ndarray, info: ModelInfo) -> np.ndarray:
     size = tuple(info.input_size or maps.shape[-2:])
     if maps.shape[-2:] == size:
         return maps
-    return np.stack([resize_label(m if m.dtype == np.float32 else m.astype(np.int32), size) for m in maps])
+    return np.stack([resize_nearest(m if m.dtype == np.float32 else m.astype(np.int32), size) for m in maps])
 
 
 def refuse_disagreement(report: ParityReport, tolerance: float) -> None:

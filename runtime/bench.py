@@ -29,7 +29,7 @@ from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, bat
                                     memory_option, model_name_option, server_option, threads_option, SERVER_OWNS)
 from scaseg.runtime.predictor import Predictor
 from scaseg.data.images import decode_image, read_encoded
-from scaseg.runtime.preprocess import resize_label
+from scaseg.runtime.preprocess import resize_nearest
 from scaseg.runtime.timing import summarize
 
 app = make_app(__doc__)
@@ -121,7 +121,7 @@ def evaluate(predictor: Predictor, ds: Any, limit: Optional[int] = None, progres
         if sample.label is None:
             raise ScasegError(f"the image {sample.name} of {ds.root} has no label, so mIoU cannot be measured")
         pred = predictor(sample.image)
-        label = sample.label if sample.label.shape == pred.shape else resize_label(sample.label, pred.shape)
+        label = sample.label if sample.label.shape == pred.shape else resize_nearest(sample.label, pred.shape)
         metrics.update(pred, label)
     result = metrics.compute()
     iou = [None if (v is None or (isinstance(v, float) and math.isnan(v))) else float(v) for v in result["iou"]]

@@ -6,6 +6,8 @@ from typing import Optional, Sequence, Union
 import cv2
 import numpy as np
 
+from scaseg.runtime.preprocess import resize_nearest
+
 # A list of RGB triples, or an (N, 3) uint8 array such as palette_lut() returns.
 Palette = Union[Sequence[Sequence[int]], np.ndarray]
 
@@ -48,11 +50,14 @@ def draw_legend(
     palette: Palette,
     classes: Optional[Union[Sequence[int], np.ndarray]] = None,
     max_rows: int = 20,
+    copy: bool = True,
 ) -> np.ndarray:
-    """Draw a colour key (swatch + name) in the top-left corner; ``classes`` limits it to those ids."""
+    """Draw a colour key (swatch + name) in the top-left corner; ``classes`` limits it to those ids.
+
+    ``copy=False`` draws into ``image`` itself (a picture the caller owns) instead of a copy of it."""
     ids = list(range(len(class_names))) if classes is None else [int(c) for c in classes if 0 <= int(c) < len(class_names)]
     ids = ids[:max_rows]
-    out = image.copy()
+    out = image.copy() if copy else image
     if not ids:
         return out
     h, w = out.shape[:2]
@@ -92,10 +97,8 @@ def render_overlay(
     """
     mask = colorize(labels, palette)
     h, w = image.shape[:2]
-    if mask.shape[:2] != (h, w):
-        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
-    out = blend(image, mask, alpha)
+    out = blend(image, resize_nearest(mask, (h, w)), alpha)
     if class_names is not None:
         present = np.flatnonzero(np.bincount(labels.ravel(), minlength=len(class_names))[: len(class_names)])
-        out = draw_legend(out, class_names, palette, present)
+        out = draw_legend(out, class_names, palette, present, copy=False)  # ``out`` is this function's own
     return out

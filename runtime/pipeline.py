@@ -11,6 +11,11 @@ Stages and who runs them:
   encoder has threads of its own).
 Python only schedules: it hands frames and futures between bounded queues, so memory stays bounded and every
 per-pixel operation runs in library code.
+
+OpenCV's own threads are off while a run lasts (``cv2.setNumThreads(1)``, restored after): the pool already works on
+frames side by side, and OpenCV's per-call threads wait actively for one another, so with the other cores busy
+(the model, the codecs) a 1080p colour conversion or blend took about twice the CPU for no less wall time
+(benchmarks/bench_frame_ops.py; docs/performance.md, "The frame path's own operations").
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Tuple, cast
 
+import cv2
 import numpy as np
 
 from scaseg.runtime.preprocess import Geometry
@@ -193,6 +199,8 @@ def run_pipeline(
     bar = progress_bar(total=min(total) if total else None, unit="frame", file=sys.stderr, disable=not progress,
                        dynamic_ncols=True, smoothing=0.1)
     start = time.perf_counter()
+    opencv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # see the module docstring
     for stage in stages:
         stage.start()
     try:
@@ -206,6 +214,7 @@ def run_pipeline(
         _join_stages(stages, (run.decoded, run.rendered))
         _join_stages(list(run.calls), (run.decoded, run.rendered))  # a model call must not outlive the run
         run.pool.shutdown(wait=not any(stage.is_alive() for stage in stages), cancel_futures=True)
+        cv2.setNumThreads(opencv_threads)
         stats.seconds = time.perf_counter() - start
         bar.close()
     for stage in stages:

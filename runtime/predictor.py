@@ -14,7 +14,7 @@ import numpy as np
 from scaseg.runtime.backends import Backend
 from scaseg.errors import ScasegError
 from scaseg.runtime.preprocess import (Geometry, label_dtype, labels_to_source, logits_to_labels, preprocess,
-                                      resize_image, resize_label)
+                                      resize_image, resize_nearest)
 
 
 def input_size_for(backend: Backend, imgsz: Optional[Sequence[int]] = None,
@@ -46,7 +46,7 @@ def output_to_labels(output: np.ndarray, geom: Geometry, num_classes: int, to_so
     else:
         labels = output.astype(label_dtype(num_classes), copy=False)
     if labels.shape != tuple(geom.dst_hw):  # a model that answers at another stride: back to the input grid first
-        labels = resize_label(labels, geom.dst_hw)
+        labels = resize_nearest(labels, geom.dst_hw)
     if not to_source:
         return labels[: geom.content_hw[0], : geom.content_hw[1]]
     return labels_to_source(labels, geom)

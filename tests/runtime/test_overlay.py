@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scaseg.metadata import default_palette
-from scaseg.runtime.overlay import blend, colorize, palette_lut, render_overlay
+from scaseg.runtime.overlay import blend, colorize, draw_legend, palette_lut, render_overlay
 from scaseg.runtime.predictor import output_to_labels
 from scaseg.runtime.preprocess import labels_to_source, resize_image
 
@@ -57,3 +57,12 @@ def test_the_legend_lists_the_classes_of_the_small_labels():
     assert (render_overlay(image, small, palette, 0.5, names) == render_overlay(image, up, palette, 0.5, names)).all()
     # the same legend: labels scaled up first hold the same classes
     assert (labels_to_source(small, resize_image(image, (40, 60), "stretch")[1]) == up).all()
+
+
+def test_the_legend_draws_on_a_copy_unless_told_the_picture_is_the_callers():
+    palette, names = default_palette(3), ["road", "car", "sky"]
+    image = np.full((200, 300, 3), 90, np.uint8)
+    drawn = draw_legend(image, names, palette)
+    assert (image == 90).all() and drawn is not image and (drawn != 90).any()
+    in_place = draw_legend(image, names, palette, copy=False)
+    assert in_place is image and np.array_equal(image, drawn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 from runtime_models import make_onnx, make_video
@@ -54,6 +55,31 @@ def test_an_error_in_a_render_worker_reaches_the_caller(tmp_path, predictor):
     with pytest.raises(ValueError, match="render broke"):
         run_pipeline(src, predictor, lambda f, r: seen.append(f.index), render=render, progress=False)
     assert seen == list(range(5))  # every frame before the broken one was written, none after
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_opencv_runs_one_thread_per_call_during_a_run_and_its_setting_comes_back(tmp_path, predictor, fail):
+    src = open_source(str(make_video(tmp_path / "v.mp4", frames=6)))
+    seen = []
+
+    def render(frame, output, geom):
+        seen.append(cv2.getNumThreads())
+        if fail:
+            raise ValueError("render broke")
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        if fail:
+            with pytest.raises(ValueError, match="render broke"):
+                run_pipeline(src, predictor, lambda f, r: None, render=render, progress=False)
+        else:
+            run_pipeline(src, predictor, lambda f, r: seen.append(cv2.getNumThreads()), render=render,
+                         progress=False)
+        assert seen and set(seen) == {1}  # in the pool's renders and in the writer
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
 
 
 def _failing_on_call(fn, n, error):

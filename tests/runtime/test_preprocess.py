@@ -1,12 +1,13 @@
 """scaseg.runtime.preprocess: normalisation, resize and back, logits to labels (the one preprocessing)."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from scaseg.metadata import IMAGENET_MEAN, IMAGENET_STD
 from scaseg.runtime.preprocess import (label_dtype, labels_to_source, logits_to_labels, normalize, preprocess,
-                                      resize_image)
+                                      resize_image, resize_nearest)
 
 
 def test_normalize_matches_definition():
@@ -30,6 +31,20 @@ def test_resize_and_back_recovers_label_layout(policy):
     assert (back == labels).mean() > 0.99
     if policy == "letterbox":
         assert geom.content_hw == (96, 128)
+
+
+@pytest.mark.parametrize("src_hw", [(192, 384), (97, 131), (1, 1), (5, 3), (360, 640)])
+@pytest.mark.parametrize("dst_hw", [(1080, 1920), (2160, 3840), (1081, 1919), (300, 200), (7, 5), (100, 50),
+                                    (192, 1000)])
+def test_resize_nearest_picks_the_pixels_opencv_picks(src_hw, dst_hw):
+    rng = np.random.default_rng(sum(src_hw) + sum(dst_hw))
+    for image in (rng.integers(0, 256, (*src_hw, 3), dtype=np.uint8), rng.integers(0, 300, src_hw).astype(np.int32),
+                  rng.integers(0, 9, src_hw).astype(np.uint16)):
+        ours = resize_nearest(image, dst_hw)
+        theirs = cv2.resize(image, dst_hw[::-1], interpolation=cv2.INTER_NEAREST)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape and np.array_equal(ours, theirs)
+    same = rng.integers(0, 256, (*src_hw, 3), dtype=np.uint8)
+    assert resize_nearest(same, src_hw) is same
 
 
 def test_preprocess_keeps_size_when_dynamic():
