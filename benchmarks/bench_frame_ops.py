@@ -113,7 +113,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         ops = operations(SIZES[size])
         columns = [f"{n} thread{'s' if n > 1 else ''}, {load}" for n in (1, default_threads) for load in ("idle", "busy")]
         print(f"{size}, per call: wall ms / CPU ms")
-        print(f"  {'':40s}" + "".join(f"{c:<19s}" for c in columns))
+        print((f"  {'':40s}" + "".join(f"{c:<19s}" for c in columns)).rstrip())
         rows: dict[str, list[tuple[float, float]]] = {name: [] for name in ops}
         for threads in (1, default_threads):
             cv2.setNumThreads(threads)
@@ -123,7 +123,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                         rows[name].append(timed(fn, args.calls, args.repeats))
         cv2.setNumThreads(default_threads)
         for name, cells in rows.items():
-            print(f"  {name:40s}" + "".join(f"{wall:6.2f} / {cpu:6.2f}    " for wall, cpu in cells))
+            print(f"  {name:40s}" + "    ".join(f"{wall:6.2f} / {cpu:6.2f}" for wall, cpu in cells))
 
 
 if __name__ == "__main__":

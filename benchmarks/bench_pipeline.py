@@ -8,6 +8,8 @@ For each video size (720p, 1080p, 2160p by default), on H.264 clips of street sc
 - ceiling: the same scaseg-infer run with a near-zero-cost model (a 1x1 convolution with the shipped model's
   input, output and metadata): what decode, preprocess, postprocess, overlay and encode alone allow;
 - work per stage: milliseconds per frame, summed over each stage's threads, as scaseg-infer reports them;
+- CPU per frame: scaseg-infer's user + system time (every thread) on the N-frame clip minus the 1-frame clip's, per
+  frame, for every kind of run below (the compare runs included);
 - with --compare CHECKOUT: the same runs with another checkout's scaseg-infer (a previous version), interleaved
   (with --streams N also its --streams N runs);
 - with --spin: scaseg-infer's pipeline with ONNX Runtime's idle threads spinning against sleeping (what it uses);
@@ -16,7 +18,8 @@ For each video size (720p, 1080p, 2160p by default), on H.264 clips of street sc
 - with --video-codec ENCODER: this checkout's scaseg-infer runs write with that encoder (e.g. mpeg4) instead of libx264;
 - bytes host -> device and back per frame for this model (float input, float logits out) and for a raw-frame
   model (uint8 frame in, uint8 labels at the frame's size out), computed from the shapes.
-Runs are interleaved (model, ceiling, model, ...) so a change of load hits both; figures are medians.
+Runs are interleaved (model, ceiling, ..., then the reverse order in the next repeat, so that no kind always runs
+first) so a change of load hits all alike; figures are medians (use an even --repeats).
 
     python benchmarks/bench_pipeline.py                                # the shipped int8 model, 2 threads
     python benchmarks/bench_pipeline.py model.onnx --sizes 1080p --frames 121 --repeats 3
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -109,8 +113,9 @@ def model_only(model: Path, hw: tuple[int, int], threads: int, streams: int = 1)
 
 
 def infer_wall(clip: Path, model: Path, out: Path, threads: int, checkout: Optional[Path] = None, streams: int = 1,
-               codec: Optional[str] = None) -> tuple[float, dict[str, float], int]:
-    """Wall seconds of one scaseg-infer run, and the work per stage (ms per frame) and workers it reported.
+               codec: Optional[str] = None) -> tuple[float, float, dict[str, float], int]:
+    """Wall and CPU seconds (user + system, every thread) of one scaseg-infer run, and the work per stage (ms per
+    frame) and workers it reported.
 
     ``checkout``: run the scaseg-infer of that checkout instead (PYTHONPATH), e.g. a previous release.
     ``streams``, ``codec``: its --streams and --video-codec."""
@@ -119,14 +124,19 @@ def infer_wall(clip: Path, model: Path, out: Path, threads: int, checkout: Optio
     command += ["--streams", str(streams)] if streams > 1 else []
     command += ["--video-codec", codec] if codec else []
     env = dict(os.environ, PYTHONPATH=str(checkout)) if checkout else None
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _children_cpu() - cpu
     if proc.returncode != 0:
         raise SystemExit(f"scaseg-infer failed: {proc.stderr.strip()}")
     found = STAGE_LINE.search(proc.stderr)
     stages = {k: float(v) for k, v in (part.rsplit(" ", 1) for part in found.group(1).split(", "))} if found else {}
-    return wall, stages, int(found.group(2)) if found else 0
+    return wall, cpu, stages, int(found.group(2)) if found else 0
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def spin_fps(model: Path, clip: Path, out: Path, threads: int, spin: bool) -> float:
@@ -172,21 +182,26 @@ def measure_size(model: Path, tiny: Path, name: str, args: argparse.Namespace, t
         if args.streams > 1:
             runs += [("compare streams", model, args.compare, args.streams)]
     rows: dict[str, list[float]] = {kind: [] for kind, _, _, _ in runs}
+    cpu_ms: dict[str, list[float]] = {kind: [] for kind, _, _, _ in runs}  # CPU per frame, start-up cancelled
     stages: dict[str, list[dict[str, float]]] = {"model": [], "ceiling": [], "streams": []}
     workers = 0
     time_model = model_only(model, hw, args.threads)
     time_streams = model_only(model, hw, args.threads, args.streams) if args.streams > 1 else None
     alone: list[float] = []
     alone_streams: list[float] = []
-    for _ in range(args.repeats):  # interleaved: a change of load hits every kind alike
+    for repeat in range(args.repeats):  # interleaved: a change of load hits every kind alike
         alone.append(time_model(args.runs))
         if time_streams is not None:
             alone_streams.append(time_streams(args.runs))
-        for kind, m, checkout, streams in runs:
+        # every other repeat in the reverse order (A B C, C B A, ...): on this host the same run timed first or last
+        # in a round came out slower by more than the changes compared (the checkout timed first in each round)
+        for kind, m, checkout, streams in (runs if repeat % 2 == 0 else runs[::-1]):
             codec = None if checkout else args.video_codec
-            one, _, _ = infer_wall(clips[1], m, tmp / "one.mp4", args.threads, checkout, streams, codec)
-            many, st, w = infer_wall(clips[args.frames], m, tmp / "many.mp4", args.threads, checkout, streams, codec)
+            one, one_cpu, _, _ = infer_wall(clips[1], m, tmp / "one.mp4", args.threads, checkout, streams, codec)
+            many, many_cpu, st, w = infer_wall(clips[args.frames], m, tmp / "many.mp4", args.threads, checkout,
+                                               streams, codec)
             rows[kind].append((args.frames - 1) / max(many - one, 1e-9))
+            cpu_ms[kind].append(1000 * (many_cpu - one_cpu) / (args.frames - 1))
             if kind in stages:
                 stages[kind].append(st)
                 workers = w
@@ -207,6 +222,12 @@ def measure_size(model: Path, tiny: Path, name: str, args: argparse.Namespace, t
             "ratio": statistics.median(e / m for e, m in zip(rows["model"], alone)), "spin": spin, "e2e": statistics.median(rows["model"]),
             "ceiling": statistics.median(rows["ceiling"]), "stages": median_stages,
             "compare": {k: statistics.median(v) for k, v in rows.items() if k.startswith("compare")}, "workers": workers,
+            "cpu_ms": {k: statistics.median(v) for k, v in cpu_ms.items()},
+            # this checkout against the other, repeat by repeat (both ran back to back): FPS ratio, CPU-per-frame ratio
+            "paired": {ours: (statistics.median(a / b for a, b in zip(rows[ours], rows[theirs])),
+                              statistics.median(a / b for a, b in zip(cpu_ms[ours], cpu_ms[theirs])))
+                       for ours, theirs in (("model", "compare"), ("ceiling", "compare ceiling"),
+                                            ("streams", "compare streams")) if theirs in rows},
             "bytes": frame_bytes(model, hw)}
 
 
@@ -225,13 +246,17 @@ def report(results: list[dict[str, object]], model: Path, args: argparse.Namespa
         print(f"the same scaseg-infer runs with the checkout {args.compare}, interleaved with the above:")
         for r in results:
             c = r["compare"]
+            pair = r["paired"]
             print(f"{r['size']:>7s}  end-to-end {c['compare']:6.1f} FPS = {c['compare'] / r['model_only']:.2f} of "  # type: ignore[index,operator]
-                  f"model-only (this checkout: {r['e2e'] / c['compare']:.2f}x that)   ceiling "  # type: ignore[index,operator]
-                  f"{c['compare ceiling']:6.1f} FPS (this checkout: {r['ceiling'] / c['compare ceiling']:.2f}x)")  # type: ignore[index,operator]
-            if "compare streams" in c:  # type: ignore[operator]
+                  f"model-only (this checkout: {pair['model'][0]:.2f}x the FPS, {pair['model'][1]:.2f}x the CPU per "  # type: ignore[index]
+                  f"frame)   ceiling {c['compare ceiling']:6.1f} FPS (this checkout: {pair['ceiling'][0]:.2f}x, "  # type: ignore[index]
+                  f"{pair['ceiling'][1]:.2f}x)")  # type: ignore[index]
+            if "streams" in pair:  # type: ignore[operator]
                 print(f"{'':>7s}  with --streams {args.streams}: end-to-end {c['compare streams']:6.1f} FPS = "  # type: ignore[index]
                       f"{c['compare streams'] / r['model_only']:.2f} of model-only (this checkout: "  # type: ignore[index,operator]
-                      f"{r['streams']['e2e'] / c['compare streams']:.2f}x that)")  # type: ignore[index,operator]
+                      f"{pair['streams'][0]:.2f}x the FPS, {pair['streams'][1]:.2f}x the CPU per frame)")  # type: ignore[index]
+        print("  (this checkout against the other: the median over repeats of each repeat's ratio, the two runs back to "
+              "back)")
     if args.streams > 1:
         print(f"the same scaseg-infer runs with --streams {args.streams} ({args.streams} model calls side by side, "
               f"{args.threads} threads split between them), interleaved with the above; model-only with "
@@ -241,6 +266,11 @@ def report(results: list[dict[str, object]], model: Path, args: argparse.Namespa
             print(f"{r['size']:>7s}  end-to-end {s['e2e']:6.1f} FPS = {s['ratio']:.2f} of model-only ({args.threads} threads, one "  # type: ignore[index]
                   f"call at a time)   model-only with {args.streams} streams {s['model_only']:6.1f} FPS   work per frame "  # type: ignore[index]
                   + "/".join(f"{v:.1f}" for v in st.values()))
+    print("CPU per frame, ms (scaseg-infer's user + system time, every thread, the 1-frame run's subtracted; medians; "
+          "less moved by other guests of a shared host than wall time):")
+    for r in results:
+        cells = "   ".join(f"{kind} {ms:6.1f}" for kind, ms in r["cpu_ms"].items())  # type: ignore[attr-defined]
+        print(f"{r['size']:>7s}  {cells}")
     if any(r["spin"] for r in results):
         print("ONNX Runtime's idle threads spinning (its default) or sleeping (scaseg-infer's choice), in-process "
               "scaseg-infer FPS including start-up of the pipeline:")
