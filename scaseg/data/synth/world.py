@@ -125,8 +125,16 @@ def _jitter(rng: np.random.Generator, colour: Sequence[float], amount: float = 1
     return tuple(float(np.clip(c + rng.uniform(-amount, amount), 0, 255)) for c in colour)
 
 
+def _pick(rng: np.random.Generator, names: Sequence[str], p: Optional[Sequence[float]] = None) -> str:
+    """One of ``names`` (with probabilities ``p``): the same draw as ``rng.choice(names, p=p)``, which returns the
+    name at the index ``rng.choice(len(names), p=p)`` picks. Not that call itself: NumPy's choice over an array of
+    strings loses a KeyboardInterrupt raised while it runs (NumPy 2.4; every time in a test loop), so a Ctrl-C that
+    fell there let scaseg-synth run to the end (tests/core/data/test_synth_world.py)."""
+    return names[int(rng.choice(len(names), p=p))]
+
+
 def _building_colour(rng: np.random.Generator) -> tuple:
-    family = rng.choice(["concrete", "sand", "brick", "white", "pastel", "dark"], p=[0.3, 0.2, 0.15, 0.15, 0.1, 0.1])
+    family = _pick(rng, ["concrete", "sand", "brick", "white", "pastel", "dark"], p=[0.3, 0.2, 0.15, 0.15, 0.1, 0.1])
     if family == "concrete":
         return _grey(rng, 85, 190)
     if family == "sand":
@@ -141,13 +149,13 @@ def _building_colour(rng: np.random.Generator) -> tuple:
 
 
 def _green(rng: np.random.Generator) -> tuple:
-    kind = rng.choice(["green", "dark", "olive", "autumn"], p=[0.45, 0.25, 0.2, 0.1])
+    kind = _pick(rng, ["green", "dark", "olive", "autumn"], p=[0.45, 0.25, 0.2, 0.1])
     base = {"green": (70, 120, 40), "dark": (40, 70, 35), "olive": (105, 110, 70), "autumn": (150, 105, 45)}[kind]
     return _jitter(rng, base, 20)
 
 
 def _car_colour(rng: np.random.Generator) -> tuple:
-    kind = rng.choice(["grey", "white", "black", "red", "blue", "green", "beige"], p=[0.3, 0.2, 0.2, 0.1, 0.1, 0.05, 0.05])
+    kind = _pick(rng, ["grey", "white", "black", "red", "blue", "green", "beige"], p=[0.3, 0.2, 0.2, 0.1, 0.1, 0.05, 0.05])
     if kind == "grey":
         return _grey(rng, 80, 170, 4)
     if kind == "white":
@@ -244,7 +252,7 @@ def _draw_buildings(rng: np.random.Generator, line: float, z_end: float, facades
         height = floor_h * int(rng.integers(2, 8)) + rng.uniform(0.3, 1.5)
         win_step = rng.uniform(2.2, 4.0)
         n_floors, n_cols = int(height // floor_h), int(seg // win_step) + 1
-        glass = rng.choice(["dark", "blue", "light"])
+        glass = _pick(rng, ["dark", "blue", "light"])
         base = {"dark": (45, 50, 60), "blue": (90, 130, 180), "light": (170, 180, 190)}[glass]
         win_colours = np.array([_jitter(rng, base, 20) for _ in range(3)])
         facades.append(Facade(line, z, min(z + seg, z_end), height, _building_colour(rng), floor_h,

@@ -49,3 +49,36 @@ def test_a_video_street_reaches_past_the_camera_travel_and_holds_more_traffic() 
 def test_class_ids_are_the_cityscapes_train_ids() -> None:
     assert (SYNTH_CLASSES["sky"], SYNTH_CLASSES["car"], EGO) == (SKY, CAR, 255) == (10, 13, 255)
     assert len(set(SYNTH_CLASSES.values())) == len(SYNTH_CLASSES)
+
+
+def test_a_named_pick_is_numpys_choice_over_the_names() -> None:
+    names, p = ["concrete", "sand", "brick", "white"], [0.4, 0.3, 0.2, 0.1]
+    ours, theirs = np.random.default_rng(5), np.random.default_rng(5)
+    assert [synth_world._pick(ours, names, p) for _ in range(200)] == [str(theirs.choice(names, p=p)) for _ in range(200)]
+    assert [synth_world._pick(ours, names) for _ in range(50)] == [str(theirs.choice(names)) for _ in range(50)]
+
+
+def test_a_ctrl_c_while_colours_are_drawn_reaches_the_caller() -> None:
+    """A stop signal raises KeyboardInterrupt wherever the main thread is (scaseg.signals); NumPy's choice over
+    strings, which the colour draws used, lost it every time, and scaseg-synth then ran to the end."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    rng, delays = np.random.default_rng(0), np.random.default_rng(1).uniform(0.001, 0.004, 20)
+    reached = 0
+    try:
+        for delay in delays:
+            try:
+                signal.setitimer(signal.ITIMER_REAL, float(delay))
+                for _ in range(20000):  # a second or more of colour draws: the signal falls inside them
+                    synth_world._building_colour(rng), synth_world._car_colour(rng), synth_world._green(rng)
+            except KeyboardInterrupt:
+                reached += 1
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert reached == len(delays)
