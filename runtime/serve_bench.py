@@ -59,6 +59,22 @@ def server_stats_delta(before: dict[str, int], after: dict[str, int]) -> dict[st
     return delta
 
 
+#: How long load_test waits for the server's statistics to count every request it answered.
+STATS_SETTLE_S = 2.0
+
+
+def _settled_statistics(backend: ServerBackend, before: dict[str, int], requests: int) -> dict[str, Any]:
+    """The server's statistics since ``before``, once they count the run's ``requests``: Triton records a request
+    after its response has gone, so a reading taken as the last answer arrives can miss it (479 of 480 requests,
+    seen in tests/runtime/test_serve.py). Waits up to STATS_SETTLE_S, then takes what the server says."""
+    deadline = time.monotonic() + STATS_SETTLE_S
+    while True:
+        stats = server_stats_delta(before, backend.statistics())
+        if stats["requests"] >= requests or time.monotonic() >= deadline:
+            return stats
+        time.sleep(0.02)
+
+
 def load_test(backend: ServerBackend, url: str, streams: int, frames: Sequence[np.ndarray], warmup: int = 1,
               keep: bool = False) -> dict[str, Any]:
     """``streams`` threads each send every frame of ``frames`` (one request each) after ``warmup`` untimed ones.
@@ -88,8 +104,8 @@ def load_test(backend: ServerBackend, url: str, streams: int, frames: Sequence[n
         if r.error is not None:
             raise r.error if isinstance(r.error, (ScasegError, KeyboardInterrupt)) else ScasegError(
                 f"a stream failed: {type(r.error).__name__}: {r.error}")
-    stats = server_stats_delta(before, backend.statistics())
     latencies = [x for r in results for x in r.latencies]
+    stats = _settled_statistics(backend, before, len(latencies))
     record: dict[str, Any] = {
         "server": url, "model": backend.model_name, "streams": streams, "frames": len(latencies),
         "frame_hw": list(frames[0].shape[:2]), "seconds": seconds,
