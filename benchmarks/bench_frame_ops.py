@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -31,29 +29,23 @@ import cv2
 import numpy as np
 
 from perf_machine import machine_line
+from perf_measure import median_wall_cpu_ms
 
 SIZES = {"720p": (720, 1280), "1080p": (1080, 1920), "2160p": (2160, 3840)}
 NET_HW = (192, 384)  # the shipped model's input
 PAUSE_S = 0.002
 
 
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def timed(fn: Callable[[], object], calls: int, repeats: int) -> tuple[float, float]:
-    """Median (wall ms, CPU ms) per call of ``fn``."""
+    """Median (wall ms, CPU ms) per call of ``fn``, after one untimed call; a pause of PAUSE_S between calls."""
     fn()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        c0, t0 = _cpu(), time.perf_counter()
+
+    def calls_with_pauses() -> int:
         for _ in range(calls):
             fn()
             time.sleep(PAUSE_S)
-        walls.append(1000 * (time.perf_counter() - t0 - calls * PAUSE_S) / calls)
-        cpus.append(1000 * (_cpu() - c0) / calls)
-    return statistics.median(walls), statistics.median(cpus)
+        return calls
+    return median_wall_cpu_ms(calls_with_pauses, repeats, idle_s=PAUSE_S)
 
 
 @contextlib.contextmanager

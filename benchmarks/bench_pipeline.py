@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from perf_machine import machine_line
+from perf_measure import cpu_seconds
 
 SIZES = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920), "1440p": (1440, 2560), "2160p": (2160, 3840)}
 STAGE_LINE = re.compile(r"work per frame, ms summed over threads: (.*) \((\d+) preprocess/render workers\)")
@@ -124,19 +124,14 @@ def infer_wall(clip: Path, model: Path, out: Path, threads: int, checkout: Optio
     command += ["--streams", str(streams)] if streams > 1 else []
     command += ["--video-codec", codec] if codec else []
     env = dict(os.environ, PYTHONPATH=str(checkout)) if checkout else None
-    start, cpu = time.perf_counter(), _children_cpu()
+    start, cpu = time.perf_counter(), cpu_seconds(children=True)
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    wall, cpu = time.perf_counter() - start, _children_cpu() - cpu
+    wall, cpu = time.perf_counter() - start, cpu_seconds(children=True) - cpu
     if proc.returncode != 0:
         raise SystemExit(f"scaseg-infer failed: {proc.stderr.strip()}")
     found = STAGE_LINE.search(proc.stderr)
     stages = {k: float(v) for k, v in (part.rsplit(" ", 1) for part in found.group(1).split(", "))} if found else {}
     return wall, cpu, stages, int(found.group(2)) if found else 0
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def spin_fps(model: Path, clip: Path, out: Path, threads: int, spin: bool) -> float:

@@ -13,11 +13,8 @@ system time, which shows work done on other threads (an encoder's) that wall tim
 from __future__ import annotations
 
 import argparse
-import resource
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -25,24 +22,9 @@ import cv2
 import numpy as np
 
 from perf_machine import machine_line
+from perf_measure import median_wall_cpu_ms
 
 SIZES = {"720p": (720, 1280), "1080p": (1080, 1920), "2160p": (2160, 3840)}
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed(fn: Callable[[], int], repeats: int) -> tuple[float, float]:
-    """Median (wall ms, CPU ms) per frame of ``fn``, which returns the frames it handled."""
-    walls, cpus = [], []
-    for _ in range(repeats):
-        c0, t0 = _cpu(), time.perf_counter()
-        n = fn()
-        walls.append(1000 * (time.perf_counter() - t0) / n)
-        cpus.append(1000 * (_cpu() - c0) / n)
-    return statistics.median(walls), statistics.median(cpus)
 
 
 def cv2_decode(path: Path) -> int:
@@ -110,11 +92,11 @@ def measure(name: str, frames: list[np.ndarray], repeats: int, tmp: Path) -> lis
         "encode VideoFile libx264 (used)": lambda: videofile_encode(frames, tmp / "x264.mp4", "libx264"),
     }
     for label, fn in encoders.items():
-        rows.append((label, *timed(fn, repeats)))
+        rows.append((label, *median_wall_cpu_ms(fn, repeats)))
     for clip, label in ((tmp / "x264.mp4", "H.264"), (tmp / "cv2.mp4", "mp4v")):
-        rows.append((f"decode {label} cv2.VideoCapture", *timed(lambda: cv2_decode(clip), repeats)))
+        rows.append((f"decode {label} cv2.VideoCapture", *median_wall_cpu_ms(lambda: cv2_decode(clip), repeats)))
         for threading in ("SLICE", "AUTO"):
-            rows.append((f"decode {label} PyAV {threading}", *timed(lambda: av_decode(clip, threading), repeats)))
+            rows.append((f"decode {label} PyAV {threading}", *median_wall_cpu_ms(lambda: av_decode(clip, threading), repeats)))
     return rows
 
 

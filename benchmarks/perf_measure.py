@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -18,6 +20,25 @@ from scaseg.fileio import atomic_path
 REPO = Path(__file__).resolve().parent.parent
 # The script whose --rss-probe runs one model in a fresh process.
 PROBE_SCRIPT = Path(__file__).resolve().with_name("perf_report.py")
+
+
+def cpu_seconds(children: bool = False) -> float:
+    """User + system CPU seconds of this process (every thread, so a library's helper threads count), or with
+    ``children`` of the child processes it has waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def median_wall_cpu_ms(fn: Callable[[], int], repeats: int, idle_s: float = 0.0) -> tuple[float, float]:
+    """Median (wall ms, CPU ms) per item over ``repeats`` passes of ``fn``, which returns the items it handled;
+    ``idle_s``: seconds per item the pass sleeps on purpose (left out of the wall time)."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        n = fn()
+        walls.append(1000 * (time.perf_counter() - t0 - n * idle_s) / n)
+        cpus.append(1000 * (cpu_seconds() - c0) / n)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 @dataclass

@@ -224,13 +224,10 @@ def triton_server(repository: Path, ports: Ports, timeout_s: float = READY_TIMEO
                                            env=server_environment(), preexec_fn=_die_with_parent)
             try:
                 _wait_ready(process, ports, log_path, timeout_s)
-            except _TransientStartCrash:
+            except BaseException as exc:
                 stop_server(process)
-                if attempt < START_ATTEMPTS:
+                if isinstance(exc, _TransientStartCrash) and attempt < START_ATTEMPTS:
                     continue
-                raise
-            except BaseException:
-                stop_server(process)
                 raise
             try:
                 yield RunningServer(process, log_path)

@@ -128,8 +128,8 @@ def _jitter(rng: np.random.Generator, colour: Sequence[float], amount: float = 1
 def _pick(rng: np.random.Generator, names: Sequence[str], p: Optional[Sequence[float]] = None) -> str:
     """One of ``names`` (with probabilities ``p``): the same draw as ``rng.choice(names, p=p)``, which returns the
     name at the index ``rng.choice(len(names), p=p)`` picks. Not that call itself: NumPy's choice over an array of
-    strings loses a KeyboardInterrupt raised while it runs (NumPy 2.4; every time in a test loop), so a Ctrl-C that
-    fell there let scaseg-synth run to the end (tests/core/data/test_synth_world.py)."""
+    strings loses a KeyboardInterrupt raised while it runs (NumPy 2.4), so a Ctrl-C that fell there let scaseg-synth
+    run to the end (with it, 7 of 20 signals sent during colour draws were lost: tests/core/data/test_synth_world.py)."""
     return names[int(rng.choice(len(names), p=p))]
 
 
