@@ -315,24 +315,35 @@ def _start_call(run: _Run, tensors: list[np.ndarray]) -> "concurrent.futures.Fut
 def _render_after(run: _Run, call: "concurrent.futures.Future[list[np.ndarray]]", row: int, frame: Frame,
                   geom: Geometry) -> "concurrent.futures.Future[Any]":
     """The future of ``render(frame, row of the call's outputs, geom)``, submitted to the pool once the call answers;
-    the call's exception (or a pool already shut down by a stopping run) becomes this future's."""
+    the call's exception (or a pool already shut down by a stopping run) becomes this future's.
+
+    No callback refers back to the future it is attached to (a Future keeps its callbacks after running them), so a
+    frame, its row of the outputs and its rendering are freed by reference counting as soon as the frame is written:
+    a cycle would leave them to Python's cyclic garbage collector, which ran only every few dozen frames (about 60
+    1080p frames, 1 GB, were held at once), and memory would no longer be bounded by the queues."""
     rendered: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
 
-    def settle(done: "concurrent.futures.Future[Any]") -> None:  # the call answered, then the render did
+    def answered(done: "concurrent.futures.Future[list[np.ndarray]]") -> None:  # the model call
         if done.cancelled():
             rendered.cancel()
         elif done.exception() is not None:
             rendered.set_exception(done.exception())
-        elif done is not call:
-            rendered.set_result(done.result())
         else:
             try:
                 run.pool.submit(run.stats.timed, "render", run.render, frame, done.result()[row],
-                                geom).add_done_callback(settle)
+                                geom).add_done_callback(drawn)
             except RuntimeError as exc:  # the pool is shut down: the run is stopping
                 rendered.set_exception(exc)
 
-    call.add_done_callback(settle)
+    def drawn(done: "concurrent.futures.Future[Any]") -> None:  # the render
+        if done.cancelled():
+            rendered.cancel()
+        elif done.exception() is not None:
+            rendered.set_exception(done.exception())
+        else:
+            rendered.set_result(done.result())
+
+    call.add_done_callback(answered)
     return rendered
 
 
