@@ -10,12 +10,19 @@ For each video size (720p, 1080p, 2160p by default), on H.264 clips of street sc
 - work per stage: milliseconds per frame, summed over each stage's threads, as scaseg-infer reports them;
 - CPU per frame: scaseg-infer's user + system time (every thread) on the N-frame clip minus the 1-frame clip's, per
   frame, for every kind of run below (the compare runs included);
+- memory: the peak RSS of each kind of scaseg-infer run on the N-frame clip, and its page faults per frame (the
+  1-frame run's subtracted: fresh pages the kernel had to zero);
 - with --compare CHECKOUT: the same runs with another checkout's scaseg-infer (a previous version), interleaved
   (with --streams N also its --streams N runs);
 - with --spin: scaseg-infer's pipeline with ONNX Runtime's idle threads spinning against sleeping (what it uses);
 - with --streams N: the same scaseg-infer runs with --streams N (N model calls side by side, the threads split
   between them), and the model alone the same way (N threads each calling it: frames per second of all together);
 - with --video-codec ENCODER: this checkout's scaseg-infer runs write with that encoder (e.g. mpeg4) instead of libx264;
+- with --streams N, where the CPU of a frame goes: the --streams run's CPU per frame split into the model alone
+  (N single-thread calls at once, in this process), the codecs alone (the clip decoded by cv2.VideoCapture and
+  written by VideoFile, nothing else, in this process) and the rest (by difference: colour conversions, resizes,
+  overlay, argmax, Python); the frame rate the cores reach when every cycle does that work (cores / CPU per frame),
+  as a share of model-only, which bounds the ratio, and the same bound were the rest free;
 - bytes host -> device and back per frame for this model (float input, float logits out) and for a raw-frame
   model (uint8 frame in, uint8 labels at the frame's size out), computed from the shapes.
 Runs are interleaved (model, ceiling, ..., then the reverse order in the next repeat, so that no kind always runs
@@ -30,11 +37,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -43,6 +52,7 @@ import numpy as np
 from perf_machine import machine_line
 from perf_measure import cpu_seconds
 
+REPO = Path(__file__).resolve().parent.parent
 SIZES = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920), "1440p": (1440, 2560), "2160p": (2160, 3840)}
 STAGE_LINE = re.compile(r"work per frame, ms summed over threads: (.*) \((\d+) preprocess/render workers\)")
 
@@ -79,9 +89,12 @@ def tiny_model(model: Path, dest: Path) -> Path:
     return dest
 
 
-def model_only(model: Path, hw: tuple[int, int], threads: int, streams: int = 1) -> Callable[[int], float]:
+def model_only(model: Path, hw: tuple[int, int], threads: int,
+               streams: int = 1) -> Callable[[int], tuple[float, float]]:
     """A function timing the backend alone on one prepared frame of size ``hw``: frames per second, median of n calls;
-    with ``streams`` > 1, that many threads each make n calls at once (RunSettings.streams): all frames / wall time."""
+    with ``streams`` > 1, that many threads each make n calls at once (RunSettings.streams): all frames / wall time.
+    It also answers the CPU milliseconds per frame of those calls (this process's user + system time, every thread;
+    with one call at a time ONNX Runtime's idle threads spin, so that figure counts their waiting too)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from scaseg.runtime.backends import RunSettings, open_backend
@@ -102,36 +115,94 @@ def model_only(model: Path, hw: tuple[int, int], threads: int, streams: int = 1)
             laps.append(time.perf_counter() - start)
         return laps
 
-    def fps(runs: int) -> float:
+    def fps(runs: int) -> tuple[float, float]:
+        cpu = cpu_seconds()
         if streams == 1:
-            return 1.0 / statistics.median(calls(runs))
-        with ThreadPoolExecutor(streams) as pool:
-            start = time.perf_counter()
-            list(pool.map(calls, [runs] * streams))
-            return streams * runs / (time.perf_counter() - start)
+            rate = 1.0 / statistics.median(calls(runs))
+        else:
+            with ThreadPoolExecutor(streams) as pool:
+                start = time.perf_counter()
+                list(pool.map(calls, [runs] * streams))
+                rate = streams * runs / (time.perf_counter() - start)
+        return rate, 1000 * (cpu_seconds() - cpu) / (streams * runs)
     return fps
 
 
+def codecs_cpu(clip: Path, out: Path, codec: Optional[str]) -> float:
+    """CPU seconds (this process, every thread) to decode ``clip`` with cv2.VideoCapture, as scaseg-infer's source
+    does, and write every frame with VideoFile, its writer (``codec``, or the container's own): the codecs alone, with
+    OpenCV on one thread per call as in scaseg-infer's pipeline."""
+    import cv2
+
+    from scaseg.data.video import VideoFile
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    start = cpu_seconds()
+    try:
+        cap = cv2.VideoCapture(str(clip))
+        video = VideoFile(out, 30.0, codec=codec)
+        ok, frame = cap.read()
+        while ok:
+            video.write(frame)
+            ok, frame = cap.read()
+        cap.release()
+        video.close()
+    finally:
+        cv2.setNumThreads(threads)
+    return cpu_seconds() - start
+
+
+def cpu_bound(cores: int, cpu_ms: float, model_fps: float) -> tuple[float, float]:
+    """The most frames per second ``cores`` can finish when each frame costs ``cpu_ms`` of CPU, and that as a share
+    of ``model_fps``: the ceiling of end-to-end / model-only when all the work shares those cores."""
+    fps = 1000.0 * cores / cpu_ms
+    return fps, fps / model_fps
+
+
+@dataclass
+class InferRun:
+    """One scaseg-infer run: wall and CPU seconds (user + system, every thread), page faults, peak RSS (MB), and the
+    work per stage (ms per frame) and workers it reported."""
+
+    wall: float
+    cpu: float
+    faults: int
+    peak_mb: float
+    stages: dict[str, float]
+    workers: int
+
+
 def infer_wall(clip: Path, model: Path, out: Path, threads: int, checkout: Optional[Path] = None, streams: int = 1,
-               codec: Optional[str] = None) -> tuple[float, float, dict[str, float], int]:
-    """Wall and CPU seconds (user + system, every thread) of one scaseg-infer run, and the work per stage (ms per
-    frame) and workers it reported.
+               codec: Optional[str] = None) -> InferRun:
+    """Run scaseg-infer once on ``clip`` and measure it (InferRun).
 
     ``checkout``: run the scaseg-infer of that checkout instead (PYTHONPATH), e.g. a previous release.
     ``streams``, ``codec``: its --streams and --video-codec."""
-    command = [sys.executable, "-c", "import sys; sys.argv[0] = 'scaseg-infer'; from scaseg.runtime.infer import main; "
-               "main()", str(clip), "-m", str(model), "-o", str(out), "--threads", str(threads)]
+    command = [sys.executable, "-c", "import atexit, resource, sys, scaseg; sys.argv[0] = 'scaseg-infer'; "
+               "atexit.register(lambda: print('peak rss kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+               "'scaseg from', scaseg.__file__, file=sys.stderr)); from scaseg.runtime.infer import main; main()",
+               str(clip), "-m", str(model), "-o", str(out), "--threads", str(threads)]
     command += ["--streams", str(streams)] if streams > 1 else []
     command += ["--video-codec", codec] if codec else []
-    env = dict(os.environ, PYTHONPATH=str(checkout)) if checkout else None
+    # The checkout that runs is the one on PYTHONPATH, and the child starts in the clip's folder: `python -c` puts its
+    # working directory first on sys.path, so a child started in a checkout would import that checkout whatever
+    # PYTHONPATH said (it did: --compare run from this checkout's root timed this checkout twice). Checked below.
+    source = (checkout or REPO).resolve()
+    env = dict(os.environ, PYTHONPATH=str(source))
     start, cpu = time.perf_counter(), cpu_seconds(children=True)
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(clip.parent))
     wall, cpu = time.perf_counter() - start, cpu_seconds(children=True) - cpu
+    faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - faults
     if proc.returncode != 0:
         raise SystemExit(f"scaseg-infer failed: {proc.stderr.strip()}")
     found = STAGE_LINE.search(proc.stderr)
     stages = {k: float(v) for k, v in (part.rsplit(" ", 1) for part in found.group(1).split(", "))} if found else {}
-    return wall, cpu, stages, int(found.group(2)) if found else 0
+    peak = re.search(r"peak rss kb (\d+) scaseg from (.*)", proc.stderr)
+    if peak is None or not Path(peak.group(2)).resolve().is_relative_to(source):
+        raise SystemExit(f"scaseg-infer ran scaseg from {peak.group(2) if peak else '?'}, not from {source}")
+    return InferRun(wall, cpu, faults, int(peak.group(1)) / 1024, stages, int(found.group(2)) if found else 0)
 
 
 def spin_fps(model: Path, clip: Path, out: Path, threads: int, spin: bool) -> float:
@@ -178,28 +249,35 @@ def measure_size(model: Path, tiny: Path, name: str, args: argparse.Namespace, t
             runs += [("compare streams", model, args.compare, args.streams)]
     rows: dict[str, list[float]] = {kind: [] for kind, _, _, _ in runs}
     cpu_ms: dict[str, list[float]] = {kind: [] for kind, _, _, _ in runs}  # CPU per frame, start-up cancelled
+    memory: dict[str, list[tuple[float, float]]] = {kind: [] for kind, _, _, _ in runs}  # peak MB, faults per frame
     stages: dict[str, list[dict[str, float]]] = {"model": [], "ceiling": [], "streams": []}
     workers = 0
     time_model = model_only(model, hw, args.threads)
     time_streams = model_only(model, hw, args.threads, args.streams) if args.streams > 1 else None
     alone: list[float] = []
     alone_streams: list[float] = []
+    model_cpu: list[float] = []  # CPU ms per frame of the model alone, --streams single-thread calls at once
+    codecs: list[float] = []  # CPU ms per frame of decode + encode alone
     for repeat in range(args.repeats):  # interleaved: a change of load hits every kind alike
-        alone.append(time_model(args.runs))
+        alone.append(time_model(args.runs)[0])
         if time_streams is not None:
-            alone_streams.append(time_streams(args.runs))
+            rate, cpu = time_streams(args.runs)
+            alone_streams.append(rate)
+            model_cpu.append(cpu)
+            one, many = (codecs_cpu(clips[n], tmp / "codecs.mp4", args.video_codec) for n in (1, args.frames))
+            codecs.append(1000 * (many - one) / (args.frames - 1))
         # every other repeat in the reverse order (A B C, C B A, ...): on this host the same run timed first or last
         # in a round came out slower by more than the changes compared (the checkout timed first in each round)
         for kind, m, checkout, streams in (runs if repeat % 2 == 0 else runs[::-1]):
             codec = None if checkout else args.video_codec
-            one, one_cpu, _, _ = infer_wall(clips[1], m, tmp / "one.mp4", args.threads, checkout, streams, codec)
-            many, many_cpu, st, w = infer_wall(clips[args.frames], m, tmp / "many.mp4", args.threads, checkout,
-                                               streams, codec)
-            rows[kind].append((args.frames - 1) / max(many - one, 1e-9))
-            cpu_ms[kind].append(1000 * (many_cpu - one_cpu) / (args.frames - 1))
+            one = infer_wall(clips[1], m, tmp / "one.mp4", args.threads, checkout, streams, codec)
+            many = infer_wall(clips[args.frames], m, tmp / "many.mp4", args.threads, checkout, streams, codec)
+            rows[kind].append((args.frames - 1) / max(many.wall - one.wall, 1e-9))
+            cpu_ms[kind].append(1000 * (many.cpu - one.cpu) / (args.frames - 1))
+            memory[kind].append((many.peak_mb, (many.faults - one.faults) / (args.frames - 1)))
             if kind in stages:
-                stages[kind].append(st)
-                workers = w
+                stages[kind].append(many.stages)
+                workers = many.workers
     median_stages = {kind: {k: statistics.median(s[k] for s in stages[kind]) for k in stages[kind][0]}
                      for kind in stages if stages[kind] and stages[kind][0]}
     spin = {}
@@ -212,12 +290,14 @@ def measure_size(model: Path, tiny: Path, name: str, args: argparse.Namespace, t
     streams_row = {}
     if alone_streams:
         streams_row = {"e2e": statistics.median(rows["streams"]), "model_only": statistics.median(alone_streams),
-                       "ratio": statistics.median(e / m for e, m in zip(rows["streams"], alone))}
+                       "ratio": statistics.median(e / m for e, m in zip(rows["streams"], alone)),
+                       "model_cpu": statistics.median(model_cpu), "codecs_cpu": statistics.median(codecs)}
     return {"size": name, "hw": hw, "model_only": statistics.median(alone), "streams": streams_row,
             "ratio": statistics.median(e / m for e, m in zip(rows["model"], alone)), "spin": spin, "e2e": statistics.median(rows["model"]),
             "ceiling": statistics.median(rows["ceiling"]), "stages": median_stages,
             "compare": {k: statistics.median(v) for k, v in rows.items() if k.startswith("compare")}, "workers": workers,
             "cpu_ms": {k: statistics.median(v) for k, v in cpu_ms.items()},
+            "memory": {k: (statistics.median(p for p, _ in v), statistics.median(f for _, f in v)) for k, v in memory.items()},
             # this checkout against the other, repeat by repeat (both ran back to back): FPS ratio, CPU-per-frame ratio
             "paired": {ours: (statistics.median(a / b for a, b in zip(rows[ours], rows[theirs])),
                               statistics.median(a / b for a, b in zip(cpu_ms[ours], cpu_ms[theirs])))
@@ -266,6 +346,24 @@ def report(results: list[dict[str, object]], model: Path, args: argparse.Namespa
     for r in results:
         cells = "   ".join(f"{kind} {ms:6.1f}" for kind, ms in r["cpu_ms"].items())  # type: ignore[attr-defined]
         print(f"{r['size']:>7s}  {cells}")
+    print(f"memory: peak RSS of each scaseg-infer run on the {args.frames}-frame clip, MB / page faults per frame (the "
+          "1-frame run's subtracted); medians:")
+    for r in results:
+        cells = "   ".join(f"{kind} {mb:5.0f} / {faults:5.0f}" for kind, (mb, faults) in r["memory"].items())  # type: ignore[attr-defined]
+        print(f"{r['size']:>7s}  {cells}")
+    if args.streams > 1:
+        cores = len(os.sched_getaffinity(0))
+        print(f"where the CPU of a --streams {args.streams} frame goes, ms: the model alone ({args.streams} single-thread "
+              "calls at once) + the codecs alone (decode + encode of the clip, nothing else) + the rest (by difference); "
+              f"{cores} cores at full use finish at most cores / CPU per frame, shown as a share of model-only:")
+        for r in results:
+            s, total = r["streams"], r["cpu_ms"]["streams"]  # type: ignore[index]
+            rest = total - s["model_cpu"] - s["codecs_cpu"]  # type: ignore[index]
+            bound = cpu_bound(cores, total, r["model_only"])  # type: ignore[arg-type]
+            bare = cpu_bound(cores, s["model_cpu"] + s["codecs_cpu"], r["model_only"])  # type: ignore[index,arg-type]
+            print(f"{r['size']:>7s}  {total:5.1f} = model {s['model_cpu']:5.1f} + codecs {s['codecs_cpu']:5.1f} + rest "  # type: ignore[index]
+                  f"{rest:5.1f}   at most {bound[0]:5.1f} FPS = {bound[1]:.2f} (end-to-end ran {s['e2e'] / bound[0]:.2f} "  # type: ignore[index]
+                  f"of that)   with the rest free {bare[0]:5.1f} FPS = {bare[1]:.2f}")
     if any(r["spin"] for r in results):
         print("ONNX Runtime's idle threads spinning (its default) or sleeping (scaseg-infer's choice), in-process "
               "scaseg-infer FPS including start-up of the pipeline:")
