@@ -3,7 +3,7 @@
 Each configuration runs in a child process of its own (VmHWM is that process's own peak), in --rounds rounds
 whose order rotates, and the table shows medians over the rounds. The configurations are
 scaseg.runtime.memory.MemorySettings (ONNX Runtime's CPU memory arena, its memory pattern, glibc's mmap
-threshold): the two --memory modes of scaseg-bench / scaseg-infer and the steps between them. The last rows run
+and trim thresholds): the three --memory modes of scaseg-bench / scaseg-infer and the steps between them. The last rows run
 the real command, ``scaseg-bench MODEL --memory fast|lean|minimal``, once each,, and report its ``peak_rss_mb``: the figure the
 issue's target (<= 1.0 GiB for scaseg-t at 1024x2048) is about.
 
@@ -14,6 +14,7 @@ The model: ``scaseg-export scaseg/weights/scaseg-t-synth.pth --imgsz 1024x2048 -
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -27,15 +28,19 @@ from typing import Any, Optional
 
 import numpy as np
 
+from scaseg.runtime.memory import MEMORY_MODES, MemorySettings
+
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "cpu-memory"
 MIB = 1 << 20
-# name -> (cpu_arena, mem_pattern, mmap_threshold); "fast" and "lean" are the --memory modes.
-CONFIGS: dict[str, tuple[bool, bool, Optional[int]]] = {
-    "fast (ORT defaults)": (True, True, None),
-    "lean (memory pattern off)": (True, False, None),
-    "arena off, pattern off": (False, False, None),
-    "minimal (arena off, pattern off, malloc 1 MiB)": (False, False, MIB),
+# name -> MemorySettings (ONNX Runtime's arena and memory pattern, glibc's mmap and trim thresholds);
+# "fast", "lean" and "minimal" are the --memory modes.
+CONFIGS: dict[str, MemorySettings] = {
+    "fast (ORT defaults, malloc keeps freed blocks)": MEMORY_MODES["fast"],
+    "ORT defaults, glibc's malloc defaults": MemorySettings(),
+    "lean (memory pattern off)": MEMORY_MODES["lean"],
+    "arena off, pattern off": MemorySettings(cpu_arena=False, mem_pattern=False),
+    "minimal (arena off, pattern off, malloc 1 MiB)": MEMORY_MODES["minimal"],
 }
 MODES = ("fast", "lean", "minimal")
 
@@ -47,7 +52,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     from scaseg.runtime.backends import open_backend
     from scaseg.runtime.predictor import Predictor
 
-    settings = memory.MemorySettings(*spec["settings"])
+    settings = memory.MemorySettings(**spec["settings"])
     t0 = time.perf_counter()
     backend = open_backend(spec["model"], "onnxruntime", device="cpu", threads=spec["threads"], memory=settings)
     load_s = time.perf_counter() - t0
@@ -164,7 +169,7 @@ def main() -> None:
     names = list(CONFIGS)
     for rnd in range(args.rounds):
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:  # rotate the order each round
-            spec = {"name": name, "model": args.model, "threads": args.threads, "settings": list(CONFIGS[name]),
+            spec = {"name": name, "model": args.model, "threads": args.threads, "settings": dataclasses.asdict(CONFIGS[name]),
                     "runs": args.runs, "e2e_runs": args.e2e_runs}
             rows[name].append(run_child(spec))
             r = rows[name][-1]

@@ -7,6 +7,14 @@ freed large blocks in its heap once its dynamic mmap threshold has grown past th
 ``lean`` plans no memory pattern (the arena keeps what one run needs and no more); ``minimal`` also turns
 the arena off and pins glibc's mmap threshold at 1 MiB, so that large buffers are mapped and handed back on free
 (the least memory, at the cost of page faults on every run).
+
+``fast`` (the default) pins glibc the other way: blocks up to 32 MiB (a 2160p RGB frame is 24 MiB) come from its
+heaps, and up to 1 GiB freed at the top of a heap is kept for the next allocation instead of handed back. A video
+pipeline frees and allocates the same camera-sized buffers for every frame, several frames at once in several
+threads; with glibc's dynamic default it handed them back and took them again as fresh pages, which the kernel
+zeroes on a page fault (with this and frames freed at once, scaseg-infer's page faults per 1080p frame went from
+about 1000 to 160-340: benchmarks/bench_pipeline.py, docs/performance.md). The peak is what the buffers alive at
+once need, as before; what is kept stays with the process until it exits.
 """
 from __future__ import annotations
 
@@ -28,10 +36,12 @@ class MemorySettings:
     mem_pattern: bool = True
     #: bytes; malloc maps blocks of this size and up and unmaps them on free (None: glibc's dynamic default)
     mmap_threshold: Optional[int] = None
+    #: bytes; free memory at the top of a malloc heap beyond this goes back to the system (None: glibc's default)
+    trim_threshold: Optional[int] = None
 
 
 MEMORY_MODES = {
-    "fast": MemorySettings(),
+    "fast": MemorySettings(mmap_threshold=32 << 20, trim_threshold=1 << 30),
     "lean": MemorySettings(mem_pattern=False),
     "minimal": MemorySettings(cpu_arena=False, mem_pattern=False, mmap_threshold=1 << 20),
 }
@@ -41,7 +51,7 @@ DEFAULT_MEMORY = "fast"
 
 Memory = Union[str, MemorySettings, None]
 
-_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
 def memory_settings(memory: Memory) -> MemorySettings:
@@ -54,8 +64,9 @@ def memory_settings(memory: Memory) -> MemorySettings:
     return MEMORY_MODES[name]
 
 
-def set_mmap_threshold(nbytes: int) -> bool:
-    """Pin glibc malloc's mmap threshold (process-wide, never undone); False where the C library is not glibc."""
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's mallopt (process-wide, never undone); False where the C library is not glibc or refuses the value.
+    Setting either threshold turns glibc's dynamic mmap threshold off."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -65,13 +76,26 @@ def set_mmap_threshold(nbytes: int) -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, int(nbytes)))
+    return bool(mallopt(param, int(value)))
+
+
+def set_mmap_threshold(nbytes: int) -> bool:
+    """Pin glibc malloc's mmap threshold: blocks of ``nbytes`` and up are mapped, and unmapped on free."""
+    return _mallopt(_M_MMAP_THRESHOLD, nbytes)
+
+
+def set_trim_threshold(nbytes: int) -> bool:
+    """Pin glibc malloc's trim threshold: free memory at the top of a heap beyond ``nbytes`` goes back."""
+    return _mallopt(_M_TRIM_THRESHOLD, nbytes)
 
 
 def apply_process_settings(settings: MemorySettings) -> None:
-    """The part of the settings that belongs to the process rather than to one session: malloc's threshold."""
+    """The part of the settings that belongs to the process rather than to one session: malloc's thresholds
+    (open_backend applies them, for every backend: the frames a command handles are the process's too)."""
     if settings.mmap_threshold is not None:
         set_mmap_threshold(settings.mmap_threshold)
+    if settings.trim_threshold is not None:
+        set_trim_threshold(settings.trim_threshold)
 
 
 def _status_kib(key: str) -> Optional[int]:

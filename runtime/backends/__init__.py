@@ -14,7 +14,7 @@ from scaseg.cli import require_file, require_utf8
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
 from scaseg.runtime.backends.base import Backend, InputMetadata, RunSettings, parse_device
-from scaseg.runtime.memory import Memory
+from scaseg.runtime.memory import Memory, apply_process_settings
 from scaseg.suffixes import CHECKPOINT_SUFFIXES as TORCH_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "openvino:bf16", "tensorrt", "torch")
@@ -79,6 +79,7 @@ def open_backend(
                           f"{path} runs on the {kind} backend, one call at a time")
     if kind != "torch":  # ONNX Runtime, OpenVINO and TensorRT open the file by name (PyTorch reads a Python file)
         require_utf8(path, "the model")
+    apply_process_settings(settings.memory)
     if kind == "onnxruntime":
         from scaseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 

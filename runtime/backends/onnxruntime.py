@@ -14,7 +14,7 @@ from scaseg.runtime.backends.base import (DEVICES, Backend, InputMetadata, RunSe
 from scaseg.runtime.backends.threads import auto_threads, per_stream
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo, read_onnx_metadata
-from scaseg.runtime.memory import MemorySettings, apply_process_settings
+from scaseg.runtime.memory import MemorySettings
 
 _TRT_EP = "TensorrtExecutionProvider"
 _CUDA_EP = "CUDAExecutionProvider"
@@ -91,7 +91,6 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, path: str, info: Optional[ModelInfo] = None, settings: RunSettings = RunSettings()) -> None:
         self.memory, self.spin = settings.memory, settings.spin
-        apply_process_settings(self.memory)
         providers = choose_providers(settings.device, ort.get_available_providers())
         # auto: every core until threads.apply_auto_threads measures
         self.threads = settings.threads or auto_threads()

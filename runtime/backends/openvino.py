@@ -16,7 +16,6 @@ import numpy as np
 from scaseg.errors import ScasegError
 from scaseg.metadata import METADATA_KEY, ModelInfo, read_onnx_metadata
 from scaseg.runtime.backends.base import Backend, InputMetadata, RunSettings, Shape, check_graph, first_line, parse_device
-from scaseg.runtime.memory import apply_process_settings
 from scaseg.suffixes import ONNX_SUFFIXES
 
 #: --backend openvino[:PRECISION] -> OpenVINO's INFERENCE_PRECISION_HINT: how OpenVINO computes, not what the file
@@ -59,7 +58,6 @@ class OpenVinoBackend(Backend):
         if precision not in INFERENCE_PRECISION_HINTS:
             raise ScasegError(f"unknown OpenVINO precision {precision!r}: expected one of {', '.join(INFERENCE_PRECISION_HINTS)}")
         self.threads = self.requested_threads = settings.threads  # None (auto): OpenVINO's own count
-        apply_process_settings(settings.memory)
         ov = import_openvino()
         core = ov.Core()
         if precision == "bf16" and not cpu_has_bf16(core):
