@@ -19,7 +19,7 @@ For each video size (720p, 1080p, 2160p by default), on H.264 clips of street sc
   between them), and the model alone the same way (N threads each calling it: frames per second of all together);
 - with --video-codec ENCODER: this checkout's scaseg-infer runs write with that encoder (e.g. mpeg4) instead of libx264;
 - with --streams N, where the CPU of a frame goes: the --streams run's CPU per frame split into the model alone
-  (N single-thread calls at once, in this process), the codecs alone (the clip decoded by cv2.VideoCapture and
+  (N calls at once on --threads / N threads each, idle threads sleeping as in scaseg-infer, in this process), the codecs alone (the clip decoded by cv2.VideoCapture and
   written by VideoFile, nothing else, in this process) and the rest (by difference: colour conversions, resizes,
   overlay, argmax, Python); the frame rate the cores reach when every cycle does that work (cores / CPU per frame),
   as a share of model-only, which bounds the ratio, and the same bound were the rest free;
@@ -35,6 +35,7 @@ first) so a change of load hits all alike; figures are medians (use an even --re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import resource
@@ -101,6 +102,8 @@ def model_only(model: Path, hw: tuple[int, int], threads: int,
     from scaseg.runtime.predictor import Predictor
 
     settings = RunSettings.parse("cpu", str(threads), "fast", streams)
+    if streams > 1:  # as scaseg-infer runs its streams: idle threads sleep (RunSettings.spin)
+        settings = dataclasses.replace(settings, spin=False)
     predictor = Predictor(open_backend(str(model), settings=settings))
     frame = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
     batch = predictor.prepare(frame)[0][None]
@@ -256,7 +259,7 @@ def measure_size(model: Path, tiny: Path, name: str, args: argparse.Namespace, t
     time_streams = model_only(model, hw, args.threads, args.streams) if args.streams > 1 else None
     alone: list[float] = []
     alone_streams: list[float] = []
-    model_cpu: list[float] = []  # CPU ms per frame of the model alone, --streams single-thread calls at once
+    model_cpu: list[float] = []  # CPU ms per frame of the model alone, --streams calls at once
     codecs: list[float] = []  # CPU ms per frame of decode + encode alone
     for repeat in range(args.repeats):  # interleaved: a change of load hits every kind alike
         alone.append(time_model(args.runs)[0])
@@ -353,8 +356,8 @@ def report(results: list[dict[str, object]], model: Path, args: argparse.Namespa
         print(f"{r['size']:>7s}  {cells}")
     if args.streams > 1:
         cores = len(os.sched_getaffinity(0))
-        print(f"where the CPU of a --streams {args.streams} frame goes, ms: the model alone ({args.streams} single-thread "
-              "calls at once) + the codecs alone (decode + encode of the clip, nothing else) + the rest (by difference); "
+        print(f"where the CPU of a --streams {args.streams} frame goes, ms: the model alone ({args.streams} calls at once, "
+              f"{max(1, args.threads // args.streams)} thread(s) each) + the codecs alone (decode + encode of the clip, nothing else) + the rest (by difference); "
               f"{cores} cores at full use finish at most cores / CPU per frame, shown as a share of model-only:")
         for r in results:
             s, total = r["streams"], r["cpu_ms"]["streams"]  # type: ignore[index]
@@ -397,7 +400,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = ap.parse_args(argv)
     from scaseg import default_model
 
-    model = Path(args.model or default_model())
+    model = Path(args.model or default_model()).resolve()  # the scaseg-infer children run in the clips' folder
     print(machine_line())
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)

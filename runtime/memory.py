@@ -30,7 +30,7 @@ from scaseg.errors import ScasegError
 
 @dataclass(frozen=True)
 class MemorySettings:
-    """How a backend allocates: ONNX Runtime's CPU arena and memory pattern, and glibc's mmap threshold."""
+    """How a backend allocates: ONNX Runtime's CPU arena and memory pattern, and glibc's mmap and trim thresholds."""
 
     cpu_arena: bool = True
     mem_pattern: bool = True
@@ -46,7 +46,8 @@ MEMORY_MODES = {
     "minimal": MemorySettings(cpu_arena=False, mem_pattern=False, mmap_threshold=1 << 20),
 }
 #: chosen by benchmarks/bench_cpu_memory.py (docs/performance.md, "Memory"): only minimal stays under 1 GiB for
-#: scaseg-t at 1024x2048, and it ran about 0.7x as fast as fast there and at 512x512; speed is the default
+#: scaseg-t at 1024x2048, and it ran at about two thirds of fast's speed there; speed is the default. ``lean`` keeps
+#: glibc's malloc defaults (the frames of a video then take fresh pages, as before ``fast`` pinned its thresholds)
 DEFAULT_MEMORY = "fast"
 
 Memory = Union[str, MemorySettings, None]
@@ -89,13 +90,19 @@ def set_trim_threshold(nbytes: int) -> bool:
     return _mallopt(_M_TRIM_THRESHOLD, nbytes)
 
 
-def apply_process_settings(settings: MemorySettings) -> None:
+def apply_process_settings(settings: MemorySettings) -> bool:
     """The part of the settings that belongs to the process rather than to one session: malloc's thresholds
-    (open_backend applies them, for every backend: the frames a command handles are the process's too)."""
-    if settings.mmap_threshold is not None:
-        set_mmap_threshold(settings.mmap_threshold)
+    (open_backend applies them, for every backend: the frames a command handles are the process's too). Process-wide
+    and never undone: a long-lived process keeps what ``fast`` keeps until it exits.
+
+    The trim threshold is set only once the mmap threshold was taken: setting either turns glibc's dynamic mmap
+    threshold off, and a refused 32 MiB (a C library with a lower limit) would leave it at 128 KiB, mapping every
+    frame anew. Returns whether everything asked for was applied (True when nothing was asked)."""
+    if settings.mmap_threshold is not None and not set_mmap_threshold(settings.mmap_threshold):
+        return False
     if settings.trim_threshold is not None:
-        set_trim_threshold(settings.trim_threshold)
+        return set_trim_threshold(settings.trim_threshold)
+    return True
 
 
 def _status_kib(key: str) -> Optional[int]:

@@ -39,7 +39,7 @@ def memory_option() -> Any:
                         help="How the runtime allocates (ONNX Runtime's settings, and malloc's for every backend). "
                         "fast: ONNX Runtime's defaults, and malloc keeps freed blocks for reuse (video frames: no "
                         "fresh pages per frame); lean: no memory pattern planned up front (ONNX Runtime's arena "
-                        "keeps what a run needs); minimal: also no arena, and malloc hands large blocks back to the "
+                        "keeps what a run needs; malloc's defaults); minimal: also no arena, and malloc hands large blocks back to the "
                         "system (the least memory, slower: fresh pages every run). Measured: docs/performance.md.")
 
 

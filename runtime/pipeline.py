@@ -332,8 +332,8 @@ def _render_after(run: _Run, call: "concurrent.futures.Future[list[np.ndarray]]"
             try:
                 run.pool.submit(run.stats.timed, "render", run.render, frame, done.result()[row],
                                 geom).add_done_callback(drawn)
-            except RuntimeError as exc:  # the pool is shut down: the run is stopping
-                rendered.set_exception(exc)
+            except BaseException as exc:  # the pool is shut down (the run is stopping), or fewer rows than frames
+                rendered.set_exception(exc)  # the writer waits on this future: it must settle
 
     def drawn(done: "concurrent.futures.Future[Any]") -> None:  # the render
         if done.cancelled():

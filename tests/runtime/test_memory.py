@@ -54,15 +54,18 @@ def test_peak_rss_is_read_and_reset_in_a_fresh_process():
 def test_the_malloc_thresholds_are_set_on_glibc():
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc only")
-    assert memory.set_mmap_threshold(1 << 20) is True and memory.set_trim_threshold(128 << 10) is True
+    fast = memory.MEMORY_MODES["fast"]  # what open_backend sets in this process anyway
+    assert memory.set_mmap_threshold(fast.mmap_threshold) is True
+    assert memory.set_trim_threshold(fast.trim_threshold) is True
+    assert memory.apply_process_settings(fast) is True and memory.apply_process_settings(memory.MemorySettings())
 
 
 _FRAME_ROUNDS = """
 import json, resource, sys
 import numpy as np
 from scaseg.runtime import memory
-if sys.argv[1] != "glibc":
-    memory.apply_process_settings(memory.MEMORY_MODES[sys.argv[1]])
+np._core.multiarray._set_madvise_hugepage(False)  # 4 KiB pages: the count does not hang on huge-page settings
+applied = sys.argv[1] == "glibc" or memory.apply_process_settings(memory.MEMORY_MODES[sys.argv[1]])
 def rounds(n):  # what a video pipeline does: a few camera frames alive at once, freed, then the next ones
     for _ in range(n):
         frames = [np.empty((1080, 1920, 3), np.uint8) for _ in range(8)]
@@ -72,22 +75,24 @@ def rounds(n):  # what a video pipeline does: a few camera frames alive at once,
 rounds(1)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 rounds(10)
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before))
+print(json.dumps([applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before]))
 """
 
 
 def test_fast_memory_reuses_freed_frames_where_glibc_hands_them_back():
     # Each mode in a fresh process (mallopt is process-wide and never undone); page faults of ten rounds of eight
-    # 1080p frames after a first round: glibc's dynamic default trims its heap and takes fresh pages every round
-    # (4978 faults here), fast keeps what was freed (497), minimal maps every frame anew (44870).
+    # 1080p frames after a first round, on 4 KiB pages: glibc's dynamic default trims its heap and takes fresh pages
+    # every round, minimal maps every frame anew, fast keeps what was freed.
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc only")
     faults = {}
     for mode in ("glibc", "fast", "minimal"):
         proc = subprocess.run([sys.executable, "-c", _FRAME_ROUNDS, mode], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
-        faults[mode] = json.loads(proc.stdout)
-    assert faults["fast"] * 4 < faults["glibc"] < faults["minimal"], faults
+        applied, faults[mode] = json.loads(proc.stdout)
+        if not applied:
+            pytest.skip(f"this C library refuses {mode}'s malloc thresholds (not glibc?)")
+    assert faults["fast"] * 4 < min(faults["glibc"], faults["minimal"]), faults
 
 
 def test_open_backend_applies_the_process_settings(tmp_path, monkeypatch):

@@ -195,7 +195,13 @@ def test_frames_are_freed_as_they_are_written_not_left_to_the_garbage_collector(
         return obj
 
     run = predictor.run
-    predictor.run = lambda tensors: track(run(tensors))  # each call's outputs
+
+    def call(tensors):  # each call's outputs: the array that owns them (run answers a view, rows refer to the owner)
+        out = run(tensors)
+        track(out.base if out.base is not None else out)
+        return out
+
+    predictor.run = call
 
     class Picture:  # what a render returns
         pass
@@ -217,3 +223,22 @@ def test_frames_are_freed_as_they_are_written_not_left_to_the_garbage_collector(
     assert seen == list(range(40)) and stats.frames == 40
     # in flight at most: 2 queues of 2, a frame in each stage, one per worker and per stream (3 objects each)
     assert peak[0] <= 3 * (2 * 2 + 3 + 2 + streams), peak[0]
+
+
+def test_a_model_answering_fewer_rows_than_frames_fails_the_run_instead_of_hanging(tmp_path, predictor):
+    src = open_source(str(make_video(tmp_path / "v.mp4", frames=6)))
+    run = predictor.run
+    predictor.run = lambda tensors: run(tensors)[:0]  # a backend that drops its rows
+    outcome = []
+
+    def go():
+        try:
+            run_pipeline(src, predictor, lambda f, r: None, progress=False)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=go, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "the writer waited forever on a frame whose render could not start"
+    assert len(outcome) == 1 and isinstance(outcome[0], IndexError)
