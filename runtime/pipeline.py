@@ -319,8 +319,8 @@ def _render_after(run: _Run, call: "concurrent.futures.Future[list[np.ndarray]]"
 
     No callback refers back to the future it is attached to (a Future keeps its callbacks after running them), so a
     frame, its row of the outputs and its rendering are freed by reference counting as soon as the frame is written:
-    a cycle would leave them to Python's cyclic garbage collector, which ran only every few dozen frames (about 60
-    1080p frames, 1 GB, were held at once), and memory would no longer be bounded by the queues."""
+    a cycle would leave them to Python's cyclic garbage collector, which ran only every few dozen frames (dozens of
+    1080p frames were held at once: peak memory before and after in docs/performance.md), and memory would no longer be bounded by the queues."""
     rendered: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
 
     def answered(done: "concurrent.futures.Future[list[np.ndarray]]") -> None:  # the model call
