@@ -237,13 +237,19 @@ def triton_server(repository: Path, ports: Ports, timeout_s: float = READY_TIMEO
 
 
 def _wait_ready(process: "subprocess.Popen[bytes]", ports: Ports, log_path: Path, timeout_s: float) -> None:
+    """Until the server answers ready. A server that has exited is never ready, whatever answers on its port (a port
+    picked by free_ports can be picked again by another program, e.g. a test's server in another worker), so the
+    process is checked before and after each readiness question."""
     url = ports.endpoints()["http"]
     deadline = time.monotonic() + timeout_s
-    while not _ready(url):
+    while True:
+        ready = process.poll() is None and _ready(url)
         if process.poll() is not None:
             log = log_path.read_text(errors="replace")
             error = _TransientStartCrash if TRANSIENT_START_CRASH in log else ScasegError
             raise error(f"the Triton server stopped before it was ready: {server_reason(log)}")
+        if ready:
+            return
         if time.monotonic() > deadline:
             raise ScasegError(f"the Triton server was not ready after {timeout_s:.0f} s: "
                               f"{server_reason(log_path.read_text(errors='replace'))}")

@@ -74,3 +74,34 @@ def test_any_other_crash_while_starting_is_not_retried(tmp_path: Path, monkeypat
         with triton_server(tmp_path, free_ports(), timeout_s=20, install=install):
             pass
     assert (tmp_path / "starts").read_text() == "1"
+
+
+def test_a_server_that_exited_is_not_ready_whatever_answers_on_its_port(tmp_path: Path) -> None:
+    # A port picked by free_ports can be picked again by another program (another test worker's server): what
+    # answers there must not make a dead server "ready" (a start that crashed was once taken for a running one).
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from scaseg.runtime.serve import Ports, _wait_ready
+
+    class Ready(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    foreign = HTTPServer(("127.0.0.1", 0), Ready)
+    threading.Thread(target=foreign.serve_forever, daemon=True).start()
+    try:
+        log = tmp_path / "log"
+        log.write_text("error: creating server: Internal - failed to load all models\n")
+        process = subprocess.Popen([sys.executable, "-c", "pass"])
+        process.wait()
+        ports = free_ports()
+        with pytest.raises(ScasegError, match="stopped before it was ready: creating server"):
+            _wait_ready(process, Ports(foreign.server_address[1], ports.grpc, ports.metrics), log, timeout_s=5)
+    finally:
+        foreign.shutdown()
