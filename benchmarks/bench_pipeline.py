@@ -3,7 +3,8 @@
 For each video size (720p, 1080p, 2160p by default), on H.264 clips of street scenes:
 - model-only: the backend alone on one prepared frame (ONNX Runtime, --threads), median of --runs calls, timed in
   each repeat between the scaseg-infer runs (the ratio is the median of each repeat's own ratio);
-- end-to-end: the wall time of the real `scaseg-infer CLIP -o out.mp4` on an N-frame clip minus its wall time on a
+- end-to-end: the wall time of the real `scaseg-infer CLIP -o out.mp4 --threads T` (its other options at their
+  defaults, --streams auto included where the checkout has it) on an N-frame clip minus its wall time on a
   1-frame clip (start-up, model load and the first frame cancel), as frames per second; then end-to-end / model-only;
 - ceiling: the same scaseg-infer run with a near-zero-cost model (a 1x1 convolution with the shipped model's
   input, output and metadata): what decode, preprocess, postprocess, overlay and encode alone allow;

@@ -149,10 +149,11 @@ def infer(
     batch: Optional[int] = batch_option("Frames"),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames.", show_default="all"),
     queue_size: int = typer.Option(4, "--queue", min=1, max=64, help="Frames buffered between stages."),
-    streams: int = typer.Option(1, "--streams", metavar="N", help="Model calls run side by side (ONNX Runtime on the "
-                                "CPU), the --threads split between them: more frames per second where one call does "
-                                "not keep every core busy (a small model: docs/performance.md), each frame no sooner. "
-                                "1 to the thread count."),
+    streams: str = typer.Option("auto", "--streams", metavar="auto|N", help="Model calls run side by side (ONNX "
+                                "Runtime on the CPU), the --threads split between them: more frames per second where "
+                                "one call does not keep every core busy (a small model: docs/performance.md), each "
+                                "frame no sooner. auto: 1 and 2 streams are timed at load and 2 kept when 1.1x as "
+                                "fast or more (small calls, 2+ threads; else 1). N: 1 to the thread count."),
     video_codec: Optional[str] = typer.Option(None, "--video-codec", metavar="ENCODER", help="FFmpeg encoder of a "
                                               "video output, e.g. h264_nvenc (NVIDIA GPUs), mpeg4.",
                                               show_default="libx264 (.mp4 .m4v .mov .mkv), mjpeg (.avi)"),
@@ -170,7 +171,7 @@ def infer(
     if server is not None:
         check_server_options(server, model_name, {"--model": model is not None, "--imgsz": imgsz is not None,
                                                   "--backend": backend.value != "auto", "--device": device != "auto",
-                                                  "--threads": threads != "auto", "--streams": streams != 1})
+                                                  "--threads": threads != "auto", "--streams": not settings.auto_streams})
     elif model_name is not None:
         raise ScasegError("--model-name names a model on a Triton server: add --server URL")
     if not save and not show:

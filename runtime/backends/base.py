@@ -8,6 +8,7 @@ from typing import Mapping, Optional, Union
 
 import numpy as np
 
+from scaseg.cli import AUTO, parse_auto_or_count
 from scaseg.errors import ScasegError
 from scaseg.metadata import ModelInfo
 from scaseg.runtime.backends.threads import cpu_cores, parse_threads
@@ -46,7 +47,8 @@ class RunSettings:
     model has the cores to itself, as in scaseg-bench); scaseg-infer turns it off, because its decode, render and
     encode threads need those cores (measured: benchmarks/bench_pipeline.py --spin, docs/performance.md).
     ``streams``: how many model calls may run at once (scaseg-infer --streams), the threads split between them; more
-    than 1 only for ONNX Runtime on the CPU (``check_streams``).
+    than 1 only for ONNX Runtime on the CPU (``check_streams``). ``auto_streams``: --streams auto (streams is then
+    1 until runtime/backends/threads.py has timed 1 against 2 streams at load).
     """
 
     device: str = "auto"
@@ -54,6 +56,7 @@ class RunSettings:
     memory: MemorySettings = field(default_factory=lambda: memory_settings(None))
     spin: bool = True
     streams: int = 1
+    auto_streams: bool = False
 
     def __post_init__(self) -> None:
         assert self.threads is None or (isinstance(self.threads, int) and self.threads >= 1), self.threads
@@ -62,13 +65,16 @@ class RunSettings:
 
     @classmethod
     def parse(cls, device: Optional[str] = None, threads: Union[str, int, None] = None,
-              memory: Memory = None, streams: int = 1) -> "RunSettings":
-        """The one check of --device, --threads (auto|N), --memory and --streams, as typed or as a library caller
-        passes them."""
+              memory: Memory = None, streams: Union[int, str] = 1) -> "RunSettings":
+        """The one check of --device, --threads (auto|N), --memory and --streams (auto|N), as typed or as a library
+        caller passes them."""
         parse_device(device)
         count = parse_threads(threads)
+        wanted = parse_auto_or_count(streams, "--streams", "streams")
+        if wanted == AUTO:
+            return cls((device or "auto").strip().lower(), count, memory_settings(memory), auto_streams=True)
         return cls((device or "auto").strip().lower(), count, memory_settings(memory),
-                   streams=check_streams(streams, count))
+                   streams=check_streams(wanted, count))  # type: ignore[arg-type]
 
 
 def check_streams(streams: int, threads: Optional[int]) -> int:
@@ -131,6 +137,9 @@ class Backend(abc.ABC):
     requested_threads: Optional[int] = None
     #: how many ``infer`` calls may run at once from different threads (RunSettings.streams); 1: one at a time
     streams: int = 1
+    #: --streams auto on a backend that can run calls side by side (ONNX Runtime on the CPU): threads.py may change
+    #: ``streams`` with ``set_streams``
+    auto_streams: bool = False
 
     def __init__(self, path: str, info: ModelInfo) -> None:
         self.path = path
@@ -164,6 +173,11 @@ class Backend(abc.ABC):
     def set_threads(self, count: int) -> None:
         """Run with ``count`` CPU threads from now on; only backends that choose under ``auto`` offer it."""
         raise ScasegError(f"the {self.name} backend does not change its thread count")
+
+    def set_streams(self, streams: int) -> None:
+        """Take ``streams`` calls at once from now on, the threads split between them; only backends with
+        ``auto_streams`` offer it."""
+        raise ScasegError(f"the {self.name} backend runs one call at a time")
 
     @abc.abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:

@@ -98,6 +98,7 @@ class OnnxRuntimeBackend(Backend):
         if self.streams > 1 and providers[0] != _CPU_EP:
             raise ScasegError(f"--streams {self.streams} runs model calls side by side on the CPU; this run would use "
                               f"{providers[0][0]} (pass --device cpu)")
+        self.auto_streams = settings.auto_streams and providers[0] == _CPU_EP
         self._providers = providers
         self.session = self._open(path, providers, self.threads)
         if info is None:
@@ -111,6 +112,14 @@ class OnnxRuntimeBackend(Backend):
         if count != self.threads:
             self.threads = count
             self.session = self._open(self.path, self._providers, count)
+
+    def set_streams(self, streams: int) -> None:
+        """Reopen the session for ``streams`` calls at once, each on its share of the threads (--streams auto)."""
+        threads = self.threads
+        assert self.auto_streams and threads is not None and 1 <= streams <= threads, (streams, threads)
+        if streams != self.streams:
+            self.streams = streams
+            self.session = self._open(self.path, self._providers, threads)
 
     def _open(self, path: str, providers: list[Any], threads: int) -> ort.InferenceSession:
         # Fatal only: a failed run raises an exception that says the same thing (the command prints it as one

@@ -13,6 +13,10 @@ auto, the one encoding of auto below the command line. Backends keep it as ``req
 ``auto_threads`` under auto and offer ``Backend.set_threads``; scaseg-bench and scaseg-infer call
 ``apply_auto_threads`` with the size and batch a Predictor runs. An explicit count is used as given, up to
 ``MAX_THREADS_PER_CPU`` per CPU (``check_thread_count``, also scaseg-train's bound).
+
+``--streams auto`` (scaseg-infer's default, ``RunSettings.auto_streams``) is chosen here too, after the threads:
+1 stream against 2 splitting the same threads, timed on the real shape at load (``_choose_streams``), for the same
+reason: how much a second call side by side gains depends on the model and on what else holds the cores.
 """
 from __future__ import annotations
 
@@ -32,6 +36,9 @@ if TYPE_CHECKING:  # pragma: no cover
 #: ``auto`` (about 2 s for scaseg-t at 512x512 on 2 cores); larger calls use every core.
 PROBE_MAX_PIXELS = 512 * 512
 PROBE_RUNS = 3
+#: --streams auto keeps 2 streams when they finish at least this many times the frames per second of 1 at load
+#: (measured: docs/performance.md, "More than one model call at a time": 1.2x for the shipped model)
+STREAMS_GAIN = 1.1
 #: The bound of an explicit count. More threads than CPUs only time-slice the same CPUs (ONNX Runtime's pool threads
 #: spin while they wait), so a count past the CPUs is only ever an experiment on that cost; a few per CPU still
 #: measures it, thousands never finish starting (--threads 10000 hung infer, bench and train).
@@ -105,8 +112,59 @@ def apply_auto_threads(backend: "Backend", size: Optional[tuple[int, int]], batc
     """Apply ``auto`` to the calls a Predictor will make (its input size and batch); returns what to print.
 
     Small calls: 1 thread and every core are timed on the real shape and the faster is kept. Backends without
-    a thread count (TensorRT, GPU providers, OpenVINO under auto) answer ``"-"``.
+    a thread count (TensorRT, GPU providers, OpenVINO under auto) answer ``"-"``. Then --streams auto
+    (``backend.auto_streams``): see ``_choose_streams``.
     """
+    said = _apply_threads(backend, size, batch)
+    streams = _choose_streams(backend, size, batch)
+    return f"{said}; {streams}" if streams else said
+
+
+def _rate(backend: "Backend", x: np.ndarray, callers: int) -> float:
+    """Frames per second of ``callers`` threads calling the model at once, 2 x PROBE_RUNS calls each (after one
+    warm-up call each): all calls / wall time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def calls(n: int) -> None:
+        for _ in range(n):
+            backend.infer(x)
+
+    with ThreadPoolExecutor(callers) as pool:
+        list(pool.map(calls, [1] * callers))
+        start = time.perf_counter()
+        list(pool.map(calls, [2 * PROBE_RUNS] * callers))
+        return callers * 2 * PROBE_RUNS / (time.perf_counter() - start)
+
+
+def _choose_streams(backend: "Backend", size: Optional[tuple[int, int]], batch: int) -> str:
+    """--streams auto: on a backend that can run calls side by side, with at least 2 threads chosen and a call small
+    enough to time (up to PROBE_MAX_PIXELS), the calls are timed one at a time on all those threads and as 2 streams
+    splitting them; 2 streams are kept when they finish STREAMS_GAIN times the frames per second or more (a small
+    model whose one call does not keep the cores busy), else 1 (each frame sooner). Returns what to print, or "" when
+    there was nothing to choose."""
+    threads = backend.threads
+    pixels = None if size is None else batch * size[0] * size[1]
+    if not backend.auto_streams or threads is None or threads < 2 or pixels is None or pixels > PROBE_MAX_PIXELS:
+        return ""
+    assert size is not None
+    x = np.zeros(_shape(backend, size, batch), np.uint8 if backend.info.input_type == "uint8" else np.float32)
+    one = _rate(backend, x, 1)
+    backend.set_streams(2)
+    two = _rate(backend, x, 2)
+    if two < STREAMS_GAIN * one:
+        backend.set_streams(1)
+    each = per_stream(threads, 2)
+    split = f", {each} thread{'' if each == 1 else 's'} each" if backend.streams == 2 else ""
+    return f"streams {backend.streams} (auto: timed 1 vs 2 at load: {one:.1f} vs {two:.1f} frames/s{split})"
+
+
+def _shape(backend: "Backend", size: tuple[int, int], batch: int) -> tuple[int, ...]:
+    """The input shape of a call on ``batch`` frames of ``size`` (raw-frame graphs take NHWC)."""
+    return (batch, size[0], size[1], 3) if backend.info.layout == "NHWC" else (batch, 3, size[0], size[1])
+
+
+def _apply_threads(backend: "Backend", size: Optional[tuple[int, int]], batch: int) -> str:
+    """apply_auto_threads for the thread count."""
     count = backend.threads
     if count is None or backend.device != "CPU":
         return "-"
@@ -122,8 +180,7 @@ def apply_auto_threads(backend: "Backend", size: Optional[tuple[int, int]], batc
         backend.set_threads(cores)
         return describe(cores, "auto: every core" + ("" if pixels is None else f" for {pixels} px per call"))
     assert size is not None
-    shape = (batch, size[0], size[1], 3) if backend.info.layout == "NHWC" else (batch, 3, size[0], size[1])
-    ms = _probe(backend, shape, sorted({1, cores}))
+    ms = _probe(backend, _shape(backend, size, batch), sorted({1, cores}))
     best = min(ms, key=lambda k: ms[k])
     backend.set_threads(best)
     timed = " vs ".join(f"{ms[k]:.1f}" for k in sorted(ms))

@@ -66,6 +66,7 @@ def test_an_output_location_that_cannot_be_written_is_refused_before_work(work: 
     (["src.mp4", "-m", "m.onnx", "--alpha", "x"], "--alpha"),
     (["src.mp4", "-m", "m.onnx", "-o", "new/dir/out.txt"], "needs a .mp4"),
     (["src.mp4", "-m", "m.onnx", "--streams", "0"], "--streams must be from 1 to"),
+    (["src.mp4", "-m", "m.onnx", "--streams", "two"], "--streams must be auto or a whole number of streams"),
     (["src.mp4", "-m", "m.onnx", "--streams", "3", "--threads", "2"], "--streams must be from 1 to 2 (--threads 2"),
     (["src.mp4", "-m", "m.onnx", "--streams", "2", "--threads", "2", "--backend", "openvino"], "openvino backend, one call"),
     (["src.mp4", "--server", "http://localhost:1", "--streams", "2"], "--streams cannot be combined with --server"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import _thread
+import re
 import threading
 import time
 
@@ -76,15 +77,20 @@ def test_two_streams_write_the_same_label_maps_as_one(tmp_path, capsys, monkeypa
         writer.write(image, rgb=True)
     writer.close()
     outs = {}
-    for streams in ("1", "2"):
+    for streams in ("1", "2", "auto"):
         out = tmp_path / f"labels{streams}"
         code, _, err = run_main(main, [video, "-m", default_model(), "--save-labels", "-o", out, "--threads", "2",
                                        "--streams", streams], capsys, monkeypatch)
         assert code == 0, err
-        assert ("per stream x 2 streams" in err) == (streams == "2")
+        if streams == "auto":  # the default: 1 and 2 timed at load, the choice said, and the run made with it
+            chosen = re.search(r"threads 2 \(given\); streams ([12]) \(auto: timed 1 vs 2 at load: ", err)
+            assert chosen, err
+            assert ("per stream x 2 streams" in err) == (chosen.group(1) == "2")
+        else:
+            assert ("per stream x 2 streams" in err) == (streams == "2")
         outs[streams] = {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(out.glob("*.png"))}
     assert list(outs["1"]) == [f"clip_{i:06d}.png" for i in range(12)] and list(outs["2"]) == list(outs["1"])
-    assert all((outs["1"][k] == outs["2"][k]).all() for k in outs["1"])
+    assert all((outs["1"][k] == outs[s][k]).all() for k in outs["1"] for s in ("2", "auto"))
     assert len({outs["1"][k].tobytes() for k in outs["1"]}) > 1  # the frames differ, so order matters
 
 

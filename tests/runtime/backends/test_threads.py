@@ -52,6 +52,7 @@ class _Slow:
 
     device = "CPU"
     streams = 1
+    auto_streams = False
     info = ModelInfo(variant="tiny", num_classes=3)  # a float model: the probe feeds float32 NCHW
 
     def __init__(self, ms: dict[int, float]) -> None:
@@ -138,3 +139,58 @@ def test_the_commands_read_threads_once_and_the_backends_trust_it(tmp_path: Path
     assert calls == ["1"], calls
     if prog == "bench":  # the backend ran with the count as given
         assert json.loads((tmp_path / "r.json").read_text())["models"][0]["threads"] == 1
+
+
+class _Streams:
+    """A CPU backend on 2 given threads under --streams auto: a call takes ``ms[streams]`` milliseconds, and with 2
+    streams two calls run at once (sleeping, as a library call releases the GIL)."""
+
+    device = "CPU"
+    auto_streams = True
+    info = ModelInfo(variant="tiny", num_classes=3)
+
+    def __init__(self, ms: dict[int, float]) -> None:
+        self.ms, self.threads, self.requested_threads, self.streams, self.calls = ms, 2, 2, 1, 0
+
+    def set_streams(self, streams: int) -> None:
+        self.streams = streams
+
+    def infer(self, x):
+        self.calls += 1
+        time.sleep(self.ms[self.streams] / 1000)
+        return x
+
+
+@pytest.mark.parametrize("ms,kept", [({1: 10.0, 2: 12.0}, 2),   # 2 at once: 167 vs 100 frames/s
+                                     ({1: 10.0, 2: 25.0}, 1)])  # 2 at once: 80 vs 100 frames/s
+def test_streams_auto_times_one_and_two_streams_and_keeps_two_only_when_faster(ms, kept) -> None:
+    be = _Streams(ms)
+    said = T.apply_auto_threads(be, (32, 48), 1)
+    assert be.streams == kept and said.startswith(f"2 (given); streams {kept} (auto: timed 1 vs 2 at load: ")
+    assert ("1 thread each" in said) == (kept == 2) and be.calls == 3 * (1 + 2 * T.PROBE_RUNS)
+
+
+def test_streams_auto_is_not_timed_for_large_calls_one_thread_or_given_streams(tmp_path: Path) -> None:
+    big = int(T.PROBE_MAX_PIXELS ** 0.5) + 1
+    be = _Streams({1: 1.0, 2: 1.0})
+    assert T.apply_auto_threads(be, (big, big), 1) == "2 (given)" and be.calls == 0 and be.streams == 1
+    one = open_backend(make_onnx(tmp_path / "o.onnx", size=(32, 48)), settings=RunSettings.parse("cpu", 1, None, "auto"))
+    assert one.auto_streams and T.apply_auto_threads(one, (32, 48), 1) == "1 (given)" and one.streams == 1
+    given = open_backend(make_onnx(tmp_path / "g.onnx", size=(32, 48)), settings=RunSettings.parse("cpu", 2, None, 1))
+    assert not given.auto_streams and T.apply_auto_threads(given, (32, 48), 1) == "2 (given)"
+
+
+def test_streams_auto_on_a_real_session_reopens_it_for_the_streams_kept(tmp_path: Path) -> None:
+    settings = RunSettings.parse("cpu", 2, None, "auto")
+    assert settings.auto_streams and settings.streams == 1
+    be = open_backend(make_onnx(tmp_path / "r.onnx", size=(32, 48)), settings=settings)
+    said = T.apply_auto_threads(be, (32, 48), 1)
+    assert be.streams in (1, 2) and f"streams {be.streams} (auto: timed 1 vs 2" in said
+    assert _session_threads(be) == T.per_stream(2, be.streams)
+
+
+@pytest.mark.parametrize("value,expect", [("x", "--streams must be auto or a whole number of streams"),
+                                          (0, "--streams must be from 1 to")])
+def test_streams_is_auto_or_a_count(value, expect) -> None:
+    with pytest.raises(ScasegError, match=expect):
+        RunSettings.parse("cpu", 2, None, value)
