@@ -171,7 +171,7 @@ def infer(
     if server is not None:
         check_server_options(server, model_name, {"--model": model is not None, "--imgsz": imgsz is not None,
                                                   "--backend": backend.value != "auto", "--device": device != "auto",
-                                                  "--threads": threads != "auto", "--streams": not settings.auto_streams})
+                                                  "--threads": threads != "auto", "--streams": settings.streams != 1})
     elif model_name is not None:
         raise ScasegError("--model-name names a model on a Triton server: add --server URL")
     if not save and not show:

@@ -5,7 +5,8 @@ Stages and who runs them:
 - preprocess and render: a pool of worker threads (``workers``); their work is OpenCV and NumPy calls that release
   the GIL, so frames are prepared and rendered in parallel;
 - infer: one thread hands each batch to the model: one backend call per batch, ``predictor.backend.streams`` calls
-  at once (1 unless scaseg-infer --streams asked ONNX Runtime on the CPU for more; ONNX Runtime, OpenVINO and
+  at once (1 unless scaseg-infer --streams asked for more or --streams auto chose 2, ONNX Runtime on the CPU only;
+  ONNX Runtime, OpenVINO and
   TensorRT release the GIL and have threads of their own); each frame's render follows its call's result;
 - write: the calling thread, in frame order (so windows, Ctrl-C and the output's writer stay in one place; the
   encoder has threads of its own).

@@ -121,7 +121,7 @@ def apply_auto_threads(backend: "Backend", size: Optional[tuple[int, int]], batc
 
 
 def _rate(backend: "Backend", x: np.ndarray, callers: int) -> float:
-    """Frames per second of ``callers`` threads calling the model at once, 2 x PROBE_RUNS calls each (after one
+    """Calls per second of ``callers`` threads calling the model at once, 2 x PROBE_RUNS calls each (after one
     warm-up call each): all calls / wall time."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -148,9 +148,9 @@ def _choose_streams(backend: "Backend", size: Optional[tuple[int, int]], batch: 
         return ""
     assert size is not None
     x = np.zeros(_shape(backend, size, batch), np.uint8 if backend.info.input_type == "uint8" else np.float32)
-    one = _rate(backend, x, 1)
+    one = batch * _rate(backend, x, 1)  # frames, not calls
     backend.set_streams(2)
-    two = _rate(backend, x, 2)
+    two = batch * _rate(backend, x, 2)
     if two < STREAMS_GAIN * one:
         backend.set_streams(1)
     each = per_stream(threads, 2)

@@ -70,6 +70,7 @@ def test_an_output_location_that_cannot_be_written_is_refused_before_work(work: 
     (["src.mp4", "-m", "m.onnx", "--streams", "3", "--threads", "2"], "--streams must be from 1 to 2 (--threads 2"),
     (["src.mp4", "-m", "m.onnx", "--streams", "2", "--threads", "2", "--backend", "openvino"], "openvino backend, one call"),
     (["src.mp4", "--server", "http://localhost:1", "--streams", "2"], "--streams cannot be combined with --server"),
+    (["src.mp4", "--server", "http://localhost:1", "--streams", "1"], "cannot reach the Triton server"),  # 1 is fine
 ])
 def test_usage_errors_are_one_line(work: Path, args: list[str], expect: str) -> None:
     refused(PROG, args, work, expect=expect)
