@@ -20,9 +20,9 @@ For each video size (720p, 1080p, 2160p by default), on H.264 clips of street sc
   between them), and the model alone the same way (N threads each calling it: frames per second of all together);
 - with --video-codec ENCODER: this checkout's scaseg-infer runs write with that encoder (e.g. mpeg4) instead of libx264;
 - with --streams N, where the CPU of a frame goes: the --streams run's CPU per frame split into the model alone
-  (N calls at once on --threads / N threads each, idle threads sleeping as in scaseg-infer, in this process), the codecs alone (the clip decoded by cv2.VideoCapture and
-  written by VideoFile, nothing else, in this process) and the rest (by difference: colour conversions, resizes,
-  overlay, argmax, Python); the frame rate the cores reach when every cycle does that work (cores / CPU per frame),
+  (N calls at once on --threads / N threads each, idle threads sleeping as in scaseg-infer, in this process), the
+  codecs alone (the clip decoded by cv2.VideoCapture and written by VideoFile, nothing else, in this process) and
+  the rest (by difference: colour conversions, resizes, overlay, argmax, Python); the frame rate the cores reach when every cycle does that work (cores / CPU per frame),
   as a share of model-only, which bounds the ratio, and the same bound were the rest free;
 - bytes host -> device and back per frame for this model (float input, float logits out) and for a raw-frame
   model (uint8 frame in, uint8 labels at the frame's size out), computed from the shapes.

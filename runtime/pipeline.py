@@ -6,8 +6,8 @@ Stages and who runs them:
   the GIL, so frames are prepared and rendered in parallel;
 - infer: one thread hands each batch to the model: one backend call per batch, ``predictor.backend.streams`` calls
   at once (1 unless scaseg-infer --streams asked for more or --streams auto chose 2, ONNX Runtime on the CPU only;
-  ONNX Runtime, OpenVINO and
-  TensorRT release the GIL and have threads of their own); each frame's render follows its call's result;
+  ONNX Runtime, OpenVINO and TensorRT release the GIL and have threads of their own); each frame's render follows
+  its call's result;
 - write: the calling thread, in frame order (so windows, Ctrl-C and the output's writer stay in one place; the
   encoder has threads of its own).
 Python only schedules: it hands frames and futures between bounded queues, so memory stays bounded and every
@@ -321,7 +321,8 @@ def _render_after(run: _Run, call: "concurrent.futures.Future[list[np.ndarray]]"
     No callback refers back to the future it is attached to (a Future keeps its callbacks after running them), so a
     frame, its row of the outputs and its rendering are freed by reference counting as soon as the frame is written:
     a cycle would leave them to Python's cyclic garbage collector, which ran only every few dozen frames (dozens of
-    1080p frames were held at once: peak memory before and after in docs/performance.md), and memory would no longer be bounded by the queues."""
+    1080p frames were held at once: peak memory before and after in docs/performance.md), and memory would no
+    longer be bounded by the queues."""
     rendered: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
 
     def answered(done: "concurrent.futures.Future[list[np.ndarray]]") -> None:  # the model call

@@ -92,9 +92,8 @@ def describe(count: int, how: str) -> str:
     return f"{count} ({how})"
 
 
-def _probe(backend: "Backend", shape: tuple[int, ...], counts: list[int]) -> dict[int, float]:
-    """Median ms of PROBE_RUNS calls (after one warm-up call) per thread count, on a zero input of ``shape``."""
-    x = np.zeros(shape, np.uint8 if backend.info.input_type == "uint8" else np.float32)  # raw frames are uint8
+def _probe(backend: "Backend", x: np.ndarray, counts: list[int]) -> dict[int, float]:
+    """Median ms of PROBE_RUNS calls on ``x`` (after one warm-up call) per thread count."""
     ms: dict[int, float] = {}
     for count in counts:
         backend.set_threads(count)
@@ -147,7 +146,7 @@ def _choose_streams(backend: "Backend", size: Optional[tuple[int, int]], batch: 
     if not backend.auto_streams or threads is None or threads < 2 or pixels is None or pixels > PROBE_MAX_PIXELS:
         return ""
     assert size is not None
-    x = np.zeros(_shape(backend, size, batch), np.uint8 if backend.info.input_type == "uint8" else np.float32)
+    x = _zero_input(backend, size, batch)
     one = batch * _rate(backend, x, 1)  # frames, not calls
     backend.set_streams(2)
     two = batch * _rate(backend, x, 2)
@@ -158,9 +157,10 @@ def _choose_streams(backend: "Backend", size: Optional[tuple[int, int]], batch: 
     return f"streams {backend.streams} (auto: timed 1 vs 2 at load: {one:.1f} vs {two:.1f} frames/s{split})"
 
 
-def _shape(backend: "Backend", size: tuple[int, int], batch: int) -> tuple[int, ...]:
-    """The input shape of a call on ``batch`` frames of ``size`` (raw-frame graphs take NHWC)."""
-    return (batch, size[0], size[1], 3) if backend.info.layout == "NHWC" else (batch, 3, size[0], size[1])
+def _zero_input(backend: "Backend", size: tuple[int, int], batch: int) -> np.ndarray:
+    """A zero input of a call on ``batch`` frames of ``size``: float32 NCHW, or uint8 NHWC for raw-frame graphs."""
+    shape = (batch, size[0], size[1], 3) if backend.info.layout == "NHWC" else (batch, 3, size[0], size[1])
+    return np.zeros(shape, np.uint8 if backend.info.input_type == "uint8" else np.float32)
 
 
 def _apply_threads(backend: "Backend", size: Optional[tuple[int, int]], batch: int) -> str:
@@ -180,7 +180,7 @@ def _apply_threads(backend: "Backend", size: Optional[tuple[int, int]], batch: i
         backend.set_threads(cores)
         return describe(cores, "auto: every core" + ("" if pixels is None else f" for {pixels} px per call"))
     assert size is not None
-    ms = _probe(backend, _shape(backend, size, batch), sorted({1, cores}))
+    ms = _probe(backend, _zero_input(backend, size, batch), sorted({1, cores}))
     best = min(ms, key=lambda k: ms[k])
     backend.set_threads(best)
     timed = " vs ".join(f"{ms[k]:.1f}" for k in sorted(ms))

@@ -76,32 +76,24 @@ def test_any_other_crash_while_starting_is_not_retried(tmp_path: Path, monkeypat
     assert (tmp_path / "starts").read_text() == "1"
 
 
-def test_a_server_that_exited_is_not_ready_whatever_answers_on_its_port(tmp_path: Path) -> None:
+def test_a_server_that_exited_is_not_ready_whatever_answers_on_its_port(tmp_path: Path, monkeypatch) -> None:
     # A port picked by free_ports can be picked again by another program (another test worker's server): what
     # answers there must not make a dead server "ready" (a start that crashed was once taken for a running one).
     import subprocess
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from scaseg.runtime.serve import Ports, _wait_ready
+    from scaseg.runtime.serve import _ready, _wait_ready, stop_server
 
-    class Ready(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    foreign = HTTPServer(("127.0.0.1", 0), Ready)
-    threading.Thread(target=foreign.serve_forever, daemon=True).start()
+    ports = free_ports()
+    binary = _fake(tmp_path, monkeypatch, crashes=0, line="").binary  # the stand-in, answering ready on ports.http
+    foreign = subprocess.Popen([str(binary), f"--http-port={ports.http}"])
     try:
+        while not _ready(ports.endpoints()["http"]):
+            assert foreign.poll() is None
         log = tmp_path / "log"
         log.write_text("error: creating server: Internal - failed to load all models\n")
-        process = subprocess.Popen([sys.executable, "-c", "pass"])
-        process.wait()
-        ports = free_ports()
+        exited = subprocess.Popen([sys.executable, "-c", "pass"])
+        exited.wait()
         with pytest.raises(ScasegError, match="stopped before it was ready: creating server"):
-            _wait_ready(process, Ports(foreign.server_address[1], ports.grpc, ports.metrics), log, timeout_s=5)
+            _wait_ready(exited, ports, log, timeout_s=5)
     finally:
-        foreign.shutdown()
+        stop_server(foreign)
