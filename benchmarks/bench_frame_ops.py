@@ -1,9 +1,11 @@
 """The frame path's own operations at camera resolution, one at a time: wall and CPU time per call.
 
-What scaseg-infer does to each frame besides decode, the model and encode (docs/runtime.md): BGR -> RGB after the
-decoder, the resize to the network's input, the overlay (scaseg.runtime.overlay.render_overlay: colour mask scaled up
-with scaseg.runtime.preprocess.resize_nearest, blend, legend drawn in place), RGB -> I420 before the encoder; and
-the two choices made for them, each against what it replaced:
+What scaseg-infer does to each frame besides decode, the model and encode (docs/runtime.md). A frame read by OpenCV:
+BGR -> RGB after the decoder, the resize to the network's input, the overlay (scaseg.runtime.overlay.render_overlay:
+colour mask scaled up with scaseg.runtime.preprocess.resize_nearest, blend, legend drawn in place), RGB -> I420
+before the encoder. A frame given as the decoder's I420 planes (an H.264 file): preprocess_planes and
+render_overlay_planes, and nothing before the encoder. The choices made for them, each against what it replaced:
+- the planes' two operations against the RGB path's four (the same network input and picture, tests/runtime);
 - resize_nearest against ``cv2.resize(..., INTER_NEAREST)`` (the same pixels, checked here);
 - OpenCV with one thread per call (what the pipeline sets while it runs) against OpenCV's default (a thread per
   core), with the other cores idle and with them busy (one spinning process per other core, as the model and the
@@ -65,8 +67,10 @@ def operations(hw: tuple[int, int]) -> dict[str, Callable[[], object]]:
     """The per-frame operations on one synthetic frame of size ``hw``, with labels at the network's size."""
     from scaseg.data.synth import render_video
     from scaseg.metadata import default_palette
-    from scaseg.runtime.overlay import blend, colorize, palette_lut, render_overlay
-    from scaseg.runtime.preprocess import resize_nearest
+    from scaseg.data.video import I420
+    from scaseg.metadata import IMAGENET_MEAN, IMAGENET_STD
+    from scaseg.runtime.overlay import blend, colorize, palette_lut, palette_planes, render_overlay, render_overlay_planes
+    from scaseg.runtime.preprocess import preprocess, preprocess_planes, resize_nearest
 
     rgb, label = next(iter(render_video(0, 1, hw)))
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
@@ -76,6 +80,8 @@ def operations(hw: tuple[int, int]) -> dict[str, Callable[[], object]]:
     mask = colorize(labels, lut)
     h, w = hw
     full_mask = resize_nearest(mask, hw)
+    planes, table = I420.from_rgb(rgb), palette_planes(lut)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
     if not np.array_equal(full_mask, cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)):
         raise SystemExit("resize_nearest differs from cv2.resize INTER_NEAREST")
     return {
@@ -86,6 +92,11 @@ def operations(hw: tuple[int, int]) -> dict[str, Callable[[], object]]:
         "blend (cv2.addWeighted)": lambda: blend(rgb, full_mask, 0.5),
         "render_overlay with legend (all of it)": lambda: render_overlay(rgb, labels, lut, 0.5, names),
         "RGB -> I420 (before encode)": lambda: cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420),
+        "input from BGR: to RGB, preprocess": lambda: preprocess(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), NET_HW, mean,
+                                                                std),
+        "input from planes: preprocess_planes": lambda: preprocess_planes(planes, NET_HW, mean, std),
+        "overlay to planes from RGB (before)": lambda: I420.from_rgb(render_overlay(rgb, labels, lut, 0.5)),
+        "overlay in planes: render_overlay_planes": lambda: render_overlay_planes(planes, labels, table, 0.5),
     }
 
 

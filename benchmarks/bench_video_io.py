@@ -1,9 +1,12 @@
 """Video in and out: OpenCV against PyAV (FFmpeg's libraries) on the same clips, per frame, wall and CPU time.
 
 Decode: cv2.VideoCapture.read (BGR) against PyAV's decoder (to_ndarray bgr24) with FFmpeg's threading off (SLICE)
-and on (AUTO: frame threads), on an H.264 clip and an MPEG-4 part 2 clip.
+and on (AUTO: frame threads), on an H.264 clip and an MPEG-4 part 2 clip; and scaseg-infer's own two readers
+(scaseg.runtime.sources): PlanesSource (PyAV, the stream's I420 planes, no conversion) and CaptureSource (OpenCV,
+then BGR -> RGB).
 Encode: cv2.VideoWriter mp4v (what the runtime wrote before) against PyAV with FFmpeg's own RGB -> YUV scaler, and
-scaseg.data.video.VideoFile (OpenCV's cvtColor to I420, then libx264 ultrafast or mpeg4): what the runtime writes.
+scaseg.data.video.VideoFile (OpenCV's cvtColor to I420, then libx264 ultrafast or mpeg4): what the runtime writes;
+and VideoFile given I420 planes (what scaseg-infer's overlay of a PlanesSource frame is).
 Each figure is the median over --repeats passes of the mean over --frames frames; CPU time is the process's user +
 system time, which shows work done on other threads (an encoder's) that wall time hides.
 
@@ -16,7 +19,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import cv2
 import numpy as np
@@ -83,13 +86,39 @@ def videofile_encode(frames: list[np.ndarray], path: Path, codec: str) -> int:
     return len(frames)
 
 
+def source_decode(path: Path, planes: bool) -> int:
+    from scaseg.runtime.sources import CaptureSource, PlanesSource
+
+    src = PlanesSource.open(str(path), "clip") if planes else CaptureSource(str(path), "video", "clip")
+    if src is None:
+        raise SystemExit(f"PlanesSource does not take {path}")
+    try:
+        return sum(1 for frame in src if (frame.planes if planes else frame.image) is not None)
+    finally:
+        src.close()
+
+
+def planes_encode(planes: list[Any], path: Path) -> int:
+    from scaseg.data.video import VideoFile
+
+    video = VideoFile(path, 30.0)
+    for picture in planes:
+        video.write(picture)
+    video.close()
+    return len(planes)
+
+
 def measure(name: str, frames: list[np.ndarray], repeats: int, tmp: Path) -> list[tuple[str, float, float]]:
+    from scaseg.data.video import I420
+
     rows = []
+    planes = [I420.from_rgb(rgb) for rgb in frames]
     encoders: dict[str, Callable[[], int]] = {
         "encode cv2.VideoWriter mp4v": lambda: cv2_encode(frames, tmp / "cv2.mp4"),
         "encode PyAV scaler + libx264": lambda: av_scaler_encode(frames, tmp / "avs.mp4", "libx264"),
         "encode VideoFile mpeg4": lambda: videofile_encode(frames, tmp / "m4.mp4", "mpeg4"),
         "encode VideoFile libx264 (used)": lambda: videofile_encode(frames, tmp / "x264.mp4", "libx264"),
+        "encode VideoFile libx264, I420 planes": lambda: planes_encode(planes, tmp / "planes.mp4"),
     }
     for label, fn in encoders.items():
         rows.append((label, *median_wall_cpu_ms(fn, repeats)))
@@ -97,6 +126,9 @@ def measure(name: str, frames: list[np.ndarray], repeats: int, tmp: Path) -> lis
         rows.append((f"decode {label} cv2.VideoCapture", *median_wall_cpu_ms(lambda: cv2_decode(clip), repeats)))
         for threading in ("SLICE", "AUTO"):
             rows.append((f"decode {label} PyAV {threading}", *median_wall_cpu_ms(lambda: av_decode(clip, threading), repeats)))
+    clip = tmp / "x264.mp4"
+    rows.append(("decode H.264 CaptureSource (RGB)", *median_wall_cpu_ms(lambda: source_decode(clip, False), repeats)))
+    rows.append(("decode H.264 PlanesSource (used)", *median_wall_cpu_ms(lambda: source_decode(clip, True), repeats)))
     return rows
 
 

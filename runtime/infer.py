@@ -22,13 +22,13 @@ from scaseg.fileio import atomic_dir, atomic_path, check_dir_output, check_outpu
 from scaseg.runtime.backends.threads import apply_auto_threads
 from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, batch_option, device_option, imgsz_option,
                                     memory_option, model_name_option, server_option, threads_option, SERVER_OWNS)
-from scaseg.runtime.overlay import palette_lut, render_overlay
+from scaseg.runtime.overlay import palette_lut, palette_planes, render_overlay, render_overlay_planes
 from scaseg.runtime.predictor import Predictor
 from scaseg.runtime.preprocess import Geometry
 from scaseg.runtime.remote import RemotePredictor, check_server_options, open_server
 from scaseg.suffixes import IMAGE_SUFFIXES, LABEL_OUTPUT_SUFFIXES, VIDEO_OUTPUT_SUFFIXES, VIDEO_SUFFIXES
 from scaseg.runtime.pipeline import StopPipeline, run_pipeline
-from scaseg.runtime.sinks import ImageSink, VideoSink
+from scaseg.runtime.sinks import ImageSink, Picture, VideoSink
 from scaseg.runtime.sources import Frame, Source, camera_index, is_url, open_source
 
 app = make_app(__doc__)
@@ -242,29 +242,34 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, request: Inf
 
         noted: set[tuple[int, ...]] = set()
         legend_names = info.class_names if request.legend else None
+        # An overlay only written to a video is drawn in the decoder's planes when the frame comes as planes
+        # (render_overlay_planes): no camera-sized RGB picture at all. A legend, a window or images need RGB.
+        in_planes = kind == "overlay" and target == "video" and not show and legend_names is None
+        table = palette_planes(lut) if in_planes and info.num_classes <= 256 else None
 
-        def render(frame: Frame, output: np.ndarray, geom: Geometry) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        def render(frame: Frame, output: np.ndarray, geom: Geometry) -> tuple[np.ndarray, Optional[Picture]]:
             """In the worker pool: the labels to write and the overlay picture (coloured at the network's size)."""
-            assert frame.image is not None
             labels = predictor.finish(output, geom, to_source=kind == "labels")
-            picture = None
-            if kind == "overlay" or show:
+            picture: Optional[Picture] = None
+            if table is not None and frame.planes is not None:
+                picture = render_overlay_planes(frame.planes, labels, table, request.alpha)
+            elif kind == "overlay" or show:
+                assert frame.image is not None
                 picture = render_overlay(frame.image, labels, lut, request.alpha, legend_names)
             return labels, picture
 
-        def consume(frame: Frame, rendered: tuple[np.ndarray, Optional[np.ndarray]]) -> None:
-            assert frame.image is not None
+        def consume(frame: Frame, rendered: tuple[np.ndarray, Optional[Picture]]) -> None:
             labels, picture = rendered
-            if frame.image.shape[:2] not in noted:  # said once per frame size (folders mix sizes)
-                noted.add(frame.image.shape[:2])
-                note = _stretch_note(frame.image.shape[:2], predictor)
+            if frame.hw not in noted:  # said once per frame size (folders mix sizes)
+                noted.add(frame.hw)
+                note = _stretch_note(frame.hw, predictor)
                 if note:
                     progress.write(note, file=sys.stderr)
             if sink is not None:
                 written = picture if kind == "overlay" else labels
                 assert written is not None  # kind overlay: rendered above
                 sink.write(frame.name, written)
-            if show and picture is not None:
+            if show and isinstance(picture, np.ndarray):
                 _show(picture)
 
         stats = run_pipeline(src, predictor, consume, render=render, queue_size=request.queue_size,

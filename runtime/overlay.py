@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Union
 import cv2
 import numpy as np
 
+from scaseg.data.video import I420
 from scaseg.runtime.preprocess import resize_nearest
 
 # A list of RGB triples, or an (N, 3) uint8 array such as palette_lut() returns.
@@ -101,4 +102,32 @@ def render_overlay(
     if class_names is not None:
         present = np.flatnonzero(np.bincount(labels.ravel(), minlength=len(class_names))[: len(class_names)])
         out = draw_legend(out, class_names, palette, present, copy=False)  # ``out`` is this function's own
+    return out
+
+
+def palette_planes(palette: Palette) -> np.ndarray:
+    """A (3, 256) uint8 table: the Y, U and V of each of the first 256 palette colours, as the video writer's
+    RGB -> I420 conversion (I420.from_rgb) makes them for a flat block of that colour."""
+    lut = palette_lut(palette, 256)
+    blocks = I420.from_rgb(np.repeat(np.repeat(lut[None], 2, axis=0), 2, axis=1))  # one 2x2 block per colour
+    y, u, v = blocks.split()
+    return np.stack([y[0, ::2], u[0], v[0]])
+
+
+def render_overlay_planes(planes: I420, labels: np.ndarray, table: np.ndarray, alpha: float = 0.5) -> I420:
+    """:func:`render_overlay` for a frame given as I420 planes, drawn in the planes (no legend): the label map is
+    coloured at its own size in Y, U and V (``table``: palette_planes()), each scaled up to its plane by nearest
+    neighbour, and blended plane by plane, so no camera-sized RGB picture is made.
+
+    The blend of YUV values is the YUV of the blend of RGB values (the conversion is affine), so the picture is the
+    one render_overlay draws, then converted for the writer, up to rounding, and a frame's YUV outside the RGB cube
+    is kept instead of clipped (docs/runtime.md, "Frames as the decoder's planes", counts the pixels that differ).
+    """
+    if labels.dtype != np.uint8:
+        raise ValueError("render_overlay_planes colours uint8 label maps (up to 256 classes); use render_overlay")
+    alpha = float(min(max(alpha, 0.0), 1.0))
+    out = I420(np.empty_like(planes.planes))
+    for channel, (src, dst) in enumerate(zip(planes.split(), out.split())):
+        mask = resize_nearest(cv2.LUT(labels, np.ascontiguousarray(table[channel])), src.shape)
+        cv2.addWeighted(mask, alpha, src, 1.0 - alpha, 0.0, dst=dst)
     return out

@@ -1,7 +1,9 @@
 """The pipeline behind scaseg-infer: decode -> preprocess -> infer -> render -> write, frames kept in order.
 
 Stages and who runs them:
-- decode: one thread reads the source (OpenCV's decoder releases the GIL and has threads of its own);
+- decode: one thread reads the source (FFmpeg's decoder, through PyAV or OpenCV, releases the GIL and has threads of
+  its own); a plain 4:2:0 video file's frames come as the decoder's I420 planes (sources.PlanesSource), so no
+  camera-sized RGB picture is made for them unless a consumer asks for one;
 - preprocess and render: a pool of worker threads (``workers``); their work is OpenCV and NumPy calls that release
   the GIL, so frames are prepared and rendered in parallel;
 - infer: one thread hands each batch to the model: one backend call per batch, ``predictor.backend.streams`` calls
@@ -237,8 +239,8 @@ def _read_frames(run: _Run) -> None:
             if frame is None:
                 break
             future = None
-            if frame.image is not None:
-                future = run.pool.submit(run.stats.timed, "preprocess", run.predictor.prepare, frame.image)
+            if frame.readable:
+                future = run.pool.submit(run.stats.timed, "preprocess", run.predictor.prepare_frame, frame)
             if not _put(run.decoded, (frame, future), run.stop):
                 break
     finally:

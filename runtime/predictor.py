@@ -12,9 +12,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from scaseg.runtime.backends import Backend
+from scaseg.runtime.sources import Frame
 from scaseg.errors import ScasegError
 from scaseg.runtime.preprocess import (Geometry, label_dtype, labels_to_source, logits_to_labels, preprocess,
-                                      resize_image, resize_nearest)
+                                      preprocess_planes, resize_image, resize_nearest)
 
 
 def input_size_for(backend: Backend, imgsz: Optional[Sequence[int]] = None,
@@ -83,6 +84,14 @@ class Predictor:
                 return image, Geometry(hw, hw, hw)
             return resize_image(image, self.size, self.resize)
         return preprocess(image, self.size, self.info.mean, self.info.std, self.resize)
+
+    def prepare_frame(self, frame: Frame) -> tuple[np.ndarray, Geometry]:
+        """prepare() for a decoded Frame: one given as I420 planes is resized plane by plane and converted to RGB only
+        at the network's size (preprocess_planes), unless the graph itself takes raw frames."""
+        if frame.planes is not None and self.info.input_type != "uint8":
+            return preprocess_planes(frame.planes, self.size, self.info.mean, self.info.std, self.resize)
+        assert frame.image is not None
+        return self.prepare(frame.image)
 
     def run(self, tensors: Sequence[np.ndarray]) -> np.ndarray:
         """Stack (3, H, W) inputs (raw frames: (H, W, 3) uint8) into one call; pads to a fixed batch and returns only

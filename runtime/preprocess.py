@@ -5,12 +5,14 @@ normalised as (x - mean) / std on the 0..255 scale. Labels are integer (H, W) ma
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import cv2
 import numpy as np
 
+from scaseg.data.video import I420
 from scaseg.errors import ScasegError
 
 
@@ -23,6 +25,30 @@ class Geometry:
     content_hw: tuple[int, int]  # (H, W) of the resized image inside the input (== dst_hw unless letterboxed)
 
 
+def fit(hw: Sequence[int], size: Sequence[int], policy: str = "stretch") -> Geometry:
+    """Where an image of ``hw`` (H, W) goes in a network input of ``size`` (H, W): the one rule of each policy.
+
+    "stretch" fills the input; "letterbox" keeps the aspect ratio, the image at the top left, the rest padded."""
+    h, w = int(hw[0]), int(hw[1])
+    th, tw = int(size[0]), int(size[1])
+    if policy == "stretch":
+        return Geometry((h, w), (th, tw), (th, tw))
+    if policy == "letterbox":
+        scale = min(th / h, tw / w)
+        return Geometry((h, w), (th, tw), (max(1, round(h * scale)), max(1, round(w * scale))))
+    raise ScasegError(f"unknown resize policy {policy!r} (expected stretch or letterbox)")
+
+
+def place(content: np.ndarray, geom: Geometry) -> np.ndarray:
+    """An image already at ``geom.content_hw`` in a zero-padded input of ``geom.dst_hw`` (itself when it fills it)."""
+    if geom.content_hw == geom.dst_hw:
+        return content
+    ch, cw = geom.content_hw
+    out = np.zeros(tuple(geom.dst_hw) + content.shape[2:], dtype=content.dtype)
+    out[:ch, :cw] = content
+    return out
+
+
 def resize_image(image: np.ndarray, size: Optional[Sequence[int]], policy: str = "stretch") -> tuple[np.ndarray, Geometry]:
     """Resize an RGB image to ``size`` (H, W). ``policy``: "stretch" or "letterbox" (keep ratio, pad bottom/right).
 
@@ -31,18 +57,10 @@ def resize_image(image: np.ndarray, size: Optional[Sequence[int]], policy: str =
     h, w = image.shape[:2]
     if size is None:
         return image, Geometry((h, w), (h, w), (h, w))
-    th, tw = int(size[0]), int(size[1])
-    if policy == "stretch":
-        out = image if (h, w) == (th, tw) else cv2.resize(image, (tw, th), interpolation=cv2.INTER_LINEAR)
-        return out, Geometry((h, w), (th, tw), (th, tw))
-    if policy == "letterbox":
-        scale = min(th / h, tw / w)
-        ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
-        resized = cv2.resize(image, (cw, ch), interpolation=cv2.INTER_LINEAR) if (ch, cw) != (h, w) else image
-        out = np.zeros((th, tw, image.shape[2]), dtype=image.dtype)
-        out[:ch, :cw] = resized
-        return out, Geometry((h, w), (th, tw), (ch, cw))
-    raise ScasegError(f"unknown resize policy {policy!r} (expected stretch or letterbox)")
+    geom = fit((h, w), size, policy)
+    ch, cw = geom.content_hw
+    resized = image if (ch, cw) == (h, w) else cv2.resize(image, (cw, ch), interpolation=cv2.INTER_LINEAR)
+    return place(resized, geom), geom
 
 
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -63,6 +81,50 @@ def preprocess(
     """RGB uint8 image -> float32 (3, H, W) network input and the Geometry to undo the resize."""
     resized, geom = resize_image(image, size, policy)
     return normalize(resized, mean, std), geom
+
+
+def preprocess_planes(
+    planes: I420,
+    size: Optional[Sequence[int]],
+    mean: Sequence[float],
+    std: Sequence[float],
+    policy: str = "stretch",
+) -> tuple[np.ndarray, Geometry]:
+    """:func:`preprocess` for a frame given as I420 planes, without making a camera-sized RGB picture: each plane is
+    brought to the network's size on its own, and only that small picture is converted to RGB.
+
+    Y is resized as preprocess() resizes the RGB picture; each chroma plane is sampled where that same resize would
+    read the picture's chroma once repeated over 2x2 pixels, as I420.rgb() repeats it (:func:`_chroma_maps`). So the
+    input is preprocess(planes.rgb())'s up to rounding: the conversion is affine, and both resizes are linear.
+    """
+    h, w = planes.hw
+    geom = fit((h, w), size, policy) if size is not None else Geometry((h, w), (h, w), (h, w))
+    ch, cw = geom.content_hw
+    y, u, v = planes.split()
+    map_x, map_y = _chroma_maps((h, w), (ch, cw))
+    yuv = cv2.merge([y if (ch, cw) == (h, w) else cv2.resize(y, (cw, ch), interpolation=cv2.INTER_LINEAR)]
+                    + [cv2.remap(c, map_x, map_y, cv2.INTER_LINEAR) for c in (u, v)])
+    return normalize(place(I420.yuv_to_rgb(yuv), geom), mean, std), geom
+
+
+@functools.lru_cache(maxsize=16)
+def _chroma_maps(hw: tuple[int, int], content_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """cv2.remap maps into a half-size chroma plane: for each pixel of a linear resize from ``hw`` to ``content_hw``,
+    the chroma that resize reads from the full-size picture whose chroma repeats over 2x2 pixels.
+
+    cv2.resize (INTER_LINEAR) reads source position s = (x + 0.5) * scale - 0.5, clamped to the picture, between
+    pixels floor(s) and floor(s) + 1. With chroma repeated, both are one chroma sample when floor(s) is even; when it
+    is odd they are neighbouring samples floor(s) // 2 and floor(s) // 2 + 1, weighted as the resize weights them.
+    """
+    def axis(src: int, dst: int) -> np.ndarray:
+        s = np.clip((np.arange(dst) + 0.5) * (src / dst) - 0.5, 0, src - 1)
+        x0 = np.floor(s)
+        return (x0 // 2 + np.where(x0 % 2 == 1, s - x0, 0.0)).astype(np.float32)
+
+    (h, w), (ch, cw) = hw, content_hw
+    map_x = np.ascontiguousarray(np.broadcast_to(axis(w, cw)[None, :], (ch, cw)))
+    map_y = np.ascontiguousarray(np.broadcast_to(axis(h, ch)[:, None], (ch, cw)))
+    return cv2.convertMaps(map_x, map_y, cv2.CV_16SC2)
 
 
 def labels_to_source(labels: np.ndarray, geom: Geometry) -> np.ndarray:

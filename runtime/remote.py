@@ -25,6 +25,7 @@ from scaseg.metadata import ModelInfo
 from scaseg.runtime.backends.base import Backend, InputMetadata
 from scaseg.runtime.predictor import Predictor
 from scaseg.runtime.preprocess import Geometry
+from scaseg.runtime.sources import Frame
 
 INPUT_NAME, OUTPUT_NAME = "FRAMES", "LABELS"  # runtime/triton_model.py
 INFO_PARAMETER = "scaseg"  # the config parameter that carries the model's ModelInfo (export/triton.py)
@@ -280,6 +281,11 @@ class RemotePredictor(Predictor):
         """The frame itself (the server preprocesses); its Geometry is the identity."""
         hw = (int(image.shape[0]), int(image.shape[1]))
         return image, Geometry(hw, hw, hw)
+
+    def prepare_frame(self, frame: Frame) -> tuple[np.ndarray, Geometry]:
+        """The server takes RGB frames: one given as planes is converted here."""
+        assert frame.image is not None
+        return self.prepare(frame.image)
 
     def run(self, tensors: Sequence[np.ndarray]) -> np.ndarray:
         """Label maps for the frames: one request per run of same-size frames (a list when sizes differ)."""

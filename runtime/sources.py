@@ -10,9 +10,8 @@ import math
 import os
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import cv2
 import numpy as np
@@ -20,6 +19,7 @@ import numpy as np
 from scaseg.cli import is_utf8, special_file
 from scaseg.errors import ScasegError
 from scaseg.data.images import native_path, read_image, to_rgb_uint8
+from scaseg.data.video import I420
 from scaseg.suffixes import IMAGE_SUFFIXES
 
 # FFmpeg's own log lines ("Truncating packet...", "EBML header parsing failed") would bury the one-sentence
@@ -42,14 +42,39 @@ CAMERA_INDEX = re.compile(r"[0-9]{1,4}")
 VIDEO_DEVICE = re.compile(r"/dev/video[0-9]+")
 
 
-@dataclass
 class Frame:
-    """One input image; ``image`` is None when it could not be decoded (skipped and counted)."""
+    """One input image: RGB uint8 ``image``, or the decoder's own I420 ``planes``; neither when it could not be decoded
+    (skipped and counted, ``error`` says why).
 
-    index: int
-    name: str
-    image: Optional[np.ndarray]
-    error: str = ""
+    A frame given as planes makes ``image`` from them on first use (one colour conversion), so every consumer works;
+    the frame path's own stages read the planes instead (Predictor.prepare_frame, scaseg-infer's overlay, the video
+    writer) and no camera-sized RGB picture is ever made.
+    """
+
+    __slots__ = ("index", "name", "error", "planes", "_image")
+
+    def __init__(self, index: int, name: str, image: Optional[np.ndarray], error: str = "",
+                 planes: Optional[I420] = None) -> None:
+        self.index, self.name, self.error, self.planes, self._image = index, name, error, planes, image
+
+    @property
+    def image(self) -> Optional[np.ndarray]:
+        if self._image is None and self.planes is not None:
+            self._image = self.planes.rgb()
+        return self._image
+
+    @property
+    def readable(self) -> bool:
+        """Whether the frame decoded (without converting it)."""
+        return self._image is not None or self.planes is not None
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """(H, W) of a frame that decoded (without converting it)."""
+        if self.planes is not None:
+            return self.planes.hw
+        assert self._image is not None
+        return int(self._image.shape[0]), int(self._image.shape[1])
 
 
 class Source(ABC):
@@ -85,8 +110,7 @@ class CaptureSource(Source):
                 "camera": f"cannot open the camera {target} (not connected, busy, or no permission)",
                 "stream": f"cannot open the stream {target} (unreachable, or a protocol OpenCV's FFmpeg lacks)",
             }.get(kind, f"cannot open the video {target} (not a video, or a codec OpenCV's FFmpeg lacks)"))
-        fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.fps = fps if math.isfinite(fps) and 0.5 <= fps <= 1000 else FALLBACK_FPS
+        self.fps = _frame_rate(float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0))
         count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.frame_count = count if kind == "video" and count > 0 else None
         ok, first = self.cap.read()
@@ -122,6 +146,123 @@ class CaptureSource(Source):
 
     def close(self) -> None:
         self.cap.release()
+
+
+def _frame_rate(value: float) -> float:
+    """A source's frames per second as given, or FALLBACK_FPS where that is missing or absurd."""
+    return value if math.isfinite(value) and 0.5 <= value <= 1000 else FALLBACK_FPS
+
+
+class PlanesSource(Source):
+    """A video file decoded by PyAV into I420 planes, used where they are the stream's own pictures.
+
+    OpenCV's VideoCapture converts every decoded picture to BGR at camera size, and the frame path then converts it to
+    RGB and, once the overlay is drawn, back to YUV for the encoder: three conversions and two camera-sized copies per
+    frame that this source avoids (docs/performance.md, "Frames as the decoder's planes"). :meth:`open` takes only
+    what it reads exactly as OpenCV would: 8-bit 4:2:0 of limited range, even width and height, no rotation to
+    apply; any other video, and any that PyAV cannot open or whose first frames do not decode, goes to
+    :class:`CaptureSource` (which also keeps its error messages).
+    """
+
+    kind = "video"
+
+    def __init__(self, container: Any, stream: Any, name: str, frames: Iterator[Optional[Any]], first: Any) -> None:
+        self.container, self.stream, self.name = container, stream, name
+        self._frames, self._first = frames, first
+        self.fps = _frame_rate(float(stream.guessed_rate or stream.average_rate or 0.0))
+        self.frame_count = int(stream.frames) if int(stream.frames or 0) > 0 else None
+        self.size = (first.width, first.height)
+
+    @classmethod
+    def open(cls, path: str, name: str) -> Optional["PlanesSource"]:
+        """The source, or None where OpenCV should read the file instead (see the class)."""
+        try:
+            import av
+        except ImportError:
+            return None
+        try:
+            with native_path(path) as target:  # FFmpeg opens the file here and keeps it open
+                container = av.open(target)
+        except (av.FFmpegError, OSError, ValueError, UnicodeError, ScasegError):
+            return None
+        try:
+            stream = container.streams.video[0] if container.streams.video else None
+            if stream is None or stream.codec_context.pix_fmt != "yuv420p":
+                container.close()
+                return None
+            stream.thread_type = DECODE_THREADING
+            frames = _decoded(container, stream)
+            first = None
+            for _ in range(MAX_BAD_FRAMES + 1):
+                first = next(frames, None)
+                if first is not None:
+                    break
+            if first is None or not _plain_planes(first):
+                container.close()
+                return None
+            return cls(container, stream, name, frames, first)
+        except (av.FFmpegError, OSError, ValueError):
+            container.close()
+            return None
+
+    def __iter__(self) -> Iterator[Frame]:
+        index, bad, pending = 0, 0, 0
+        while True:
+            if self._first is not None:
+                picture, self._first = self._first, None
+            else:
+                picture = next(self._frames, _END_OF_FILE)
+            if picture is _END_OF_FILE:
+                return
+            if picture is None:  # a packet that did not decode: counted once a good frame follows it
+                bad += 1
+                pending += 1
+                if bad > MAX_BAD_FRAMES:
+                    return
+                continue
+            self.skipped += pending
+            index += pending
+            bad = pending = 0
+            name = f"{self.name}_{index:06d}"
+            if _plain_planes(picture):
+                yield Frame(index, name, None, planes=I420(picture.to_ndarray(format="yuv420p")))
+            else:  # a picture of another kind mid-stream (a size or format change): as RGB, by FFmpeg's scaler
+                yield Frame(index, name, picture.to_ndarray(format="rgb24"))
+            index += 1
+
+    def close(self) -> None:
+        self.container.close()
+
+
+# Threads of FFmpeg's H.264 decoder: slices and frames, as many as it sees cores (what OpenCV's capture also uses).
+DECODE_THREADING = "AUTO"
+_END_OF_FILE = object()
+
+
+def _decoded(container: Any, stream: Any) -> Iterator[Optional[Any]]:
+    """The stream's pictures in order; None for each packet that did not decode; ends where demuxing fails."""
+    import av
+
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except (av.FFmpegError, OSError):  # a truncated or damaged container: its readable part was all
+            return
+        try:
+            pictures = packet.decode()
+        except (av.FFmpegError, OSError):
+            yield None
+            continue
+        yield from pictures
+
+
+def _plain_planes(picture: Any) -> bool:
+    """Whether a decoded picture is I420 as the runtime reads it: 8-bit 4:2:0, limited range, even size, upright."""
+    return (picture.format.name == "yuv420p" and picture.color_range != 2 and not picture.rotation
+            and picture.width % 2 == 0 and picture.height % 2 == 0)
 
 
 class ImageSource(Source):
@@ -191,4 +332,4 @@ def open_source(spec: str) -> Source:
         return ImageSource([path], None, path.stem)
     if not os.access(path, os.R_OK):
         raise ScasegError(f"the video {spec} is not readable")
-    return CaptureSource(str(path), "video", path.stem)
+    return PlanesSource.open(str(path), path.stem) or CaptureSource(str(path), "video", path.stem)

@@ -9,6 +9,9 @@ docs/performance.md): OpenCV's pip wheels encode MPEG-4 part 2 only, a codec bro
 convert each frame to YUV in FFmpeg's single-threaded scaler; here OpenCV's vectorised ``cvtColor`` makes the
 4:2:0 planes (BT.601, limited range, as the stream says in its header) and libx264 encodes with its own threads.
 Frames of odd width or height are padded by one repeated row or column (4:2:0 needs even sizes).
+
+A picture may also arrive as :class:`I420` planes (what a decoder gives, blended in place by scaseg-infer's overlay):
+those go to the encoder as they are, with no colour conversion at all.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import contextlib
 import fractions
 import os
 from pathlib import Path
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Optional, Union
 
 import cv2
 import numpy as np
@@ -31,6 +35,62 @@ ENCODER_OPTIONS = {"libx264": {"preset": "ultrafast", "crf": "23"}, "h264_nvenc"
 _FULL_RANGE = {"mjpeg": "yuvj420p"}
 # BT.601 (SMPTE 170M) primaries, transfer and matrix, limited ("MPEG") range: what cv2.COLOR_*2YUV_I420 computes.
 _BT601, _LIMITED = 6, 1
+
+
+@dataclass(frozen=True)
+class I420:
+    """A picture as 4:2:0 planes, BT.601 limited range (what H.264 streams mostly hold, and what the writer encodes):
+    one (H * 3 / 2, W) uint8 array, the Y plane then the U and V planes (H / 2 x W / 2 each); H and W are even.
+
+    cv2.COLOR_RGB2YUV_I420 and cv2.COLOR_YUV2RGB_I420 convert to and from RGB (``from_rgb``, ``rgb``): the one pair of
+    conversions the runtime uses for these planes. ``yuv_to_rgb`` applies the second's matrix to a picture whose
+    chroma is already at full size (OpenCV's converter takes none such in limited range).
+    """
+
+    planes: np.ndarray
+
+    def __post_init__(self) -> None:
+        rows, width = self.planes.shape
+        if (self.planes.dtype != np.uint8 or not self.planes.flags.c_contiguous or rows % 3 or rows == 0
+                or width % 2):
+            raise ValueError(f"I420 planes must be one contiguous (H * 3 / 2, W) uint8 array with H and W even, got "
+                             f"{self.planes.shape} {self.planes.dtype}")
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.planes.shape[0] * 2 // 3, self.planes.shape[1]
+
+    def split(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Views of the Y (H, W), U and V (H / 2, W / 2) planes."""
+        h, w = self.hw
+        chroma = self.planes[h:].reshape(2, h // 2, w // 2)  # U's bytes then V's, each plane W / 2 wide
+        return self.planes[:h], chroma[0], chroma[1]
+
+    def rgb(self) -> np.ndarray:
+        """The picture as RGB uint8 (H, W, 3)."""
+        return cv2.cvtColor(self.planes, cv2.COLOR_YUV2RGB_I420)
+
+    @classmethod
+    def from_rgb(cls, rgb: np.ndarray) -> "I420":
+        """An RGB uint8 (H, W, 3) picture of even H and W as planes."""
+        return cls(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420))
+
+    @staticmethod
+    def yuv_to_rgb(yuv: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 Y, U, V samples (chroma at full size, limited range) -> RGB uint8, rounded and clipped as
+        cv2.COLOR_YUV2RGB_I420 does (its BT.601 constants below, Y below 16 taken as 16; tests/data/test_video.py
+        checks them against it)."""
+        lifted = yuv.copy()
+        np.maximum(lifted[..., 0], 16, out=lifted[..., 0])
+        return cv2.transform(lifted, _RGB_FROM_YUV)
+
+
+# cv2.COLOR_YUV2RGB_I420's fixed-point BT.601 constants (OpenCV's ITUR_BT_601_C*, in units of 2^-20) as an affine map
+# from (Y, U, V, 1) to (R, G, B): R = CY (Y - 16) + CVR (V - 128), G = CY (Y - 16) + CUG (U - 128) + CVG (V - 128),
+# B = CY (Y - 16) + CUB (U - 128), with Y - 16 at least 0.
+_CY, _CVR, _CVG, _CUG, _CUB = 1220542, 1673527, -852492, -409993, 2116026
+_YUV_MATRIX = np.array([[_CY, 0, _CVR], [_CY, _CUG, _CVG], [_CY, _CUB, 0]], dtype=np.float64) / (1 << 20)
+_RGB_FROM_YUV = np.hstack([_YUV_MATRIX, -_YUV_MATRIX @ np.array([[16.0], [128.0], [128.0]])]).astype(np.float32)
 
 
 class VideoFile:
@@ -81,11 +141,19 @@ class VideoFile:
             raise ScasegError(f"FFmpeg cannot encode {self.codec} video of {width}x{height} into {self.name}: "
                               f"{_reason(exc)}") from None
 
-    def write(self, image: np.ndarray, rgb: bool = False) -> None:
-        """Append one frame: BGR (OpenCV's order; ``rgb=True`` for RGB) or grayscale uint8 (H, W[, 3]).
+    def write(self, image: Union[np.ndarray, I420], rgb: bool = False) -> None:
+        """Append one frame: BGR (OpenCV's order; ``rgb=True`` for RGB) or grayscale uint8 (H, W[, 3]), or I420 planes.
 
         A frame of another size than the first is resized to it (a camera that changed resolution mid-stream).
         """
+        if isinstance(image, I420):
+            if self.container is None:
+                self._open(image.hw[1], image.hw[0])
+            if image.hw[::-1] == self.size and self.codec not in _FULL_RANGE:  # as they are: no conversion at all
+                self._encode(_av_frame(image.planes, "yuv420p"))
+                self.frames += 1
+                return
+            image, rgb = image.rgb(), True
         if image.ndim == 2:
             image, rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), False
         if self.container is None:
@@ -100,13 +168,10 @@ class VideoFile:
         self.frames += 1
 
     def _frame(self, image: np.ndarray, rgb: bool) -> Any:
-        import av
-
         if self.codec in _FULL_RANGE:  # FFmpeg's scaler makes the full-range planes JPEG wants
-            return av.VideoFrame.from_ndarray(np.ascontiguousarray(image, dtype=np.uint8),
-                                              format="rgb24" if rgb else "bgr24")
+            return _av_frame(np.ascontiguousarray(image, dtype=np.uint8), "rgb24" if rgb else "bgr24")
         planes = cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420 if rgb else cv2.COLOR_BGR2YUV_I420)
-        return av.VideoFrame.from_ndarray(np.asarray(planes, dtype=np.uint8), format="yuv420p")
+        return _av_frame(np.asarray(planes, dtype=np.uint8), "yuv420p")
 
     def _encode(self, frame: Any) -> None:
         import av
@@ -150,6 +215,12 @@ class VideoFile:
             self._name.close()
         if check:
             check_video(self.path, self.frames, self.name, slack=0 if exact else 1)
+
+
+def _av_frame(array: np.ndarray, fmt: str) -> Any:
+    import av
+
+    return av.VideoFrame.from_ndarray(array, format=fmt)
 
 
 def _reason(exc: BaseException) -> str:

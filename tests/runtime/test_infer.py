@@ -94,6 +94,68 @@ def test_two_streams_write_the_same_label_maps_as_one(tmp_path, capsys, monkeypa
     assert len({outs["1"][k].tobytes() for k in outs["1"]}) > 1  # the frames differ, so order matters
 
 
+def _street(path, frames=8, size=(96, 160)):
+    from scaseg.data.synth import render_video
+    from scaseg.data.video import VideoFile
+
+    writer = VideoFile(path, 10.0)
+    for image, _ in render_video(0, frames, size):
+        writer.write(image, rgb=True)
+    writer.close()
+    return path
+
+
+def test_an_overlay_video_is_drawn_in_the_decoders_planes_and_matches_the_rgb_path(tmp_path, capsys, monkeypatch):
+    from scaseg import default_model
+    from scaseg.data.video import I420
+    from scaseg.runtime import sources
+
+    video = _street(tmp_path / "clip.mp4")
+    for alpha in ("0", "0.5"):
+        args = ["-m", default_model(), "--threads", "2", "--alpha", alpha, "-q"]
+        with monkeypatch.context() as patched:  # no camera-sized RGB picture may be made on the way
+            patched.setattr(I420, "rgb", lambda self: pytest.fail("an RGB picture of a whole frame was made"))
+            code, _, err = run_main(main, [video, "-o", tmp_path / f"planes{alpha}.mp4", *args], capsys, monkeypatch)
+        assert code == 0, err
+        with monkeypatch.context() as patched:  # the same video read by OpenCV as RGB frames: the path before
+            patched.setattr(sources.PlanesSource, "open", classmethod(lambda cls, path, name: None))
+            code, _, err = run_main(main, [video, "-o", tmp_path / f"rgb{alpha}.mp4", *args], capsys, monkeypatch)
+        assert code == 0, err
+        got, _ = _frames(tmp_path / f"planes{alpha}.mp4")
+        want, _ = _frames(tmp_path / f"rgb{alpha}.mp4")
+        assert len(got) == len(want) == 8
+        for g, w in zip(got, want):
+            off = np.abs(g.astype(int) - w).max(axis=-1)
+            if alpha == "0":  # the frame itself, encoded again: decoder and rounding apart, the same picture
+                assert off.mean() < 3.5 and (off > 16).mean() < 0.02
+            else:  # the same overlay but where a label flipped (docs/runtime.md: 2 to 3% of pixels at this size)
+                assert (off > 24).mean() < 0.06 and off.mean() < 8
+
+
+def test_a_legend_or_a_label_output_takes_the_rgb_path_from_planes(tmp_path, model, capsys, monkeypatch):
+    video = _street(tmp_path / "clip.mp4", frames=3)
+    code, _, err = run_main(main, [video, "-m", model, "--legend", "-o", tmp_path / "legend.mp4", "-q"], capsys,
+                            monkeypatch)
+    assert code == 0, err
+    code, _, err = run_main(main, [video, "-m", model, "--save-labels", "-o", tmp_path / "labels", "-q"], capsys,
+                            monkeypatch)
+    assert code == 0, err
+    assert len(_frames(tmp_path / "legend.mp4")[0]) == 3 and len(list((tmp_path / "labels").glob("*.png"))) == 3
+
+
+def test_a_damaged_h264_video_is_segmented_as_far_as_it_decodes(tmp_path, model, capsys, monkeypatch):
+    clip = _street(tmp_path / "clip.mp4", frames=20)
+    data = bytearray(clip.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 2000] = bytes(2000)  # a run of packets in the middle of the stream wiped
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    code, _, err = run_main(main, [bad, "-m", model, "-q"], capsys, monkeypatch)
+    assert code == 0, err
+    frames, _ = _frames(tmp_path / "bad_seg.mp4")
+    assert 10 <= len(frames) <= 20 and "Traceback" not in err
+
+
 def test_folder_with_bad_and_odd_images(tmp_path, model, capsys, monkeypatch):
     src = tmp_path / "pics"
     src.mkdir()

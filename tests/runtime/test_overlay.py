@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from scaseg.metadata import default_palette
-from scaseg.runtime.overlay import blend, colorize, draw_legend, palette_lut, render_overlay
+from scaseg.data.video import I420
+from scaseg.runtime.overlay import (blend, colorize, draw_legend, palette_lut, palette_planes, render_overlay,
+                                    render_overlay_planes)
 from scaseg.runtime.predictor import output_to_labels
 from scaseg.runtime.preprocess import labels_to_source, resize_image
 
@@ -66,3 +68,36 @@ def test_the_legend_draws_on_a_copy_unless_told_the_picture_is_the_callers():
     assert (image == 90).all() and drawn is not image and (drawn != 90).any()
     in_place = draw_legend(image, names, palette, copy=False)
     assert in_place is image and np.array_equal(image, drawn)
+
+
+@pytest.mark.parametrize("src_hw, net_hw, policy", [((1080, 1920), (192, 384), "stretch"),
+                                                   ((720, 1280), (96, 160), "letterbox"),
+                                                   ((64, 128), (64, 128), "stretch")])
+def test_the_overlay_drawn_in_planes_is_the_rgb_overlay_the_writer_would_encode(src_hw, net_hw, policy):
+    rng = np.random.default_rng(sum(src_hw))
+    image = cv2.GaussianBlur(rng.integers(0, 256, (*src_hw, 3), dtype=np.uint8), (0, 0), 3)
+    planes = I420.from_rgb(image)
+    _, geom = resize_image(image, net_hw, policy)
+    small = output_to_labels(rng.standard_normal((19, *net_hw)).astype(np.float32), geom, 19, to_source=False)
+    palette = default_palette(19)
+    got = render_overlay_planes(planes, small, palette_planes(palette), 0.4)
+    want = I420.from_rgb(render_overlay(planes.rgb(), small, palette, 0.4))  # as scaseg-infer wrote it before
+    assert got.hw == src_hw
+    for name, g, w in zip("YUV", got.split(), want.split()):
+        off = np.abs(g.astype(int) - w)
+        # Rounding once instead of three times; a frame's YUV outside the RGB cube is kept instead of clipped.
+        assert (off > 1).mean() < 0.002 and off.max() <= 24, name
+    assert (render_overlay_planes(planes, small, palette_planes(palette), 0.0).planes == planes.planes).all()
+
+
+def test_the_palettes_planes_are_the_writers_conversion_of_each_colour():
+    palette = default_palette(19)
+    table = palette_planes(palette)
+    assert table.shape == (3, 256) and table.dtype == np.uint8
+    for cid in (0, 5, 18):
+        block = I420.from_rgb(np.full((2, 2, 3), palette[cid], np.uint8))
+        y, u, v = block.split()
+        assert (table[:, cid] == [y[0, 0], u[0, 0], v[0, 0]]).all()
+    assert (table[:, 19:] == table[:, 255:256]).all()  # ids without a colour: black, as palette_lut makes them
+    with pytest.raises(ValueError, match="uint8 label maps"):
+        render_overlay_planes(I420(np.zeros((6, 4), np.uint8)), np.zeros((2, 2), np.uint16), table)

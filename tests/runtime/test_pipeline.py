@@ -94,7 +94,7 @@ def _failing_on_call(fn, n, error):
     return broken
 
 
-@pytest.mark.parametrize("stage,call", [("prepare", 4), ("run", 5)])
+@pytest.mark.parametrize("stage,call", [("prepare_frame", 4), ("run", 5)])
 def test_an_error_in_preprocessing_or_a_model_call_reaches_the_caller(tmp_path, predictor, monkeypatch, stage, call):
     src = open_source(str(make_video(tmp_path / "v.mp4", frames=12)))
     monkeypatch.setattr(predictor, stage, _failing_on_call(getattr(predictor, stage), call, MemoryError("no memory")))

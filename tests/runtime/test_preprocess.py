@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from scaseg.metadata import IMAGENET_MEAN, IMAGENET_STD
-from scaseg.runtime.preprocess import (label_dtype, labels_to_source, logits_to_labels, normalize, preprocess,
-                                      resize_image, resize_nearest)
+from scaseg.data.video import I420
+from scaseg.runtime.preprocess import (fit, label_dtype, labels_to_source, logits_to_labels, normalize, preprocess,
+                                      preprocess_planes, resize_image, resize_nearest)
+from scaseg.runtime.preprocess import _chroma_maps
 
 
 def test_normalize_matches_definition():
@@ -50,6 +52,49 @@ def test_resize_nearest_picks_the_pixels_opencv_picks(src_hw, dst_hw):
 def test_preprocess_keeps_size_when_dynamic():
     x, geom = preprocess(np.zeros((33, 47, 3), np.uint8), None, IMAGENET_MEAN, IMAGENET_STD)
     assert x.shape == (3, 33, 47) and geom.src_hw == geom.dst_hw == (33, 47)
+
+
+def _smooth(h: int, w: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([128 + 100 * np.sin(xx / 37.0), 128 + 100 * np.cos(yy / 29.0), (xx + yy) * 200 // (h + w)],
+                    -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("hw, size, policy", [((1080, 1920), (192, 384), "stretch"),
+                                              ((1080, 1920), (192, 384), "letterbox"),  # odd content width: 341
+                                              ((720, 1280), (512, 512), "letterbox"),
+                                              ((96, 160), (192, 384), "stretch"),  # scaled up
+                                              ((96, 160), None, "stretch")])  # a dynamic model: the frame's own size
+def test_planes_make_the_input_their_rgb_picture_makes(hw, size, policy):
+    planes = I420.from_rgb(_smooth(*hw))
+    got, geom = preprocess_planes(planes, size, IMAGENET_MEAN, IMAGENET_STD, policy)
+    want, want_geom = preprocess(planes.rgb(), size, IMAGENET_MEAN, IMAGENET_STD, policy)
+    assert geom == want_geom and got.shape == want.shape and got.dtype == np.float32
+    levels = np.abs(got - want) * np.asarray(IMAGENET_STD, np.float32)[:, None, None]  # on the 0..255 scale
+    assert levels.mean() < 1.0 and levels.max() < 8  # resized before or after the conversion: rounding apart
+    ch, cw = geom.content_hw
+    assert (got[:, ch:, :] == want[:, ch:, :]).all() and (got[:, :, cw:] == want[:, :, cw:]).all()  # the padding
+
+
+@pytest.mark.parametrize("hw, content_hw", [((1080, 1920), (192, 384)), ((1080, 1920), (192, 341)),
+                                            ((96, 160), (192, 384)), ((720, 1280), (720, 1280)), ((2, 2), (5, 3))])
+def test_chroma_is_sampled_where_the_resize_of_the_repeated_chroma_reads_it(hw, content_hw):
+    rng = np.random.default_rng(0)
+    chroma = rng.integers(0, 256, (hw[0] // 2, hw[1] // 2), dtype=np.uint8)  # noise: every sample an edge
+    map_x, map_y = _chroma_maps(hw, content_hw)
+    got = cv2.remap(chroma, map_x, map_y, cv2.INTER_LINEAR)
+    repeated = cv2.resize(chroma, hw[::-1], interpolation=cv2.INTER_NEAREST)  # I420.rgb()'s 2x2 repetition
+    want = cv2.resize(repeated, content_hw[::-1], interpolation=cv2.INTER_LINEAR)
+    # cv2.remap places a sample in steps of 1/32: at most 255 / 64 off across an edge, and rounding
+    assert got.shape == want.shape and np.abs(got.astype(int) - want).max() <= 5
+
+
+def test_fit_is_the_rule_resize_image_follows():
+    assert fit((1080, 1920), (192, 384), "stretch").content_hw == (192, 384)
+    assert fit((1080, 1920), (192, 384), "letterbox").content_hw == (192, 341)
+    assert fit((10, 4000), (64, 64), "letterbox").content_hw == (1, 64)  # never zero rows
+    with pytest.raises(Exception, match="unknown resize policy"):
+        fit((10, 10), (8, 8), "crop")
 
 
 def test_logits_to_labels_batch_and_single():

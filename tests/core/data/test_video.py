@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from scaseg.data.synth import render_video
-from scaseg.data.video import VideoFile, check_video
+from scaseg.data.video import I420, VideoFile, check_video
 from scaseg.errors import ScasegError
 
 
@@ -40,6 +40,56 @@ def test_each_container_gets_its_codec_and_every_frame(tmp_path, suffix, codec, 
     assert len(frames) == 6
     for got, want in zip(frames, scenes):  # lossy, but the colours are where they were (RGB order, BT.601 range)
         assert np.abs(got.astype(int) - want.astype(int)).mean() < 8
+
+
+def _planes(path):
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="yuv420p") for frame in container.decode(video=0)]
+
+
+def test_i420_planes_views_and_conversions():
+    ramp = np.linspace(0, 255, 160)
+    rgb = np.stack(np.broadcast_arrays(ramp[None, :], np.linspace(255, 0, 96)[:, None], 128), -1).astype(np.uint8)
+    planes = I420.from_rgb(rgb)
+    assert planes.hw == (96, 160) and planes.planes.shape == (144, 160)
+    y, u, v = planes.split()
+    assert y.shape == (96, 160) and u.shape == v.shape == (48, 80)
+    assert np.shares_memory(u, planes.planes) and np.shares_memory(v, planes.planes) and not np.shares_memory(u, v)
+    assert (planes.planes[96:].ravel()[: 48 * 80] == u.ravel()).all()  # U's bytes come first, then V's
+    back = np.abs(planes.rgb().astype(int) - rgb)
+    assert back.mean() < 1.5 and back.max() <= 6  # 4:2:0 keeps a smooth picture's colours (rounding, clipping)
+    for bad in (np.zeros((143, 160), np.uint8), np.zeros((144, 161), np.uint8), np.zeros((144, 160), np.uint16),
+                np.zeros((144, 320), np.uint8)[:, ::2], np.zeros((0, 160), np.uint8)):
+        with pytest.raises(ValueError, match="I420 planes"):
+            I420(bad)
+
+
+def test_yuv_to_rgb_is_opencvs_i420_conversion_with_chroma_at_full_size():
+    rng = np.random.default_rng(0)
+    planes = I420(rng.integers(0, 256, (90, 64), dtype=np.uint8))  # every Y, U and V, Y below 16 included
+    y, u, v = planes.split()
+    full = [cv2.resize(c, (64, 60), interpolation=cv2.INTER_NEAREST) for c in (u, v)]  # what cvtColor's I420 repeats
+    got = I420.yuv_to_rgb(cv2.merge([y] + full))
+    want = planes.rgb()
+    assert np.abs(got.astype(int) - want).max() <= 1  # the same constants; fixed-point vs float rounding only
+    assert (got == want).mean() > 0.95
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi"])
+def test_planes_are_encoded_as_the_rgb_frame_they_convert_from_would_be(tmp_path, suffix):
+    scenes = [image for image, _ in render_video(3, 4, (96, 160))]
+    as_rgb, as_planes = VideoFile(tmp_path / f"rgb{suffix}", 15.0), VideoFile(tmp_path / f"planes{suffix}", 15.0)
+    for image in scenes:
+        as_rgb.write(image, rgb=True)
+        as_planes.write(I420.from_rgb(image))
+    as_rgb.close()
+    as_planes.close()
+    got, want = _planes(tmp_path / f"planes{suffix}"), _planes(tmp_path / f"rgb{suffix}")
+    assert len(got) == len(want) == 4
+    if suffix == ".mp4":  # H.264: the planes go to the encoder untouched, so the same pictures come out
+        assert all((g == w).all() for g, w in zip(got, want))
+    else:  # Motion JPEG takes full-range RGB through FFmpeg's scaler: the planes are converted back first
+        assert all(np.abs(g.astype(int) - w).mean() < 2 for g, w in zip(got, want))
 
 
 def test_bgr_and_grayscale_frames_and_odd_sizes(tmp_path):
