@@ -21,7 +21,8 @@ For each video size (720p, 1080p, 2160p by default), on H.264 clips of street sc
 - with --video-codec ENCODER: this checkout's scaseg-infer runs write with that encoder (e.g. mpeg4) instead of libx264;
 - with --streams N, where the CPU of a frame goes: the --streams run's CPU per frame split into the model alone
   (N calls at once on --threads / N threads each, idle threads sleeping as in scaseg-infer, in this process), the
-  codecs alone (the clip decoded by cv2.VideoCapture and written by VideoFile, nothing else, in this process) and
+  codecs alone (the clip read by scaseg-infer's own source, open_source, and written by VideoFile as the source gives
+  it: the decoder's I420 planes as they are, or RGB converted to I420; nothing else, in this process) and
   the rest (by difference: colour conversions, resizes, overlay, argmax, Python); the frame rate the cores reach when every cycle does that work (cores / CPU per frame),
   as a share of model-only, which bounds the ratio, and the same bound were the rest free;
 - bytes host -> device and back per frame for this model (float input, float logits out) and for a raw-frame
@@ -133,24 +134,29 @@ def model_only(model: Path, hw: tuple[int, int], threads: int,
 
 
 def codecs_cpu(clip: Path, out: Path, codec: Optional[str]) -> float:
-    """CPU seconds (this process, every thread) to decode ``clip`` with cv2.VideoCapture, as scaseg-infer's source
-    does, and write every frame with VideoFile, its writer (``codec``, or the container's own): the codecs alone, with
-    OpenCV on one thread per call as in scaseg-infer's pipeline."""
+    """CPU seconds (this process, every thread) to read ``clip`` with scaseg-infer's own source (open_source: PyAV's
+    I420 planes for an H.264 clip, else OpenCV and RGB) and write every frame with VideoFile, its writer (``codec``,
+    or the container's own), as the source gives it: the codecs alone, with OpenCV on one thread per call as in
+    scaseg-infer's pipeline."""
     import cv2
 
     from scaseg.data.video import VideoFile
+    from scaseg.runtime.sources import open_source
 
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     start = cpu_seconds()
     try:
-        cap = cv2.VideoCapture(str(clip))
+        source = open_source(str(clip))
         video = VideoFile(out, 30.0, codec=codec)
-        ok, frame = cap.read()
-        while ok:
-            video.write(frame)
-            ok, frame = cap.read()
-        cap.release()
+        try:
+            for frame in source:
+                if frame.planes is not None:
+                    video.write(frame.planes)
+                elif frame.image is not None:
+                    video.write(frame.image, rgb=True)
+        finally:
+            source.close()
         video.close()
     finally:
         cv2.setNumThreads(threads)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -188,29 +189,30 @@ def run(args: argparse.Namespace) -> None:
             steps.update()
 
 
-# Sections of docs/performance.md that other scripts regenerate (between their <!-- NAME:start/end --> markers):
-# kept as they are when this script rewrites the page, from the heading above the markers to the next heading
-# (the reading written under a table stays with it).
-OTHER_SECTIONS = ("grid-scaling",  # benchmarks/bench_grid_scaling.py
-                  "cpu-backends",  # benchmarks/bench_cpu_backends.py
-                  "cpu-memory",  # benchmarks/bench_cpu_memory.py
-                  "frame-path",  # benchmarks/bench_pipeline.py
-                  "video-io")  # benchmarks/bench_video_io.py
+# Sections of docs/performance.md that other scripts write (a run's output between <!-- NAME:start/end --> markers;
+# benchmarks/bench_pipeline.py, bench_frame_ops.py, bench_video_io.py, bench_grid_scaling.py, bench_cpu_backends.py,
+# bench_cpu_memory.py...): kept as they are when this script rewrites the page, from the heading above the markers
+# to the next heading (the reading written under a table stays with it). This script's own page has no markers.
+_MARKED = re.compile(r"<!-- ([A-Za-z0-9_-]+):start -->")
 
 
 def _owned_elsewhere(doc: Path) -> str:
-    """The OTHER_SECTIONS of the current ``doc`` (heading line to the next heading), to append to a rewrite."""
+    """Every marked section of the current ``doc`` (heading line to the next heading), in its order, to append to a
+    rewrite; a heading with several marked blocks is kept once."""
     try:
         old = doc.read_text(encoding="utf-8")
     except OSError:
         return ""
-    kept = []
-    for name in OTHER_SECTIONS:
-        i, j = old.find(f"<!-- {name}:start -->"), old.find(f"<!-- {name}:end -->")
-        if 0 <= i < j:
-            head = old.rfind("\n## ", 0, i)
-            nxt = old.find("\n## ", j)
-            kept.append(old[head + 1 if head >= 0 else i : nxt if nxt >= 0 else len(old)].strip("\n"))
+    kept: list[str] = []
+    for match in _MARKED.finditer(old):
+        i, j = match.start(), old.find(f"<!-- {match.group(1)}:end -->", match.end())
+        if j < 0:
+            continue
+        head = old.rfind("\n## ", 0, i)
+        nxt = old.find("\n## ", j)
+        section = old[head + 1 if head >= 0 else i : nxt if nxt >= 0 else len(old)].strip("\n")
+        if section not in kept:
+            kept.append(section)
     return "".join("\n" + k + "\n" for k in kept)
 
 

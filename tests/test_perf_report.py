@@ -142,13 +142,16 @@ def test_render_only_rewrites_docs_from_json(perf, tmp_path):
     assert perf.report.main(args) == 2
 
 
-def test_a_section_another_script_owns_survives_a_rewrite(perf, tmp_path):
+def test_every_section_another_script_owns_survives_a_rewrite(perf, tmp_path):
     (tmp_path / "docs").mkdir()
     doc = tmp_path / "docs" / "performance.md"
     owned = "## Scaling: grid attention\n\nintro\n\n<!-- grid-scaling:start -->\n| table |\n<!-- grid-scaling:end -->"
-    doc.write_text("# old page\nstale\n\n" + owned + "\n")
+    runs = ("## Frames\n\n<!-- frame-path-new:start -->\nrun 1\n<!-- frame-path-new:end -->\n\nreading\n\n"
+            "<!-- frame-ops:start -->\nrun 2\n<!-- frame-ops:end -->")  # any name; two blocks under one heading
+    doc.write_text("# old page\nstale\n\n" + owned + "\n\n" + runs + "\n")
     report, rows = _report(perf, tmp_path)
     perf.report.write_outputs(report, rows, _args(tmp_path, None))
     text = doc.read_text()
     assert "stale" not in text and "## Caveats" in text
     assert text.count(owned) == 1 and text.index("## Caveats") < text.index(owned)
+    assert text.count(runs) == 1 and text.index(owned) < text.index(runs)

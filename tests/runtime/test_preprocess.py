@@ -18,6 +18,12 @@ def test_normalize_matches_definition():
     assert x.shape == (3, 6, 7) and x.dtype == np.float32 and x.flags.c_contiguous
     ref = (img[2, 3, 1] - IMAGENET_MEAN[1]) / IMAGENET_STD[1]
     assert abs(float(x[1, 2, 3]) - ref) < 1e-5
+    # Plane by plane, the same float32 operations as on the interleaved image: the same bits, views included.
+    for image in (img, img[:, ::-1], np.random.default_rng(1).integers(0, 256, (192, 384, 3), dtype=np.uint8)):
+        want = image.astype(np.float32)
+        want -= np.asarray(IMAGENET_MEAN, np.float32)
+        want *= 1.0 / np.asarray(IMAGENET_STD, np.float32)
+        assert np.array_equal(normalize(image, IMAGENET_MEAN, IMAGENET_STD), want.transpose(2, 0, 1))
 
 
 @pytest.mark.parametrize("policy", ["stretch", "letterbox"])
