@@ -243,8 +243,10 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, request: Inf
         noted: set[tuple[int, ...]] = set()
         legend_names = info.class_names if request.legend else None
         # An overlay only written to a video is drawn in the decoder's planes when the frame comes as planes
-        # (render_overlay_planes): no camera-sized RGB picture at all. A legend, a window or images need RGB.
-        in_planes = kind == "overlay" and target == "video" and not show and legend_names is None
+        # (render_overlay_planes): no camera-sized RGB picture at all. A legend, a window, images, or an encoder fed
+        # full-range YUV (Motion JPEG) need RGB.
+        in_planes = (kind == "overlay" and isinstance(sink, VideoSink) and sink.video.takes_planes and not show
+                     and legend_names is None)
         table = palette_planes(lut) if in_planes and info.num_classes <= 256 else None
 
         def render(frame: Frame, output: np.ndarray, geom: Geometry) -> tuple[np.ndarray, Optional[Picture]]:

@@ -41,8 +41,13 @@ def blend(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray
     """Blend a colour mask over an RGB image: ``alpha`` = weight of the mask (0 = image only, 1 = mask only)."""
     if image.shape != mask.shape:
         raise ValueError(f"image {image.shape} and mask {mask.shape} differ in shape")
-    alpha = float(min(max(alpha, 0.0), 1.0))
+    alpha = _weight(alpha)
     return cv2.addWeighted(mask, alpha, image, 1.0 - alpha, 0.0)
+
+
+def _weight(alpha: float) -> float:
+    """The mask's weight in a blend: ``alpha`` clamped to 0..1."""
+    return float(min(max(alpha, 0.0), 1.0))
 
 
 def draw_legend(
@@ -125,7 +130,7 @@ def render_overlay_planes(planes: I420, labels: np.ndarray, table: np.ndarray, a
     """
     if labels.dtype != np.uint8:
         raise ValueError("render_overlay_planes colours uint8 label maps (up to 256 classes); use render_overlay")
-    alpha = float(min(max(alpha, 0.0), 1.0))
+    alpha = _weight(alpha)
     out = I420(np.empty_like(planes.planes))
     for channel, (src, dst) in enumerate(zip(planes.split(), out.split())):
         mask = resize_nearest(cv2.LUT(labels, np.ascontiguousarray(table[channel])), src.shape)

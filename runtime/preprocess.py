@@ -25,11 +25,14 @@ class Geometry:
     content_hw: tuple[int, int]  # (H, W) of the resized image inside the input (== dst_hw unless letterboxed)
 
 
-def fit(hw: Sequence[int], size: Sequence[int], policy: str = "stretch") -> Geometry:
+def fit(hw: Sequence[int], size: Optional[Sequence[int]], policy: str = "stretch") -> Geometry:
     """Where an image of ``hw`` (H, W) goes in a network input of ``size`` (H, W): the one rule of each policy.
 
-    "stretch" fills the input; "letterbox" keeps the aspect ratio, the image at the top left, the rest padded."""
+    "stretch" fills the input; "letterbox" keeps the aspect ratio, the image at the top left, the rest padded.
+    ``size=None`` (a model with dynamic spatial axes) takes the image as it is."""
     h, w = int(hw[0]), int(hw[1])
+    if size is None:
+        return Geometry((h, w), (h, w), (h, w))
     th, tw = int(size[0]), int(size[1])
     if policy == "stretch":
         return Geometry((h, w), (th, tw), (th, tw))
@@ -55,8 +58,6 @@ def resize_image(image: np.ndarray, size: Optional[Sequence[int]], policy: str =
     ``size=None`` keeps the image as it is (for models with dynamic spatial axes).
     """
     h, w = image.shape[:2]
-    if size is None:
-        return image, Geometry((h, w), (h, w), (h, w))
     geom = fit((h, w), size, policy)
     ch, cw = geom.content_hw
     resized = image if (ch, cw) == (h, w) else cv2.resize(image, (cw, ch), interpolation=cv2.INTER_LINEAR)
@@ -105,11 +106,12 @@ def preprocess_planes(
     brought to the network's size on its own, and only that small picture is converted to RGB.
 
     Y is resized as preprocess() resizes the RGB picture; each chroma plane is sampled where that same resize would
-    read the picture's chroma once repeated over 2x2 pixels, as I420.rgb() repeats it (:func:`_chroma_maps`). So the
-    input is preprocess(planes.rgb())'s up to rounding: the conversion is affine, and both resizes are linear.
+    read the picture's chroma once repeated over 2x2 pixels, as I420.rgb() repeats it (:func:`_chroma_maps`). The
+    conversion is affine and both resizes linear, so the input is preprocess(planes.rgb())'s up to rounding, except
+    where a colour lies outside the RGB cube (or Y below 16): the RGB path clips it before resizing, this path after.
     """
     h, w = planes.hw
-    geom = fit((h, w), size, policy) if size is not None else Geometry((h, w), (h, w), (h, w))
+    geom = fit((h, w), size, policy)
     ch, cw = geom.content_hw
     y, u, v = planes.split()
     map_x, map_y = _chroma_maps((h, w), (ch, cw))

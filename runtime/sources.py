@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -169,8 +170,9 @@ class PlanesSource(Source):
     def __init__(self, container: Any, stream: Any, name: str, frames: Iterator[Optional[Any]], first: Any) -> None:
         self.container, self.stream, self.name = container, stream, name
         self._frames, self._first = frames, first
+        self._lock, self._closed = threading.Lock(), False  # no read of a closed container (PyAV would crash)
         self.fps = _frame_rate(float(stream.guessed_rate or stream.average_rate or 0.0))
-        self.frame_count = int(stream.frames) if int(stream.frames or 0) > 0 else None
+        self.frame_count = _frame_count(container, stream, self.fps)
         self.size = (first.width, first.height)
 
     @classmethod
@@ -187,7 +189,8 @@ class PlanesSource(Source):
             return None
         try:
             stream = container.streams.video[0] if container.streams.video else None
-            if stream is None or stream.codec_context.pix_fmt != "yuv420p":
+            context = stream.codec_context if stream is not None else None  # None: PyAV has no decoder for it
+            if stream is None or context is None or context.pix_fmt != "yuv420p":
                 container.close()
                 return None
             stream.thread_type = DECODE_THREADING
@@ -201,17 +204,23 @@ class PlanesSource(Source):
                 container.close()
                 return None
             return cls(container, stream, name, frames, first)
-        except (av.FFmpegError, OSError, ValueError):
+        except Exception:  # anything PyAV does not read as expected is OpenCV's to read (or refuse) instead
             container.close()
             return None
+        except BaseException:
+            container.close()
+            raise
 
     def __iter__(self) -> Iterator[Frame]:
         index, bad, pending = 0, 0, 0
         while True:
-            if self._first is not None:
-                picture, self._first = self._first, None
-            else:
-                picture = next(self._frames, _END_OF_FILE)
+            with self._lock:
+                if self._closed:
+                    return
+                if self._first is not None:
+                    picture, self._first = self._first, None
+                else:
+                    picture = next(self._frames, _END_OF_FILE)
             if picture is _END_OF_FILE:
                 return
             if picture is None:  # a packet that did not decode: counted once a good frame follows it
@@ -231,7 +240,25 @@ class PlanesSource(Source):
             index += 1
 
     def close(self) -> None:
-        self.container.close()
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.container.close()
+
+
+def _frame_count(container: Any, stream: Any, fps: float) -> Optional[int]:
+    """The frames the container says the stream has, else its duration times ``fps`` (as OpenCV estimates it: Matroska
+    and WebM give no count); None when neither is known."""
+    if int(stream.frames or 0) > 0:
+        return int(stream.frames)
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / 1_000_000  # AV_TIME_BASE
+    else:
+        return None
+    count = int(round(seconds * fps))
+    return count if count > 0 else None
 
 
 # Threads of FFmpeg's H.264 decoder: slices and frames, as many as it sees cores (what OpenCV's capture also uses).
@@ -250,6 +277,10 @@ def _decoded(container: Any, stream: Any) -> Iterator[Optional[Any]]:
         except StopIteration:
             return
         except (av.FFmpegError, OSError):  # a truncated or damaged container: its readable part was all
+            try:  # and the pictures still inside the decoder's threads
+                yield from stream.codec_context.decode(None)
+            except (av.FFmpegError, OSError, ValueError):
+                pass
             return
         try:
             pictures = packet.decode()

@@ -141,6 +141,12 @@ class VideoFile:
             raise ScasegError(f"FFmpeg cannot encode {self.codec} video of {width}x{height} into {self.name}: "
                               f"{_reason(exc)}") from None
 
+    @property
+    def takes_planes(self) -> bool:
+        """Whether I420 planes go to this writer's encoder as they are (an encoder fed full-range YUV, Motion JPEG's,
+        gets them converted back to RGB first)."""
+        return self.codec not in _FULL_RANGE
+
     def write(self, image: Union[np.ndarray, I420], rgb: bool = False) -> None:
         """Append one frame: BGR (OpenCV's order; ``rgb=True`` for RGB) or grayscale uint8 (H, W[, 3]), or I420 planes.
 
@@ -149,7 +155,7 @@ class VideoFile:
         if isinstance(image, I420):
             if self.container is None:
                 self._open(image.hw[1], image.hw[0])
-            if image.hw[::-1] == self.size and self.codec not in _FULL_RANGE:  # as they are: no conversion at all
+            if image.hw[::-1] == self.size and self.takes_planes:  # as they are: no conversion at all
                 self._encode(_av_frame(image.planes, "yuv420p"))
                 self.frames += 1
                 return

@@ -111,6 +111,9 @@ def test_an_overlay_video_is_drawn_in_the_decoders_planes_and_matches_the_rgb_pa
     from scaseg.runtime import sources
 
     video = _street(tmp_path / "clip.mp4")
+    src = open_source(str(video))
+    src.close()
+    assert isinstance(src, sources.PlanesSource)  # else both runs below would take the RGB path
     for alpha in ("0", "0.5"):
         args = ["-m", default_model(), "--threads", "2", "--alpha", alpha, "-q"]
         with monkeypatch.context() as patched:  # no camera-sized RGB picture may be made on the way
@@ -132,15 +135,20 @@ def test_an_overlay_video_is_drawn_in_the_decoders_planes_and_matches_the_rgb_pa
                 assert (off > 24).mean() < 0.06 and off.mean() < 8
 
 
-def test_a_legend_or_a_label_output_takes_the_rgb_path_from_planes(tmp_path, model, capsys, monkeypatch):
+def test_a_legend_an_avi_or_a_label_output_takes_the_rgb_path_from_planes(tmp_path, model, capsys, monkeypatch):
+    from scaseg.runtime import infer
+
     video = _street(tmp_path / "clip.mp4", frames=3)
-    code, _, err = run_main(main, [video, "-m", model, "--legend", "-o", tmp_path / "legend.mp4", "-q"], capsys,
-                            monkeypatch)
-    assert code == 0, err
-    code, _, err = run_main(main, [video, "-m", model, "--save-labels", "-o", tmp_path / "labels", "-q"], capsys,
-                            monkeypatch)
-    assert code == 0, err
-    assert len(_frames(tmp_path / "legend.mp4")[0]) == 3 and len(list((tmp_path / "labels").glob("*.png"))) == 3
+    monkeypatch.setattr(infer, "render_overlay_planes", lambda *a: pytest.fail("an overlay was drawn in planes"))
+    runs = {"legend.mp4": ["--legend"], "mjpeg.avi": [], "labels": ["--save-labels"]}
+    for out, extra in runs.items():
+        code, _, err = run_main(main, [video, "-m", model, *extra, "-o", tmp_path / out, "-q"], capsys, monkeypatch)
+        assert code == 0, err
+    legend, _ = _frames(tmp_path / "legend.mp4")
+    plain, _ = _frames(tmp_path / "mjpeg.avi")
+    assert len(legend) == len(plain) == 3
+    assert legend[0][:12, :12].mean() < 0.7 * plain[0][:12, :12].mean()  # the legend's darkened box is drawn
+    assert len(list((tmp_path / "labels").glob("*.png"))) == 3
 
 
 def test_a_damaged_h264_video_is_segmented_as_far_as_it_decodes(tmp_path, model, capsys, monkeypatch):

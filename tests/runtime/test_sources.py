@@ -11,6 +11,7 @@ import pytest
 from runtime_models import make_video
 from scaseg.data.synth import render_video
 from scaseg.data.video import I420, VideoFile
+from scaseg.errors import ScasegError
 from scaseg.runtime import sources
 from scaseg.runtime.sources import CaptureSource, PlanesSource, open_source
 
@@ -72,6 +73,36 @@ def test_any_other_video_is_read_by_opencv(tmp_path, make, why):
     assert len(frames) == 5 and frames[0].planes is None
     if "rotation" in why:  # OpenCV turns the picture as the stream says
         assert frames[0].hw == (64, 48)
+
+
+def test_a_stream_pyav_has_no_decoder_for_goes_to_opencv_and_its_error(tmp_path):
+    data = _h264(tmp_path / "v.mkv", frames=3).read_bytes()
+    assert data.count(b"V_MPEG4/ISO/AVC") == 1
+    path = tmp_path / "unknown.mkv"
+    path.write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_MPEG4/ISO/AVX"))  # a codec id no decoder claims
+    assert PlanesSource.open(str(path), "unknown") is None
+    with pytest.raises(ScasegError, match="cannot open the video|no frames that can be decoded"):
+        open_source(str(path)).close()
+
+
+def test_a_container_without_a_frame_count_gets_opencvs_estimate(tmp_path):
+    path = _h264(tmp_path / "v.mkv", frames=8)  # Matroska stores no frame count, only a duration
+    planes, capture = open_source(str(path)), CaptureSource(str(path), "video", "v")
+    try:
+        assert isinstance(planes, PlanesSource) and planes.frame_count == capture.frame_count == 8
+        assert len(list(planes)) == 8
+    finally:
+        planes.close()
+        capture.close()
+
+
+def test_a_closed_source_reads_nothing_and_closes_twice(tmp_path):
+    src = open_source(str(_h264(tmp_path / "v.mp4", frames=4)))
+    frames = iter(src)
+    assert next(frames).index == 0
+    src.close()
+    src.close()
+    assert list(frames) == []  # no read of the closed container (PyAV would crash the process)
 
 
 def test_the_planes_rule_takes_only_upright_limited_range_420_of_even_size():
