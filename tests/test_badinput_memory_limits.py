@@ -1,9 +1,10 @@
 """Commands under a memory limit (``prlimit --as``): an allocation that fails is one sentence, ``PROG: error: out of
 memory while ...; nothing was written``, exit 2, no traceback, the folder tree unchanged. Each case first runs a
 small job under the same limit, which must succeed: the limit leaves room for the command, the input's size is
-what fails (in PyTorch, numpy or ONNX Runtime, as the case may be)."""
+what fails (in PyTorch, numpy, OpenCV or ONNX Runtime, as the case may be)."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -52,7 +53,10 @@ BENCH = ["m.onnx", "--warmup", "0", "-n", "1", "-q"]
                  [*TRAIN, "--crop", "1024", "--batch", "4", "-o", "big"],
                  "PyTorch", id="train", marks=pytest.mark.slow),
     pytest.param("scaseg-infer", ["src.mp4", "-m", "m.onnx", "-o", "ok.mp4", "-q"], ["ok.mp4"],
-                 ["src.mp4", "-m", "m.onnx", "-o", "big.mp4", "-q", "--imgsz", "8192x8192"], "numpy", id="infer"),
+                 # the network's input of an 8192x8192 model: made by OpenCV (the frame's planes resized, split) and
+                 # numpy (normalised), whichever allocation the limit stops first
+                 ["src.mp4", "-m", "m.onnx", "-o", "big.mp4", "-q", "--imgsz", "8192x8192"], "numpy|OpenCV",
+                 id="infer"),
     pytest.param("scaseg-bench", [*BENCH, "--batch", "2", "--imgsz", "64", "-o", "ok.json"], ["ok.json"],
                  [*BENCH, "--batch", "256", "--imgsz", "1024", "-o", "big.json"], "numpy", id="bench-numpy"),
     pytest.param("scaseg-bench", [*BENCH, "--batch", "2", "--imgsz", "64", "-o", "ok.json"], ["ok.json"],
@@ -71,6 +75,6 @@ def test_an_allocation_that_fails_is_one_sentence_and_writes_nothing(work: Path,
     assert proc.returncode == 2, proc.stderr
     line = one_line(proc, prog)
     assert line.startswith(f"{prog}: error: out of memory while allocating "), line
-    assert f" in {where} " in line and line.endswith("nothing was written" + (
+    assert re.search(f" in ({where}) ", line) and line.endswith("nothing was written" + (
         " (temporary files removed)" if prog == "scaseg-export" else "")), line
     assert tree(work) == before
