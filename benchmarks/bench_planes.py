@@ -41,7 +41,6 @@ def street(path: Path, frames: int, hw: tuple[int, int]) -> Path:
 def compare(model: str, clip: Path) -> dict[str, float]:
     """Label agreement (planes and cvtColor paths vs the RGB path) and picture differences over the clip."""
     from scaseg.data.video import I420
-    from scaseg.metadata import default_palette
     from scaseg.runtime.backends import open_backend
     from scaseg.runtime.overlay import palette_lut, palette_planes, render_overlay, render_overlay_planes
     from scaseg.runtime.predictor import Predictor
@@ -49,7 +48,7 @@ def compare(model: str, clip: Path) -> dict[str, float]:
 
     predictor = Predictor(open_backend(model, "onnxruntime"))
     info = predictor.info
-    lut = palette_lut(info.palette or default_palette(info.num_classes))
+    lut = palette_lut(info.palette)
     table = palette_planes(lut)
     planes_src, rgb_src = PlanesSource.open(str(clip), "clip"), CaptureSource(str(clip), "video", "clip")
     if planes_src is None:

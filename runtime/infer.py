@@ -24,7 +24,7 @@ from scaseg.runtime.options import (BackendName, MemoryMode, backend_option, bat
                                     memory_option, model_name_option, server_option, threads_option, SERVER_OWNS)
 from scaseg.runtime.overlay import palette_lut, palette_planes, render_overlay, render_overlay_planes
 from scaseg.runtime.predictor import Predictor
-from scaseg.runtime.preprocess import Geometry
+from scaseg.runtime.preprocess import Geometry, label_dtype
 from scaseg.runtime.remote import RemotePredictor, check_server_options, open_server
 from scaseg.suffixes import IMAGE_SUFFIXES, LABEL_OUTPUT_SUFFIXES, VIDEO_OUTPUT_SUFFIXES, VIDEO_SUFFIXES
 from scaseg.runtime.pipeline import StopPipeline, run_pipeline
@@ -247,7 +247,7 @@ def _run(src: Source, predictor: Predictor, out: Path, target: str, request: Inf
         # full-range YUV (Motion JPEG) need RGB.
         in_planes = (kind == "overlay" and isinstance(sink, VideoSink) and sink.video.takes_planes and not show
                      and legend_names is None)
-        table = palette_planes(lut) if in_planes and info.num_classes <= 256 else None
+        table = palette_planes(lut) if in_planes and label_dtype(info.num_classes) == np.uint8 else None
 
         def render(frame: Frame, output: np.ndarray, geom: Geometry) -> tuple[np.ndarray, Optional[Picture]]:
             """In the worker pool: the labels to write and the overlay picture (coloured at the network's size)."""

@@ -78,8 +78,8 @@ class I420:
     @staticmethod
     def yuv_to_rgb(yuv: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 Y, U, V samples (chroma at full size, limited range) -> RGB uint8, rounded and clipped as
-        cv2.COLOR_YUV2RGB_I420 does (its BT.601 constants below, Y below 16 taken as 16; tests/data/test_video.py
-        checks them against it)."""
+        cv2.COLOR_YUV2RGB_I420 does (its BT.601 constants below, Y below 16 taken as 16;
+        tests/core/data/test_video.py checks them against it)."""
         lifted = yuv.copy()
         np.maximum(lifted[..., 0], 16, out=lifted[..., 0])
         return cv2.transform(lifted, _RGB_FROM_YUV)

@@ -108,6 +108,31 @@ def test_images_and_video_match_the_in_process_runtime(served, tmp_path: Path, s
         assert len({int(v) for labels in got.values() for v in np.unique(labels)}) >= 3  # not a constant answer
 
 
+def test_an_h264_video_read_as_planes_reaches_the_server_as_its_rgb_frames(served, tmp_path: Path, capsys,
+                                                                           monkeypatch) -> None:
+    from scaseg.data.video import VideoFile
+    from scaseg.runtime.sources import PlanesSource, open_source
+
+    ports, model = served
+    video = tmp_path / "clip.mp4"
+    writer = VideoFile(video, 10.0)
+    for image in frames(6, seed=5):
+        writer.write(cv2.resize(image, (52, 36), interpolation=cv2.INTER_NEAREST), rgb=True)
+    writer.close()
+    source = open_source(str(video))
+    try:
+        assert isinstance(source, PlanesSource)  # the frames come as planes: RemotePredictor converts them
+        want = local_labels(model, [frame.image for frame in source])
+    finally:
+        source.close()
+    out = tmp_path / "remote"
+    code, _, err = run_main(infer_cli.main, [video, "--server", ports.endpoints()["grpc"], "--save-labels", "-o", out,
+                                             "-q"], capsys, monkeypatch)
+    assert code == 0, err
+    got = read_labels(out)
+    assert len(got) == 6 and all(np.array_equal(g, w) for g, w in zip(got.values(), want))
+
+
 def test_sixteen_streams_nothing_lost_and_batched(served) -> None:
     ports, model = served
     url = ports.endpoints()["grpc"]
